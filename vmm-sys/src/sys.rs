@@ -1,0 +1,10 @@
+//! The backend, chosen by target OS: the one `cfg` that selects per-OS code.
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::Device;
+
+#[cfg(target_os = "openbsd")]
+mod openbsd;
+#[cfg(target_os = "openbsd")]
+pub(crate) use openbsd::Device;

@@ -1,0 +1,235 @@
+//! Instruction decoding for the shim's exit records: the length and form of
+//! the IN/OUT or memory instruction that caused a KVM exit, which vmm(4)
+//! reports and KVM does not.
+use super::mmu;
+use crate::GuestMemory;
+use iced_x86::{
+    Code, Decoder, DecoderOptions, Instruction, InstructionInfoFactory, OpAccess, Register,
+};
+use kvm_bindings::{kvm_regs, kvm_sregs};
+
+const CR0_PE: u64 = 1;
+const EFER_LMA: u64 = 1 << 10;
+const RFLAGS_VM: u64 = 1 << 17;
+const RFLAGS_DF: u64 = 1 << 10;
+
+/// Code size of the guest: 16, 32 or 64.
+pub fn bitness(sregs: &kvm_sregs, rflags: u64) -> u32 {
+    if sregs.cr0 & CR0_PE == 0 || rflags & RFLAGS_VM != 0 {
+        16
+    } else if sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0 {
+        64
+    } else if sregs.cs.db != 0 {
+        32
+    } else {
+        16
+    }
+}
+
+/// Linear address of `ip` in the code segment.
+pub fn code_linear(sregs: &kvm_sregs, bits: u32, ip: u64) -> u64 {
+    match bits {
+        64 => ip,
+        32 => sregs.cs.base.wrapping_add(ip & 0xffff_ffff) & 0xffff_ffff,
+        _ => sregs.cs.base.wrapping_add(ip & 0xffff) & 0xffff_ffff,
+    }
+}
+
+/// Up to 15 instruction bytes at `ip`; the count is short where the next
+/// page is not mapped.
+pub fn fetch(mem: &GuestMemory, sregs: &kvm_sregs, bits: u32, ip: u64) -> ([u8; 15], usize) {
+    let mut buf = [0u8; 15];
+    let n = mmu::read_linear(mem, sregs, code_linear(sregs, bits, ip), &mut buf);
+    (buf, n)
+}
+
+/// Decodes one instruction from `bytes` at `ip`; None if invalid or longer
+/// than the bytes available.
+pub fn decode(bytes: &[u8], bits: u32, ip: u64) -> Option<Instruction> {
+    let mut d = Decoder::with_ip(bits, bytes, ip, DecoderOptions::NONE);
+    let i = d.decode();
+    (!i.is_invalid() && i.len() <= bytes.len()).then_some(i)
+}
+
+/// The form of a port I/O instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortIo {
+    pub dir_in: bool,
+    pub size: u8,
+    /// The port when encoded as an immediate.
+    pub imm_port: Option<u16>,
+    pub string: bool,
+    pub rep: bool,
+}
+
+pub fn port_io(i: &Instruction) -> Option<PortIo> {
+    let (dir_in, size, imm, string) = match i.code() {
+        Code::In_AL_imm8 => (true, 1, true, false),
+        Code::In_AX_imm8 => (true, 2, true, false),
+        Code::In_EAX_imm8 => (true, 4, true, false),
+        Code::In_AL_DX => (true, 1, false, false),
+        Code::In_AX_DX => (true, 2, false, false),
+        Code::In_EAX_DX => (true, 4, false, false),
+        Code::Out_imm8_AL => (false, 1, true, false),
+        Code::Out_imm8_AX => (false, 2, true, false),
+        Code::Out_imm8_EAX => (false, 4, true, false),
+        Code::Out_DX_AL => (false, 1, false, false),
+        Code::Out_DX_AX => (false, 2, false, false),
+        Code::Out_DX_EAX => (false, 4, false, false),
+        Code::Insb_m8_DX => (true, 1, false, true),
+        Code::Insw_m16_DX => (true, 2, false, true),
+        Code::Insd_m32_DX => (true, 4, false, true),
+        Code::Outsb_DX_m8 => (false, 1, false, true),
+        Code::Outsw_DX_m16 => (false, 2, false, true),
+        Code::Outsd_DX_m32 => (false, 4, false, true),
+        _ => return None,
+    };
+    Some(PortIo {
+        dir_in,
+        size,
+        imm_port: imm.then(|| i.immediate8() as u16),
+        string,
+        rep: i.has_rep_prefix() || i.has_repne_prefix(),
+    })
+}
+
+/// Whether `i` is the port I/O instruction KVM reported.
+pub fn matches_port_io(i: &Instruction, dir_in: bool, size: u8, port: u16, rdx: u64) -> bool {
+    match port_io(i) {
+        Some(p) => {
+            p.dir_in == dir_in
+                && p.size == size
+                && match p.imm_port {
+                    Some(imm) => imm == port,
+                    None => rdx as u16 == port,
+                }
+        }
+        None => false,
+    }
+}
+
+/// Value of register `reg` (any width) in `r`, segment registers as bases.
+pub fn reg_value(reg: Register, r: &kvm_regs, s: &kvm_sregs, bits: u32) -> Option<u64> {
+    let seg = |base: u64, always: bool| Some(if bits == 64 && !always { 0 } else { base });
+    let full = match reg {
+        Register::ES => return seg(s.es.base, false),
+        Register::CS => return seg(s.cs.base, false),
+        Register::SS => return seg(s.ss.base, false),
+        Register::DS => return seg(s.ds.base, false),
+        Register::FS => return seg(s.fs.base, true),
+        Register::GS => return seg(s.gs.base, true),
+        Register::RIP | Register::EIP => return Some(r.rip),
+        Register::None => return Some(0),
+        r => r,
+    };
+    if matches!(full, Register::AH | Register::CH | Register::DH | Register::BH) {
+        let base = match full {
+            Register::AH => r.rax,
+            Register::CH => r.rcx,
+            Register::DH => r.rdx,
+            _ => r.rbx,
+        };
+        return Some((base >> 8) & 0xff);
+    }
+    let v = match full.full_register() {
+        Register::RAX => r.rax,
+        Register::RCX => r.rcx,
+        Register::RDX => r.rdx,
+        Register::RBX => r.rbx,
+        Register::RSP => r.rsp,
+        Register::RBP => r.rbp,
+        Register::RSI => r.rsi,
+        Register::RDI => r.rdi,
+        Register::R8 => r.r8,
+        Register::R9 => r.r9,
+        Register::R10 => r.r10,
+        Register::R11 => r.r11,
+        Register::R12 => r.r12,
+        Register::R13 => r.r13,
+        Register::R14 => r.r14,
+        Register::R15 => r.r15,
+        _ => return None,
+    };
+    let size = full.size();
+    Some(if size >= 8 { v } else { v & ((1u64 << (size * 8)) - 1) })
+}
+
+/// The guest-physical addresses that `i` writes, computed from registers
+/// `r` as they were before it ran.
+pub fn written_gpas(
+    i: &Instruction,
+    r: &kvm_regs,
+    s: &kvm_sregs,
+    bits: u32,
+    mem: &GuestMemory,
+) -> Vec<(u64, usize)> {
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(i);
+    let mut out = Vec::new();
+    for um in info.used_memory() {
+        let writes = matches!(
+            um.access(),
+            OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+        );
+        if !writes {
+            continue;
+        }
+        let la = um.virtual_address(0, |reg, _, _| reg_value(reg, r, s, bits));
+        let Some(la) = la else { continue };
+        let la = if bits == 64 { la } else { la & 0xffff_ffff };
+        if let Some(gpa) = mmu::translate(mem, s, la) {
+            out.push((gpa, um.memory_size().size()));
+        }
+    }
+    out
+}
+
+/// Registers as they were before `i` ran, from the registers after KVM's
+/// emulator completed it: undoes the pointer and count updates of string
+/// stores and the stack pointer update of pushes.  `restarted` is set when
+/// a REP string instruction stopped with iterations left (RIP stayed on it).
+pub fn undo_side_effects(i: &Instruction, after: &kvm_regs, bits: u32) -> kvm_regs {
+    let mut r = *after;
+    let asz = if i.code().is_string_instruction() { address_size(i, bits) } else { bits };
+    let amask = if asz == 64 { u64::MAX } else { (1u64 << asz) - 1 };
+    let step_back = |v: u64, n: u64, df: bool| -> u64 {
+        let nv = if df { v.wrapping_add(n) } else { v.wrapping_sub(n) };
+        (v & !amask) | (nv & amask)
+    };
+    let df = r.rflags & RFLAGS_DF != 0;
+    let size = i.memory_size().size() as u64;
+    match i.mnemonic() {
+        iced_x86::Mnemonic::Stosb
+        | iced_x86::Mnemonic::Stosw
+        | iced_x86::Mnemonic::Stosd
+        | iced_x86::Mnemonic::Stosq => {
+            r.rdi = step_back(r.rdi, size, df);
+        }
+        iced_x86::Mnemonic::Movsb
+        | iced_x86::Mnemonic::Movsw
+        | iced_x86::Mnemonic::Movsd
+        | iced_x86::Mnemonic::Movsq => {
+            r.rdi = step_back(r.rdi, size, df);
+            r.rsi = step_back(r.rsi, size, df);
+        }
+        iced_x86::Mnemonic::Push => {
+            let n = i.stack_pointer_increment().unsigned_abs() as u64;
+            r.rsp = r.rsp.wrapping_add(n);
+        }
+        _ => {}
+    }
+    if i.code().is_string_instruction() && (i.has_rep_prefix() || i.has_repne_prefix()) {
+        let c = (r.rcx & amask).wrapping_add(1) & amask;
+        r.rcx = (r.rcx & !amask) | c;
+    }
+    r
+}
+
+fn address_size(i: &Instruction, bits: u32) -> u32 {
+    match i.memory_base() {
+        Register::RDI | Register::RSI => 64,
+        Register::EDI | Register::ESI => 32,
+        Register::DI | Register::SI => 16,
+        _ => bits,
+    }
+}

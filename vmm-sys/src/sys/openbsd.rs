@@ -1,0 +1,133 @@
+//! Backend for OpenBSD: the real ioctls on `/dev/vmm`.
+use crate::abi::*;
+use crate::{ExitFlavour, GuestMemory, Result, VmmError};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::sync::Mutex;
+
+pub(crate) struct Device {
+    file: File,
+    /// Ranges (with host addresses) of the VMs this handle created, for
+    /// `guest_memory`.
+    created: Mutex<HashMap<u32, Vec<vm_mem_range>>>,
+    flavour: ExitFlavour,
+}
+
+impl Device {
+    pub fn open() -> Result<Device> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/vmm")
+            .map_err(|e| {
+                VmmError::with_detail("open", e.raw_os_error().unwrap_or(libc::ENODEV), "/dev/vmm")
+            })?;
+        Ok(Device { file, created: Mutex::new(HashMap::new()), flavour: crate::host_cpu_flavour() })
+    }
+
+    fn ioctl<T>(&self, req: u64, arg: *mut T) -> Result<()> {
+        // SAFETY: `req` encodes the size of `T` (checked by the abi tests), so
+        // the kernel reads and writes exactly one `T` behind `arg`.
+        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), req as libc::c_ulong, arg) };
+        if r == -1 {
+            Err(VmmError::last_os_error(crate::ioctl_name(req)))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn host_flavour(&self) -> ExitFlavour {
+        self.flavour
+    }
+
+    pub fn create(&self, vcp: &mut vm_create_params) -> Result<()> {
+        self.ioctl(VMM_IOC_CREATE, vcp)?;
+        let n = (vcp.vcp_nmemranges as usize).min(vcp.vcp_memranges.len());
+        self.created.lock().unwrap().insert(vcp.vcp_id, vcp.vcp_memranges[..n].to_vec());
+        Ok(())
+    }
+
+    pub fn run(&self, vrp: &mut vm_run_params) -> Result<()> {
+        self.ioctl(VMM_IOC_RUN, vrp)
+    }
+
+    pub fn info(&self) -> Result<Vec<vm_info_result>> {
+        loop {
+            let mut vip = vm_info_params::default();
+            self.ioctl(VMM_IOC_INFO, &mut vip)?;
+            let n = vip.vip_size / std::mem::size_of::<vm_info_result>();
+            let mut out = vec![vm_info_result::default(); n];
+            vip.vip_info = out.as_mut_ptr();
+            self.ioctl(VMM_IOC_INFO, &mut vip)?;
+            // A VM created between the two calls leaves vip_info_ct at 0.
+            if vip.vip_info_ct != 0 || n == 0 {
+                out.truncate(vip.vip_info_ct as usize);
+                return Ok(out);
+            }
+        }
+    }
+
+    pub fn terminate(&self, vtp: &vm_terminate_params) -> Result<()> {
+        let mut p = *vtp;
+        self.ioctl(VMM_IOC_TERM, &mut p)?;
+        self.created.lock().unwrap().remove(&vtp.vtp_vm_id);
+        Ok(())
+    }
+
+    pub fn resetcpu(&self, vrp: &vm_resetcpu_params) -> Result<()> {
+        let mut p = *vrp;
+        self.ioctl(VMM_IOC_RESETCPU, &mut p)
+    }
+
+    pub fn intr(&self, vip: &vm_intr_params) -> Result<()> {
+        let mut p = *vip;
+        self.ioctl(VMM_IOC_INTR, &mut p)
+    }
+
+    pub fn readregs(&self, vrwp: &mut vm_rwregs_params) -> Result<()> {
+        self.ioctl(VMM_IOC_READREGS, vrwp)
+    }
+
+    pub fn writeregs(&self, vrwp: &vm_rwregs_params) -> Result<()> {
+        let mut p = *vrwp;
+        self.ioctl(VMM_IOC_WRITEREGS, &mut p)
+    }
+
+    pub fn readvmparams(&self, vpp: &mut vm_rwvmparams_params) -> Result<()> {
+        self.ioctl(VMM_IOC_READVMPARAMS, vpp)
+    }
+
+    pub fn writevmparams(&self, vpp: &vm_rwvmparams_params) -> Result<()> {
+        let mut p = *vpp;
+        self.ioctl(VMM_IOC_WRITEVMPARAMS, &mut p)
+    }
+
+    pub fn sharemem(&self, vsp: &mut vm_sharemem_params) -> Result<GuestMemory> {
+        self.ioctl(VMM_IOC_SHAREMEM, vsp)?;
+        let n = (vsp.vsp_nmemranges as usize).min(vsp.vsp_memranges.len());
+        // SAFETY: vmm(4) maps each range immutably into this process for its
+        // lifetime at vsp_va[i], vmr_size bytes.
+        Ok(unsafe { GuestMemory::from_ranges(&vsp.vsp_memranges[..n], &vsp.vsp_va[..n], &[]) })
+    }
+
+    pub fn guest_memory(&self, vm_id: u32) -> Result<GuestMemory> {
+        let created = self.created.lock().unwrap();
+        let ranges = created.get(&vm_id).ok_or(VmmError::new("guest memory", libc::ENOENT))?;
+        let va: Vec<u64> = ranges.iter().map(|r| r.vmr_va).collect();
+        // SAFETY: VMM_IOC_CREATE mapped each range immutably at vmr_va.
+        Ok(unsafe { GuestMemory::from_ranges(ranges, &va, &[]) })
+    }
+
+    pub fn set_exit_flavour(&self, _vm_id: u32, flavour: ExitFlavour) -> Result<()> {
+        if flavour == self.flavour {
+            Ok(())
+        } else {
+            Err(VmmError::with_detail(
+                "set exit flavour",
+                libc::EOPNOTSUPP,
+                "/dev/vmm reports the host CPU's exits only",
+            ))
+        }
+    }
+}
