@@ -19,9 +19,15 @@ fn main() {
     println!("cargo:rerun-if-env-changed=VMM_SYS_SYSTEM_HEADERS");
     println!("cargo:rustc-check-cfg=cfg(vmm_sys_bindgen)");
 
-    let wanted = env::var("VMM_SYS_BINDGEN").map(|v| v != "0").unwrap_or(true);
+    let wanted = env::var("VMM_SYS_BINDGEN")
+        .map(|v| v != "0")
+        .unwrap_or(true);
     let system = env::var("VMM_SYS_SYSTEM_HEADERS").is_ok_and(|v| v == "1");
-    let generated = if wanted { generate(&manifest, system) } else { None };
+    let generated = if wanted {
+        generate(&manifest, system)
+    } else {
+        None
+    };
     match generated {
         Some(text) => {
             fs::write(&out, text).expect("write generated bindings");
@@ -42,7 +48,10 @@ fn generate(manifest: &std::path::Path, system: bool) -> Option<String> {
         "#include <sys/types.h>\n#include <machine/vmmvar.h>\n#include <dev/vmm/vmm.h>\n"
             .to_string()
     } else {
-        format!("#include \"{}\"\n", manifest.join("include/vmmvar.h").display())
+        format!(
+            "#include \"{}\"\n",
+            manifest.join("include/vmmvar.h").display()
+        )
     };
     let result = std::panic::catch_unwind(|| {
         bindgen::Builder::default()

@@ -2,7 +2,12 @@
 //! `include/vmmvar.h`, plus the `VMM_IOC_*` request numbers in OpenBSD's
 //! ioctl encoding (computed here because bindgen cannot expand the
 //! function-like macros that define them).
-#![allow(non_camel_case_types, non_upper_case_globals, non_snake_case, dead_code)]
+#![allow(
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case,
+    dead_code
+)]
 #![allow(clippy::all)]
 
 include!(env!("VMM_SYS_BINDINGS"));
@@ -75,6 +80,10 @@ impl vm_create_params {
 
 /// The NUL-terminated name in a `vcp_name`/`vir_name` array.
 pub fn c_name(raw: &[core::ffi::c_char]) -> String {
-    let bytes: Vec<u8> = raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = raw
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }

@@ -16,16 +16,26 @@ pub type Result<T> = std::result::Result<T, VmmError>;
 
 impl VmmError {
     pub fn new(op: &'static str, errno: i32) -> Self {
-        VmmError { op, errno, detail: None }
+        VmmError {
+            op,
+            errno,
+            detail: None,
+        }
     }
 
     pub fn with_detail(op: &'static str, errno: i32, detail: impl Into<String>) -> Self {
-        VmmError { op, errno, detail: Some(detail.into()) }
+        VmmError {
+            op,
+            errno,
+            detail: Some(detail.into()),
+        }
     }
 
     /// The error of the last failed system call.
     pub fn last_os_error(op: &'static str) -> Self {
-        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
         VmmError::new(op, errno)
     }
 

@@ -37,7 +37,9 @@ impl Vmm {
     /// Opens the host's vmm(4): ENODEV-style errors when the hardware or
     /// kernel support is missing.
     pub fn open() -> Result<Vmm> {
-        Ok(Vmm { dev: sys::Device::open()? })
+        Ok(Vmm {
+            dev: sys::Device::open()?,
+        })
     }
 
     /// The exit flavour the host CPU produces.
@@ -67,7 +69,8 @@ impl Vmm {
 
     /// `VMM_IOC_TERM`: destroys a VM.
     pub fn terminate(&self, vm_id: u32) -> Result<()> {
-        self.dev.terminate(&vm_terminate_params { vtp_vm_id: vm_id })
+        self.dev
+            .terminate(&vm_terminate_params { vtp_vm_id: vm_id })
     }
 
     /// `VMM_IOC_RESETCPU`: loads a full register state into a stopped vCPU.
@@ -142,7 +145,12 @@ pub fn ioctl_name(req: u64) -> &'static str {
 /// The exit flavour of this host's CPU: SVM on AMD and Hygon, VMX otherwise.
 pub(crate) fn host_cpu_flavour() -> ExitFlavour {
     let r = core::arch::x86_64::__cpuid(0);
-    let vendor = [r.ebx.to_le_bytes(), r.edx.to_le_bytes(), r.ecx.to_le_bytes()].concat();
+    let vendor = [
+        r.ebx.to_le_bytes(),
+        r.edx.to_le_bytes(),
+        r.ecx.to_le_bytes(),
+    ]
+    .concat();
     match &vendor[..] {
         b"AuthenticAMD" | b"HygonGenuine" => ExitFlavour::Svm,
         _ => ExitFlavour::Vmx,

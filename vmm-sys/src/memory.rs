@@ -75,7 +75,9 @@ impl GuestMemory {
     /// Copies guest memory at `gpa` into `buf`; the span must lie within one
     /// backed range.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
-        let (r, off) = self.find(gpa, buf.len()).ok_or_else(|| unbacked(gpa, buf.len()))?;
+        let (r, off) = self
+            .find(gpa, buf.len())
+            .ok_or_else(|| unbacked(gpa, buf.len()))?;
         // SAFETY: find() checked that [off, off+len) lies inside the mapping,
         // which stays valid while this view holds it.
         unsafe {
@@ -86,7 +88,9 @@ impl GuestMemory {
 
     /// Copies `buf` into guest memory at `gpa`.
     pub fn write(&self, gpa: u64, buf: &[u8]) -> Result<()> {
-        let (r, off) = self.find(gpa, buf.len()).ok_or_else(|| unbacked(gpa, buf.len()))?;
+        let (r, off) = self
+            .find(gpa, buf.len())
+            .ok_or_else(|| unbacked(gpa, buf.len()))?;
         // SAFETY: as in read(); the mapping is writable shared memory.
         unsafe { std::ptr::copy_nonoverlapping(buf.as_ptr(), r.host.add(off as usize), buf.len()) };
         Ok(())

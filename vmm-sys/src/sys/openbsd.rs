@@ -23,7 +23,11 @@ impl Device {
             .map_err(|e| {
                 VmmError::with_detail("open", e.raw_os_error().unwrap_or(libc::ENODEV), "/dev/vmm")
             })?;
-        Ok(Device { file, created: Mutex::new(HashMap::new()), flavour: crate::host_cpu_flavour() })
+        Ok(Device {
+            file,
+            created: Mutex::new(HashMap::new()),
+            flavour: crate::host_cpu_flavour(),
+        })
     }
 
     fn ioctl<T>(&self, req: u64, arg: *mut T) -> Result<()> {
@@ -44,7 +48,10 @@ impl Device {
     pub fn create(&self, vcp: &mut vm_create_params) -> Result<()> {
         self.ioctl(VMM_IOC_CREATE, vcp)?;
         let n = (vcp.vcp_nmemranges as usize).min(vcp.vcp_memranges.len());
-        self.created.lock().unwrap().insert(vcp.vcp_id, vcp.vcp_memranges[..n].to_vec());
+        self.created
+            .lock()
+            .unwrap()
+            .insert(vcp.vcp_id, vcp.vcp_memranges[..n].to_vec());
         Ok(())
     }
 
@@ -113,7 +120,9 @@ impl Device {
 
     pub fn guest_memory(&self, vm_id: u32) -> Result<GuestMemory> {
         let created = self.created.lock().unwrap();
-        let ranges = created.get(&vm_id).ok_or(VmmError::new("guest memory", libc::ENOENT))?;
+        let ranges = created
+            .get(&vm_id)
+            .ok_or(VmmError::new("guest memory", libc::ENOENT))?;
         let va: Vec<u64> = ranges.iter().map(|r| r.vmr_va).collect();
         // SAFETY: VMM_IOC_CREATE mapped each range immutably at vmr_va.
         Ok(unsafe { GuestMemory::from_ranges(ranges, &va, &[]) })

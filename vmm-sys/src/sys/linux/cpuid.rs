@@ -10,7 +10,10 @@ fn bits(list: &[u32]) -> u32 {
 /// Whether this KVM runs guest kernel code through its instruction emulator
 /// (a nested, paravirtualised KVM: the host CPU shows neither VMX nor SVM).
 pub fn host_emulates_guest_code() -> bool {
-    let (l1, ext) = (core::arch::x86_64::__cpuid(1), core::arch::x86_64::__cpuid(0x8000_0001));
+    let (l1, ext) = (
+        core::arch::x86_64::__cpuid(1),
+        core::arch::x86_64::__cpuid(0x8000_0001),
+    );
     l1.ecx & (1 << 5) == 0 && ext.ecx & (1 << 2) == 0
 }
 
@@ -32,14 +35,16 @@ pub fn filter(cpuid: &mut CpuId, emulated: bool) {
     let l1_edx = bits(&[22, 29, 28, 21, 18, 27, 31, 12, 7, 14, 9]);
     // Leaf 7.0 EBX: TSC_ADJUST, SGX, HLE, INVPCID, RTM, PQM, MPX, PCOMMIT, PT,
     // AVX512 F/DQ/IFMA/PF/ER/CD/BW/VL.
-    let mut l7_ebx = bits(&[1, 2, 4, 10, 11, 12, 14, 22, 25, 16, 17, 21, 26, 27, 28, 30, 31]);
+    let mut l7_ebx = bits(&[
+        1, 2, 4, 10, 11, 12, 14, 22, 25, 16, 17, 21, 26, 27, 28, 30, 31,
+    ]);
     if emulated {
         l7_ebx |= bits(&[5]); // AVX2 needs XSAVE state
     }
     let l7_ecx_keep = bits(&[2]); // UMIP
     let l7_edx_keep = bits(&[10]); // MD_CLEAR
-    // 0x80000008 EBX (AMD): IBPB, IBRS, STIBP, IBRS_ALWAYSON, STIBP_ALWAYSON,
-    // IBRS_PREF, SSBD, VIRT_SSBD, SSBD_NOTREQ.
+                                   // 0x80000008 EBX (AMD): IBPB, IBRS, STIBP, IBRS_ALWAYSON, STIBP_ALWAYSON,
+                                   // IBRS_PREF, SSBD, VIRT_SSBD, SSBD_NOTREQ.
     let l8_ebx = bits(&[12, 14, 15, 16, 17, 18, 24, 25, 26]);
 
     let mut out: Vec<kvm_cpuid_entry2> = Vec::new();

@@ -122,7 +122,10 @@ pub fn reg_value(reg: Register, r: &kvm_regs, s: &kvm_sregs, bits: u32) -> Optio
         Register::None => return Some(0),
         r => r,
     };
-    if matches!(full, Register::AH | Register::CH | Register::DH | Register::BH) {
+    if matches!(
+        full,
+        Register::AH | Register::CH | Register::DH | Register::BH
+    ) {
         let base = match full {
             Register::AH => r.rax,
             Register::CH => r.rcx,
@@ -151,7 +154,11 @@ pub fn reg_value(reg: Register, r: &kvm_regs, s: &kvm_sregs, bits: u32) -> Optio
         _ => return None,
     };
     let size = full.size();
-    Some(if size >= 8 { v } else { v & ((1u64 << (size * 8)) - 1) })
+    Some(if size >= 8 {
+        v
+    } else {
+        v & ((1u64 << (size * 8)) - 1)
+    })
 }
 
 /// The guest-physical addresses that `i` writes, computed from registers
@@ -190,10 +197,22 @@ pub fn written_gpas(
 /// a REP string instruction stopped with iterations left (RIP stayed on it).
 pub fn undo_side_effects(i: &Instruction, after: &kvm_regs, bits: u32) -> kvm_regs {
     let mut r = *after;
-    let asz = if i.code().is_string_instruction() { address_size(i, bits) } else { bits };
-    let amask = if asz == 64 { u64::MAX } else { (1u64 << asz) - 1 };
+    let asz = if i.code().is_string_instruction() {
+        address_size(i, bits)
+    } else {
+        bits
+    };
+    let amask = if asz == 64 {
+        u64::MAX
+    } else {
+        (1u64 << asz) - 1
+    };
     let step_back = |v: u64, n: u64, df: bool| -> u64 {
-        let nv = if df { v.wrapping_add(n) } else { v.wrapping_sub(n) };
+        let nv = if df {
+            v.wrapping_add(n)
+        } else {
+            v.wrapping_sub(n)
+        };
         (v & !amask) | (nv & amask)
     };
     let df = r.rflags & RFLAGS_DF != 0;

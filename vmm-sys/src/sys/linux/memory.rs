@@ -63,7 +63,11 @@ impl Mapping {
         if addr == libc::MAP_FAILED {
             return Err(VmmError::last_os_error(op));
         }
-        Ok(Arc::new(Mapping { addr: addr as *mut u8, size: mem.size, _mem: mem.clone() }))
+        Ok(Arc::new(Mapping {
+            addr: addr as *mut u8,
+            size: mem.size,
+            _mem: mem.clone(),
+        }))
     }
 }
 

@@ -41,21 +41,29 @@ pub fn translate(mem: &GuestMemory, sregs: &kvm_sregs, la: u64) -> Option<u64> {
     }
     let la = la & 0xffff_ffff;
     if sregs.cr4 & CR4_PAE != 0 {
-        let pdpte = mem.read_u64((sregs.cr3 & 0xffff_ffe0) + ((la >> 30) & 3) * 8).ok()?;
+        let pdpte = mem
+            .read_u64((sregs.cr3 & 0xffff_ffe0) + ((la >> 30) & 3) * 8)
+            .ok()?;
         if pdpte & PTE_P == 0 {
             return None;
         }
-        let pde = mem.read_u64((pdpte & ADDR_MASK) + ((la >> 21) & 0x1ff) * 8).ok()?;
+        let pde = mem
+            .read_u64((pdpte & ADDR_MASK) + ((la >> 21) & 0x1ff) * 8)
+            .ok()?;
         if pde & PTE_P == 0 {
             return None;
         }
         if pde & PTE_PS != 0 {
             return Some((pde & ADDR_MASK & !0x1f_ffff) | (la & 0x1f_ffff));
         }
-        let pte = mem.read_u64((pde & ADDR_MASK) + ((la >> 12) & 0x1ff) * 8).ok()?;
+        let pte = mem
+            .read_u64((pde & ADDR_MASK) + ((la >> 12) & 0x1ff) * 8)
+            .ok()?;
         return (pte & PTE_P != 0).then_some((pte & ADDR_MASK) | (la & 0xfff));
     }
-    let pde = mem.read_u32(((sregs.cr3 & 0xffff_f000) + ((la >> 22) & 0x3ff) * 4) as u64).ok()? as u64;
+    let pde = mem
+        .read_u32(((sregs.cr3 & 0xffff_f000) + ((la >> 22) & 0x3ff) * 4) as u64)
+        .ok()? as u64;
     if pde & PTE_P == 0 {
         return None;
     }
@@ -64,7 +72,9 @@ pub fn translate(mem: &GuestMemory, sregs: &kvm_sregs, la: u64) -> Option<u64> {
         let high = ((pde >> 13) & 0xff) << 32;
         return Some(high | (pde & 0xffc0_0000) | (la & 0x3f_ffff));
     }
-    let pte = mem.read_u32((pde & 0xffff_f000) + ((la >> 12) & 0x3ff) * 4).ok()? as u64;
+    let pte = mem
+        .read_u32((pde & 0xffff_f000) + ((la >> 12) & 0x3ff) * 4)
+        .ok()? as u64;
     (pte & PTE_P != 0).then_some((pte & 0xffff_f000) | (la & 0xfff))
 }
 
@@ -76,7 +86,9 @@ pub fn read_linear(mem: &GuestMemory, sregs: &kvm_sregs, la: u64, buf: &mut [u8]
         let addr = la.wrapping_add(done as u64);
         let in_page = (0x1000 - (addr & 0xfff)) as usize;
         let n = in_page.min(buf.len() - done);
-        let Some(gpa) = translate(mem, sregs, addr) else { break };
+        let Some(gpa) = translate(mem, sregs, addr) else {
+            break;
+        };
         if mem.read(gpa, &mut buf[done..done + n]).is_err() {
             break;
         }

@@ -86,7 +86,11 @@ impl Device {
             (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
         ] {
             if !kvm.check_extension(cap) {
-                return Err(VmmError::with_detail("open", libc::ENODEV, format!("kvm lacks {name}")));
+                return Err(VmmError::with_detail(
+                    "open",
+                    libc::ENODEV,
+                    format!("kvm lacks {name}"),
+                ));
             }
         }
         let mut cpuid = kvm
@@ -138,7 +142,11 @@ impl Device {
         let mut prev_end = 0u64;
         for (i, r) in vcp.vcp_memranges[..n].iter().enumerate() {
             let size = r.vmr_size as u64;
-            if r.vmr_gpa & PAGE_MASK != 0 || r.vmr_va & PAGE_MASK != 0 || size & PAGE_MASK != 0 || size == 0 {
+            if r.vmr_gpa & PAGE_MASK != 0
+                || r.vmr_va & PAGE_MASK != 0
+                || size & PAGE_MASK != 0
+                || size == 0
+            {
                 return einval(format!("memory range {i} is not page aligned"));
             }
             if r.vmr_gpa >= max || size > max - r.vmr_gpa {
@@ -166,7 +174,10 @@ impl Device {
         let memory_size = Self::check_create(vcp)?;
         let n = vcp.vcp_nmemranges;
         let name = c_name(&vcp.vcp_name);
-        let fd = self.kvm.create_vm().map_err(|e| VmmError::with_detail(OP, e.errno(), "KVM_CREATE_VM"))?;
+        let fd = self
+            .kvm
+            .create_vm()
+            .map_err(|e| VmmError::with_detail(OP, e.errno(), "KVM_CREATE_VM"))?;
         // Intel CPUs without unrestricted guest need KVM's real-mode TSS and
         // identity map: place them at the top of the PCI MMIO window, where
         // vmd allocates no BARs and no guest RAM or BIOS copy lives.
@@ -200,8 +211,10 @@ impl Device {
             memfds.push(Some(mem));
             mappings.push(Some(map));
         }
-        let keep: Vec<Option<Arc<dyn HostMapping>>> =
-            mappings.iter().map(|m| m.clone().map(|m| m as Arc<dyn HostMapping>)).collect();
+        let keep: Vec<Option<Arc<dyn HostMapping>>> = mappings
+            .iter()
+            .map(|m| m.clone().map(|m| m as Arc<dyn HostMapping>))
+            .collect();
         let va: Vec<u64> = ranges.iter().map(|r| r.vmr_va).collect();
         // SAFETY: each va is a live mapping of vmr_size bytes, kept alive by
         // the Arcs handed along.
@@ -240,7 +253,11 @@ impl Device {
         let vm = self.find("VMM_IOC_RUN", vrp.vrp_vm_id)?;
         let vcpu = vm.vcpu("VMM_IOC_RUN", vrp.vrp_vcpu_id)?;
         if vrp.vrp_exit.is_null() {
-            return Err(VmmError::with_detail("VMM_IOC_RUN", libc::EFAULT, "no exit record"));
+            return Err(VmmError::with_detail(
+                "VMM_IOC_RUN",
+                libc::EFAULT,
+                "no exit record",
+            ));
         }
         // SAFETY: the safe handle set vrp_exit from a `&mut vm_exit` that it
         // holds for the duration of this call.
@@ -265,7 +282,11 @@ impl Device {
                 for (i, v) in vm.vcpus.iter().enumerate() {
                     r.vir_vcpu_state[i] = v.state();
                 }
-                for (d, s) in r.vir_name.iter_mut().zip(vm.name.bytes().take(VMM_MAX_NAME_LEN as usize - 1)) {
+                for (d, s) in r
+                    .vir_name
+                    .iter_mut()
+                    .zip(vm.name.bytes().take(VMM_MAX_NAME_LEN as usize - 1))
+                {
                     *d = s as _;
                 }
                 r
@@ -288,24 +309,28 @@ impl Device {
 
     pub fn resetcpu(&self, vrp: &vm_resetcpu_params) -> Result<()> {
         let vm = self.find("VMM_IOC_RESETCPU", vrp.vrp_vm_id)?;
-        vm.vcpu("VMM_IOC_RESETCPU", vrp.vrp_vcpu_id)?.reset(&vrp.vrp_init_state)
+        vm.vcpu("VMM_IOC_RESETCPU", vrp.vrp_vcpu_id)?
+            .reset(&vrp.vrp_init_state)
     }
 
     pub fn intr(&self, vip: &vm_intr_params) -> Result<()> {
         let vm = self.find("VMM_IOC_INTR", vip.vip_vm_id)?;
-        vm.vcpu("VMM_IOC_INTR", vip.vip_vcpu_id)?.intr(vip.vip_intr != 0);
+        vm.vcpu("VMM_IOC_INTR", vip.vip_vcpu_id)?
+            .intr(vip.vip_intr != 0);
         Ok(())
     }
 
     pub fn readregs(&self, vrwp: &mut vm_rwregs_params) -> Result<()> {
         let vm = self.find("VMM_IOC_READREGS", vrwp.vrwp_vm_id)?;
         let mask = vrwp.vrwp_mask;
-        vm.vcpu("VMM_IOC_READREGS", vrwp.vrwp_vcpu_id)?.readregs(mask, &mut vrwp.vrwp_regs)
+        vm.vcpu("VMM_IOC_READREGS", vrwp.vrwp_vcpu_id)?
+            .readregs(mask, &mut vrwp.vrwp_regs)
     }
 
     pub fn writeregs(&self, vrwp: &vm_rwregs_params) -> Result<()> {
         let vm = self.find("VMM_IOC_WRITEREGS", vrwp.vrwp_vm_id)?;
-        vm.vcpu("VMM_IOC_WRITEREGS", vrwp.vrwp_vcpu_id)?.writeregs(vrwp.vrwp_mask, &vrwp.vrwp_regs)
+        vm.vcpu("VMM_IOC_WRITEREGS", vrwp.vrwp_vcpu_id)?
+            .writeregs(vrwp.vrwp_mask, &vrwp.vrwp_regs)
     }
 
     pub fn readvmparams(&self, vpp: &mut vm_rwvmparams_params) -> Result<()> {
@@ -339,14 +364,29 @@ impl Device {
         let vm = self.find(OP, vsp.vsp_vm_id)?;
         let n = vm.ranges.len();
         if vsp.vsp_nmemranges != n {
-            return Err(VmmError::with_detail(OP, libc::EINVAL, format!("{} ranges, vm has {n}", vsp.vsp_nmemranges)));
+            return Err(VmmError::with_detail(
+                OP,
+                libc::EINVAL,
+                format!("{} ranges, vm has {n}", vsp.vsp_nmemranges),
+            ));
         }
         for (i, (want, have)) in vsp.vsp_memranges[..n].iter().zip(&vm.ranges).enumerate() {
-            if want.vmr_type != have.vmr_type || want.vmr_gpa != have.vmr_gpa || want.vmr_size != have.vmr_size {
-                return Err(VmmError::with_detail(OP, libc::EINVAL, format!("range {i} differs from the vm's")));
+            if want.vmr_type != have.vmr_type
+                || want.vmr_gpa != have.vmr_gpa
+                || want.vmr_size != have.vmr_size
+            {
+                return Err(VmmError::with_detail(
+                    OP,
+                    libc::EINVAL,
+                    format!("range {i} differs from the vm's"),
+                ));
             }
             if vsp.vsp_va[i] != 0 {
-                return Err(VmmError::with_detail(OP, libc::EINVAL, format!("vsp_va[{i}] is not 0")));
+                return Err(VmmError::with_detail(
+                    OP,
+                    libc::EINVAL,
+                    format!("vsp_va[{i}] is not 0"),
+                ));
             }
         }
         let mut keep: Vec<Option<Arc<dyn HostMapping>>> = Vec::with_capacity(n);

@@ -81,7 +81,12 @@ pub fn seg_from_kvm(s: &kvm_segment) -> vcpu_segment_info {
     if s.unusable != 0 {
         ar |= AR_UNUSABLE;
     }
-    vcpu_segment_info { vsi_sel: s.selector, vsi_limit: s.limit, vsi_ar: ar, vsi_base: s.base }
+    vcpu_segment_info {
+        vsi_sel: s.selector,
+        vsi_limit: s.limit,
+        vsi_ar: ar,
+        vsi_base: s.base,
+    }
 }
 
 pub fn seg_to_kvm(v: &vcpu_segment_info) -> kvm_segment {
@@ -104,11 +109,20 @@ pub fn seg_to_kvm(v: &vcpu_segment_info) -> kvm_segment {
 }
 
 fn dt_from_kvm(d: &kvm_dtable) -> vcpu_segment_info {
-    vcpu_segment_info { vsi_sel: 0, vsi_limit: d.limit as u32, vsi_ar: 0, vsi_base: d.base }
+    vcpu_segment_info {
+        vsi_sel: 0,
+        vsi_limit: d.limit as u32,
+        vsi_ar: 0,
+        vsi_base: d.base,
+    }
 }
 
 fn dt_to_kvm(v: &vcpu_segment_info) -> kvm_dtable {
-    kvm_dtable { base: v.vsi_base, limit: v.vsi_limit as u16, padding: [0; 3] }
+    kvm_dtable {
+        base: v.vsi_base,
+        limit: v.vsi_limit as u16,
+        padding: [0; 3],
+    }
 }
 
 /// Segment registers, GDTR and IDTR from `kvm_sregs` (VM_RWREGS_SREGS).
@@ -178,17 +192,33 @@ mod tests {
     #[test]
     fn segment_access_rights_round_trip() {
         // flat64 code, flat data, LDTR, TR and an unusable segment
-        for ar in [0xC09Bu32, 0xA09B, 0xC093, 0x0082, 0x008B, 0x809F, 0x8093, 0x10000] {
-            let v = vcpu_segment_info { vsi_sel: 0x10, vsi_limit: 0xffff_ffff, vsi_ar: ar, vsi_base: 0x1000 };
+        for ar in [
+            0xC09Bu32, 0xA09B, 0xC093, 0x0082, 0x008B, 0x809F, 0x8093, 0x10000,
+        ] {
+            let v = vcpu_segment_info {
+                vsi_sel: 0x10,
+                vsi_limit: 0xffff_ffff,
+                vsi_ar: ar,
+                vsi_base: 0x1000,
+            };
             let back = seg_from_kvm(&seg_to_kvm(&v));
             assert_eq!(back.vsi_ar & 0x1f0ff, ar & 0x1f0ff, "ar {ar:#x}");
-            assert_eq!((back.vsi_sel, back.vsi_limit, back.vsi_base), (0x10, 0xffff_ffff, 0x1000));
+            assert_eq!(
+                (back.vsi_sel, back.vsi_limit, back.vsi_base),
+                (0x10, 0xffff_ffff, 0x1000)
+            );
         }
     }
 
     #[test]
     fn gprs_use_x86_encoding_order() {
-        let mut r = kvm_regs { rcx: 1, rsp: 4, r15: 15, rip: 16, ..Default::default() };
+        let mut r = kvm_regs {
+            rcx: 1,
+            rsp: 4,
+            r15: 15,
+            rip: 16,
+            ..Default::default()
+        };
         r.rflags = 0x202;
         let mut g = [0u64; VCPU_REGS_NGPRS as usize];
         gprs_from_kvm(&r, &mut g);

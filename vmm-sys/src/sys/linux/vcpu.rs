@@ -17,7 +17,7 @@ use super::regs::*;
 use super::Vm;
 use crate::abi::*;
 use crate::{ExitFlavour, Result, VmmError};
-use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs, CpuId, Msrs, kvm_msr_entry, kvm_xcrs};
+use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_run, kvm_sregs, kvm_xcrs, CpuId, Msrs};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, VmFd};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -64,8 +64,16 @@ struct Cached {
 /// An exit handed to vmd whose instruction KVM and vmm(4) see differently.
 #[derive(Clone, Copy, Debug)]
 enum Pending {
-    PioIn { start: u64, len: u64, size: u8, rax: u64, data_offset: u64 },
-    PioOut { start: u64 },
+    PioIn {
+        start: u64,
+        len: u64,
+        size: u8,
+        rax: u64,
+        data_offset: u64,
+    },
+    PioOut {
+        start: u64,
+    },
     Mmio,
 }
 
@@ -85,8 +93,11 @@ struct Inner {
 impl Vcpu {
     pub fn new(vm: &VmFd, id: u32, cpuid: &CpuId) -> Result<Vcpu> {
         const OP: &str = "VMM_IOC_CREATE";
-        let mut fd = vm.create_vcpu(id as u64).map_err(|e| VmmError::with_detail(OP, e.errno(), "KVM_CREATE_VCPU"))?;
-        fd.set_cpuid2(cpuid).map_err(|e| VmmError::with_detail(OP, e.errno(), "KVM_SET_CPUID2"))?;
+        let mut fd = vm
+            .create_vcpu(id as u64)
+            .map_err(|e| VmmError::with_detail(OP, e.errno(), "KVM_CREATE_VCPU"))?;
+        fd.set_cpuid2(cpuid)
+            .map_err(|e| VmmError::with_detail(OP, e.errno(), "KVM_SET_CPUID2"))?;
         fd.set_sync_valid_reg(SyncReg::Register);
         fd.set_sync_valid_reg(SyncReg::SystemRegister);
         let run_page = fd.get_kvm_run() as *mut kvm_run;
@@ -95,7 +106,14 @@ impl Vcpu {
         cached.xcr0 = 1;
         Ok(Vcpu {
             id,
-            inner: Mutex::new(Inner { fd, pending: None, kvm_busy: false, exit_regs: None, irq: None, cached }),
+            inner: Mutex::new(Inner {
+                fd,
+                pending: None,
+                kvm_busy: false,
+                exit_regs: None,
+                irq: None,
+                cached,
+            }),
             run_page,
             raw_fd,
             intr: AtomicBool::new(false),
@@ -133,7 +151,8 @@ impl Vcpu {
 
     pub fn request_terminate(&self) {
         self.terminate.store(true, Ordering::SeqCst);
-        self.state.store(VCPU_STATE_REQTERM as u8, Ordering::Relaxed);
+        self.state
+            .store(VCPU_STATE_REQTERM as u8, Ordering::Relaxed);
         self.kick();
     }
 
@@ -143,24 +162,33 @@ impl Vcpu {
             vrp.vrp_exit_reason = VM_EXIT_TERMINATED as u16;
             return Ok(());
         }
-        self.state.store(VCPU_STATE_RUNNING as u8, Ordering::Relaxed);
+        self.state
+            .store(VCPU_STATE_RUNNING as u8, Ordering::Relaxed);
         let r = self.run_locked(&mut inner, vm, vrp, exit);
         if !self.terminate.load(Ordering::SeqCst) {
-            self.state.store(VCPU_STATE_STOPPED as u8, Ordering::Relaxed);
+            self.state
+                .store(VCPU_STATE_STOPPED as u8, Ordering::Relaxed);
         }
         r
     }
 
-    fn run_locked(&self, g: &mut Inner, vm: &Vm, vrp: &mut vm_run_params, exit: &mut vm_exit) -> Result<()> {
+    fn run_locked(
+        &self,
+        g: &mut Inner,
+        vm: &Vm,
+        vrp: &mut vm_run_params,
+        exit: &mut vm_exit,
+    ) -> Result<()> {
         g.write_back(exit)?;
         self.inject(g, &vrp.vrp_inject)?;
         loop {
-            let want_window = g.irq.is_some() || self.intr.load(Ordering::SeqCst) || vrp.vrp_intr_pending != 0;
+            let want_window =
+                g.irq.is_some() || self.intr.load(Ordering::SeqCst) || vrp.vrp_intr_pending != 0;
             if g.irq.is_some() && g.interruptible() {
                 g.deliver_irq(self.raw_fd)?;
             }
-            g.fd.get_kvm_run().request_interrupt_window = (want_window && g.irq.is_none()) as u8
-                | g.irq.is_some() as u8;
+            g.fd.get_kvm_run().request_interrupt_window =
+                (want_window && g.irq.is_none()) as u8 | g.irq.is_some() as u8;
             *self.running.lock().unwrap() = Some(current_thread());
             let result = if self.terminate.load(Ordering::SeqCst) {
                 Err(kvm_ioctls::Error::new(libc::EINTR))
@@ -178,7 +206,13 @@ impl Vcpu {
                     }
                 }
                 Err(e) => return Err(VmmError::with_detail(OP, e.errno(), "KVM_RUN")),
-                Ok(Exit::Io { dir_in, port, size, data, data_offset }) => {
+                Ok(Exit::Io {
+                    dir_in,
+                    port,
+                    size,
+                    data,
+                    data_offset,
+                }) => {
                     g.io_exit(vm, exit, dir_in, port, size, data, data_offset)?;
                     pick(vm, VMX_EXIT_IO, SVM_VMEXIT_IOIO)
                 }
@@ -219,46 +253,78 @@ impl Vcpu {
                 g.irq = Some(ev.vie_vector);
                 Ok(())
             }
-            VCPU_INJECT_NMI => g.fd.nmi().map_err(|e| VmmError::with_detail(OP, e.errno(), "KVM_NMI")),
+            VCPU_INJECT_NMI => {
+                g.fd.nmi()
+                    .map_err(|e| VmmError::with_detail(OP, e.errno(), "KVM_NMI"))
+            }
             VCPU_INJECT_EX => {
                 if ev.vie_vector > 31 || ev.vie_vector == 15 {
-                    return Err(VmmError::with_detail(OP, libc::EINVAL, format!("exception vector {}", ev.vie_vector)));
+                    return Err(VmmError::with_detail(
+                        OP,
+                        libc::EINVAL,
+                        format!("exception vector {}", ev.vie_vector),
+                    ));
                 }
                 g.flush()?;
-                let mut events = g.fd.get_vcpu_events().map_err(|e| VmmError::with_detail(OP, e.errno(), "KVM_GET_VCPU_EVENTS"))?;
+                let mut events =
+                    g.fd.get_vcpu_events()
+                        .map_err(|e| VmmError::with_detail(OP, e.errno(), "KVM_GET_VCPU_EVENTS"))?;
                 let protected = g.fd.sync_regs().sregs.cr0 & 1 != 0;
                 events.exception.injected = 1;
                 events.exception.nr = ev.vie_vector;
-                events.exception.has_error_code = (protected && EXC_WITH_ERROR_CODE.contains(&ev.vie_vector)) as u8;
+                events.exception.has_error_code =
+                    (protected && EXC_WITH_ERROR_CODE.contains(&ev.vie_vector)) as u8;
                 events.exception.error_code = ev.vie_errorcode;
                 events.flags = 0;
-                g.fd.set_vcpu_events(&events).map_err(|e| VmmError::with_detail(OP, e.errno(), "KVM_SET_VCPU_EVENTS"))?;
+                g.fd.set_vcpu_events(&events)
+                    .map_err(|e| VmmError::with_detail(OP, e.errno(), "KVM_SET_VCPU_EVENTS"))?;
                 Ok(())
             }
-            t => Err(VmmError::with_detail(OP, libc::EINVAL, format!("injection type {t}"))),
+            t => Err(VmmError::with_detail(
+                OP,
+                libc::EINVAL,
+                format!("injection type {t}"),
+            )),
         }
     }
 
     pub fn reset(&self, vrs: &vcpu_reg_state) -> Result<()> {
-        let mut g = self.inner.try_lock().map_err(|_| self.busy("VMM_IOC_RESETCPU"))?;
+        let mut g = self
+            .inner
+            .try_lock()
+            .map_err(|_| self.busy("VMM_IOC_RESETCPU"))?;
         g.flush()?;
         g.pending = None;
         g.exit_regs = None;
         g.irq = None;
         let events = kvm_bindings::kvm_vcpu_events::default();
-        g.fd.set_vcpu_events(&events)
-            .map_err(|e| VmmError::with_detail("VMM_IOC_RESETCPU", libc::EIO, format!("KVM_SET_VCPU_EVENTS: errno {}", e.errno())))?;
+        g.fd.set_vcpu_events(&events).map_err(|e| {
+            VmmError::with_detail(
+                "VMM_IOC_RESETCPU",
+                libc::EIO,
+                format!("KVM_SET_VCPU_EVENTS: errno {}", e.errno()),
+            )
+        })?;
         g.write_regs("VMM_IOC_RESETCPU", VM_RWREGS_ALL as u64, vrs)
-            .map_err(|e| VmmError { errno: libc::EIO, ..e })
+            .map_err(|e| VmmError {
+                errno: libc::EIO,
+                ..e
+            })
     }
 
     pub fn readregs(&self, mask: u64, vrs: &mut vcpu_reg_state) -> Result<()> {
-        let mut g = self.inner.try_lock().map_err(|_| self.busy("VMM_IOC_READREGS"))?;
+        let mut g = self
+            .inner
+            .try_lock()
+            .map_err(|_| self.busy("VMM_IOC_READREGS"))?;
         g.read_regs(mask, vrs)
     }
 
     pub fn writeregs(&self, mask: u64, vrs: &vcpu_reg_state) -> Result<()> {
-        let mut g = self.inner.try_lock().map_err(|_| self.busy("VMM_IOC_WRITEREGS"))?;
+        let mut g = self
+            .inner
+            .try_lock()
+            .map_err(|_| self.busy("VMM_IOC_WRITEREGS"))?;
         g.flush()?;
         g.write_regs("VMM_IOC_WRITEREGS", mask, vrs)
     }
@@ -271,8 +337,18 @@ fn current_thread() -> libc::pthread_t {
 
 /// The KVM exits the shim translates, copied out of kvm_run.
 enum Exit {
-    Io { dir_in: bool, port: u16, size: u8, data: u32, data_offset: u64 },
-    Mmio { gpa: u64, len: usize, write: bool },
+    Io {
+        dir_in: bool,
+        port: u16,
+        size: u8,
+        data: u32,
+        data_offset: u64,
+    },
+    Mmio {
+        gpa: u64,
+        len: usize,
+        write: bool,
+    },
     IrqWindow,
     Hlt,
     Shutdown,
@@ -282,20 +358,42 @@ enum Exit {
 impl From<VcpuExit<'_>> for Exit {
     fn from(e: VcpuExit<'_>) -> Exit {
         match e {
-            VcpuExit::IoIn(port, data) => Exit::Io { dir_in: true, port, size: data.len().min(4) as u8, data: 0, data_offset: 0 },
+            VcpuExit::IoIn(port, data) => Exit::Io {
+                dir_in: true,
+                port,
+                size: data.len().min(4) as u8,
+                data: 0,
+                data_offset: 0,
+            },
             VcpuExit::IoOut(port, data) => {
                 let mut b = [0u8; 4];
                 let n = data.len().min(4);
                 b[..n].copy_from_slice(&data[..n]);
-                Exit::Io { dir_in: false, port, size: n as u8, data: u32::from_le_bytes(b), data_offset: 0 }
+                Exit::Io {
+                    dir_in: false,
+                    port,
+                    size: n as u8,
+                    data: u32::from_le_bytes(b),
+                    data_offset: 0,
+                }
             }
-            VcpuExit::MmioRead(gpa, data) => Exit::Mmio { gpa, len: data.len(), write: false },
-            VcpuExit::MmioWrite(gpa, data) => Exit::Mmio { gpa, len: data.len(), write: true },
+            VcpuExit::MmioRead(gpa, data) => Exit::Mmio {
+                gpa,
+                len: data.len(),
+                write: false,
+            },
+            VcpuExit::MmioWrite(gpa, data) => Exit::Mmio {
+                gpa,
+                len: data.len(),
+                write: true,
+            },
             VcpuExit::IrqWindowOpen => Exit::IrqWindow,
             VcpuExit::Hlt => Exit::Hlt,
             VcpuExit::Shutdown => Exit::Shutdown,
             VcpuExit::InternalError => Exit::Other("internal error".into()),
-            VcpuExit::FailEntry(reason, cpu) => Exit::Other(format!("entry failed (hardware reason 0x{reason:x}, cpu {cpu})")),
+            VcpuExit::FailEntry(reason, cpu) => Exit::Other(format!(
+                "entry failed (hardware reason 0x{reason:x}, cpu {cpu})"
+            )),
             other => Exit::Other(format!("unexpected KVM exit {other:?}")),
         }
     }
@@ -318,7 +416,9 @@ impl Inner {
     }
 
     fn deliver_irq(&mut self, raw_fd: RawFd) -> Result<()> {
-        let Some(vector) = self.irq.take() else { return Ok(()) };
+        let Some(vector) = self.irq.take() else {
+            return Ok(());
+        };
         let irq: u32 = vector as u32;
         // SAFETY: KVM_INTERRUPT reads one u32 (struct kvm_interrupt) from a
         // pointer that is valid for the call.
@@ -343,13 +443,21 @@ impl Inner {
             match self.fd.run() {
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => break,
                 Err(e) => {
-                    r = Err(VmmError::with_detail(OP, e.errno(), "KVM_RUN (completing an instruction)"));
+                    r = Err(VmmError::with_detail(
+                        OP,
+                        e.errno(),
+                        "KVM_RUN (completing an instruction)",
+                    ));
                     break;
                 }
                 Ok(VcpuExit::MmioRead(_, d)) | Ok(VcpuExit::IoIn(_, d)) => d.fill(0),
                 Ok(VcpuExit::MmioWrite(..)) | Ok(VcpuExit::IoOut(..)) => {}
                 Ok(other) => {
-                    r = Err(VmmError::with_detail(OP, libc::EIO, format!("KVM exit {other:?} while completing an instruction")));
+                    r = Err(VmmError::with_detail(
+                        OP,
+                        libc::EIO,
+                        format!("KVM exit {other:?} while completing an instruction"),
+                    ));
                     break;
                 }
             }
@@ -360,13 +468,25 @@ impl Inner {
 
     /// Applies what vmd wrote into the exit record of the last exit.
     fn write_back(&mut self, exit: &vm_exit) -> Result<()> {
-        let Some(p) = self.pending.take() else { return Ok(()) };
+        let Some(p) = self.pending.take() else {
+            return Ok(());
+        };
         self.exit_regs = None;
         let rip = exit.vrs.vrs_gprs[VCPU_REGS_RIP as usize];
         match p {
-            Pending::PioIn { start, len, size, rax, data_offset } => {
+            Pending::PioIn {
+                start,
+                len,
+                size,
+                rax,
+                data_offset,
+            } => {
                 let data = exit.vei().vei_data;
-                let mask: u32 = if size >= 4 { u32::MAX } else { (1u32 << (size * 8)) - 1 };
+                let mask: u32 = if size >= 4 {
+                    u32::MAX
+                } else {
+                    (1u32 << (size * 8)) - 1
+                };
                 // KVM's pending completion writes the low `size` bytes into
                 // RAX and moves RIP past the instruction; where that equals
                 // vmm(4)'s "RAX = vei_data, RIP = vrs", let it.
@@ -377,7 +497,13 @@ impl Inner {
                     let bytes = data.to_le_bytes();
                     // SAFETY: data_offset is where KVM placed this exit's I/O
                     // data inside the kvm_run mapping (at least `size` bytes).
-                    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), run.add(data_offset as usize), size as usize) };
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            bytes.as_ptr(),
+                            run.add(data_offset as usize),
+                            size as usize,
+                        )
+                    };
                     self.kvm_busy = false;
                 } else {
                     self.flush()?;
@@ -424,7 +550,11 @@ impl Inner {
         vrs.vrs_msrs = self.cached.msrs;
         vrs.vrs_msrs[VCPU_REGS_EFER as usize] = sregs.efer;
         vrs.vrs_drs = self.cached.drs;
-        exit.cpl = if sregs.cr0 & 1 == 0 { 0 } else { sregs.ss.dpl as i32 };
+        exit.cpl = if sregs.cr0 & 1 == 0 {
+            0
+        } else {
+            sregs.ss.dpl as i32
+        };
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -454,10 +584,13 @@ impl Inner {
         } else {
             // Fast path: RIP still on the OUT (KVM skips it on the next run).
             // Emulator path: RIP already past it.
-            let fwd = decode_at(rip).filter(|i| insn::matches_port_io(i, false, size, port, regs.rdx));
+            let fwd =
+                decode_at(rip).filter(|i| insn::matches_port_io(i, false, size, port, regs.rdx));
             let bwd = (1..=15u64).find_map(|l| {
                 let start = rip.wrapping_sub(l);
-                decode_at(start).filter(|i| i.len() as u64 == l && insn::matches_port_io(i, false, size, port, regs.rdx))
+                decode_at(start).filter(|i| {
+                    i.len() as u64 == l && insn::matches_port_io(i, false, size, port, regs.rdx)
+                })
             });
             match (fwd, bwd) {
                 (Some(i), None) => {
@@ -488,7 +621,13 @@ impl Inner {
         };
         self.pending = Some(if dir_in {
             self.kvm_busy = true;
-            Pending::PioIn { start, len, size, rax: regs.rax, data_offset }
+            Pending::PioIn {
+                start,
+                len,
+                size,
+                rax: regs.rax,
+                data_offset,
+            }
         } else {
             Pending::PioOut { start }
         });
@@ -507,7 +646,14 @@ impl Inner {
         Ok(())
     }
 
-    fn mmio_exit(&mut self, vm: &Vm, exit: &mut vm_exit, gpa: u64, len: usize, write: bool) -> Result<()> {
+    fn mmio_exit(
+        &mut self,
+        vm: &Vm,
+        exit: &mut vm_exit,
+        gpa: u64,
+        len: usize,
+        write: bool,
+    ) -> Result<()> {
         let regs = self.regs();
         let sregs = self.sregs();
         let bits = insn::bitness(&sregs, regs.rflags);
@@ -520,7 +666,8 @@ impl Inner {
         let (pre, form) = if !write {
             // A load waits in KVM's emulator with the registers untouched.
             let (bytes, n) = insn::fetch(&vm.memory, &sregs, bits, rip);
-            let i = insn::decode(&bytes[..n], bits, rip).ok_or_else(|| self.undecodable(vm, "MMIO load", rip, bits, &sregs))?;
+            let i = insn::decode(&bytes[..n], bits, rip)
+                .ok_or_else(|| self.undecodable(vm, "MMIO load", rip, bits, &sregs))?;
             self.kvm_busy = true;
             (regs, i)
         } else {
@@ -548,14 +695,19 @@ impl Inner {
                     covers(&i, &pre).then_some((pre, i))
                 })
             });
-            let (pre, i) = found.ok_or_else(|| self.undecodable(vm, "MMIO store", rip, bits, &sregs))?;
+            let (pre, i) =
+                found.ok_or_else(|| self.undecodable(vm, "MMIO store", rip, bits, &sregs))?;
             // A store wider than one KVM fragment leaves more fragments.
             self.kvm_busy = i.memory_size().size() > len;
             (pre, i)
         };
         let insn_len = form.len();
         if !(1..=15).contains(&insn_len) {
-            return Err(VmmError::with_detail(OP, libc::EINVAL, format!("instruction length {insn_len} at rip 0x{rip:x}")));
+            return Err(VmmError::with_detail(
+                OP,
+                libc::EINVAL,
+                format!("instruction length {insn_len} at rip 0x{rip:x}"),
+            ));
         }
         self.pending = Some(Pending::Mmio);
         self.exit_regs = Some(pre);
@@ -582,7 +734,10 @@ impl Inner {
         VmmError::with_detail(
             OP,
             libc::EINVAL,
-            format!("cannot identify the {what} instruction at rip 0x{rip:x} (bytes {})", hex(&bytes[..n])),
+            format!(
+                "cannot identify the {what} instruction at rip 0x{rip:x} (bytes {})",
+                hex(&bytes[..n])
+            ),
         )
     }
 
@@ -609,7 +764,10 @@ impl Inner {
                     text
                 );
             } else {
-                detail = format!("KVM internal error, suberror {suberror}, at rip 0x{:x}", regs.rip);
+                detail = format!(
+                    "KVM internal error, suberror {suberror}, at rip 0x{:x}",
+                    regs.rip
+                );
             }
         }
         VmmError::with_detail(OP, libc::EIO, detail)
@@ -617,7 +775,9 @@ impl Inner {
 
     fn read_regs(&mut self, mask: u64, vrs: &mut vcpu_reg_state) -> Result<()> {
         const OP: &str = "VMM_IOC_READREGS";
-        let e = |what: &'static str| move |err: kvm_ioctls::Error| VmmError::with_detail(OP, err.errno(), what);
+        let e = |what: &'static str| {
+            move |err: kvm_ioctls::Error| VmmError::with_detail(OP, err.errno(), what)
+        };
         if mask & VM_RWREGS_GPRS as u64 != 0 {
             let regs = match self.exit_regs {
                 Some(r) => r,
@@ -626,7 +786,11 @@ impl Inner {
             gprs_from_kvm(&regs, &mut vrs.vrs_gprs);
         }
         let need_sregs = mask & (VM_RWREGS_SREGS | VM_RWREGS_CRS | VM_RWREGS_MSRS) as u64 != 0;
-        let sregs = if need_sregs { Some(self.fd.get_sregs().map_err(e("KVM_GET_SREGS"))?) } else { None };
+        let sregs = if need_sregs {
+            Some(self.fd.get_sregs().map_err(e("KVM_GET_SREGS"))?)
+        } else {
+            None
+        };
         if mask & VM_RWREGS_SREGS as u64 != 0 {
             sregs_from_kvm(sregs.as_ref().unwrap(), vrs);
         }
@@ -641,7 +805,13 @@ impl Inner {
             vrs.vrs_crs[VCPU_REGS_PDPTE0 as usize..].copy_from_slice(&self.cached.pdptes);
         }
         if mask & VM_RWREGS_MSRS as u64 != 0 {
-            let entries: Vec<kvm_msr_entry> = VRS_MSRS.iter().map(|&(_, index)| kvm_msr_entry { index, ..Default::default() }).collect();
+            let entries: Vec<kvm_msr_entry> = VRS_MSRS
+                .iter()
+                .map(|&(_, index)| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
             let mut msrs = Msrs::from_entries(&entries).expect("few msrs");
             self.fd.get_msrs(&mut msrs).map_err(e("KVM_GET_MSRS"))?;
             for (&(slot, _), m) in VRS_MSRS.iter().zip(msrs.as_slice()) {
@@ -659,7 +829,9 @@ impl Inner {
     }
 
     fn write_regs(&mut self, op: &'static str, mask: u64, vrs: &vcpu_reg_state) -> Result<()> {
-        let e = |what: &'static str| move |err: kvm_ioctls::Error| VmmError::with_detail(op, err.errno(), what);
+        let e = |what: &'static str| {
+            move |err: kvm_ioctls::Error| VmmError::with_detail(op, err.errno(), what)
+        };
         // Registers set through ioctls must not be overwritten by a stale
         // sync-regs copy on the next run.
         self.fd.get_kvm_run().kvm_dirty_regs = 0;
@@ -692,7 +864,10 @@ impl Inner {
         if mask & VM_RWREGS_CRS as u64 != 0 {
             let xcr0 = vrs.vrs_crs[VCPU_REGS_XCR0 as usize];
             if xcr0 & 1 != 0 {
-                let mut x = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
+                let mut x = kvm_xcrs {
+                    nr_xcrs: 1,
+                    ..Default::default()
+                };
                 x.xcrs[0].xcr = 0;
                 x.xcrs[0].value = xcr0;
                 // XCR0 is only settable where the guest has XSAVE; keep the
@@ -707,12 +882,20 @@ impl Inner {
         if mask & VM_RWREGS_MSRS as u64 != 0 {
             let entries: Vec<kvm_msr_entry> = VRS_MSRS
                 .iter()
-                .map(|&(slot, index)| kvm_msr_entry { index, data: vrs.vrs_msrs[slot], ..Default::default() })
+                .map(|&(slot, index)| kvm_msr_entry {
+                    index,
+                    data: vrs.vrs_msrs[slot],
+                    ..Default::default()
+                })
                 .collect();
             let msrs = Msrs::from_entries(&entries).expect("few msrs");
             let n = self.fd.set_msrs(&msrs).map_err(e("KVM_SET_MSRS"))?;
             if n != entries.len() {
-                return Err(VmmError::with_detail(op, libc::EINVAL, format!("msr 0x{:x} rejected", entries[n].index)));
+                return Err(VmmError::with_detail(
+                    op,
+                    libc::EINVAL,
+                    format!("msr 0x{:x} rejected", entries[n].index),
+                ));
             }
             self.cached.msrs = vrs.vrs_msrs;
         }
@@ -735,5 +918,8 @@ fn pick(vm: &Vm, vmx: u32, svm: u32) -> u16 {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
