@@ -43,6 +43,67 @@ pub fn fetch(mem: &GuestMemory, sregs: &kvm_sregs, bits: u32, ip: u64) -> ([u8; 
     (buf, n)
 }
 
+/// The 15 bytes before and the 15 bytes from `ip`, read once: enough to
+/// decode the instruction at `ip` or any instruction that ends there.
+pub struct Window {
+    bytes: [u8; 30],
+    /// Valid bytes are `bytes[lo..hi]`; index 15 is `ip`.
+    lo: usize,
+    hi: usize,
+    ip: u64,
+    bits: u32,
+}
+
+impl Window {
+    pub fn read(mem: &GuestMemory, sregs: &kvm_sregs, bits: u32, ip: u64) -> Window {
+        let mut bytes = [0u8; 30];
+        let la = code_linear(sregs, bits, ip);
+        let hi = 15 + mmu::read_linear(mem, sregs, la, &mut bytes[15..]);
+        // Backward: the part in ip's own page first, then the page before.
+        let in_page = ((la & 0xfff) as usize).min(15);
+        let mut lo = 15;
+        if in_page > 0
+            && mmu::read_linear(
+                mem,
+                sregs,
+                la - in_page as u64,
+                &mut bytes[15 - in_page..15],
+            ) == in_page
+        {
+            lo = 15 - in_page;
+            let rest = 15 - in_page;
+            if rest > 0 && mmu::read_linear(mem, sregs, la - 15, &mut bytes[..rest]) == rest {
+                lo = 0;
+            }
+        }
+        Window {
+            bytes,
+            lo,
+            hi,
+            ip,
+            bits,
+        }
+    }
+
+    /// The instruction at `ip`.
+    pub fn at_ip(&self) -> Option<Instruction> {
+        decode(&self.bytes[15..self.hi], self.bits, self.ip)
+    }
+
+    /// The instruction of exactly `len` bytes that ends at `ip`.
+    pub fn ending_at_ip(&self, len: usize) -> Option<Instruction> {
+        if len > 15 || 15 - len < self.lo {
+            return None;
+        }
+        let i = decode(
+            &self.bytes[15 - len..15],
+            self.bits,
+            self.ip.wrapping_sub(len as u64),
+        )?;
+        (i.len() == len).then_some(i)
+    }
+}
+
 /// Decodes one instruction from `bytes` at `ip`; None if invalid or longer
 /// than the bytes available.
 pub fn decode(bytes: &[u8], bits: u32, ip: u64) -> Option<Instruction> {

@@ -572,26 +572,21 @@ impl Inner {
         let sregs = self.sregs();
         let bits = insn::bitness(&sregs, regs.rflags);
         let rip = regs.rip;
-        let decode_at = |ip: u64| {
-            let (bytes, n) = insn::fetch(&vm.memory, &sregs, bits, ip);
-            insn::decode(&bytes[..n], bits, ip)
-        };
+        let w = insn::Window::read(&vm.memory, &sregs, bits, rip);
+        let is_it =
+            |i: &iced_x86::Instruction| insn::matches_port_io(i, dir_in, size, port, regs.rdx);
         let (start, form) = if dir_in {
             // KVM stops before an IN on both of its paths.
-            let i = decode_at(rip).filter(|i| insn::matches_port_io(i, true, size, port, regs.rdx));
-            let i = i.ok_or_else(|| self.undecodable(vm, "IN", rip, bits, &sregs))?;
+            let i = w
+                .at_ip()
+                .filter(is_it)
+                .ok_or_else(|| self.undecodable(vm, "IN", rip, bits, &sregs))?;
             (rip, i)
         } else {
             // Fast path: RIP still on the OUT (KVM skips it on the next run).
             // Emulator path: RIP already past it.
-            let fwd =
-                decode_at(rip).filter(|i| insn::matches_port_io(i, false, size, port, regs.rdx));
-            let bwd = (1..=15u64).find_map(|l| {
-                let start = rip.wrapping_sub(l);
-                decode_at(start).filter(|i| {
-                    i.len() as u64 == l && insn::matches_port_io(i, false, size, port, regs.rdx)
-                })
-            });
+            let fwd = w.at_ip().filter(is_it);
+            let bwd = (1..=15).find_map(|l| w.ending_at_ip(l).filter(is_it));
             match (fwd, bwd) {
                 (Some(i), None) => {
                     self.kvm_busy = true;
@@ -663,10 +658,11 @@ impl Inner {
                 .iter()
                 .any(|&(g, n)| gpa >= g && gpa + len as u64 <= g + n as u64)
         };
+        let w = insn::Window::read(&vm.memory, &sregs, bits, rip);
         let (pre, form) = if !write {
             // A load waits in KVM's emulator with the registers untouched.
-            let (bytes, n) = insn::fetch(&vm.memory, &sregs, bits, rip);
-            let i = insn::decode(&bytes[..n], bits, rip)
+            let i = w
+                .at_ip()
                 .ok_or_else(|| self.undecodable(vm, "MMIO load", rip, bits, &sregs))?;
             self.kvm_busy = true;
             (regs, i)
@@ -674,11 +670,7 @@ impl Inner {
             // A store has been carried out by KVM's emulator: find the
             // instruction that ends at RIP (or, for a REP string store with
             // iterations left, the one at RIP) and undo its register updates.
-            let at = |ip: u64| {
-                let (bytes, n) = insn::fetch(&vm.memory, &sregs, bits, ip);
-                insn::decode(&bytes[..n], bits, ip)
-            };
-            let restarted = at(rip).and_then(|i| {
+            let restarted = w.at_ip().and_then(|i| {
                 let rep = i.has_rep_prefix() || i.has_repne_prefix();
                 if !(rep && i.code().is_string_instruction()) {
                     return None;
@@ -688,8 +680,8 @@ impl Inner {
                 covers(&i, &pre).then_some((pre, i))
             });
             let found = restarted.or_else(|| {
-                (1..=15u64).find_map(|l| {
-                    let i = at(rip.wrapping_sub(l)).filter(|i| i.len() as u64 == l)?;
+                (1..=15).find_map(|l| {
+                    let i = w.ending_at_ip(l)?;
                     let mut pre = insn::undo_side_effects(&i, &regs, bits);
                     pre.rip = i.ip();
                     covers(&i, &pre).then_some((pre, i))
