@@ -2,6 +2,7 @@
 //! the IN/OUT or memory instruction that caused a KVM exit, which vmm(4)
 //! reports and KVM does not.
 use super::mmu;
+use crate::abi::{VCPU_REGS_NGPRS, VCPU_REGS_RFLAGS, VCPU_REGS_RIP};
 use crate::GuestMemory;
 use iced_x86::{
     Code, Decoder, DecoderOptions, Instruction, InstructionInfoFactory, OpAccess, Register,
@@ -312,4 +313,110 @@ fn address_size(i: &Instruction, bits: u32) -> u32 {
         Register::DI | Register::SI => 16,
         _ => bits,
     }
+}
+
+/// A load from MMIO whose only effects are a destination register and RIP:
+/// MOV, MOVZX and MOVSX into a general-purpose register.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    dest: Register,
+    /// Bytes read from memory.
+    size: usize,
+    kind: LoadKind,
+    next_ip: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LoadKind {
+    Mov,
+    Zero,
+    Sign,
+}
+
+impl Load {
+    pub fn of(i: &Instruction) -> Option<Load> {
+        use iced_x86::{Mnemonic, OpKind};
+        if i.op_count() != 2 || i.op0_kind() != OpKind::Register || i.op1_kind() != OpKind::Memory {
+            return None;
+        }
+        let kind = match i.mnemonic() {
+            Mnemonic::Mov => LoadKind::Mov,
+            Mnemonic::Movzx => LoadKind::Zero,
+            Mnemonic::Movsx | Mnemonic::Movsxd => LoadKind::Sign,
+            _ => return None,
+        };
+        let dest = i.op0_register();
+        if !dest.is_gpr() {
+            return None;
+        }
+        Some(Load {
+            dest,
+            size: i.memory_size().size(),
+            kind,
+            next_ip: i.next_ip(),
+        })
+    }
+
+    /// The memory data that makes KVM's completion of this load produce
+    /// exactly the registers `want` (vmm(4) GPR order), given the registers
+    /// `pre` before it; None if no data does.
+    pub fn data_for(&self, pre: &kvm_regs, want: &[u64; VCPU_REGS_NGPRS as usize]) -> Option<u64> {
+        let mut before = [0u64; VCPU_REGS_NGPRS as usize];
+        super::regs::gprs_from_kvm(pre, &mut before);
+        if want[VCPU_REGS_RIP as usize] != self.next_ip
+            || want[VCPU_REGS_RFLAGS as usize] != before[VCPU_REGS_RFLAGS as usize]
+        {
+            return None;
+        }
+        let high8 = matches!(
+            self.dest,
+            Register::AH | Register::CH | Register::DH | Register::BH
+        );
+        // AH..BH belong to RAX..RBX; iced numbers GPRs in encoding order.
+        let slot = self.dest.full_register().number();
+        for (i, (&b, &w)) in before.iter().zip(want.iter()).enumerate() {
+            if i != slot && i != VCPU_REGS_RIP as usize && b != w {
+                return None;
+            }
+        }
+        let old = before[slot];
+        let new = want[slot];
+        let dsize = self.dest.size();
+        let mem_mask = mask(self.size);
+        // What the destination register becomes for data d.
+        let result = |d: u64| -> u64 {
+            let v = match self.kind {
+                LoadKind::Mov | LoadKind::Zero => d & mem_mask,
+                LoadKind::Sign => sign_extend(d & mem_mask, self.size) & mask(dsize),
+            };
+            if high8 {
+                (old & !0xff00) | ((v & 0xff) << 8)
+            } else if dsize == 4 {
+                v & 0xffff_ffff
+            } else if dsize == 8 {
+                v
+            } else {
+                (old & !mask(dsize)) | (v & mask(dsize))
+            }
+        };
+        let d = if high8 {
+            (new >> 8) & 0xff
+        } else {
+            new & mem_mask
+        };
+        (result(d) == new).then_some(d)
+    }
+}
+
+fn mask(bytes: usize) -> u64 {
+    if bytes >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (bytes * 8)) - 1
+    }
+}
+
+fn sign_extend(v: u64, bytes: usize) -> u64 {
+    let shift = 64 - bytes * 8;
+    (((v << shift) as i64) >> shift) as u64
 }

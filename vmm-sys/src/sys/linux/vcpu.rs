@@ -74,7 +74,9 @@ enum Pending {
     PioOut {
         start: u64,
     },
-    Mmio,
+    Mmio {
+        load: Option<insn::Load>,
+    },
 }
 
 struct Inner {
@@ -523,7 +525,21 @@ impl Inner {
                 self.fd.sync_regs_mut().regs.rip = rip;
                 self.fd.set_sync_dirty_reg(SyncReg::Register);
             }
-            Pending::Mmio => {
+            Pending::Mmio { load } => {
+                // A plain load waits in KVM for its data: where vmd's
+                // registers are exactly what KVM would produce from some
+                // data, hand KVM that data instead of draining it.
+                let pre = self.regs();
+                if let Some(data) = load
+                    .filter(|_| self.kvm_busy)
+                    .and_then(|l| l.data_for(&pre, &exit.vrs.vrs_gprs))
+                {
+                    // The pending exit is KVM_EXIT_MMIO: KVM reads this
+                    // member of the union back on the next run.
+                    self.fd.get_kvm_run().__bindgen_anon_1.mmio.data = data.to_le_bytes();
+                    self.kvm_busy = false;
+                    return Ok(());
+                }
                 self.flush()?;
                 gprs_to_kvm(&exit.vrs.vrs_gprs, &mut self.fd.sync_regs_mut().regs);
                 self.fd.set_sync_dirty_reg(SyncReg::Register);
@@ -701,7 +717,8 @@ impl Inner {
                 format!("instruction length {insn_len} at rip 0x{rip:x}"),
             ));
         }
-        self.pending = Some(Pending::Mmio);
+        let load = if write { None } else { insn::Load::of(&form) };
+        self.pending = Some(Pending::Mmio { load });
         self.exit_regs = Some(pre);
         self.fill_exit(exit, &pre);
         let flavour = vm.flavour();
