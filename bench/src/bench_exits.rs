@@ -290,7 +290,7 @@ mod linux {
         let i = Decoder::with_ip(64, &bytes, rip, DecoderOptions::NONE).decode();
         assert!(!i.is_invalid(), "undecodable MMIO instruction");
         if i.op0_kind() == OpKind::Register && i.op1_kind() == OpKind::Memory {
-            let idx = i.op0_register().full_register().number() as usize; // RAX=0 ... encoding order
+            let idx = i.op0_register().full_register().number(); // RAX=0 ... encoding order
             exit.vrs.vrs_gprs[idx] = 0x5a5a_5a5a;
         }
         exit.vrs.vrs_gprs[VCPU_REGS_RIP as usize] = rip + i.len() as u64;

@@ -62,7 +62,7 @@ pub fn translate(mem: &GuestMemory, sregs: &kvm_sregs, la: u64) -> Option<u64> {
         return (pte & PTE_P != 0).then_some((pte & ADDR_MASK) | (la & 0xfff));
     }
     let pde = mem
-        .read_u32(((sregs.cr3 & 0xffff_f000) + ((la >> 22) & 0x3ff) * 4) as u64)
+        .read_u32((sregs.cr3 & 0xffff_f000) + ((la >> 22) & 0x3ff) * 4)
         .ok()? as u64;
     if pde & PTE_P == 0 {
         return None;

@@ -104,8 +104,7 @@ impl Vcpu {
         fd.set_sync_valid_reg(SyncReg::SystemRegister);
         let run_page = fd.get_kvm_run() as *mut kvm_run;
         let raw_fd = fd.as_raw_fd();
-        let mut cached = Cached::default();
-        cached.xcr0 = 1;
+        let cached = Cached { xcr0: 1, ..Default::default() };
         Ok(Vcpu {
             id,
             inner: Mutex::new(Inner {
