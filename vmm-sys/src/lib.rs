@@ -116,6 +116,26 @@ impl Vmm {
         self.dev.guest_memory(vm_id)
     }
 
+    /// Descriptors for the memory of a VM this handle created, one per range
+    /// (None for MMIO ranges), to pass to a device process with
+    /// `SCM_RIGHTS`.  On OpenBSD the kernel shares memory by VM id and the
+    /// list is empty.
+    pub fn memory_fds(&self, vm_id: u32) -> Result<Vec<Option<std::os::fd::OwnedFd>>> {
+        self.dev.memory_fds(vm_id)
+    }
+
+    /// In a device process: takes the VM's memory descriptors received from
+    /// its creator, so that `sharemem` works there as it does on OpenBSD.
+    /// A no-op on OpenBSD.
+    pub fn adopt_memory(
+        &self,
+        vm_id: u32,
+        ranges: &[vm_mem_range],
+        fds: Vec<Option<std::os::fd::OwnedFd>>,
+    ) -> Result<()> {
+        self.dev.adopt_memory(vm_id, ranges, fds)
+    }
+
     /// Chooses the exit flavour of one VM.  The shim can produce either, so
     /// that both code paths of vmd run on any host; `/dev/vmm` only accepts
     /// the host's own (EOPNOTSUPP otherwise).

@@ -128,6 +128,21 @@ impl Device {
         Ok(unsafe { GuestMemory::from_ranges(ranges, &va, &[]) })
     }
 
+    /// vmm(4) shares memory by VM id: there are no descriptors to pass.
+    pub fn memory_fds(&self, _vm_id: u32) -> Result<Vec<Option<std::os::fd::OwnedFd>>> {
+        Ok(Vec::new())
+    }
+
+    /// Nothing to adopt: VMM_IOC_SHAREMEM finds the VM by id.
+    pub fn adopt_memory(
+        &self,
+        _vm_id: u32,
+        _ranges: &[vm_mem_range],
+        _fds: Vec<Option<std::os::fd::OwnedFd>>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
     pub fn set_exit_flavour(&self, _vm_id: u32, flavour: ExitFlavour) -> Result<()> {
         if flavour == self.flavour {
             Ok(())

@@ -31,6 +31,29 @@ impl MemFd {
     }
 }
 
+impl MemFd {
+    /// A descriptor received from another process; it must cover `size`.
+    pub fn adopt(fd: OwnedFd, size: usize, op: &'static str) -> Result<Arc<MemFd>> {
+        // SAFETY: fstat fills a zeroed stat buffer for a descriptor we own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+            return Err(VmmError::last_os_error(op));
+        }
+        if (st.st_size as u64) < size as u64 {
+            return Err(VmmError::with_detail(
+                op,
+                libc::EINVAL,
+                format!(
+                    "memory descriptor holds {} bytes, range needs {size}",
+                    st.st_size
+                ),
+            ));
+        }
+        Ok(Arc::new(MemFd { fd, size }))
+    }
+}
+
 /// One shared mapping of a memfd; unmapped when the last reference goes.
 pub(crate) struct Mapping {
     pub addr: *mut u8,

@@ -19,6 +19,7 @@ use kvm_bindings::{kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use memory::{Mapping, MemFd};
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use vcpu::Vcpu;
@@ -30,10 +31,18 @@ const TSS_ADDR: u64 = 0xFEFF_C000;
 pub(crate) struct Device {
     kvm: Kvm,
     vms: RwLock<BTreeMap<u32, Arc<Vm>>>,
+    /// Memory of VMs created by another process, adopted for SHAREMEM.
+    adopted: RwLock<BTreeMap<u32, Adopted>>,
     /// `vm_idx`: the last VM id handed out; ids are never reused.
     vm_idx: Mutex<u32>,
     cpuid: CpuId,
     flavour: ExitFlavour,
+}
+
+/// The memory of a VM another process created (ranges and their memfds).
+struct Adopted {
+    ranges: Vec<vm_mem_range>,
+    memfds: Vec<Option<Arc<MemFd>>>,
 }
 
 pub(crate) struct Vm {
@@ -101,6 +110,7 @@ impl Device {
         Ok(Device {
             kvm,
             vms: RwLock::new(BTreeMap::new()),
+            adopted: RwLock::new(BTreeMap::new()),
             vm_idx: Mutex::new(0),
             cpuid,
             flavour: crate::host_cpu_flavour(),
@@ -361,8 +371,14 @@ impl Device {
 
     pub fn sharemem(&self, vsp: &mut vm_sharemem_params) -> Result<GuestMemory> {
         const OP: &str = "VMM_IOC_SHAREMEM";
-        let vm = self.find(OP, vsp.vsp_vm_id)?;
-        let n = vm.ranges.len();
+        let (ranges, memfds) = match self.find(OP, vsp.vsp_vm_id) {
+            Ok(vm) => (vm.ranges.clone(), vm.memfds.clone()),
+            Err(e) => match self.adopted.read().unwrap().get(&vsp.vsp_vm_id) {
+                Some(a) => (a.ranges.clone(), a.memfds.clone()),
+                None => return Err(e),
+            },
+        };
+        let n = ranges.len();
         if vsp.vsp_nmemranges != n {
             return Err(VmmError::with_detail(
                 OP,
@@ -370,7 +386,7 @@ impl Device {
                 format!("{} ranges, vm has {n}", vsp.vsp_nmemranges),
             ));
         }
-        for (i, (want, have)) in vsp.vsp_memranges[..n].iter().zip(&vm.ranges).enumerate() {
+        for (i, (want, have)) in vsp.vsp_memranges[..n].iter().zip(&ranges).enumerate() {
             if want.vmr_type != have.vmr_type
                 || want.vmr_gpa != have.vmr_gpa
                 || want.vmr_size != have.vmr_size
@@ -390,7 +406,7 @@ impl Device {
             }
         }
         let mut keep: Vec<Option<Arc<dyn HostMapping>>> = Vec::with_capacity(n);
-        for (i, mem) in vm.memfds.iter().enumerate() {
+        for (i, mem) in memfds.iter().enumerate() {
             match mem {
                 Some(mem) => {
                     let map = Mapping::new(mem, OP)?;
@@ -403,6 +419,62 @@ impl Device {
         // SAFETY: each vsp_va is a fresh shared mapping of the range's memfd,
         // kept alive by `keep`.
         Ok(unsafe { GuestMemory::from_ranges(&vsp.vsp_memranges[..n], &vsp.vsp_va[..n], &keep) })
+    }
+
+    pub fn memory_fds(&self, vm_id: u32) -> Result<Vec<Option<OwnedFd>>> {
+        const OP: &str = "memory fds";
+        let vm = self.find(OP, vm_id)?;
+        vm.memfds
+            .iter()
+            .map(|m| match m {
+                Some(m) => m.fd.try_clone().map(Some).map_err(|e| {
+                    VmmError::with_detail(OP, e.raw_os_error().unwrap_or(libc::EIO), "dup")
+                }),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
+    pub fn adopt_memory(
+        &self,
+        vm_id: u32,
+        ranges: &[vm_mem_range],
+        fds: Vec<Option<OwnedFd>>,
+    ) -> Result<()> {
+        const OP: &str = "adopt memory";
+        if ranges.len() != fds.len()
+            || ranges.is_empty()
+            || ranges.len() > VMM_MAX_MEM_RANGES as usize
+        {
+            return Err(VmmError::with_detail(
+                OP,
+                libc::EINVAL,
+                format!("{} ranges, {} descriptors", ranges.len(), fds.len()),
+            ));
+        }
+        let mut memfds = Vec::with_capacity(fds.len());
+        for (i, (r, fd)) in ranges.iter().zip(fds).enumerate() {
+            let mmio = r.vmr_type == VM_MEM_MMIO as i32;
+            match (fd, mmio) {
+                (Some(fd), false) => memfds.push(Some(MemFd::adopt(fd, r.vmr_size, OP)?)),
+                (None, true) => memfds.push(None),
+                _ => {
+                    return Err(VmmError::with_detail(
+                        OP,
+                        libc::EINVAL,
+                        format!("range {i}: descriptor does not match its type"),
+                    ))
+                }
+            }
+        }
+        self.adopted.write().unwrap().insert(
+            vm_id,
+            Adopted {
+                ranges: ranges.to_vec(),
+                memfds,
+            },
+        );
+        Ok(())
     }
 
     pub fn guest_memory(&self, vm_id: u32) -> Result<GuestMemory> {
