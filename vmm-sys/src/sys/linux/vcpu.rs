@@ -104,7 +104,10 @@ impl Vcpu {
         fd.set_sync_valid_reg(SyncReg::SystemRegister);
         let run_page = fd.get_kvm_run() as *mut kvm_run;
         let raw_fd = fd.as_raw_fd();
-        let cached = Cached { xcr0: 1, ..Default::default() };
+        let cached = Cached {
+            xcr0: 1,
+            ..Default::default()
+        };
         Ok(Vcpu {
             id,
             inner: Mutex::new(Inner {
