@@ -1,0 +1,5 @@
+use crate::Tests;
+
+pub fn tests() -> Tests {
+    vec![]
+}
