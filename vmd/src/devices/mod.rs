@@ -1,0 +1,1 @@
+//! Device models of vmd's amd64 machine (reference §4.2, §4.3).

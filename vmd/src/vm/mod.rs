@@ -1,0 +1,3 @@
+//! The VM process: one guest, its vCPU and its devices.
+pub mod bus;
+pub mod irq;

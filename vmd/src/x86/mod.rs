@@ -1,0 +1,1 @@
+//! The x86 side of MMIO emulation (reference §6).
