@@ -1,3 +1,4 @@
 //! The VM process: one guest, its vCPU and its devices.
 pub mod bus;
 pub mod irq;
+pub mod memmap;
