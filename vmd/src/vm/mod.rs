@@ -1,4 +1,5 @@
 //! The VM process: one guest, its vCPU and its devices.
+pub mod boot;
 pub mod bus;
 pub mod exit;
 pub mod irq;

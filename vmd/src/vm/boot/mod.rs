@@ -1,0 +1,43 @@
+//! Loading what the guest starts with (reference §4.5, §4.6): a BIOS image
+//! (SeaBIOS, OpenBSD's `vmm-bios`), an OpenBSD ELF kernel with boot
+//! arguments, or a Linux bzImage with the Linux boot protocol.
+pub mod bios;
+pub mod regs;
+
+use vmm_sys::GuestMemory;
+
+#[derive(Debug)]
+pub enum LoadError {
+    /// The image does not fit where it must go.
+    Size { what: &'static str, size: usize, limit: usize },
+    /// Not a format this loader understands.
+    Format(String),
+    /// Writing guest memory failed.
+    Memory(String),
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Size { what, size, limit } => {
+                write!(f, "{what} of {size} bytes does not fit (limit {limit} bytes)")
+            }
+            LoadError::Format(m) => write!(f, "{m}"),
+            LoadError::Memory(m) => write!(f, "guest memory: {m}"),
+            LoadError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl From<std::io::Error> for LoadError {
+    fn from(e: std::io::Error) -> Self {
+        LoadError::Io(e)
+    }
+}
+
+pub(crate) fn write(mem: &GuestMemory, gpa: u64, bytes: &[u8]) -> Result<(), LoadError> {
+    mem.write(gpa, bytes).map_err(|e| LoadError::Memory(e.to_string()))
+}
