@@ -43,8 +43,7 @@ fn range(gpa: u64, size: u64, ty: u32) -> vm_mem_range {
 /// (0xFFDFFFFF, not page aligned, so vmm(4) would refuse it); we put it at
 /// the intended 0xFFE00000.
 pub fn create_memory_map(mem_bytes: u64) -> Result<Vec<vm_mem_range>, MemMapError> {
-    if mem_bytes == 0 || mem_bytes > VMM_MAX_VM_MEM_SIZE || mem_bytes < MB || mem_bytes % 4096 != 0
-    {
+    if !(MB..=VMM_MAX_VM_MEM_SIZE).contains(&mem_bytes) || !mem_bytes.is_multiple_of(4096) {
         return Err(MemMapError::BadSize(mem_bytes));
     }
     let mut ranges = vec![

@@ -14,7 +14,11 @@ pub fn load(mem: &GuestMemory, image: &[u8]) -> Result<vcpu_reg_state, LoadError
     // The copy below 1 MiB may not reach below the top of low memory.
     let limit = (MB - crate::vm::memmap::LOWMEM) as usize;
     if image.len() < MIN_SIZE || image.len() > limit {
-        return Err(LoadError::Size { what: "BIOS image", size: image.len(), limit });
+        return Err(LoadError::Size {
+            what: "BIOS image",
+            size: image.len(),
+            limit,
+        });
     }
     write(mem, MB - image.len() as u64, image)?;
     write(mem, 4 * GB - image.len() as u64, image)?;

@@ -2,6 +2,7 @@
 //! (SeaBIOS, OpenBSD's `vmm-bios`), an OpenBSD ELF kernel with boot
 //! arguments, or a Linux bzImage with the Linux boot protocol.
 pub mod bios;
+pub mod elf;
 pub mod regs;
 
 use vmm_sys::GuestMemory;
@@ -9,7 +10,11 @@ use vmm_sys::GuestMemory;
 #[derive(Debug)]
 pub enum LoadError {
     /// The image does not fit where it must go.
-    Size { what: &'static str, size: usize, limit: usize },
+    Size {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
     /// Not a format this loader understands.
     Format(String),
     /// Writing guest memory failed.
@@ -21,7 +26,10 @@ impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             LoadError::Size { what, size, limit } => {
-                write!(f, "{what} of {size} bytes does not fit (limit {limit} bytes)")
+                write!(
+                    f,
+                    "{what} of {size} bytes does not fit (limit {limit} bytes)"
+                )
             }
             LoadError::Format(m) => write!(f, "{m}"),
             LoadError::Memory(m) => write!(f, "guest memory: {m}"),
@@ -39,5 +47,6 @@ impl From<std::io::Error> for LoadError {
 }
 
 pub(crate) fn write(mem: &GuestMemory, gpa: u64, bytes: &[u8]) -> Result<(), LoadError> {
-    mem.write(gpa, bytes).map_err(|e| LoadError::Memory(e.to_string()))
+    mem.write(gpa, bytes)
+        .map_err(|e| LoadError::Memory(e.to_string()))
 }

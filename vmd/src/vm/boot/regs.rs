@@ -3,7 +3,12 @@
 use vmm_sys::abi::*;
 
 fn seg(sel: u16, limit: u32, ar: u32, base: u64) -> vcpu_segment_info {
-    vcpu_segment_info { vsi_sel: sel, vsi_limit: limit, vsi_ar: ar, vsi_base: base }
+    vcpu_segment_info {
+        vsi_sel: sel,
+        vsi_limit: limit,
+        vsi_ar: ar,
+        vsi_base: base,
+    }
 }
 
 /// Real mode at the reset vector F000:FFF0.
@@ -36,7 +41,13 @@ pub fn flat64(entry: u64, rsp: u64) -> vcpu_reg_state {
     r.vrs_crs[VCPU_REGS_CR4 as usize] = 0x20 | 0x10; // PAE | PSE
     r.vrs_msrs[VCPU_REGS_EFER as usize] = 0x100 | 0x400; // LME | LMA
     let data = seg(0x10, 0xFFFF_FFFF, 0xC093, 0);
-    for i in [VCPU_REGS_ES, VCPU_REGS_SS, VCPU_REGS_DS, VCPU_REGS_FS, VCPU_REGS_GS] {
+    for i in [
+        VCPU_REGS_ES,
+        VCPU_REGS_SS,
+        VCPU_REGS_DS,
+        VCPU_REGS_FS,
+        VCPU_REGS_GS,
+    ] {
         r.vrs_sregs[i as usize] = data;
     }
     r.vrs_sregs[VCPU_REGS_CS as usize] = seg(0x8, 0xFFFF_FFFF, 0xC09F, 0);
