@@ -223,6 +223,21 @@ pub fn reg_value(reg: Register, r: &kvm_regs, s: &kvm_sregs, bits: u32) -> Optio
     })
 }
 
+/// Whether KVM's MMIO exit for `len` bytes at `gpa` is the first one of a
+/// write of `n` bytes at `g`: the whole write, or its first fragment (KVM
+/// splits writes into pieces of at most 8 bytes, and at page boundaries,
+/// where the part in the first page may have gone to RAM without an exit).
+/// Anything looser lets a shorter decoding win while searching backwards
+/// from RIP: `89 53 22` (a 4-byte store) "covers" the 2-byte store of
+/// `66 89 53 22`.
+pub fn first_fragment(g: u64, n: usize, gpa: u64, len: usize) -> bool {
+    let (n, len) = (n as u64, len as u64);
+    let end = g + n;
+    let next_page = (g | 0xfff) + 1;
+    let starts = gpa == g || (gpa == next_page && next_page < end);
+    starts && gpa + len <= end && (gpa + len == end || len == 8 || (gpa + len) & 0xfff == 0)
+}
+
 /// The guest-physical addresses that `i` writes, computed from registers
 /// `r` as they were before it ran.
 pub fn written_gpas(

@@ -674,7 +674,7 @@ impl Inner {
         let covers = |i: &iced_x86::Instruction, pre: &kvm_regs| {
             insn::written_gpas(i, pre, &sregs, bits, &vm.memory)
                 .iter()
-                .any(|&(g, n)| gpa >= g && gpa + len as u64 <= g + n as u64)
+                .any(|&(g, n)| insn::first_fragment(g, n, gpa, len))
         };
         let w = insn::Window::read(&vm.memory, &sregs, bits, rip);
         let (pre, form) = if !write {
