@@ -1,1 +1,2 @@
 //! Device models of vmd's amd64 machine (reference §4.2, §4.3).
+pub mod ns8250;
