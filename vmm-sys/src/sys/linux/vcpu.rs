@@ -232,6 +232,11 @@ impl Vcpu {
                     pick(vm, VMX_EXIT_INT_WINDOW, SVM_VMEXIT_VINTR)
                 }
                 Ok(Exit::Hlt) => {
+                    if g.irq.is_some() && g.interruptible() {
+                        // The interrupt vmd injected wakes the HLT
+                        // (delivered at the top of the loop).
+                        continue;
+                    }
                     g.plain_exit(exit);
                     pick(vm, VMX_EXIT_HLT, SVM_VMEXIT_HLT)
                 }
