@@ -10,12 +10,17 @@ pub struct Marks {
 }
 
 impl Marks {
-    /// Names the address of the next instruction added to `a`.
-    pub fn here(&mut self, a: &mut CodeAssembler, name: &'static str) -> Result<(), IcedError> {
+    /// Names the address of the next instruction added to `a`; the label
+    /// returned can also be a branch target.
+    pub fn here(
+        &mut self,
+        a: &mut CodeAssembler,
+        name: &'static str,
+    ) -> Result<CodeLabel, IcedError> {
         let mut l = a.create_label();
         a.set_label(&mut l)?;
         self.labels.push((name, l));
-        Ok(())
+        Ok(l)
     }
 }
 
