@@ -244,7 +244,7 @@ fn exit_matches_readregs() -> Result<()> {
             &g.exit.vrs,
             VM_RWREGS_ALL,
         )?;
-        g.exit.vrs.vrs_gprs[VCPU_REGS_RIP as usize] += p.len_at(mark) as u64;
+        g.exit.vrs.vrs_gprs[VCPU_REGS_RIP as usize] += p.len_at(mark);
         if mark == "load" {
             g.exit.vrs.vrs_gprs[VCPU_REGS_RCX as usize] = 0xabcd;
         }
