@@ -1,2 +1,3 @@
 //! Device models of vmd's amd64 machine (reference §4.2, §4.3).
 pub mod ns8250;
+pub mod pci;
