@@ -133,6 +133,13 @@ impl GuestMemory {
         self.write(gpa, &v.to_le_bytes())
     }
 
+    /// The backed ranges as (guest-physical address, length, host address),
+    /// for code that builds views of its own (vm-memory) over them; the
+    /// host addresses stay valid while this view (or a clone) lives.
+    pub fn regions(&self) -> Vec<(u64, usize, *mut u8)> {
+        self.regions.iter().map(|r| (r.gpa, r.len as usize, r.host)).collect()
+    }
+
     /// Host address of `len` bytes at `gpa`, for code that hands guest
     /// memory to other mapping-aware crates.
     pub fn host_address(&self, gpa: u64, len: usize) -> Option<*mut u8> {

@@ -2,5 +2,6 @@
 pub mod boot;
 pub mod bus;
 pub mod exit;
+pub mod guest_memory;
 pub mod irq;
 pub mod memmap;

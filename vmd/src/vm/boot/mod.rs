@@ -3,6 +3,7 @@
 //! arguments, or a Linux bzImage with the Linux boot protocol.
 pub mod bios;
 pub mod elf;
+pub mod linux;
 pub mod regs;
 
 use vmm_sys::GuestMemory;

@@ -1,0 +1,46 @@
+//! The guest-memory module: a vm-memory view (`GuestMemoryMmap`) over the
+//! mappings vmm-sys made, for the rust-vmm crates that want one
+//! (linux-loader, virtio-queue).  This and vmm-sys are the only places with
+//! `unsafe`.
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+/// A vm-memory view that keeps the vmm-sys mappings it refers to alive.
+pub struct VmMemory {
+    mmap: GuestMemoryMmap,
+    _keep: vmm_sys::GuestMemory,
+}
+
+impl VmMemory {
+    pub fn new(mem: &vmm_sys::GuestMemory) -> Result<VmMemory, String> {
+        let mut regions = Vec::new();
+        for (gpa, len, host) in mem.regions() {
+            // SAFETY: `host` is the start of a live shared read/write
+            // mapping of `len` bytes made by vmm-sys, and `_keep` holds a
+            // reference to it for as long as this view exists; vm-memory
+            // does not unmap raw regions.
+            let region = unsafe {
+                MmapRegion::build_raw(
+                    host,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                )
+            }
+            .map_err(|e| format!("guest memory at 0x{gpa:x}: {e}"))?;
+            regions.push(
+                GuestRegionMmap::new(region, GuestAddress(gpa))
+                    .ok_or_else(|| format!("guest memory at 0x{gpa:x} overflows"))?,
+            );
+        }
+        let mmap =
+            GuestMemoryMmap::from_regions(regions).map_err(|e| format!("guest memory: {e}"))?;
+        Ok(VmMemory {
+            mmap,
+            _keep: mem.clone(),
+        })
+    }
+
+    pub fn mmap(&self) -> &GuestMemoryMmap {
+        &self.mmap
+    }
+}
