@@ -6,6 +6,8 @@
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use vmm_regress::*;
 
+#[path = "vmm/emulation.rs"]
+mod emulation;
 #[path = "vmm/events.rs"]
 mod events;
 #[path = "vmm/mmio.rs"]
@@ -44,6 +46,7 @@ fn main() {
     tests.extend(events::tests());
     tests.extend(regs::tests());
     tests.extend(params::tests());
+    tests.extend(emulation::tests());
     let trials = tests
         .into_iter()
         .map(|(name, f)| {
