@@ -213,10 +213,20 @@ impl Vcpu {
                 Ok(Exit::Io {
                     dir_in,
                     port,
-                    size,
                     data,
                     data_offset,
                 }) => {
+                    // kvm-ioctls hands over the data of all `count`
+                    // elements of a string instruction: the element size
+                    // is KVM's io.size.
+                    // SAFETY: the exit is KVM_EXIT_IO, so the io member of
+                    // the union is the one KVM wrote.
+                    let size = unsafe { g.fd.get_kvm_run().__bindgen_anon_1.io.size };
+                    let data = match size {
+                        1 => data & 0xff,
+                        2 => data & 0xffff,
+                        _ => data,
+                    };
                     g.io_exit(vm, exit, dir_in, port, size, data, data_offset)?;
                     pick(vm, VMX_EXIT_IO, SVM_VMEXIT_IOIO)
                 }
@@ -349,7 +359,7 @@ enum Exit {
     Io {
         dir_in: bool,
         port: u16,
-        size: u8,
+        /// The first element's data (OUT); its size is in kvm_run.
         data: u32,
         data_offset: u64,
     },
@@ -367,10 +377,9 @@ enum Exit {
 impl From<VcpuExit<'_>> for Exit {
     fn from(e: VcpuExit<'_>) -> Exit {
         match e {
-            VcpuExit::IoIn(port, data) => Exit::Io {
+            VcpuExit::IoIn(port, _) => Exit::Io {
                 dir_in: true,
                 port,
-                size: data.len().min(4) as u8,
                 data: 0,
                 data_offset: 0,
             },
@@ -381,7 +390,6 @@ impl From<VcpuExit<'_>> for Exit {
                 Exit::Io {
                     dir_in: false,
                     port,
-                    size: n as u8,
                     data: u32::from_le_bytes(b),
                     data_offset: 0,
                 }
