@@ -13,6 +13,7 @@ pub fn tests() -> Tests {
         ("pio::long64", Test::Plain(long64_)),
         ("pio::compat32", Test::Plain(compat32_)),
         ("pio::user64_native", Test::Plain(user64_native)),
+        ("pio::string_io", Test::Plain(string_io)),
     ]
 }
 
@@ -246,4 +247,76 @@ fn compat32_() -> Result<()> {
 /// through the instruction emulator, even at CPL 3.)
 fn user64_native() -> Result<()> {
     run_pio("pio64u", 64, user64(CODE))
+}
+
+/// String port I/O: vmd refuses it (`can't emulate REP prefixed
+/// IN(S)/OUT(S)`), so what matters is an exit record that says so:
+/// vei_string, vei_rep, the element size, and the length of the whole
+/// instruction.  vcpu.c's INS step (advance RIP, continue) must work.
+fn string_io() -> Result<()> {
+    let mut g = Guest::new("piostr")?;
+    let p = Program::new(16, CODE, |a, m| {
+        a.mov(dx, 0x61)?;
+        a.mov(di, DATA as u32)?;
+        m.here(a, "insb")?;
+        a.insb()?;
+        m.here(a, "after")?;
+        a.out(0x81, al)?;
+        m.here(a, "rep_outsb")?;
+        a.rep().outsb()?;
+        a.hlt()?;
+        m.here(a, "rep_insw")?;
+        a.rep().insw()?;
+        a.hlt()
+    });
+    g.load(&p, &flat16(CODE))?;
+    let cases = [
+        ("insb", VEI_DIR_IN, 0x61, 1, 0),
+        ("rep_outsb", VEI_DIR_OUT, 0x3f8, 1, 1),
+        ("rep_insw", VEI_DIR_IN, 0x3f8, 2, 1),
+    ];
+    for (k, (mark, dir, port, size, rep)) in cases.into_iter().enumerate() {
+        if k > 0 {
+            // Start over at the instruction (vmd would end the VM), with
+            // counts and pointers for it.
+            let mut s = flat16(p.at(mark));
+            s.vrs_gprs[VCPU_REGS_RCX as usize] = 3;
+            s.vrs_gprs[VCPU_REGS_RSI as usize] = DATA;
+            s.vrs_gprs[VCPU_REGS_RDI as usize] = DATA + 0x10;
+            s.vrs_gprs[VCPU_REGS_RDX as usize] = port as u64;
+            g.reset(&s)?;
+        }
+        let r = g.run()?;
+        g.expect_io(r, dir, port, size)
+            .map_err(|e| format!("{mark}: {e}"))?;
+        let vei = *g.exit.vei();
+        check(vei.vei_string == 1 && vei.vei_rep == rep, || {
+            format!(
+                "{mark}: vei_string {} vei_rep {}, want 1 {rep}",
+                vei.vei_string, vei.vei_rep
+            )
+        })?;
+        check(vei.vei_encoding == 0, || {
+            format!("{mark}: vei_encoding {}", vei.vei_encoding)
+        })?;
+        check(vei.vei_insn_len as u64 == p.len_at(mark), || {
+            format!(
+                "{mark}: vei_insn_len {}, want {}",
+                vei.vei_insn_len,
+                p.len_at(mark)
+            )
+        })?;
+        check(g.rip() == p.at(mark), || {
+            format!("{mark}: rip 0x{:x}, want 0x{:x}", g.rip(), p.at(mark))
+        })?;
+        if mark == "insb" {
+            g.skip_io();
+            let r = g.run()?;
+            g.expect_io(r, VEI_DIR_OUT, 0x81, 1)?;
+            check(g.rip() == p.at("after"), || {
+                format!("after insb: rip 0x{:x}", g.rip())
+            })?;
+        }
+    }
+    Ok(())
 }
