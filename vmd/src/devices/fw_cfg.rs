@@ -369,7 +369,10 @@ const DMA_LOW: u16 = FW_CFG_IO_DMA_ADDR_LOW - FW_CFG_IO_SELECT;
 impl<M: DmaMemory> PioDevice for FwCfg<M> {
     fn pio_read(&mut self, offset: u16, size: u8) -> u32 {
         match offset {
-            SELECT => 0,
+            SELECT => {
+                log::warn!("fw_cfg: read from selector port unsupported");
+                0
+            }
             DATA => u32::from(self.read_byte()),
             DMA_HIGH | DMA_LOW if size != 4 => 0,
             DMA_HIGH => (self.dma_signature() >> 32) as u32,
@@ -381,8 +384,7 @@ impl<M: DmaMemory> PioDevice for FwCfg<M> {
     fn pio_write(&mut self, offset: u16, size: u8, value: u32) {
         match offset {
             SELECT => self.select((value & all_ones(size)) as u16),
-            // Writes to the data port are discarded.
-            DATA => {}
+            DATA => log::debug!("fw_cfg: discarding data written to data port"),
             DMA_HIGH | DMA_LOW if size != 4 => self.dma_addr = 0,
             DMA_HIGH => self.dma_addr = u64::from(u32::from_be(value)) << 32,
             DMA_LOW => {

@@ -294,6 +294,8 @@ impl<W: Write + Send> Ns8250<W> {
         if drained {
             self.regs.data = 0;
             self.regs.lsr &= !LSR_RXRDY;
+        } else {
+            log::debug!("ns8250: guest reading com1 when not ready");
         }
         self.update_iir();
         self.sync_line();
@@ -333,10 +335,14 @@ impl<W: Write + Send> Ns8250<W> {
         // Leaving DLAB latches the divisor (a zero divisor is ignored).
         if self.dlab() && v & LCR_DLAB == 0 {
             let divisor = u32::from(self.regs.divlo) | u32::from(self.regs.divhi) << 8;
-            if let Some(baud) = NS8250_BASE_BAUD.checked_div(divisor) {
-                self.baudrate = baud;
-                self.pause_ct = pause_count(baud);
+            match NS8250_BASE_BAUD.checked_div(divisor) {
+                Some(baud) => {
+                    self.baudrate = baud;
+                    self.pause_ct = pause_count(baud);
+                }
+                None => log::warn!("ns8250: ignoring invalid baudrate"),
             }
+            log::debug!("ns8250: set baudrate = {}", self.baudrate);
         }
         self.regs.lcr = v;
     }
@@ -380,7 +386,8 @@ impl<W: Write + Send> PioDevice for Ns8250<W> {
             COM_LCR => self.write_lcr(v),
             COM_MCR => self.regs.mcr = v,
             COM_SCR => self.regs.scr = 0xff,
-            // LSR and MSR are read-only; vmd logs and drops the write.
+            COM_LSR => log::warn!("ns8250: LSR UART write 0x{value:x} unsupported"),
+            COM_MSR => log::warn!("ns8250: MSR UART write 0x{value:x} unsupported"),
             _ => {}
         }
     }

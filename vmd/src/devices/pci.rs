@@ -460,6 +460,7 @@ impl PciBus {
     fn target(&self) -> Option<(u8, u8)> {
         let a = self.addr_reg;
         if a & PCI_MODE1_ENABLE == 0 {
+            log::warn!("invalid address register during pci read: 0x{a:x}");
             return None;
         }
         let bus = (a >> 16) & 0xff;
