@@ -47,7 +47,7 @@ impl Device {
 
     pub fn create(&self, vcp: &mut vm_create_params) -> Result<()> {
         self.ioctl(VMM_IOC_CREATE, vcp)?;
-        let n = (vcp.vcp_nmemranges as usize).min(vcp.vcp_memranges.len());
+        let n = vcp.vcp_nmemranges.min(vcp.vcp_memranges.len());
         self.created
             .lock()
             .unwrap()
@@ -69,7 +69,7 @@ impl Device {
             self.ioctl(VMM_IOC_INFO, &mut vip)?;
             // A VM created between the two calls leaves vip_info_ct at 0.
             if vip.vip_info_ct != 0 || n == 0 {
-                out.truncate(vip.vip_info_ct as usize);
+                out.truncate(vip.vip_info_ct);
                 return Ok(out);
             }
         }
@@ -112,7 +112,7 @@ impl Device {
 
     pub fn sharemem(&self, vsp: &mut vm_sharemem_params) -> Result<GuestMemory> {
         self.ioctl(VMM_IOC_SHAREMEM, vsp)?;
-        let n = (vsp.vsp_nmemranges as usize).min(vsp.vsp_memranges.len());
+        let n = vsp.vsp_nmemranges.min(vsp.vsp_memranges.len());
         // SAFETY: vmm(4) maps each range immutably into this process for its
         // lifetime at vsp_va[i], vmr_size bytes.
         Ok(unsafe { GuestMemory::from_ranges(&vsp.vsp_memranges[..n], &vsp.vsp_va[..n], &[]) })
