@@ -45,6 +45,18 @@ pub fn tests() -> Tests {
         ("events::exception_long64", Test::Plain(exception_long64)),
         ("events::nmi_real", Test::Plain(nmi_real)),
         ("events::nmi_long64", Test::Plain(nmi_long64)),
+        (
+            "events::intr_after_mmio_load",
+            Test::Plain(|| inject_after_mmio_load(VCPU_INJECT_INTR)),
+        ),
+        (
+            "events::nmi_after_mmio_load",
+            Test::Plain(|| inject_after_mmio_load(VCPU_INJECT_NMI)),
+        ),
+        (
+            "events::exception_after_mmio_load",
+            Test::Plain(|| inject_after_mmio_load(VCPU_INJECT_EX)),
+        ),
     ]
 }
 
@@ -631,4 +643,67 @@ fn nmi_long64() -> Result<()> {
         SEL_DATA as u64,
     ];
     check(f == want, || format!("NMI frame {f:x?}, want {want:x?}"))
+}
+
+/// An event injected on the run that also completes an MMIO load (vmd
+/// wrote the loaded value and the next RIP): the load completes with
+/// vmd's value first, then the handler runs with the frame pointing past
+/// the load.  `kind` is VCPU_INJECT_INTR, _NMI or _EX.
+fn inject_after_mmio_load(kind: u32) -> Result<()> {
+    let mut g = Guest::new("injmmio")?;
+    let vector = match kind {
+        VCPU_INJECT_INTR => VECTOR,
+        VCPU_INJECT_NMI => 2,
+        _ => 13,
+    };
+    let p = Program::new(64, CODE, |a, m| {
+        a.mov(ebx, MMIO_BASE as u32)?;
+        a.sti()?;
+        a.mov(rcx, -1i64)?;
+        m.here(a, "load")?;
+        a.mov(ecx, dword_ptr(rbx + 0x40))?;
+        m.here(a, "after")?;
+        a.out(0x81, al)?;
+        a.hlt()?;
+        m.here(a, "handler")?;
+        handler(a, vector, false)
+    });
+    g.set_idt64(vector, p.at("handler"))?;
+    g.load(&p, &long64(CODE))?;
+    let r = g.run()?;
+    g.expect_reason(r, VMX_EXIT_EPT_VIOLATION, SVM_VMEXIT_NPF, "load")?;
+    check(g.rip() == p.at("load"), || format!("rip 0x{:x}", g.rip()))?;
+    irqready(&g, 1, "at the load")?;
+    g.exit.vrs.vrs_gprs[VCPU_REGS_RCX as usize] = 0x1357_9bdf;
+    g.exit.vrs.vrs_gprs[VCPU_REGS_RIP as usize] = p.at("after");
+    g.vrp.vrp_inject = match kind {
+        VCPU_INJECT_INTR => intr(VECTOR),
+        VCPU_INJECT_NMI => nmi(),
+        _ => exception(13, 0x42),
+    };
+    let r = g.run()?;
+    g.expect_out(r, MARK, 1, vector as u32, p.at("handler") + 2)?;
+    check(g.gpr(VCPU_REGS_RCX) == 0x1357_9bdf, || {
+        format!(
+            "rcx 0x{:x} in the handler, want vmd's 0x13579bdf",
+            g.gpr(VCPU_REGS_RCX)
+        )
+    })?;
+    let f = stack64(&g, 6)?;
+    let frame = if kind == VCPU_INJECT_EX {
+        check(f[0] == 0x42, || format!("#GP frame {f:x?}: error code"))?;
+        &f[1..]
+    } else {
+        &f[..5]
+    };
+    let want = [
+        p.at("after"),
+        SEL_CODE64 as u64,
+        0x202,
+        STACK_TOP,
+        SEL_DATA as u64,
+    ];
+    check(frame == want, || {
+        format!("frame {frame:x?}, want {want:x?}")
+    })
 }

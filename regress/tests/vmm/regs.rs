@@ -20,6 +20,10 @@ pub fn tests() -> Tests {
             Test::Plain(exit_matches_readregs),
         ),
         ("regs::writeregs_then_run", Test::Plain(writeregs_then_run)),
+        (
+            "regs::resetcpu_with_pending_exit",
+            Test::Plain(resetcpu_with_pending_exit),
+        ),
     ]
 }
 
@@ -291,4 +295,55 @@ fn writeregs_then_run() -> Result<()> {
         es_seg.vsi_base == MMIO_BASE + 0x100 && gpa == MMIO_BASE + 0x110,
         || format!("es base 0x{:x}, gpa 0x{gpa:x}", es_seg.vsi_base),
     )
+}
+
+/// RESETCPU while KVM still holds half an instruction (an IN or an MMIO
+/// load waiting for its data, as after any exit vmd does not answer, e.g.
+/// on reboot): the vCPU starts cleanly from the new state.
+fn resetcpu_with_pending_exit() -> Result<()> {
+    let mut g = Guest::new("resetpending")?;
+    let p = Program::new(64, CODE, |a, m| {
+        m.here(a, "in")?;
+        a.in_(eax, 0x71)?;
+        a.hlt()?;
+        a.mov(ebx, MMIO_BASE as u32)?;
+        m.here(a, "load")?;
+        a.mov(rax, qword_ptr(rbx))?;
+        a.hlt()?;
+        m.here(a, "fresh")?;
+        a.out(0x90, ax)?;
+        m.here(a, "hlt")?;
+        a.hlt()
+    });
+    g.load(&p, &long64(CODE))?;
+    for (mark, start) in [("in", p.at("in")), ("load", p.at("load") - 5)] {
+        let mut s = long64(start);
+        s.vrs_gprs[VCPU_REGS_RAX as usize] = 0x1111;
+        g.reset(&s)?;
+        let r = g.run()?;
+        check(g.rip() == p.at(mark), || {
+            format!("{mark}: exit 0x{r:x} at rip 0x{:x}", g.rip())
+        })?;
+        // vmd answers nothing and resets the vCPU.
+        let mut fresh = long64(p.at("fresh"));
+        fresh.vrs_gprs[VCPU_REGS_RAX as usize] = 0x4242;
+        g.reset(&fresh)?;
+        let after = g.readregs(VM_RWREGS_ALL)?;
+        expect_same(
+            &format!("{mark}: READREGS after RESETCPU"),
+            &after,
+            &fresh,
+            VM_RWREGS_ALL,
+        )?;
+        let r = g.run()?;
+        g.expect_out(r, 0x90, 2, 0x4242, p.at("fresh"))
+            .map_err(|e| format!("after RESETCPU at a pending {mark}: {e}"))?;
+        check(g.gpr(VCPU_REGS_RAX) == 0x4242, || {
+            format!("{mark}: rax 0x{:x}", g.gpr(VCPU_REGS_RAX))
+        })?;
+        g.skip_io();
+        let r = g.run()?;
+        g.expect_hlt(r, p.at("hlt"))?;
+    }
+    Ok(())
 }
