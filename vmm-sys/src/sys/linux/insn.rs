@@ -262,7 +262,13 @@ pub fn written_gpas(
         let Some(la) = la else { continue };
         let la = if bits == 64 { la } else { la & 0xffff_ffff };
         if let Some(gpa) = mmu::translate(mem, s, la) {
-            out.push((gpa, um.memory_size().size()));
+            // iced reports a REP string operand as of unknown size: one
+            // element is what each of KVM's exits covers.
+            let size = match um.memory_size().size() {
+                0 => i.memory_size().size(),
+                n => n,
+            };
+            out.push((gpa, size));
         }
     }
     out
