@@ -29,6 +29,9 @@ pub fn tests() -> Tests {
         ("mmio::long64_svm", Test::Plain(|| long64_(Svm))),
         ("mmio::user64_vmx", Test::Plain(|| user64_(Vmx))),
         ("mmio::user64_svm", Test::Plain(|| user64_(Svm))),
+        ("mmio::rep_stos32", Test::Plain(|| rep_stos(32, false))),
+        ("mmio::rep_stos64", Test::Plain(|| rep_stos(64, false))),
+        ("mmio::rep_stos64_batch", Test::Plain(|| rep_stos(64, true))),
     ]
 }
 
@@ -704,4 +707,88 @@ fn long64_(f: ExitFlavour) -> Result<()> {
 /// registers either.
 fn user64_(f: ExitFlavour) -> Result<()> {
     run64("mmio64u", f, user64(CODE), None)
+}
+
+/// `rep stosd` into MMIO: every exit shows RIP at the instruction and the
+/// registers before the iteration it reports (KVM's emulator has already
+/// run that iteration).  With `batch`, the test emulates all iterations
+/// at the first exit, as vmd's MOVS emulation does; otherwise one per
+/// exit, leaving RIP on the instruction while RCX is not 0.
+fn rep_stos(bits: u32, batch: bool) -> Result<()> {
+    let mut g = Guest::new("repstos")?;
+    let p = Program::new(bits, CODE, |a, m| {
+        a.mov(edi, (MMIO_BASE + 0x100) as u32)?;
+        a.mov(ecx, 3)?;
+        a.mov(eax, 0xa1b2_c3d4u32)?;
+        a.cld()?;
+        m.here(a, "stos")?;
+        a.rep().stosd()?;
+        done(a, m)
+    });
+    let state = if bits == 64 {
+        long64(CODE)
+    } else {
+        prot32(CODE)
+    };
+    g.load(&p, &state)?;
+    let mut dev = Device::new();
+    let len = p.len_at("stos");
+    let iterations: u64 = if batch { 1 } else { 3 };
+    for k in 0..iterations {
+        let r = g.run()?;
+        let what = format!("rep stosd, exit {k}");
+        g.expect_reason(r, VMX_EXIT_EPT_VIOLATION, SVM_VMEXIT_NPF, &what)?;
+        check(g.rip() == p.at("stos"), || {
+            format!("{what}: rip 0x{:x}, want 0x{:x}", g.rip(), p.at("stos"))
+        })?;
+        let (cnt, dst) = (g.gpr(VCPU_REGS_RCX), g.gpr(VCPU_REGS_RDI));
+        check(cnt == 3 - k && dst == MMIO_BASE + 0x100 + 4 * k, || {
+            format!(
+                "{what}: rcx {cnt} rdi 0x{dst:x}, want {} 0x{:x}",
+                3 - k,
+                MMIO_BASE + 0x100 + 4 * k
+            )
+        })?;
+        check(
+            g.exit.vee().vee_insn_len as u64 == len || g.flavour() == Svm,
+            || format!("{what}: vee_insn_len {}", g.exit.vee().vee_insn_len),
+        )?;
+        let bytes = x86::fetch(&g.mem, &g.exit.vrs, 15)?;
+        let i = x86::decode(&g.exit.vrs, &bytes)?;
+        check(
+            i.code() == Code::Stosd_m32_EAX && i.has_rep_prefix(),
+            || format!("{what}: decoded {:?}", i.code()),
+        )?;
+        let gpa = x86::operand_gpa(&g.mem, &i, &g.exit.vrs)?;
+        check(gpa == MMIO_BASE + 0x100 + 4 * k, || {
+            format!("{what}: gpa 0x{gpa:x}")
+        })?;
+        let n = if batch { cnt } else { 1 };
+        let v = &mut g.exit.vrs;
+        for j in 0..n {
+            dev.write(
+                gpa + 4 * j,
+                4,
+                v.vrs_gprs[VCPU_REGS_RAX as usize] & 0xffff_ffff,
+            )?;
+        }
+        v.vrs_gprs[VCPU_REGS_RCX as usize] -= n;
+        v.vrs_gprs[VCPU_REGS_RDI as usize] += 4 * n;
+        if v.vrs_gprs[VCPU_REGS_RCX as usize] == 0 {
+            v.vrs_gprs[VCPU_REGS_RIP as usize] += len;
+        }
+    }
+    let r = g.run()?;
+    g.expect_out(r, DONE, 1, 0xee, p.at("done"))?;
+    let (cnt, dst) = (g.gpr(VCPU_REGS_RCX), g.gpr(VCPU_REGS_RDI));
+    check(cnt == 0 && dst == MMIO_BASE + 0x10c, || {
+        format!("after rep stosd: rcx {cnt} rdi 0x{dst:x}")
+    })?;
+    let want = [0xd4, 0xc3, 0xb2, 0xa1].repeat(3);
+    check(dev.bytes[0x100..0x10c] == want[..], || {
+        format!("device {:02x?}", &dev.bytes[0x100..0x10c])
+    })?;
+    check(dev.stores.len() == 3, || {
+        format!("{} stores", dev.stores.len())
+    })
 }
