@@ -3,7 +3,7 @@
 # machine: they install what they need first.
 
 CARGO ?= cargo
-DEBIAN_PACKAGES = libclang-dev qemu-system-x86 seabios mandoc
+DEBIAN_PACKAGES = libclang-dev qemu-system-x86 seabios mandoc jq
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .PHONY: all deps build test lint fmt-check unit regress demo bench-exits bindings check-openbsd clean
