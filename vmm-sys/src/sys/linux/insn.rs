@@ -314,9 +314,12 @@ pub fn undo_side_effects(i: &Instruction, after: &kvm_regs, bits: u32) -> kvm_re
             r.rdi = step_back(r.rdi, size, df);
             r.rsi = step_back(r.rsi, size, df);
         }
-        iced_x86::Mnemonic::Push => {
-            let n = i.stack_pointer_increment().unsigned_abs() as u64;
-            r.rsp = r.rsp.wrapping_add(n);
+        iced_x86::Mnemonic::Push | iced_x86::Mnemonic::Pop => {
+            // PUSH moved RSP down, POP (to an MMIO operand) up.
+            let delta = i.stack_pointer_increment() as i64 as u64;
+            let smask = if bits == 64 { u64::MAX } else { 0xffff_ffff };
+            let sp = r.rsp.wrapping_sub(delta);
+            r.rsp = (r.rsp & !smask) | (sp & smask);
         }
         _ => {}
     }
