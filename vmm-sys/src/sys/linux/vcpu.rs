@@ -16,7 +16,7 @@ use super::kick;
 use super::regs::*;
 use super::Vm;
 use crate::abi::*;
-use crate::{ExitFlavour, Result, VmmError};
+use crate::{ExitFlavour, GuestMemory, Result, VmmError};
 use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_run, kvm_sregs, kvm_xcrs, CpuId, Msrs};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, VmFd};
 use std::os::fd::{AsRawFd, RawFd};
@@ -90,6 +90,11 @@ struct Inner {
     /// An interrupt vmd injected that waits for the guest to accept it.
     irq: Option<u8>,
     cached: Cached,
+    /// RAM the pending instruction writes besides its MMIO operand (the
+    /// stack of a PUSH, the destination of a MOVS): vmd has written it by
+    /// the time KVM's own completion is drained, which must not overwrite
+    /// it.
+    ram_writes: Option<(GuestMemory, Vec<(u64, usize)>)>,
 }
 
 impl Vcpu {
@@ -117,6 +122,7 @@ impl Vcpu {
                 exit_regs: None,
                 irq: None,
                 cached,
+                ram_writes: None,
             }),
             run_page,
             raw_fd,
@@ -455,6 +461,19 @@ impl Inner {
         self.kvm_busy = false;
         self.fd.get_kvm_run().kvm_dirty_regs = 0;
         self.fd.set_kvm_immediate_exit(1);
+        // What vmd left in the RAM the instruction writes, to put back
+        // once KVM's completion (fed zeros) has run.
+        let saved = self.ram_writes.take().map(|(mem, ranges)| {
+            let bytes: Vec<(u64, Vec<u8>)> = ranges
+                .iter()
+                .map(|&(gpa, n)| {
+                    let mut b = vec![0u8; n];
+                    let _ = mem.read(gpa, &mut b);
+                    (gpa, b)
+                })
+                .collect();
+            (mem, bytes)
+        });
         let mut r = Ok(());
         for _ in 0..16 {
             match self.fd.run() {
@@ -480,6 +499,11 @@ impl Inner {
             }
         }
         self.fd.set_kvm_immediate_exit(0);
+        if let Some((mem, bytes)) = saved {
+            for (gpa, b) in bytes {
+                let _ = mem.write(gpa, &b);
+            }
+        }
         r
     }
 
@@ -696,6 +720,17 @@ impl Inner {
                 .at_ip()
                 .ok_or_else(|| self.undecodable(vm, "MMIO load", rip, bits, &sregs))?;
             self.kvm_busy = true;
+            self.ram_writes = None;
+            if insn::Load::of(&i).is_none() {
+                let ram: Vec<(u64, usize)> =
+                    insn::written_gpas(&i, &regs, &sregs, bits, &vm.memory)
+                        .into_iter()
+                        .filter(|&(g, n)| vm.memory.is_backed(g, n))
+                        .collect();
+                if !ram.is_empty() {
+                    self.ram_writes = Some((vm.memory.clone(), ram));
+                }
+            }
             (regs, i)
         } else {
             // A store has been carried out by KVM's emulator: find the
