@@ -192,28 +192,35 @@ pub fn decode(vrs: &vcpu_reg_state, bytes: &[u8]) -> Result<Instruction> {
     Ok(i)
 }
 
-/// The index of `i`'s memory operand.
-pub fn memory_operand(i: &Instruction) -> Option<u32> {
-    (0..i.op_count()).find(|&n| {
-        matches!(
-            i.op_kind(n),
-            OpKind::Memory
-                | OpKind::MemorySegSI
-                | OpKind::MemorySegESI
-                | OpKind::MemorySegRSI
-                | OpKind::MemorySegDI
-                | OpKind::MemorySegEDI
-                | OpKind::MemorySegRDI
-                | OpKind::MemoryESDI
-                | OpKind::MemoryESEDI
-                | OpKind::MemoryESRDI
-        )
-    })
+/// The indexes of `i`'s memory operands (two for MOVS and CMPS).
+pub fn memory_operands(i: &Instruction) -> Vec<u32> {
+    (0..i.op_count())
+        .filter(|&n| {
+            matches!(
+                i.op_kind(n),
+                OpKind::Memory
+                    | OpKind::MemorySegSI
+                    | OpKind::MemorySegESI
+                    | OpKind::MemorySegRSI
+                    | OpKind::MemorySegDI
+                    | OpKind::MemorySegEDI
+                    | OpKind::MemorySegRDI
+                    | OpKind::MemoryESDI
+                    | OpKind::MemoryESEDI
+                    | OpKind::MemoryESRDI
+            )
+        })
+        .collect()
 }
 
-/// The linear address of `i`'s memory operand with the registers in `vrs`.
-pub fn linear_address(i: &Instruction, vrs: &vcpu_reg_state) -> Result<u64> {
-    let op = memory_operand(i).ok_or_else(|| format!("{:?} has no memory operand", i.code()))?;
+/// The index of `i`'s (first) memory operand.
+pub fn memory_operand(i: &Instruction) -> Option<u32> {
+    memory_operands(i).first().copied()
+}
+
+/// The linear address of `i`'s memory operand `op` with the registers in
+/// `vrs`.
+pub fn linear_address_of(i: &Instruction, op: u32, vrs: &vcpu_reg_state) -> Result<u64> {
     let la = i
         .virtual_address(op, 0, |reg, _, _| {
             segment_base(vrs, reg).or_else(|| reg_get(vrs, reg))
@@ -226,7 +233,21 @@ pub fn linear_address(i: &Instruction, vrs: &vcpu_reg_state) -> Result<u64> {
     })
 }
 
-/// The guest-physical address of `i`'s memory operand.
+/// The linear address of `i`'s (first) memory operand.
+pub fn linear_address(i: &Instruction, vrs: &vcpu_reg_state) -> Result<u64> {
+    let op = memory_operand(i).ok_or_else(|| format!("{:?} has no memory operand", i.code()))?;
+    linear_address_of(i, op, vrs)
+}
+
+/// The guest-physical address of `i`'s (first) memory operand.
 pub fn operand_gpa(mem: &GuestMemory, i: &Instruction, vrs: &vcpu_reg_state) -> Result<u64> {
     translate(mem, vrs, linear_address(i, vrs)?)
+}
+
+/// The guest-physical addresses of all of `i`'s memory operands.
+pub fn operand_gpas(mem: &GuestMemory, i: &Instruction, vrs: &vcpu_reg_state) -> Result<Vec<u64>> {
+    memory_operands(i)
+        .into_iter()
+        .map(|op| translate(mem, vrs, linear_address_of(i, op, vrs)?))
+        .collect()
 }

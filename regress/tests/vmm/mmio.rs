@@ -29,6 +29,10 @@ pub fn tests() -> Tests {
         ("mmio::long64_svm", Test::Plain(|| long64_(Svm))),
         ("mmio::user64_vmx", Test::Plain(|| user64_(Vmx))),
         ("mmio::user64_svm", Test::Plain(|| user64_(Svm))),
+        ("mmio::zoo64_vmx", Test::Plain(|| zoo64(Vmx))),
+        ("mmio::zoo64_svm", Test::Plain(|| zoo64(Svm))),
+        ("mmio::zoo32_vmx", Test::Plain(|| zoo32(Vmx))),
+        ("mmio::zoo32_svm", Test::Plain(|| zoo32(Svm))),
         ("mmio::rep_stos32", Test::Plain(|| rep_stos(32, false))),
         ("mmio::rep_stos64", Test::Plain(|| rep_stos(64, false))),
         ("mmio::rep_stos64_batch", Test::Plain(|| rep_stos(64, true))),
@@ -131,14 +135,78 @@ fn add_flags(rflags: u64, a: u64, b: u64, size: usize) -> (u64, u64) {
     (res, f)
 }
 
-/// What vmd's MMIO emulation does with one decoded instruction.
-fn emulate(i: &Instruction, gpa: u64, vrs: &mut vcpu_reg_state, dev: &mut Device) -> Result<()> {
+/// RFLAGS after `a - b` of `size` bytes.
+fn sub_flags(rflags: u64, a: u64, b: u64, size: usize) -> (u64, u64) {
+    let m = mask(size);
+    let sign = 1u64 << (size * 8 - 1);
+    let (a, b) = (a & m, b & m);
+    let res = a.wrapping_sub(b) & m;
+    let mut f = rflags & !RFLAGS_ARITH;
+    if a < b {
+        f |= 0x1;
+    }
+    if parity_even(res) {
+        f |= 0x4;
+    }
+    if (a ^ b ^ res) & 0x10 != 0 {
+        f |= 0x10;
+    }
+    if res == 0 {
+        f |= 0x40;
+    }
+    if res & sign != 0 {
+        f |= 0x80;
+    }
+    if (a ^ b) & (a ^ res) & sign != 0 {
+        f |= 0x800;
+    }
+    (res, f)
+}
+
+/// RFLAGS after a logic operation with result `res` (CF, OF and, in this
+/// emulation, AF cleared).
+fn logic_flags(rflags: u64, res: u64, size: usize) -> u64 {
+    let mut f = rflags & !RFLAGS_ARITH;
+    if parity_even(res) {
+        f |= 0x4;
+    }
+    if res & mask(size) == 0 {
+        f |= 0x40;
+    }
+    if res & (1u64 << (size * 8 - 1)) != 0 {
+        f |= 0x80;
+    }
+    f
+}
+
+fn sign_extend(v: u64, size: usize) -> u64 {
+    let shift = 64 - size * 8;
+    (((v << shift) as i64) >> shift) as u64
+}
+
+/// What vmd's MMIO emulation does with one decoded instruction; `gpa` is
+/// the MMIO operand's address; stack and string accesses to RAM go to
+/// `mem` (flat segments: linear = physical).
+fn emulate(
+    i: &Instruction,
+    gpa: u64,
+    vrs: &mut vcpu_reg_state,
+    dev: &mut Device,
+    mem: &vmm_sys::GuestMemory,
+) -> Result<()> {
     let size = i.memory_size().size();
     let reg = |n: u32| (i.op_kind(n) == OpKind::Register).then(|| i.op_register(n));
     let mem_first = x86::memory_operand(i) == Some(0);
     let get = |vrs: &vcpu_reg_state, r: Register| {
         x86::reg_get(vrs, r).ok_or_else(|| format!("{r:?} is not a GPR"))
     };
+    let flags = vrs.vrs_gprs[VCPU_REGS_RFLAGS as usize];
+    let sp_mask = if x86::bitness(vrs) == 64 {
+        u64::MAX
+    } else {
+        0xffff_ffff
+    };
+    let ram_err = |e: vmm_sys::VmmError| e.to_string();
     match i.mnemonic() {
         Mnemonic::Mov if mem_first => {
             let v = match reg(1) {
@@ -151,22 +219,69 @@ fn emulate(i: &Instruction, gpa: u64, vrs: &mut vcpu_reg_state, dev: &mut Device
             let v = dev.read(gpa, size)?;
             x86::reg_set(vrs, reg(0).ok_or("load without a register")?, v)?;
         }
-        Mnemonic::Add if mem_first => {
+        Mnemonic::Movsx | Mnemonic::Movsxd => {
+            let v = sign_extend(dev.read(gpa, size)?, size);
+            x86::reg_set(vrs, reg(0).ok_or("load without a register")?, v)?;
+        }
+        Mnemonic::Add | Mnemonic::Or | Mnemonic::And if mem_first => {
             let a = dev.read(gpa, size)?;
             let b = match reg(1) {
                 Some(r) => get(vrs, r)?,
                 None => i.immediate(1),
+            } & mask(size);
+            let (res, f) = match i.mnemonic() {
+                Mnemonic::Add => add_flags(flags, a, b, size),
+                Mnemonic::Or => (a | b, logic_flags(flags, a | b, size)),
+                _ => (a & b, logic_flags(flags, a & b, size)),
             };
-            let flags = vrs.vrs_gprs[VCPU_REGS_RFLAGS as usize];
-            let (res, f) = add_flags(flags, a, b, size);
             dev.write(gpa, size, res)?;
             vrs.vrs_gprs[VCPU_REGS_RFLAGS as usize] = f;
+        }
+        Mnemonic::Sub if !mem_first => {
+            let r = reg(0).ok_or("sub without a register")?;
+            let (res, f) = sub_flags(flags, get(vrs, r)?, dev.read(gpa, size)?, size);
+            x86::reg_set(vrs, r, res)?;
+            vrs.vrs_gprs[VCPU_REGS_RFLAGS as usize] = f;
+        }
+        Mnemonic::Cmp if mem_first => {
+            let b = match reg(1) {
+                Some(r) => get(vrs, r)?,
+                None => i.immediate(1),
+            };
+            let (_, f) = sub_flags(flags, dev.read(gpa, size)?, b, size);
+            vrs.vrs_gprs[VCPU_REGS_RFLAGS as usize] = f;
+        }
+        Mnemonic::Test if mem_first => {
+            let res = dev.read(gpa, size)? & i.immediate(1);
+            vrs.vrs_gprs[VCPU_REGS_RFLAGS as usize] = logic_flags(flags, res, size);
         }
         Mnemonic::Xchg => {
             let r = reg(0).or(reg(1)).ok_or("xchg without a register")?;
             let old = dev.read(gpa, size)?;
             dev.write(gpa, size, get(vrs, r)? & mask(size))?;
             x86::reg_set(vrs, r, old)?;
+        }
+        Mnemonic::Push => {
+            let v = dev.read(gpa, size)?;
+            let stack = &mut vrs.vrs_gprs[VCPU_REGS_RSP as usize];
+            *stack = stack.wrapping_sub(size as u64) & sp_mask;
+            mem.write(*stack, &v.to_le_bytes()[..size])
+                .map_err(ram_err)?;
+        }
+        Mnemonic::Pop => {
+            let stack = &mut vrs.vrs_gprs[VCPU_REGS_RSP as usize];
+            let mut b = [0u8; 8];
+            mem.read(*stack, &mut b[..size]).map_err(ram_err)?;
+            *stack = stack.wrapping_add(size as u64) & sp_mask;
+            dev.write(gpa, size, u64::from_le_bytes(b))?;
+        }
+        Mnemonic::Movsb | Mnemonic::Movsw | Mnemonic::Movsd | Mnemonic::Movsq => {
+            // MMIO source, RAM destination, DF=0, no REP.
+            let v = dev.read(gpa, size)?;
+            let dest = vrs.vrs_gprs[VCPU_REGS_RDI as usize];
+            mem.write(dest, &v.to_le_bytes()[..size]).map_err(ram_err)?;
+            vrs.vrs_gprs[VCPU_REGS_RSI as usize] += size as u64;
+            vrs.vrs_gprs[VCPU_REGS_RDI as usize] += size as u64;
         }
         m => return Err(format!("the test cannot emulate {m:?} ({:?})", i.code())),
     }
@@ -278,11 +393,17 @@ fn handle_exit(g: &mut Guest, p: &Program, want: &Expect, dev: &mut Device) -> R
             )
         },
     )?;
-    let gpa = x86::operand_gpa(&g.mem, &i, &g.exit.vrs)?;
+    // The operand in the MMIO range (MOVS has a second one, in RAM).
+    let gpas = x86::operand_gpas(&g.mem, &i, &g.exit.vrs)?;
+    let gpa = gpas
+        .iter()
+        .copied()
+        .find(|&a| (MMIO_BASE..MMIO_BASE + MMIO_SIZE).contains(&a))
+        .ok_or_else(|| format!("{what}: no operand in the MMIO range ({gpas:x?})"))?;
     check(gpa == want.gpa, || {
         format!("{what}: computed gpa 0x{gpa:x}, want 0x{:x}", want.gpa)
     })?;
-    emulate(&i, gpa, &mut g.exit.vrs, dev).map_err(|e| format!("{what}: {e}"))
+    emulate(&i, gpa, &mut g.exit.vrs, dev, &g.mem).map_err(|e| format!("{what}: {e}"))
 }
 
 fn run_mmio(
@@ -791,4 +912,135 @@ fn rep_stos(bits: u32, batch: bool) -> Result<()> {
     check(dev.stores.len() == 3, || {
         format!("{} stores", dev.stores.len())
     })
+}
+
+/// More of what vmd's decoder must handle (reference §6.3 plus movsx, or):
+/// movsx/movsxd, cmp and test (flags only), or (read-modify-write), sub
+/// with an MMIO source, push and pop with an MMIO operand (the other side
+/// is the stack in RAM), and movs from MMIO to RAM.  KVM's emulator holds
+/// each of them as a pending read; nothing of its own completion (which
+/// the shim feeds zeros) may reach registers, flags or RAM.
+fn zoo64(f: ExitFlavour) -> Result<()> {
+    let p = Program::new(64, CODE, |a, m| {
+        a.mov(ebx, (MMIO_BASE + 0x10) as u32)?;
+        a.mov(rcx, -1i64)?;
+        m.here(a, "movsx")?;
+        a.movsx(ecx, byte_ptr(rbx))?;
+        a.mov(qword_ptr(DATA), rcx)?;
+        m.here(a, "movsxd")?;
+        a.movsxd(rdx, dword_ptr(rbx + 4))?;
+        a.mov(qword_ptr(DATA + 8), rdx)?;
+        m.here(a, "cmp")?;
+        a.cmp(dword_ptr(rbx + 8), 0x10)?;
+        a.pushfq()?;
+        a.pop(qword_ptr(DATA + 16))?;
+        a.mov(eax, 0xf)?;
+        m.here(a, "or")?;
+        a.or(dword_ptr(rbx + 0x20), eax)?;
+        a.pushfq()?;
+        a.pop(qword_ptr(DATA + 24))?;
+        a.mov(esi, 0x1000)?;
+        m.here(a, "sub")?;
+        a.sub(esi, dword_ptr(rbx + 0x24))?;
+        a.pushfq()?;
+        a.pop(qword_ptr(DATA + 32))?;
+        a.mov(qword_ptr(DATA + 40), rsi)?;
+        m.here(a, "push")?;
+        a.push(qword_ptr(rbx + 0x28))?;
+        a.pop(rax)?;
+        a.mov(qword_ptr(DATA + 48), rax)?;
+        a.mov(qword_ptr(DATA + 56), rsp)?;
+        a.mov(rax, 0x1122_3344_5566_7788u64)?;
+        a.push(rax)?;
+        m.here(a, "pop")?;
+        a.pop(qword_ptr(rbx + 0x50))?;
+        a.mov(qword_ptr(DATA + 64), rsp)?;
+        a.lea(rsi, ptr(rbx + 0x70))?;
+        a.mov(edi, (DATA + 0x100) as u32)?;
+        a.cld()?;
+        m.here(a, "movs")?;
+        a.movsd()?;
+        a.mov(qword_ptr(DATA + 72), rsi)?;
+        a.mov(qword_ptr(DATA + 80), rdi)?;
+        m.here(a, "test")?;
+        a.test(dword_ptr(rbx + 0x30), 0x8000_0000u32 as i32)?;
+        a.pushfq()?;
+        a.pop(qword_ptr(DATA + 88))?;
+        done(a, m)
+    });
+    let exits = [
+        ex("movsx", 0x10),
+        ex("movsxd", 0x14),
+        ex("cmp", 0x18),
+        ex("or", 0x30),
+        ex("sub", 0x34),
+        ex("push", 0x38),
+        ex("pop", 0x60),
+        ex("movs", 0x80),
+        ex("test", 0x40),
+    ];
+    let ram = [
+        (DATA, 8, 0xffff_ff90),
+        (DATA + 8, 8, 0xffff_ffff_9796_9594),
+        (DATA + 16, 8, 0x2 | 0x84),
+        (DATA + 24, 8, 0x2 | 0x80),
+        (DATA + 32, 8, 0x2 | 0x11),
+        (DATA + 40, 8, 0x4849_5a4c),
+        (DATA + 48, 8, 0xbfbe_bdbc_bbba_b9b8),
+        (DATA + 56, 8, STACK_TOP),
+        (DATA + 64, 8, STACK_TOP),
+        (DATA + 72, 8, MMIO_BASE + 0x84),
+        (DATA + 80, 8, DATA + 0x104),
+        (DATA + 0x100, 4, 0x8382_8180),
+        (DATA + 88, 8, 0x2 | 0x84),
+    ];
+    let dev: [(usize, &[u8]); 2] = [
+        (0x30, &[0xbf, 0xb1, 0xb2, 0xb3, 0xb4]),
+        (
+            0x60,
+            &[0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11, 0xe8],
+        ),
+    ];
+    let want = Want {
+        exits: &exits,
+        ram: &ram,
+        dev: &dev,
+        flags: (DATA + 88, 8, Some(0x2 | 0x84)),
+    };
+    run_mmio("zoo64", f, long64(CODE), &p, &want)
+}
+
+/// push and pop with an MMIO operand in 32-bit protected mode (OpenBSD's
+/// decoder handles these for i386 guests).
+fn zoo32(f: ExitFlavour) -> Result<()> {
+    let p = Program::new(32, CODE, |a, m| {
+        a.mov(ebx, (MMIO_BASE + 0x10) as u32)?;
+        m.here(a, "push")?;
+        a.push(dword_ptr(ebx + 0x28))?;
+        a.pop(eax)?;
+        a.mov(dword_ptr(DATA), eax)?;
+        a.mov(dword_ptr(DATA + 4), esp)?;
+        a.mov(eax, 0x5566_7788)?;
+        a.push(eax)?;
+        m.here(a, "pop")?;
+        a.pop(dword_ptr(ebx + 0x50))?;
+        a.mov(dword_ptr(DATA + 8), esp)?;
+        a.pushfd()?;
+        a.pop(dword_ptr(DATA + 12))?;
+        done(a, m)
+    });
+    let exits = [ex("push", 0x38), ex("pop", 0x60)];
+    let ram = [
+        (DATA, 4, 0xbbba_b9b8),
+        (DATA + 4, 4, STACK_TOP),
+        (DATA + 8, 4, STACK_TOP),
+    ];
+    let dev: [(usize, &[u8]); 1] = [(0x60, &[0x88, 0x77, 0x66, 0x55, 0xe4])];
+    let want = Want {
+        exits: &exits,
+        ram: &ram,
+        dev: &dev,
+        flags: (DATA + 12, 4, Some(0x2)),
+    };
+    run_mmio("zoo32", f, prot32(CODE), &p, &want)
 }
