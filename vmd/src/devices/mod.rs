@@ -1,4 +1,5 @@
 //! Device models of vmd's amd64 machine (reference §4.2, §4.3).
 pub mod fw_cfg;
+pub mod i8259;
 pub mod ns8250;
 pub mod pci;
