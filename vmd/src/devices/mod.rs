@@ -2,5 +2,6 @@
 pub mod fw_cfg;
 pub mod i8253;
 pub mod i8259;
+pub mod mc146818;
 pub mod ns8250;
 pub mod pci;
