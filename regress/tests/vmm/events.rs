@@ -444,6 +444,30 @@ fn kick_from_thread() -> Result<()> {
                 vip_vcpu_id: 0,
                 vip_intr: 1,
             };
+            // VMM_IOC_INFO shows the vCPU running before it is kicked.
+            let state = || -> Result<u8> {
+                let info = vmm.info().map_err(|e| e.to_string())?;
+                let vm = info
+                    .iter()
+                    .find(|i| i.vir_id == id)
+                    .ok_or("vm not listed")?;
+                Ok(vm.vir_vcpu_state[0])
+            };
+            let mut seen = state()?;
+            for _ in 0..100 {
+                if seen == VCPU_STATE_RUNNING as u8 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                seen = state()?;
+            }
+            if seen != VCPU_STATE_RUNNING as u8 {
+                // Kick anyway, so that the run ends; report afterwards.
+                let _ = vmm.intr(&vip);
+                return Err(format!(
+                    "vir_vcpu_state {seen} while spinning in VMM_IOC_RUN"
+                ));
+            }
             let mut n = 0;
             while stop_rx.recv_timeout(Duration::from_millis(20)).is_err() {
                 vmm.intr(&vip).map_err(|e| e.to_string())?;
@@ -463,6 +487,14 @@ fn kick_from_thread() -> Result<()> {
             format!("round {round}: rip 0x{:x} after the kick", g.rip())
         })?;
         irqready(&g, 0, "kicked with IF=0")?;
+        let info = g.vmm.info().map_err(|e| e.to_string())?;
+        let state = info
+            .iter()
+            .find(|i| i.vir_id == g.id)
+            .map(|i| i.vir_vcpu_state[0]);
+        check(state == Some(VCPU_STATE_STOPPED as u8), || {
+            format!("vir_vcpu_state {state:?} after the run returned")
+        })?;
         g.vmm
             .intr(&vm_intr_params {
                 vip_vm_id: g.id,
