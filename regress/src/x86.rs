@@ -251,3 +251,92 @@ pub fn operand_gpas(mem: &GuestMemory, i: &Instruction, vrs: &vcpu_reg_state) ->
         .map(|op| translate(mem, vrs, linear_address_of(i, op, vrs)?))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{flat16, long64, prot32, seg};
+    use iced_x86::Register::*;
+
+    fn mem() -> GuestMemory {
+        GuestMemory::anonymous(&[(0, 0x10_0000)]).unwrap()
+    }
+
+    #[test]
+    fn translate_without_paging_is_identity() {
+        let m = mem();
+        assert_eq!(translate(&m, &flat16(0), 0xf_fff0).unwrap(), 0xf_fff0);
+        assert_eq!(translate(&m, &prot32(0), 0xf000_0010).unwrap(), 0xf000_0010);
+    }
+
+    #[test]
+    fn translate_walks_four_levels() {
+        let m = mem();
+        let v = long64(0);
+        // PML4 at 0x70000 → PDPT 0x71000 → PD 0x72000 → PT 0x73000.
+        let cr3 = v.vrs_crs[VCPU_REGS_CR3 as usize];
+        m.write_u64(cr3 + 0x80 * 8, 0x71000 | 7).unwrap(); // va bits 47..39 = 0x80
+        m.write_u64(0x71000 + 8, 0x72000 | 7).unwrap(); // 1 GiB slot 1
+        m.write_u64(0x72000 + 3 * 8, 0x73000 | 7).unwrap(); // 2 MiB slot 3
+        m.write_u64(0x73000 + 5 * 8, 0xf000_2000 | 7).unwrap(); // 4 KiB slot 5
+        let va = (0x80u64 << 39) | (1 << 30) | (3 << 21) | (5 << 12) | 0x123;
+        assert_eq!(translate(&m, &v, va).unwrap(), 0xf000_2123);
+        // 2 MiB page in slot 4, 1 GiB page in PDPT slot 2.
+        m.write_u64(0x72000 + 4 * 8, 0x4000_0000 | 0x87).unwrap();
+        let va2 = (0x80u64 << 39) | (1 << 30) | (4 << 21) | 0x1_2345;
+        assert_eq!(translate(&m, &v, va2).unwrap(), 0x4001_2345);
+        m.write_u64(0x71000 + 2 * 8, 0xc000_0000 | 0x87).unwrap();
+        let va3 = (0x80u64 << 39) | (2 << 30) | 0x2345_6789;
+        assert_eq!(translate(&m, &v, va3).unwrap(), 0xe345_6789);
+        // Not present.
+        assert!(translate(&m, &v, (0x81u64 << 39) | 0x1000).is_err());
+        assert!(translate(&m, &v, va + 0x1000).is_err());
+    }
+
+    #[test]
+    fn translate_refuses_other_paging_modes() {
+        let mut v = prot32(0);
+        v.vrs_crs[VCPU_REGS_CR0 as usize] |= 1 << 31;
+        assert!(translate(&mem(), &v, 0x1000).is_err());
+    }
+
+    #[test]
+    fn register_writes_merge_like_the_cpu() {
+        let mut v = long64(0);
+        v.vrs_gprs[VCPU_REGS_RAX as usize] = 0x1111_2222_3333_4444;
+        reg_set(&mut v, AL, 0xab).unwrap();
+        assert_eq!(v.vrs_gprs[0], 0x1111_2222_3333_44ab);
+        reg_set(&mut v, AH, 0xcd).unwrap();
+        assert_eq!(v.vrs_gprs[0], 0x1111_2222_3333_cdab);
+        reg_set(&mut v, AX, 0x9876).unwrap();
+        assert_eq!(v.vrs_gprs[0], 0x1111_2222_3333_9876);
+        reg_set(&mut v, EAX, 0xdead_beef).unwrap();
+        assert_eq!(v.vrs_gprs[0], 0xdead_beef);
+        reg_set(&mut v, R9, u64::MAX).unwrap();
+        assert_eq!(reg_get(&v, R9D), Some(0xffff_ffff));
+        assert_eq!(reg_get(&v, AH), Some(0xbe));
+        assert!(reg_set(&mut v, XMM0, 0).is_err());
+    }
+
+    #[test]
+    fn effective_addresses_use_segment_bases_and_wrap() {
+        // 16-bit: es:[bx+si+0x10] wraps at 64 KiB, ES base added.
+        let mut v = flat16(0x1000);
+        v.vrs_sregs[VCPU_REGS_ES as usize] = seg(0, 0xf000_0000, 0xffff, 0x93);
+        v.vrs_gprs[VCPU_REGS_RBX as usize] = 0xfff8;
+        v.vrs_gprs[VCPU_REGS_RSI as usize] = 0x4;
+        let i = decode(&v, &[0x26, 0x8b, 0x40, 0x10]).unwrap(); // mov ax, es:[bx+si+0x10]
+        assert_eq!(linear_address(&i, &v).unwrap(), 0xf000_000c);
+        // 64-bit: DS base ignored, FS base used, RIP-relative.
+        let mut v = long64(0x1000);
+        v.vrs_sregs[VCPU_REGS_DS as usize].vsi_base = 0x5000;
+        v.vrs_sregs[VCPU_REGS_FS as usize].vsi_base = 0x7000;
+        v.vrs_gprs[VCPU_REGS_RBX as usize] = 0x100;
+        let i = decode(&v, &[0x8b, 0x03]).unwrap(); // mov eax, [rbx]
+        assert_eq!(linear_address(&i, &v).unwrap(), 0x100);
+        let i = decode(&v, &[0x64, 0x8b, 0x03]).unwrap(); // mov eax, fs:[rbx]
+        assert_eq!(linear_address(&i, &v).unwrap(), 0x7100);
+        let i = decode(&v, &[0x8b, 0x05, 0x10, 0, 0, 0]).unwrap(); // mov eax, [rip+0x10]
+        assert_eq!(linear_address(&i, &v).unwrap(), 0x1016);
+    }
+}
