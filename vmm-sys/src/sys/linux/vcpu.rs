@@ -10,7 +10,12 @@
 //! where the instruction started (decoding forward or backward from RIP),
 //! reports the state before it, and on re-entry either lets KVM's pending
 //! completion agree with what vmd wrote or drains it first ("flush": a
-//! `KVM_RUN` with `immediate_exit`) and then loads vmd's registers.
+//! `KVM_RUN` with `immediate_exit`, putting back any RAM the drained
+//! instruction wrote, e.g. the stack of `push [mmio]`) and then loads
+//! vmd's registers.  Backward decoding prefers the shortest instruction
+//! that ends at RIP and writes exactly what KVM reported, so a store with
+//! a redundant prefix (`3e 89 03` where DS and the default segment agree)
+//! is reported one byte late; emulating it from there has the same effect.
 use super::insn::{self, PortIo};
 use super::kick;
 use super::regs::*;
