@@ -21,9 +21,7 @@
 //! entry by another vCPU is not overwritten.
 use super::GuestRam;
 use std::fmt;
-use vmm_sys::abi::{
-    vcpu_reg_state, VCPU_REGS_CR0, VCPU_REGS_CR3, VCPU_REGS_CR4, VCPU_REGS_EFER,
-};
+use vmm_sys::abi::{vcpu_reg_state, VCPU_REGS_CR0, VCPU_REGS_CR3, VCPU_REGS_CR4, VCPU_REGS_EFER};
 
 pub(crate) const CR0_PE: u64 = 1 << 0;
 pub(crate) const CR0_WP: u64 = 1 << 16;
@@ -203,7 +201,15 @@ pub fn translate_gva<M: GuestRam + ?Sized>(
             page = pte & ADDR_MASK_32;
             offset_mask = 0xfff;
         }
-        return finish(regs, mem, gva, access, cpl, &walk, page | (gva & offset_mask));
+        return finish(
+            regs,
+            mem,
+            gva,
+            access,
+            cpl,
+            &walk,
+            page | (gva & offset_mask),
+        );
     }
 
     let long = efer & EFER_LMA != 0;
@@ -252,7 +258,15 @@ pub fn translate_gva<M: GuestRam + ?Sized>(
         table = entry & ADDR_MASK_64;
         shift -= 9;
     }
-    finish(regs, mem, gva, access, cpl, &walk, page | (gva & offset_mask))
+    finish(
+        regs,
+        mem,
+        gva,
+        access,
+        cpl,
+        &walk,
+        page | (gva & offset_mask),
+    )
 }
 
 /// Permission checks over the whole walk, then the Accessed/Dirty update.
@@ -564,7 +578,10 @@ pub(crate) mod tests {
         let gva = 0x00ab_cdef_0123_4000u64;
         ram.map4k_64(cr3, 5, gva, 0x3000, PG_RW);
         let r = regs(PROT, cr3, CR4_PAE | CR4_LA57, LONG_EFER);
-        assert_eq!(translate_gva(&r, &ram, gva + 1, Access::Read, 0), Ok(0x3001));
+        assert_eq!(
+            translate_gva(&r, &ram, gva + 1, Access::Read, 0),
+            Ok(0x3001)
+        );
     }
 
     #[test]
@@ -574,7 +591,10 @@ pub(crate) mod tests {
         ram.map4k_64(cr3, 4, 0x1000, 0x8000, PG_US); // read-only, user
         let r = regs(PROT, cr3, CR4_PAE, LONG_EFER);
         // CPL 0 with WP clear may write read-only pages.
-        assert_eq!(translate_gva(&r, &ram, 0x1000, Access::Write, 0), Ok(0x8000));
+        assert_eq!(
+            translate_gva(&r, &ram, 0x1000, Access::Write, 0),
+            Ok(0x8000)
+        );
         let wp = regs(PROT | CR0_WP, cr3, CR4_PAE, LONG_EFER);
         assert_eq!(
             translate_gva(&wp, &ram, 0x1000, Access::Write, 0),
@@ -586,10 +606,7 @@ pub(crate) mod tests {
             Err(TranslateError::ReadOnly { gva: 0x1000 })
         );
         assert_eq!(translate_gva(&r, &ram, 0x1000, Access::Read, 3), Ok(0x8000));
-        assert_eq!(
-            TranslateError::ReadOnly { gva: 0 }.errno(),
-            libc::EPERM
-        );
+        assert_eq!(TranslateError::ReadOnly { gva: 0 }.errno(), libc::EPERM);
     }
 
     #[test]

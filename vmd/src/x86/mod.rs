@@ -16,8 +16,14 @@
 //! [`GuestRam`] and [`MmioAccess`], so that tests drive the emulator with
 //! mocks and the VM process with `vmm_sys::GuestMemory` and the device
 //! registry (`vm::bus::MmioBus`).
+pub mod emulate;
 pub mod mmu;
+mod regs;
 
+#[cfg(test)]
+mod tests;
+
+pub use emulate::{emulate, Emulated, MmioError};
 pub use mmu::{translate_gva, Access, TranslateError};
 
 /// Guest-physical RAM as the emulator sees it: page tables, descriptor
