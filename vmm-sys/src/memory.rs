@@ -137,7 +137,10 @@ impl GuestMemory {
     /// for code that builds views of its own (vm-memory) over them; the
     /// host addresses stay valid while this view (or a clone) lives.
     pub fn regions(&self) -> Vec<(u64, usize, *mut u8)> {
-        self.regions.iter().map(|r| (r.gpa, r.len as usize, r.host)).collect()
+        self.regions
+            .iter()
+            .map(|r| (r.gpa, r.len as usize, r.host))
+            .collect()
     }
 
     /// Host address of `len` bytes at `gpa`, for code that hands guest

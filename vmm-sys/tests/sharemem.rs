@@ -14,9 +14,24 @@ const GPA: u64 = 0x1_0000 + 0x123;
 
 fn ranges() -> Vec<vm_mem_range> {
     vec![
-        vm_mem_range { vmr_gpa: 0, vmr_va: 0, vmr_size: 0xA_0000, vmr_type: VM_MEM_RAM as i32 },
-        vm_mem_range { vmr_gpa: 0xF000_0000, vmr_va: 0, vmr_size: 0x10_0000, vmr_type: VM_MEM_MMIO as i32 },
-        vm_mem_range { vmr_gpa: 0xFFE0_0000, vmr_va: 0, vmr_size: 0x20_0000, vmr_type: VM_MEM_RESERVED as i32 },
+        vm_mem_range {
+            vmr_gpa: 0,
+            vmr_va: 0,
+            vmr_size: 0xA_0000,
+            vmr_type: VM_MEM_RAM as i32,
+        },
+        vm_mem_range {
+            vmr_gpa: 0xF000_0000,
+            vmr_va: 0,
+            vmr_size: 0x10_0000,
+            vmr_type: VM_MEM_MMIO as i32,
+        },
+        vm_mem_range {
+            vmr_gpa: 0xFFE0_0000,
+            vmr_va: 0,
+            vmr_size: 0x20_0000,
+            vmr_type: VM_MEM_RESERVED as i32,
+        },
     ]
 }
 
@@ -35,8 +50,13 @@ fn child(spec: &str) -> Result<(), String> {
         .collect();
     let vmm = Vmm::open().map_err(|e| e.to_string())?;
     let r = ranges();
-    vmm.adopt_memory(vm_id, &r, fds).map_err(|e| e.to_string())?;
-    let mut vsp = vm_sharemem_params { vsp_vm_id: vm_id, vsp_nmemranges: r.len(), ..Default::default() };
+    vmm.adopt_memory(vm_id, &r, fds)
+        .map_err(|e| e.to_string())?;
+    let mut vsp = vm_sharemem_params {
+        vsp_vm_id: vm_id,
+        vsp_nmemranges: r.len(),
+        ..Default::default()
+    };
     vsp.vsp_memranges[..r.len()].copy_from_slice(&r);
     let mem = vmm.sharemem(&mut vsp).map_err(|e| e.to_string())?;
     if vsp.vsp_va[0] == 0 || vsp.vsp_va[1] != 0 || vsp.vsp_va[2] == 0 {
@@ -48,7 +68,11 @@ fn child(spec: &str) -> Result<(), String> {
 fn across_processes() -> Result<(), Failed> {
     let vmm = Vmm::open().map_err(|e| e.to_string())?;
     let r = ranges();
-    let mut vcp = vm_create_params { vcp_ncpus: 1, vcp_nmemranges: r.len(), ..Default::default() };
+    let mut vcp = vm_create_params {
+        vcp_ncpus: 1,
+        vcp_nmemranges: r.len(),
+        ..Default::default()
+    };
     vcp.vcp_memranges[..r.len()].copy_from_slice(&r);
     vcp.set_name("sharemem");
     vmm.create(&mut vcp)?;
@@ -67,9 +91,16 @@ fn across_processes() -> Result<(), Failed> {
             None => spec.push('-'),
         }
     }
-    let out = Command::new(std::env::current_exe().unwrap()).env(CHILD, &spec).output().map_err(|e| e.to_string())?;
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD, &spec)
+        .output()
+        .map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!("device process failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        return Err(format!(
+            "device process failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
     }
     let mut buf = vec![0u8; PATTERN.len()];
     mem.read(GPA, &mut buf)?;
@@ -91,11 +122,21 @@ fn main() {
         }
     }
     let args = Arguments::from_args();
-    let dev = if cfg!(target_os = "linux") { "/dev/kvm" } else { "/dev/vmm" };
-    let missing = std::fs::OpenOptions::new().read(true).write(true).open(dev).err();
+    let dev = if cfg!(target_os = "linux") {
+        "/dev/kvm"
+    } else {
+        "/dev/vmm"
+    };
+    let missing = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .err();
     let mut t = Trial::test("sharemem_across_processes", across_processes);
     if let Some(e) = missing {
-        t = t.with_ignored_flag(true).with_kind(format!("needs {dev} ({e})"));
+        t = t
+            .with_ignored_flag(true)
+            .with_kind(format!("needs {dev} ({e})"));
     }
     libtest_mimic::run(&args, vec![t]).exit();
 }

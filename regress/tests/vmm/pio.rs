@@ -14,6 +14,7 @@ pub fn tests() -> Tests {
         ("pio::compat32", Test::Plain(compat32_)),
         ("pio::user64_native", Test::Plain(user64_native)),
         ("pio::string_io", Test::Plain(string_io)),
+        ("pio::string_io_emulated", Test::Plain(string_io_emulated)),
     ]
 }
 
@@ -319,4 +320,99 @@ fn string_io() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What vmd does with INS/OUTS (which OpenBSD's vmd refuses but Debian's
+/// SeaBIOS needs): emulate from the registers before the instruction, then
+/// write the GPRs back with WRITEREGS.  KVM's own handling must neither
+/// overwrite the data vmd stored nor move rDI/rSI/rCX on its own.
+fn string_io_emulated() -> Result<()> {
+    let mut g = Guest::new("piostr2")?;
+    let p = Program::new(32, CODE, |a, m| {
+        a.mov(edi, DATA as u32)?;
+        a.mov(ecx, 4)?;
+        a.mov(dx, 0x511)?;
+        m.here(a, "rep_insb")?;
+        a.rep().insb()?;
+        a.mov(esi, DATA as u32)?;
+        a.mov(ecx, 3)?;
+        a.mov(dx, 0x3f8)?;
+        m.here(a, "rep_outsb")?;
+        a.rep().outsb()?;
+        m.here(a, "done")?;
+        a.out(0x80, al)?;
+        a.hlt()
+    });
+    g.load(&p, &prot32(CODE))?;
+    // rep insb: four bytes from the port, as vmd would read them.
+    let r = g.run()?;
+    g.expect_io(r, VEI_DIR_IN, 0x511, 1)?;
+    let v = *g.exit.vei();
+    check(v.vei_string == 1 && v.vei_rep == 1, || {
+        format!("string {} rep {}", v.vei_string, v.vei_rep)
+    })?;
+    check(g.rip() == p.at("rep_insb"), || {
+        format!("rip 0x{:x}", g.rip())
+    })?;
+    check(
+        g.gpr(VCPU_REGS_RDI) == DATA && g.gpr(VCPU_REGS_RCX) == 4,
+        || {
+            format!(
+                "before: rdi 0x{:x} rcx {}",
+                g.gpr(VCPU_REGS_RDI),
+                g.gpr(VCPU_REGS_RCX)
+            )
+        },
+    )?;
+    g.write(DATA, b"QEMU")?;
+    let mut regs = g.exit.vrs;
+    regs.vrs_gprs[VCPU_REGS_RDI as usize] = DATA + 4;
+    regs.vrs_gprs[VCPU_REGS_RCX as usize] = 0;
+    regs.vrs_gprs[VCPU_REGS_RIP as usize] = p.at("rep_insb") + p.len_at("rep_insb");
+    g.writeregs(VM_RWREGS_GPRS, &regs)?;
+    // rep outsb: the exit shows rSI and rCX before KVM's batch.
+    let r = g.run()?;
+    g.expect_io(r, VEI_DIR_OUT, 0x3f8, 1)?;
+    check(g.rip() == p.at("rep_outsb"), || {
+        format!("outsb rip 0x{:x}", g.rip())
+    })?;
+    check(
+        g.gpr(VCPU_REGS_RSI) == DATA && g.gpr(VCPU_REGS_RCX) == 3,
+        || {
+            format!(
+                "outsb before: rsi 0x{:x} rcx {}",
+                g.gpr(VCPU_REGS_RSI),
+                g.gpr(VCPU_REGS_RCX)
+            )
+        },
+    )?;
+    check(g.exit.vei().vei_data & 0xff == b'Q' as u32, || {
+        format!("first element 0x{:x}", g.exit.vei().vei_data)
+    })?;
+    let mut regs = g.exit.vrs;
+    regs.vrs_gprs[VCPU_REGS_RSI as usize] = DATA + 3;
+    regs.vrs_gprs[VCPU_REGS_RCX as usize] = 0;
+    regs.vrs_gprs[VCPU_REGS_RIP as usize] = p.at("rep_outsb") + p.len_at("rep_outsb");
+    g.writeregs(VM_RWREGS_GPRS, &regs)?;
+    let r = g.run()?;
+    g.expect_io(r, VEI_DIR_OUT, 0x80, 1)?;
+    check(g.rip() == p.at("done"), || {
+        format!("done rip 0x{:x}", g.rip())
+    })?;
+    let mut b = [0u8; 4];
+    g.mem.read(DATA, &mut b).map_err(|e| e.to_string())?;
+    check(&b == b"QEMU", || {
+        format!("memory {:?}: KVM overwrote vmd's data", b)
+    })?;
+    let now = g.readregs(VM_RWREGS_GPRS)?;
+    check(
+        now.vrs_gprs[VCPU_REGS_RDI as usize] == DATA + 4
+            && now.vrs_gprs[VCPU_REGS_RSI as usize] == DATA + 3,
+        || {
+            format!(
+                "after: rdi 0x{:x} rsi 0x{:x}",
+                now.vrs_gprs[VCPU_REGS_RDI as usize], now.vrs_gprs[VCPU_REGS_RSI as usize]
+            )
+        },
+    )
 }

@@ -331,6 +331,15 @@ pub fn undo_side_effects(i: &Instruction, after: &kvm_regs, bits: u32) -> kvm_re
 }
 
 fn address_size(i: &Instruction, bits: u32) -> u32 {
+    use iced_x86::OpKind;
+    for n in 0..i.op_count() {
+        match i.op_kind(n) {
+            OpKind::MemoryESRDI | OpKind::MemorySegRSI | OpKind::MemorySegRDI => return 64,
+            OpKind::MemoryESEDI | OpKind::MemorySegESI | OpKind::MemorySegEDI => return 32,
+            OpKind::MemoryESDI | OpKind::MemorySegSI | OpKind::MemorySegDI => return 16,
+            _ => {}
+        }
+    }
     match i.memory_base() {
         Register::RDI | Register::RSI => 64,
         Register::EDI | Register::ESI => 32,
@@ -443,4 +452,39 @@ fn mask(bytes: usize) -> u64 {
 fn sign_extend(v: u64, bytes: usize) -> u64 {
     let shift = 64 - bytes * 8;
     (((v << shift) as i64) >> shift) as u64
+}
+
+/// rCX of a string instruction, masked to its address size.
+pub fn string_count(i: &Instruction, r: &kvm_regs, bits: u32) -> u64 {
+    let asz = address_size(i, bits);
+    let mask = if asz == 64 {
+        u64::MAX
+    } else {
+        (1u64 << asz) - 1
+    };
+    r.rcx & mask
+}
+
+/// Registers before an OUTS batch of `count` elements that KVM's emulator
+/// has already carried out: rSI (and, with REP, rCX) moved back.
+pub fn undo_string_out(i: &Instruction, after: &kvm_regs, bits: u32, count: u64) -> kvm_regs {
+    let mut r = *after;
+    let asz = address_size(i, bits);
+    let mask = if asz == 64 {
+        u64::MAX
+    } else {
+        (1u64 << asz) - 1
+    };
+    let size = port_io(i).map_or(1, |p| p.size as u64);
+    let step = count.wrapping_mul(size);
+    let si = if r.rflags & RFLAGS_DF != 0 {
+        r.rsi.wrapping_add(step)
+    } else {
+        r.rsi.wrapping_sub(step)
+    };
+    r.rsi = (r.rsi & !mask) | (si & mask);
+    if i.has_rep_prefix() || i.has_repne_prefix() {
+        r.rcx = (r.rcx & !mask) | (r.rcx.wrapping_add(count) & mask);
+    }
+    r
 }

@@ -480,7 +480,8 @@ impl Inner {
             (mem, bytes)
         });
         let mut r = Ok(());
-        for _ in 0..16 {
+        // A REP INS drained here can take many batches of a page each.
+        for _ in 0..4096 {
             match self.fd.run() {
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => break,
                 Err(e) => {
@@ -635,6 +636,9 @@ impl Inner {
         let w = insn::Window::read(&vm.memory, &sregs, bits, rip);
         let is_it =
             |i: &iced_x86::Instruction| insn::matches_port_io(i, dir_in, size, port, regs.rdx);
+        // SAFETY: the exit is KVM_EXIT_IO, so the io member of the union is
+        // the one KVM wrote.
+        let io = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.io };
         let (start, form) = if dir_in {
             // KVM stops before an IN on both of its paths.
             let i = w
@@ -644,16 +648,22 @@ impl Inner {
             (rip, i)
         } else {
             // Fast path: RIP still on the OUT (KVM skips it on the next run).
-            // Emulator path: RIP already past it.
+            // Emulator path: RIP already past it, except for a REP OUTS with
+            // iterations left, which KVM restarts.
             let fwd = w.at_ip().filter(is_it);
             let bwd = (1..=15).find_map(|l| w.ending_at_ip(l).filter(is_it));
-            match (fwd, bwd) {
-                (Some(i), None) => {
-                    self.kvm_busy = true;
+            let restarted = fwd.filter(|i| {
+                insn::port_io(i).is_some_and(|p| p.string && p.rep)
+                    && insn::string_count(i, &regs, bits) != 0
+            });
+            match (fwd, bwd, restarted) {
+                (_, _, Some(i)) => (rip, i),
+                (Some(i), None, None) => {
+                    self.kvm_busy = !insn::port_io(&i).is_some_and(|p| p.string);
                     (rip, i)
                 }
-                (None, Some(i)) => (i.ip(), i),
-                (Some(f), Some(b)) => {
+                (None, Some(i), None) => (i.ip(), i),
+                (Some(f), Some(b), None) => {
                     // Both readings fit: let KVM finish and see whether it
                     // moved RIP.
                     self.kvm_busy = true;
@@ -664,18 +674,29 @@ impl Inner {
                         (b.ip(), b)
                     }
                 }
-                (None, None) => return Err(self.undecodable(vm, "OUT", rip, bits, &sregs)),
+                (None, None, None) => return Err(self.undecodable(vm, "OUT", rip, bits, &sregs)),
             }
         };
         let p: PortIo = insn::port_io(&form).expect("matched a port I/O form");
         let len = form.len() as u64;
-        let data_offset = {
-            // SAFETY: the exit is KVM_EXIT_IO, so the io member of the union
-            // is the one KVM wrote.
-            unsafe { self.fd.get_kvm_run().__bindgen_anon_1.io.data_offset }
-        };
+        let data_offset = io.data_offset;
+        if p.string {
+            // vmd emulates INS/OUTS itself from the registers before the
+            // instruction and writes them back with VMM_IOC_WRITEREGS.
+            if dir_in {
+                // KVM would store its elements at ES:rDI on the next run,
+                // over what vmd writes: let it finish now (fed zeros).
+                self.kvm_busy = true;
+                self.flush()?;
+            } else {
+                // KVM's emulator already moved rSI (and rCX) past the
+                // elements it handed over.
+                regs = insn::undo_string_out(&form, &regs, bits, io.count as u64);
+            }
+            self.kvm_busy = false;
+        }
         self.pending = Some(if dir_in {
-            self.kvm_busy = true;
+            self.kvm_busy |= !p.string;
             Pending::PioIn {
                 start,
                 len,
