@@ -95,6 +95,13 @@ pub enum MmioError {
         selector: u16,
         reason: &'static str,
     },
+    /// A string I/O exit whose instruction is not the INS/OUTS the exit
+    /// describes (see [`crate::x86::pio`]).
+    StringIo {
+        rip: u64,
+        bytes: Vec<u8>,
+        what: String,
+    },
 }
 
 impl MmioError {
@@ -117,7 +124,8 @@ impl MmioError {
             | MmioError::Unsupported { rip, .. }
             | MmioError::PageFault { rip, .. }
             | MmioError::InvalidAddress { rip, .. }
-            | MmioError::Segment { rip, .. } => *rip,
+            | MmioError::Segment { rip, .. }
+            | MmioError::StringIo { rip, .. } => *rip,
         }
     }
 }
@@ -176,6 +184,11 @@ impl fmt::Display for MmioError {
             } => write!(
                 f,
                 "cannot load selector 0x{selector:x} at rip=0x{rip:x}: {reason}"
+            ),
+            MmioError::StringIo { rip, bytes, what } => write!(
+                f,
+                "cannot emulate string I/O at rip=0x{rip:x}: {what} (bytes {})",
+                hex(bytes)
             ),
         }
     }
@@ -268,6 +281,62 @@ where
     })
 }
 
+/// A linear address as the CPU forms it: 64 bits in 64-bit mode, else
+/// truncated to 32.
+pub(crate) fn wrap_linear(mode: Mode, lin: u64) -> u64 {
+    if mode == Mode::Long {
+        lin
+    } else {
+        lin & 0xffff_ffff
+    }
+}
+
+/// The linear address of `seg:offset`.
+pub(crate) fn linear(vrs: &vcpu_reg_state, mode: Mode, seg: Register, offset: u64) -> u64 {
+    wrap_linear(mode, seg_base(vrs, mode, seg).wrapping_add(offset))
+}
+
+/// Reads `len` instruction bytes at CS:`rip`, translating each page on its
+/// own.  Without a valid length the window stops short at the first page
+/// that does not translate, once at least one byte was read.
+pub(crate) fn fetch_insn<M: GuestRam + ?Sized>(
+    vrs: &vcpu_reg_state,
+    mem: &M,
+    mode: Mode,
+    cpl: u8,
+    rip: u64,
+    len: usize,
+    len_valid: bool,
+) -> Result<Vec<u8>> {
+    let start = linear(vrs, mode, Register::CS, rip);
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        let lin = wrap_linear(mode, start.wrapping_add(got as u64));
+        let chunk = (len - got).min(0x1000 - (lin & 0xfff) as usize);
+        let gpa = match translate_gva(vrs, mem, lin, Access::Exec, cpl) {
+            Ok(gpa) => gpa,
+            Err(_) if got > 0 && !len_valid => break,
+            Err(error) => {
+                return Err(MmioError::Fetch {
+                    rip,
+                    gva: lin,
+                    error,
+                })
+            }
+        };
+        if !mem.read_phys(gpa, &mut buf[got..got + chunk]) {
+            if got > 0 && !len_valid {
+                break;
+            }
+            return Err(MmioError::FetchNotRam { rip, gva: lin, gpa });
+        }
+        got += chunk;
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
 /// One translation kept for the rest of the instruction: linear page →
 /// physical page, and whether it was checked (and marked dirty) for writes.
 #[derive(Clone, Copy)]
@@ -313,15 +382,11 @@ fn is_legacy_prefix(b: u8) -> bool {
 
 impl<M: GuestRam + ?Sized, B: MmioAccess + ?Sized> Cpu<'_, M, B> {
     fn wrap(&self, lin: u64) -> u64 {
-        if self.mode == Mode::Long {
-            lin
-        } else {
-            lin & 0xffff_ffff
-        }
+        wrap_linear(self.mode, lin)
     }
 
     fn linear(&self, seg: Register, offset: u64) -> u64 {
-        self.wrap(seg_base(self.vrs, self.mode, seg).wrapping_add(offset))
+        linear(self.vrs, self.mode, seg, offset)
     }
 
     fn unsupported(&self, instr: &Instruction) -> MmioError {
@@ -334,41 +399,11 @@ impl<M: GuestRam + ?Sized, B: MmioAccess + ?Sized> Cpu<'_, M, B> {
 
     // ---- instruction fetch -------------------------------------------
 
-    /// Reads `len` bytes at CS:RIP, translating each page on its own.
-    /// Without a valid length the window stops short at the first page
-    /// that does not translate, once at least one byte was read.
+    /// Reads `len` bytes at CS:RIP (see [`fetch_insn`]).
     fn fetch(&mut self, len: usize, len_valid: bool) -> Result<Vec<u8>> {
-        let start = self.linear(Register::CS, self.rip);
-        let mut buf = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            let lin = self.wrap(start.wrapping_add(got as u64));
-            let chunk = (len - got).min(0x1000 - (lin & 0xfff) as usize);
-            let gpa = match translate_gva(self.vrs, self.mem, lin, Access::Exec, self.cpl) {
-                Ok(gpa) => gpa,
-                Err(_) if got > 0 && !len_valid => break,
-                Err(error) => {
-                    return Err(MmioError::Fetch {
-                        rip: self.rip,
-                        gva: lin,
-                        error,
-                    })
-                }
-            };
-            if !self.mem.read_phys(gpa, &mut buf[got..got + chunk]) {
-                if got > 0 && !len_valid {
-                    break;
-                }
-                return Err(MmioError::FetchNotRam {
-                    rip: self.rip,
-                    gva: lin,
-                    gpa,
-                });
-            }
-            got += chunk;
-        }
-        buf.truncate(got);
-        Ok(buf)
+        fetch_insn(
+            self.vrs, self.mem, self.mode, self.cpl, self.rip, len, len_valid,
+        )
     }
 
     // ---- memory --------------------------------------------------------
