@@ -18,6 +18,7 @@
 //! registry (`vm::bus::MmioBus`).
 pub mod emulate;
 pub mod mmu;
+pub mod pio;
 mod regs;
 
 #[cfg(test)]
@@ -25,6 +26,7 @@ mod tests;
 
 pub use emulate::{emulate, Emulated, MmioError};
 pub use mmu::{translate_gva, Access, TranslateError};
+pub use pio::{emulate_string_io, PortAccess};
 
 /// Guest-physical RAM as the emulator sees it: page tables, descriptor
 /// tables, instruction bytes and the RAM side of string moves and stack
