@@ -22,8 +22,8 @@ pub enum ExitError {
     Protection { rip: u64 },
     /// `VEE_FAULT_INVALID` or a fault type vmd does not know.
     InvalidFaultType { fault_type: u8, rip: u64 },
-    /// String or REP port I/O, which vmd does not emulate.
-    StringIo { port: u16, rip: u64 },
+    /// String or REP port I/O that could not be emulated.
+    StringIo { port: u16, rip: u64, why: String },
     /// The MMIO emulator could not complete the access.
     Mmio(String),
 }
@@ -45,12 +45,10 @@ impl std::fmt::Display for ExitError {
             ExitError::InvalidFaultType { fault_type, rip } => {
                 write!(f, "invalid fault_type {fault_type} at rip=0x{rip:x}")
             }
-            ExitError::StringIo { port, rip } => {
-                write!(
-                    f,
-                    "can't emulate REP prefixed IN(S)/OUT(S) on port 0x{port:x} at rip=0x{rip:x}"
-                )
-            }
+            ExitError::StringIo { port, rip, why } => write!(
+                f,
+                "can't emulate REP prefixed IN(S)/OUT(S) on port 0x{port:x} at rip=0x{rip:x}: {why}"
+            ),
             ExitError::Mmio(m) => write!(f, "{m}"),
         }
     }
@@ -64,6 +62,12 @@ pub trait ExitHandler {
     /// An MMIO-assist exit: emulate the instruction, update `exit.vrs`
     /// (registers and RIP).
     fn mmio(&mut self, exit: &mut vm_exit) -> Result<(), String>;
+    /// INS/OUTS, with or without REP.  OpenBSD's vmd refuses them; ours
+    /// emulates them (Debian's SeaBIOS reads fw_cfg with `rep insb`),
+    /// updating `exit.vrs` — which the caller must write back with
+    /// VMM_IOC_WRITEREGS, since vmm(4) reloads only RAX and RIP after an
+    /// I/O exit.
+    fn string_io(&mut self, exit: &mut vm_exit) -> Result<(), String>;
 }
 
 /// Dispatches one exit.  `reason` is `vrp_exit_reason`; VM_EXIT_NONE and
@@ -95,10 +99,10 @@ pub fn vcpu_exit(
         VMX_EXIT_IO | SVM_VMEXIT_IOIO => {
             let vei = exit.vei_mut();
             if vei.vei_rep != 0 || vei.vei_string != 0 {
-                return Err(ExitError::StringIo {
-                    port: vei.vei_port,
-                    rip,
-                });
+                let port = vei.vei_port;
+                h.string_io(exit)
+                    .map_err(|why| ExitError::StringIo { port, rip, why })?;
+                return Ok(Action::Continue);
             }
             h.port_io(vei);
             let len = exit.vei().vei_insn_len as u64;
@@ -134,6 +138,7 @@ mod tests {
         pio: Vec<(u16, u8, u8, u32)>,
         mmio: usize,
         mmio_result: Option<String>,
+        strings: usize,
     }
 
     impl ExitHandler for Rec {
@@ -143,6 +148,14 @@ mod tests {
             if vei.vei_dir as u32 == VEI_DIR_IN {
                 set_return_data(vei, 0xAB);
             }
+        }
+        fn string_io(&mut self, exit: &mut vm_exit) -> Result<(), String> {
+            self.strings += 1;
+            if exit.vei().vei_port == 0x3f8 {
+                return Err("no".into());
+            }
+            exit.vrs.vrs_gprs[VCPU_REGS_RIP as usize] += 2;
+            Ok(())
         }
         fn mmio(&mut self, exit: &mut vm_exit) -> Result<(), String> {
             self.mmio += 1;
@@ -262,19 +275,32 @@ mod tests {
     }
 
     #[test]
-    fn string_io_is_fatal() {
+    fn string_io_goes_to_its_emulation_and_its_failure_is_fatal() {
         let mut h = Rec::default();
         let mut e = exit_at(0x100);
         e.vei_mut().vei_string = 1;
+        e.vei_mut().vei_rep = 1;
+        e.vei_mut().vei_port = 0x511;
+        assert_eq!(
+            vcpu_exit(SVM_VMEXIT_IOIO as u16, &mut e, &mut h),
+            Ok(Action::Continue)
+        );
+        assert_eq!(
+            e.vrs.vrs_gprs[VCPU_REGS_RIP as usize], 0x102,
+            "RIP is the emulation's"
+        );
+        assert!(h.pio.is_empty());
         e.vei_mut().vei_port = 0x3f8;
         let r = vcpu_exit(VMX_EXIT_IO as u16, &mut e, &mut h);
         assert_eq!(
             r,
             Err(ExitError::StringIo {
                 port: 0x3f8,
-                rip: 0x100
+                rip: 0x102,
+                why: "no".into()
             })
         );
+        assert_eq!(h.strings, 2);
     }
 
     #[test]

@@ -4,4 +4,5 @@ pub mod bus;
 pub mod exit;
 pub mod guest_memory;
 pub mod irq;
+pub mod machine;
 pub mod memmap;

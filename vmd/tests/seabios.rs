@@ -1,0 +1,123 @@
+//! End to end: Debian's SeaBIOS (the firmware OpenBSD ships as vmm-bios)
+//! boots in our VM process with no disk, prints its banner on COM1 and
+//! reports that there is no bootable device.  Needs /dev/kvm (or /dev/vmm)
+//! and the asset fetched by scripts/fetch-assets.sh; reported as ignored
+//! with the reason where either is missing.
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vmd::vm::machine::{BootImage, Machine, Outcome, VmConfig};
+use vmm_sys::ExitFlavour;
+
+#[derive(Clone, Default)]
+struct Console(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Console {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Console {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn bios_path() -> PathBuf {
+    let dir = std::env::var_os("ASSETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/assets"));
+    dir.join("bios.bin")
+}
+
+/// Boots SeaBIOS and waits for "No bootable device"; returns the console
+/// transcript.
+fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
+    let image =
+        std::fs::read(bios_path()).map_err(|e| format!("{}: {e}", bios_path().display()))?;
+    let console = Console::default();
+    let vmm = Arc::new(vmm_sys::Vmm::open()?);
+    let cfg = VmConfig {
+        name: "seabios".into(),
+        memory: 64 << 20,
+        boot: BootImage::Bios(image),
+        console_out: Box::new(console.clone()),
+        console_in: None,
+        flavour,
+    };
+    let machine = Machine::new(vmm, cfg)?;
+    let control = machine.control();
+    let runner = std::thread::spawn(move || machine.run());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline
+        && !console.text().contains("No bootable device")
+        && !runner.is_finished()
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    control.stop();
+    let outcome = runner.join().map_err(|_| "VM thread panicked")?;
+    let text = console.text();
+    match outcome {
+        Ok(Outcome::Halted) => {}
+        Ok(other) => return Err(format!("VM ended with {other:?}; console:\n{text}").into()),
+        Err(e) => return Err(format!("VM failed: {e}; console:\n{text}").into()),
+    }
+    if !text.contains("SeaBIOS (version") {
+        return Err(format!("no SeaBIOS banner on COM1 within 120 s; console:\n{text}").into());
+    }
+    if !text.contains("No bootable device") {
+        return Err(format!(
+            "SeaBIOS did not report 'No bootable device' within 120 s; console:\n{text}"
+        )
+        .into());
+    }
+    Ok(text)
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let dev = if cfg!(target_os = "linux") {
+        "/dev/kvm"
+    } else {
+        "/dev/vmm"
+    };
+    let mut skip = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .err()
+        .map(|e| format!("needs {dev} ({e})"));
+    if skip.is_none() && !bios_path().exists() {
+        skip = Some(format!(
+            "needs {} (run scripts/fetch-assets.sh)",
+            bios_path().display()
+        ));
+    }
+    let tests = vec![
+        Trial::test("seabios_no_bootable_device_host_flavour", || {
+            boot_seabios(None).map(|_| ())
+        }),
+        Trial::test("seabios_no_bootable_device_vmx_exits", || {
+            boot_seabios(Some(ExitFlavour::Vmx)).map(|_| ())
+        }),
+        Trial::test("seabios_no_bootable_device_svm_exits", || {
+            boot_seabios(Some(ExitFlavour::Svm)).map(|_| ())
+        }),
+    ];
+    let tests = tests
+        .into_iter()
+        .map(|t| match &skip {
+            Some(why) => t.with_ignored_flag(true).with_kind(why.clone()),
+            None => t,
+        })
+        .collect();
+    libtest_mimic::run(&args, tests).exit();
+}
