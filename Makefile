@@ -6,7 +6,7 @@ CARGO ?= cargo
 DEBIAN_PACKAGES = libclang-dev qemu-system-x86 seabios mandoc jq
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all deps build test lint fmt-check unit regress demo bench-exits bindings check-openbsd clean
+.PHONY: all deps assets build test lint fmt-check unit regress demo bench-exits bench-boot bindings check-openbsd clean
 
 all: build
 
@@ -23,6 +23,10 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
+# Guest assets (Debian's SeaBIOS) in .cache/assets.
+assets:
+	sh scripts/fetch-assets.sh
+
 build: deps
 	$(CARGO) build --workspace --all-targets
 
@@ -35,7 +39,7 @@ lint: deps
 # Every test of the workspace (unit tests, the ABI and bindings tests, the
 # regress suite).  Tests that need /dev/kvm report themselves as skipped
 # where it is missing.
-unit: deps
+unit: deps assets
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --workspace --no-fail-fast
 else
@@ -48,13 +52,22 @@ test: fmt-check lint unit
 regress: deps
 	$(CARGO) test -p vmm-regress --test vmm -- --nocapture
 
-# The main job (grows with vmd): for now the regress suite against the
-# host's vmm(4) — the KVM shim on Linux.
-demo: build regress
+# The main job: boot Debian's SeaBIOS in a VM (COM1 on the terminal; it
+# ends after 10 seconds), then the vmm(4) regress suite against the host's
+# vmm(4) — the KVM shim on Linux.
+demo: deps assets
+	$(CARGO) build --release -p vmd
+	./target/release/vmrun -m 64M -t 10 -b .cache/assets/bios.bin demo < /dev/null
+	@echo
+	$(MAKE) regress
 
 bench-exits: deps
 	$(CARGO) build --release -p vmm-bench
 	./target/release/bench-exits
+
+bench-boot: deps assets
+	$(CARGO) build --release -p vmd
+	python3 scripts/bench-boot.py
 
 bindings: deps
 	sh scripts/update-bindings.sh
