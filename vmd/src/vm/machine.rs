@@ -370,6 +370,17 @@ impl Machine {
         &self.mem
     }
 
+    /// Adds an MMIO device (e.g. a PCI BAR's backing, or a test device);
+    /// it shadows earlier registrations over the same addresses.
+    pub fn register_mmio(&mut self, base: u64, len: u64, dev: super::bus::SharedMmio) {
+        self.mmio.register(base, len, dev);
+    }
+
+    /// Adds a port-I/O device; it shadows earlier registrations.
+    pub fn register_pio(&mut self, base: u16, len: u16, dev: super::bus::SharedPio) {
+        self.pio.register(base, len, dev);
+    }
+
     /// Runs the VM to its end.  The VM is terminated in vmm(4) afterwards.
     pub fn run(mut self) -> Result<Outcome, VmError> {
         self.vmm.resetcpu(&vm_resetcpu_params {
