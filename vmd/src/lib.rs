@@ -2,10 +2,12 @@
 //!
 //! - [`vm`]: the VM process — guest memory map, vCPU loop and exit
 //!   dispatch, the port and MMIO buses, loaders.
+//! - [`config`]: vm.conf(5), parsed as vmd's parse.y does.
 //! - [`devices`]: the emulated platform (i8259, i8253, mc146818, ns8250,
 //!   PCI, fw_cfg, virtio), each a small core with no OS code, driven by
 //!   port or MMIO accesses so that tests can inject them without a VM.
 //! - [`x86`]: decoding and emulating the instructions that fault on MMIO.
+pub mod config;
 pub mod devices;
 pub mod vm;
 pub mod x86;

@@ -1,0 +1,495 @@
+//! vm.conf(5): the configuration file of vmd(8).
+//!
+//! The grammar, the lexical rules and every message are OpenBSD's
+//! `usr.sbin/vmd/parse.y` 1.72 (reference §2): [`parse_file`] reads a file
+//! (with `include`s and `-D` macros) into a [`Config`], or returns the
+//! messages vmd prints, in its order and words (`vm.conf:3: syntax error`,
+//! `memory size must be at least 1MB`, ...). [`check`] is `vmd -n`.
+//!
+//! What parse.y leaves to vmd's VM registry (`vm_register`: duplicate
+//! names, VM name characters, instances of unknown VMs, MAC randomisation,
+//! the default memory size) is not done here; a daemon plugs it in through
+//! [`ParseOptions::register`] so its messages still appear at the line and
+//! in the order vmd prints them.
+//!
+//! - `lexer`: characters to tokens (quoting, macros, includes, continuation).
+//! - `grammar`: parse.y's productions and the LALR(1) tables yacc builds.
+//! - `parser`: the yacc driver (error recovery included) and the actions.
+//! - `compat`: strtonum, scan_scaled, fmt_scaled, ether_aton, realpath, ...
+mod compat;
+mod grammar;
+mod lexer;
+mod parser;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The default configuration file.
+pub const VMD_CONF: &str = "/etc/vm.conf";
+/// The default AgentX master socket (`AGENTX_MASTER_PATH`).
+pub const AGENTX_MASTER_PATH: &str = "/var/agentx/master";
+/// Memory of a VM without `memory` (applied by the registry, vmd.h).
+pub const VM_DEFAULT_MEMORY: u64 = 512 * 1024 * 1024;
+/// `VMM_MAX_VM_MEM_SIZE`: the largest `memory`.
+pub const VMM_MAX_VM_MEM_SIZE: i64 = 128 * 1024 * 1024 * 1024;
+/// Disks and interfaces per VM (vmd.h).
+pub const VM_MAX_DISKS_PER_VM: usize = 4;
+pub const VM_MAX_NICS_PER_VM: usize = 4;
+/// Name buffers: VM names (`VMM_MAX_NAME_LEN`), switch names of
+/// interfaces (`VM_NAME_MAX`), interface names (`IF_NAMESIZE`).
+pub const VMM_MAX_NAME_LEN: usize = 64;
+pub const VM_NAME_MAX: usize = 64;
+pub const IF_NAMESIZE: usize = 16;
+/// `RT_TABLEID_MAX`.
+pub const RT_TABLEID_MAX: i64 = 255;
+/// Default autostart pacing without `staggered start`: the delay; the
+/// parallelism is the number of online CPUs.
+pub const VMD_DEFAULT_STAGGERED_START_DELAY: i64 = 30;
+
+/// `vmc_flags` / `vmc_insflags` bits (VMOP_CREATE_*).
+pub const VMOP_CREATE_CPU: u32 = 0x01;
+pub const VMOP_CREATE_KERNEL: u32 = grammar::VMOP_CREATE_KERNEL;
+pub const VMOP_CREATE_MEMORY: u32 = grammar::VMOP_CREATE_MEMORY;
+pub const VMOP_CREATE_NETWORK: u32 = grammar::VMOP_CREATE_NETWORK;
+pub const VMOP_CREATE_DISK: u32 = grammar::VMOP_CREATE_DISK;
+pub const VMOP_CREATE_CDROM: u32 = grammar::VMOP_CREATE_CDROM;
+pub const VMOP_CREATE_INSTANCE: u32 = grammar::VMOP_CREATE_INSTANCE;
+
+/// Interface and switch flags (VMIFF_*).
+pub const VMIFF_UP: u32 = 0x01;
+pub const VMIFF_LOCKED: u32 = 0x02;
+pub const VMIFF_LOCAL: u32 = 0x04;
+pub const VMIFF_RDOMAIN: u32 = 0x08;
+/// The flags a switch passes on to its member interfaces.
+pub const VMIFF_OPTMASK: u32 = VMIFF_LOCKED | VMIFF_LOCAL | VMIFF_RDOMAIN;
+
+/// Where a message points: parse.y's `file->name` and `yylval.lineno`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Location {
+    pub file: String,
+    pub line: i32,
+}
+
+/// One line vmd prints while reading its configuration. Errors from the
+/// grammar carry a location and print as `file:line: message`; the
+/// warnings of the helpers (`memory size must be at least 1MB`,
+/// `disk /x: No such file or directory`) carry none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigError {
+    pub location: Option<Location>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(l) => write!(f, "{}:{}: {}", l.file, l.line, self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How vmd logs a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Level {
+    /// yyerror(): counts as an error, the parse fails.
+    Error,
+    /// log_warn/log_warnx or a plain stderr warning; printed by `vmd -n`.
+    Warning,
+    /// log_debug: printed only with `-v`.
+    Debug,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub level: Level,
+    pub error: ConfigError,
+}
+
+/// A user or group (`owner`, `socket owner`, `allow instance { owner }`):
+/// `gid` -1 means no group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: i64,
+}
+
+impl Default for Owner {
+    fn default() -> Self {
+        Owner { uid: 0, gid: -1 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum BootDevice {
+    /// VMBOOTDEV_AUTO (0).
+    #[default]
+    Auto,
+    /// VMBOOTDEV_DISK (1).
+    Disk,
+    /// VMBOOTDEV_CDROM (2).
+    Cdrom,
+    /// VMBOOTDEV_NET (3).
+    Net,
+}
+
+impl BootDevice {
+    pub fn value(self) -> u32 {
+        match self {
+            BootDevice::Auto => 0,
+            BootDevice::Disk => 1,
+            BootDevice::Cdrom => 2,
+            BootDevice::Net => 3,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DiskFormat {
+    /// VMDF_RAW (1).
+    Raw,
+    /// VMDF_QCOW2 (2).
+    Qcow2,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disk {
+    /// The realpath(3) of the configured name.
+    pub path: String,
+    /// `format`, or sniffed from the file (`QFI\xfb` is qcow2, else raw).
+    pub format: DiskFormat,
+}
+
+/// One NIC of a VM (`vmc_ifnames[i]`, `vmc_ifswitch[i]`, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// `tap` or `tapN`; `None` picks the next free tap.
+    pub name: Option<String>,
+    pub switch: Option<String>,
+    pub group: Option<String>,
+    pub rdomain: u32,
+    /// All zero when not configured (the registry randomises it).
+    pub lladdr: [u8; 6],
+    /// VMIFF_* bits; VMIFF_UP by default.
+    pub flags: u32,
+}
+
+impl Default for Interface {
+    fn default() -> Self {
+        Interface {
+            name: None,
+            switch: None,
+            group: None,
+            rdomain: 0,
+            lladdr: [0; 6],
+            flags: VMIFF_UP,
+        }
+    }
+}
+
+impl Interface {
+    pub fn up(&self) -> bool {
+        self.flags & VMIFF_UP != 0
+    }
+    pub fn locked(&self) -> bool {
+        self.flags & VMIFF_LOCKED != 0
+    }
+    pub fn local(&self) -> bool {
+        self.flags & VMIFF_LOCAL != 0
+    }
+    /// The rdomain, when one was configured.
+    pub fn rdomain(&self) -> Option<u32> {
+        (self.flags & VMIFF_RDOMAIN != 0).then_some(self.rdomain)
+    }
+}
+
+/// A `vm` block (parse.y's `struct vmop_create_params` plus the boot path
+/// and the disable flag).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Vm {
+    pub name: String,
+    /// For `vm "parent" instance "name"`: the parent's name.
+    pub instance_of: Option<String>,
+    /// VMOP_CREATE_* bits for what the block configures.
+    pub flags: u32,
+    pub disabled: bool,
+    /// `boot`: the realpath of the kernel or BIOS image.
+    pub boot: Option<String>,
+    pub boot_device: BootDevice,
+    pub cdrom: Option<String>,
+    pub disks: Vec<Disk>,
+    /// `vmc_nnics` entries: the `interface` lines, then unattached NICs up
+    /// to `interfaces N`.
+    pub interfaces: Vec<Interface>,
+    /// Bytes, rounded down to a MiB; 0 when not configured.
+    pub memory: u64,
+    pub owner: Owner,
+    /// `allow instance` (VMOP_CREATE_* bits) and its `owner`.
+    pub instance_flags: u32,
+    pub instance_owner: Owner,
+    pub sev: bool,
+    pub seves: bool,
+    /// The closing brace: where vmd reports `vm "x" failed: ...`.
+    pub location: Location,
+}
+
+/// A `switch` block that is not disabled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Switch {
+    /// 1, 2, ... in file order.
+    pub id: u32,
+    pub name: String,
+    /// The bridge(4) or veb(4) interface.
+    pub ifname: String,
+    pub group: Option<String>,
+    pub rdomain: u32,
+    /// VMIFF_* bits (VMIFF_UP by default).
+    pub flags: u32,
+    pub location: Location,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv4Prefix {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Prefix {
+    pub addr: Ipv6Addr,
+    pub len: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agentx {
+    pub enabled: bool,
+    pub path: String,
+    pub context: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaggeredStart {
+    /// `int` in vmd: the number is truncated to 32 bits, as there.
+    pub parallelism: i32,
+    /// Seconds.
+    pub delay: i64,
+}
+
+/// The global part of vm.conf (`struct vmd_config` and the socket owner).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalConfig {
+    /// `local prefix`, default 100.64.0.0/10.
+    pub local_prefix: Ipv4Prefix,
+    /// `local inet6`: IPv6 on local interfaces (VMD_CFG_INET6).
+    pub inet6: bool,
+    /// `local inet6 prefix`; `None` keeps the random fd00::/8 prefix vmd
+    /// generates once at startup (VMD_CFG_AUTOINET6).
+    pub local_prefix6: Option<Ipv6Prefix>,
+    /// `socket owner`: uid and gid of the control socket, default 0:0.
+    pub socket_uid: u32,
+    pub socket_gid: u32,
+    pub agentx: Agentx,
+    /// `staggered start`; `None` means the defaults (online CPUs, 30 s).
+    pub staggered_start: Option<StaggeredStart>,
+}
+
+impl Default for GlobalConfig {
+    fn default() -> Self {
+        GlobalConfig {
+            local_prefix: Ipv4Prefix {
+                addr: Ipv4Addr::new(100, 64, 0, 0),
+                len: 10,
+            },
+            inet6: false,
+            local_prefix6: None,
+            socket_uid: 0,
+            socket_gid: 0,
+            agentx: Agentx {
+                enabled: false,
+                path: String::new(),
+                context: String::new(),
+            },
+            staggered_start: None,
+        }
+    }
+}
+
+/// A parsed vm.conf.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Config {
+    pub global: GlobalConfig,
+    /// Enabled switches, in file order.
+    pub switches: Vec<Switch>,
+    /// VM blocks in file order (those the registry hook did not skip).
+    pub vms: Vec<Vm>,
+}
+
+/// User and group names for `owner` and `socket owner`.
+pub trait Resolver {
+    fn uid(&self, user: &str) -> Option<u32>;
+    fn gid(&self, group: &str) -> Option<u32>;
+}
+
+/// Looks names up in /etc/passwd and /etc/group.
+pub struct SystemResolver;
+
+fn lookup_file(path: &str, name: &str) -> Option<u32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
+    })
+}
+
+impl Resolver for SystemResolver {
+    fn uid(&self, user: &str) -> Option<u32> {
+        lookup_file("/etc/passwd", user)
+    }
+    fn gid(&self, group: &str) -> Option<u32> {
+        lookup_file("/etc/group", group)
+    }
+}
+
+/// What the VM registry did with a `vm` block (vmd's `vm_register`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Registration {
+    Registered,
+    /// EALREADY: logged as `skipped (running)` or `skipped (already exists)`.
+    AlreadyExists {
+        running: bool,
+    },
+    /// Any other failure, as strerror(3) text: `vm "x" failed: <text>`.
+    Failed(String),
+}
+
+pub struct ParseOptions<'a> {
+    /// `-D name=value` macros; the first definition of a name wins and the
+    /// file cannot redefine it.
+    pub defines: &'a [(String, String)],
+    /// `vmd -n`: switches and VMs are not registered (no debug lines).
+    pub noaction: bool,
+    /// The path is the built-in default (/etc/vm.conf): a missing file is
+    /// not worth a warning.
+    pub default_file: bool,
+    pub resolver: &'a dyn Resolver,
+    /// vmd's `vm_register`, called at the end of each `vm` block when not
+    /// `noaction`; `None` registers every block.
+    pub register: Option<&'a mut dyn FnMut(&Vm) -> Registration>,
+}
+
+impl<'a> ParseOptions<'a> {
+    pub fn new(defines: &'a [(String, String)]) -> Self {
+        ParseOptions {
+            defines,
+            noaction: false,
+            default_file: false,
+            resolver: &SystemResolver,
+            register: None,
+        }
+    }
+}
+
+/// The result of reading a configuration: the configuration, everything
+/// vmd would have logged, in order, and whether it failed.
+#[derive(Clone, Debug)]
+pub struct ParseOutcome {
+    pub config: Config,
+    pub messages: Vec<Message>,
+    pub ok: bool,
+}
+
+impl ParseOutcome {
+    /// The lines `vmd -n` prints (debug lines only at `verbose` > 0).
+    pub fn lines(&self, verbose: u32) -> Vec<String> {
+        self.messages
+            .iter()
+            .filter(|m| m.level != Level::Debug || verbose > 0)
+            .map(|m| m.error.to_string())
+            .collect()
+    }
+
+    fn into_result(self) -> Result<Config, Vec<ConfigError>> {
+        if self.ok {
+            Ok(self.config)
+        } else {
+            Err(self
+                .messages
+                .into_iter()
+                .filter(|m| m.level != Level::Debug)
+                .map(|m| m.error)
+                .collect())
+        }
+    }
+}
+
+/// parse_config(): read `path` as vmd does.
+pub fn parse_with(path: &Path, opts: ParseOptions<'_>) -> ParseOutcome {
+    parser::parse(parser::Source::File(path), opts)
+}
+
+/// Read a configuration text named `name` (the file name in messages);
+/// `include`s are opened relative to the current directory, as by vmd.
+pub fn parse_str_with(name: &str, text: &str, opts: ParseOptions<'_>) -> ParseOutcome {
+    parser::parse(parser::Source::Text(name, text.as_bytes()), opts)
+}
+
+/// Read a configuration file with `-D` macros `defines`. On failure, the
+/// messages vmd prints (errors and warnings, in order).
+pub fn parse_file(
+    path: impl AsRef<Path>,
+    defines: &[(String, String)],
+) -> Result<Config, Vec<ConfigError>> {
+    parse_with(path.as_ref(), ParseOptions::new(defines)).into_result()
+}
+
+/// [`parse_file`] on a text; `name` is the file name in the messages.
+pub fn parse_str(
+    name: &str,
+    text: &str,
+    defines: &[(String, String)],
+) -> Result<Config, Vec<ConfigError>> {
+    parse_str_with(name, text, ParseOptions::new(defines)).into_result()
+}
+
+/// `-D name=value` as vmd's `cmdline_symset` splits it (at the last `=`);
+/// `None` is vmd's `could not parse macro definition <arg>`.
+pub fn parse_define(arg: &str) -> Option<(String, String)> {
+    let i = arg.rfind('=')?;
+    Some((arg[..i].to_string(), arg[i + 1..].to_string()))
+}
+
+/// `vmd -n [-v] [-D ...] [-f file]`: what it prints on stderr and its exit
+/// status. `path` `None` is the default /etc/vm.conf.
+pub fn check_verbose(
+    path: Option<&Path>,
+    defines: &[(String, String)],
+    verbose: u32,
+) -> (String, i32) {
+    let mut opts = ParseOptions::new(defines);
+    opts.noaction = true;
+    opts.default_file = path.is_none();
+    let outcome = parse_with(path.unwrap_or(Path::new(VMD_CONF)), opts);
+    let mut out = String::new();
+    for line in outcome.lines(verbose) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    if outcome.ok {
+        out.push_str("configuration OK\n");
+        (out, 0)
+    } else {
+        (out, 1)
+    }
+}
+
+/// `vmd -n -f path`: its stderr and exit status.
+pub fn check(path: impl AsRef<Path>, defines: &[(String, String)]) -> (String, i32) {
+    check_verbose(Some(path.as_ref()), defines, 0)
+}
