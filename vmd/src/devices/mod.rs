@@ -1,5 +1,6 @@
 //! Device models of vmd's amd64 machine (reference §4.2, §4.3).
 pub mod fw_cfg;
+pub mod i8042;
 pub mod i8253;
 pub mod i8259;
 pub mod mc146818;
