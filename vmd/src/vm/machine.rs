@@ -8,6 +8,7 @@ use super::bus::{MmioBus, PioBus, PioDevice};
 use super::exit::{set_return_data, vcpu_exit, Action, ExitError, ExitHandler};
 use super::memmap;
 use crate::devices::fw_cfg::{self, BootDevice, FwCfg};
+use crate::devices::i8042::{self, I8042Port, I8042};
 use crate::devices::i8253::{self, I8253Misc, I8253};
 use crate::devices::i8259::{Chip, ElcrPort, PicPort, I8259};
 use crate::devices::mc146818::{self, Mc146818};
@@ -98,10 +99,9 @@ impl From<VmmError> for VmError {
     }
 }
 
-/// Reset through the keyboard controller (0x64 ← 0xFE) or 0xCF9.
+/// Reset through 0xCF9 (the keyboard controller has its own reset line).
 struct ResetPort {
     requested: Arc<AtomicBool>,
-    cf9: bool,
 }
 
 impl PioDevice for ResetPort {
@@ -109,12 +109,7 @@ impl PioDevice for ResetPort {
         super::bus::all_ones(size)
     }
     fn pio_write(&mut self, _offset: u16, _size: u8, value: u32) {
-        let reset = if self.cf9 {
-            value & 0x06 == 0x06
-        } else {
-            value & 0xff == 0xFE
-        };
-        if reset {
+        if value & 0x06 == 0x06 {
             self.requested.store(true, Ordering::SeqCst);
         }
     }
@@ -324,21 +319,21 @@ impl Machine {
             Arc::new(Mutex::new(fwcfg)),
         );
 
+        let kbc = Arc::new(Mutex::new(I8042::new(lines.clone(), reset.clone())));
         pio.register(
-            0x64,
+            i8042::KBC_DATA,
             1,
-            Arc::new(Mutex::new(ResetPort {
-                requested: reset.clone(),
-                cf9: false,
-            })),
+            Arc::new(Mutex::new(I8042Port::data(kbc.clone()))),
+        );
+        pio.register(
+            i8042::KBC_CMD,
+            1,
+            Arc::new(Mutex::new(I8042Port::command(kbc))),
         );
         pio.register(
             0xCF9,
             1,
-            Arc::new(Mutex::new(ResetPort {
-                requested: reset,
-                cf9: true,
-            })),
+            Arc::new(Mutex::new(ResetPort { requested: reset })),
         );
 
         let timers: Vec<Arc<Mutex<dyn Timer>>> = vec![pit, rtc, com.clone()];
