@@ -337,23 +337,15 @@ pub trait Resolver {
     fn gid(&self, group: &str) -> Option<u32>;
 }
 
-/// Looks names up in /etc/passwd and /etc/group.
+/// getpwnam(3) and getgrnam(3), as parse.y uses.
 pub struct SystemResolver;
-
-fn lookup_file(path: &str, name: &str) -> Option<u32> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
-    })
-}
 
 impl Resolver for SystemResolver {
     fn uid(&self, user: &str) -> Option<u32> {
-        lookup_file("/etc/passwd", user)
+        Some(nix::unistd::User::from_name(user).ok()??.uid.as_raw())
     }
     fn gid(&self, group: &str) -> Option<u32> {
-        lookup_file("/etc/group", group)
+        Some(nix::unistd::Group::from_name(group).ok()??.gid.as_raw())
     }
 }
 

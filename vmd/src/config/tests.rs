@@ -436,6 +436,13 @@ fn socket_owner() {
 }
 
 #[test]
+fn system_resolver_knows_root() {
+    assert_eq!(SystemResolver.uid("root"), Some(0));
+    assert_eq!(SystemResolver.uid("no-such-user-vmd"), None);
+    assert_eq!(SystemResolver.gid("no-such-group-vmd"), None);
+}
+
+#[test]
 fn unknown_user_or_group() {
     assert_eq!(
         fails("socket owner carol\n"),
