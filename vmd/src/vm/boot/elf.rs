@@ -21,6 +21,8 @@ const PT_LOAD: u32 = 1;
 const PT_OPENBSD_RANDOMIZE: u32 = 0x65a3_dbe6;
 const SHT_SYMTAB: u32 = 2;
 const SHT_STRTAB: u32 = 3;
+/// SHF_ALLOC, in sh_flags' low byte.
+const SHF_ALLOC: u8 = 0x2;
 
 const BOOTARG_MEMMAP: u32 = 0;
 const BOOTARG_CONSDEV: u32 = 5;
@@ -236,7 +238,9 @@ pub fn load(
     let stack_size = push_stack(mem, bootargs_size, end as u32)?;
     push_gdt(mem)?;
     let rsp = STACK_PAGE + PAGE_SIZE - stack_size;
-    let entry = elf.entry()?;
+    // LOADADDR(e_entry): the kernel is linked high and starts at its
+    // physical address, paging being an identity map.
+    let entry = elf.entry()? & 0x0FFF_FFFF;
     if elf.is64 {
         push_pt_amd64(mem)?;
         Ok(regs::flat64(entry, rsp))
@@ -265,7 +269,10 @@ fn append_symbols(mem: &GuestMemory, elf: &Elf, end: u64) -> Result<u64, LoadErr
     let mut table = Vec::with_capacity(shsize);
     for sh in shdrs {
         let mut raw = sh.raw.clone();
-        let new_off = if sh.ty == SHT_SYMTAB || sh.ty == SHT_STRTAB {
+        // As elf64_exec/elf32_exec: the symbol and string tables are
+        // copied, their sh_offset made relative to elfp and SHF_ALLOC set;
+        // the other headers are copied unchanged.
+        if sh.ty == SHT_SYMTAB || sh.ty == SHT_STRTAB {
             let data = elf
                 .b
                 .get(sh.offset as usize..(sh.offset + sh.size) as usize)
@@ -275,14 +282,12 @@ fn append_symbols(mem: &GuestMemory, elf: &Elf, end: u64) -> Result<u64, LoadErr
             write(mem, maxp, data)?;
             let off = maxp - elfp;
             maxp += align(sh.size, word);
-            off
-        } else {
-            0
-        };
-        if elf.is64 {
-            raw[24..32].copy_from_slice(&new_off.to_le_bytes());
-        } else {
-            raw[16..20].copy_from_slice(&(new_off as u32).to_le_bytes());
+            if elf.is64 {
+                raw[24..32].copy_from_slice(&off.to_le_bytes());
+            } else {
+                raw[16..20].copy_from_slice(&(off as u32).to_le_bytes());
+            }
+            raw[8] |= SHF_ALLOC; // sh_flags, at offset 8 in both classes
         }
         table.extend_from_slice(&raw);
     }
@@ -522,7 +527,10 @@ mod tests {
         assert_eq!(sym_off, 64 + 3 * 64);
         assert_eq!(mem.read_u64(elfp + sym_off).unwrap(), 0xAAAA_AAAA_AAAA_AAAA);
         // register state
-        assert_eq!(r.vrs_gprs[VCPU_REGS_RIP as usize], 0xffff_ffff_8100_1000);
+        assert_eq!(
+            r.vrs_gprs[VCPU_REGS_RIP as usize], 0x0100_1000,
+            "LOADADDR(e_entry)"
+        );
         let rsp = r.vrs_gprs[VCPU_REGS_RSP as usize];
         assert_eq!(rsp, STACK_PAGE + PAGE_SIZE - 36);
         assert_eq!(r.vrs_crs[VCPU_REGS_CR3 as usize], PML4_PAGE);
