@@ -7,7 +7,9 @@
 //!   PCI, fw_cfg, virtio), each a small core with no OS code, driven by
 //!   port or MMIO accesses so that tests can inject them without a VM.
 //! - [`x86`]: decoding and emulating the instructions that fault on MMIO.
+//! - [`proc`]: the daemon's processes and their imsg-style IPC.
 pub mod config;
 pub mod devices;
+pub mod proc;
 pub mod vm;
 pub mod x86;
