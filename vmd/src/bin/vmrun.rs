@@ -67,11 +67,20 @@ fn main() {
         _ => usage(),
     };
     let stdin = std::io::stdin().as_fd().try_clone_to_owned().ok();
+    // COM1 output goes straight to the descriptor, as vmd writes to the
+    // pty: std's stdout would hold a line until its newline.
+    let stdout = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            eprintln!("vmrun: stdout: {e}");
+            std::process::exit(1);
+        }
+    };
     let cfg = VmConfig {
         name,
         memory,
         boot,
-        console_out: Box::new(std::io::stdout()),
+        console_out: Box::new(stdout),
         console_in: stdin,
         flavour: None,
     };
