@@ -6,6 +6,8 @@
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use vmm_regress::*;
 
+#[path = "vmm/cpuid.rs"]
+mod cpuid;
 #[path = "vmm/emulation.rs"]
 mod emulation;
 #[path = "vmm/events.rs"]
@@ -47,6 +49,7 @@ fn main() {
     tests.extend(regs::tests());
     tests.extend(params::tests());
     tests.extend(emulation::tests());
+    tests.extend(cpuid::tests());
     let trials = tests
         .into_iter()
         .map(|(name, f)| {

@@ -944,6 +944,9 @@ impl Inner {
                 s.efer = vrs.vrs_msrs[VCPU_REGS_EFER as usize];
             }
             s.interrupt_bitmap = [0; 4];
+            // Era B has no local APIC: keep it disabled so that KVM's
+            // runtime CPUID update hides CPUID.1:EDX.APIC as vmm(4) does.
+            s.apic_base &= !(1 << 11);
             self.fd.set_sregs(&s).map_err(e("KVM_SET_SREGS"))?;
         }
         if mask & VM_RWREGS_CRS as u64 != 0 {
