@@ -138,7 +138,7 @@ fn strtoll_whole(s: &[u8]) -> Option<(i64, bool)> {
 }
 
 /// strtonum(3): the value, or "invalid", "too small", "too large".
-pub(crate) fn strtonum(s: &[u8], min: i64, max: i64) -> Result<i64, &'static str> {
+pub fn strtonum(s: &[u8], min: i64, max: i64) -> Result<i64, &'static str> {
     if min > max {
         return Err("invalid");
     }
@@ -161,7 +161,7 @@ const SCALE_FACTORS: [i64; 7] = [1, 1 << 10, 1 << 20, 1 << 30, 1 << 40, 1 << 50,
 const MAX_DIGITS: u32 = 7 * 3;
 
 /// scan_scaled(3) (libutil fmt_scaled.c): `Err(errno)` with EINVAL or ERANGE.
-pub(crate) fn scan_scaled(s: &[u8]) -> Result<i64, i32> {
+pub fn scan_scaled(s: &[u8]) -> Result<i64, i32> {
     let mut p = 0;
     let at = |i: usize| -> u8 { s.get(i).copied().unwrap_or(0) };
     while at(p) != 0 && at(p).is_ascii() && isspace(at(p) as i32) {
@@ -250,7 +250,7 @@ pub(crate) fn scan_scaled(s: &[u8]) -> Result<i64, i32> {
 }
 
 /// fmt_scaled(3): `None` where the C function fails (ERANGE).
-pub(crate) fn fmt_scaled(number: i64) -> Option<String> {
+pub fn fmt_scaled(number: i64) -> Option<String> {
     if number == i64::MIN {
         return None;
     }

@@ -16,7 +16,7 @@
 //! - `grammar`: parse.y's productions and the LALR(1) tables yacc builds.
 //! - `parser`: the yacc driver (error recovery included) and the actions.
 //! - `compat`: strtonum, scan_scaled, fmt_scaled, ether_aton, realpath, ...
-mod compat;
+pub mod compat;
 mod grammar;
 mod lexer;
 mod parser;
