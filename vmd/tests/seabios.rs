@@ -82,6 +82,64 @@ fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
     Ok(text)
 }
 
+/// Pauses SeaBIOS as soon as its banner appears: while paused, COM1 stays
+/// silent; unpaused, the boot goes on to "No bootable device".
+fn pause_unpause_seabios() -> Result<(), Failed> {
+    let image =
+        std::fs::read(bios_path()).map_err(|e| format!("{}: {e}", bios_path().display()))?;
+    let console = Console::default();
+    let vmm = Arc::new(vmm_sys::Vmm::open()?);
+    let cfg = VmConfig {
+        name: "paused".into(),
+        memory: 64 << 20,
+        boot: BootImage::Bios(image),
+        console_out: Box::new(console.clone()),
+        console_in: None,
+        flavour: None,
+    };
+    let machine = Machine::new(vmm, cfg)?;
+    let control = machine.control();
+    let runner = std::thread::spawn(move || machine.run());
+    let wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline && !console.text().contains(what) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        console.text().contains(what)
+    };
+    let result = (|| -> Result<(), Failed> {
+        if !wait_for("SeaBIOS (version") {
+            return Err(format!("no banner; console:\n{}", console.text()).into());
+        }
+        if !control.pause() || !control.is_paused() || control.pause() {
+            return Err("pause did not take, or took twice".into());
+        }
+        let before = console.text();
+        std::thread::sleep(Duration::from_millis(1500));
+        if console.text() != before {
+            return Err(format!(
+                "COM1 output while paused:\nbefore:\n{before}\nafter:\n{}",
+                console.text()
+            )
+            .into());
+        }
+        if !control.unpause() || control.is_paused() || control.unpause() {
+            return Err("unpause did not take, or took twice".into());
+        }
+        if !wait_for("No bootable device") {
+            return Err(format!("no progress after unpause; console:\n{}", console.text()).into());
+        }
+        Ok(())
+    })();
+    control.stop();
+    let outcome = runner.join().map_err(|_| "VM thread panicked")?;
+    result?;
+    match outcome {
+        Ok(Outcome::Halted) => Ok(()),
+        other => Err(format!("VM ended with {other:?}").into()),
+    }
+}
+
 fn main() {
     let args = Arguments::from_args();
     let dev = if cfg!(target_os = "linux") {
@@ -111,6 +169,7 @@ fn main() {
         Trial::test("seabios_no_bootable_device_svm_exits", || {
             boot_seabios(Some(ExitFlavour::Svm)).map(|_| ())
         }),
+        Trial::test("seabios_pause_unpause", pause_unpause_seabios),
     ];
     let tests = tests
         .into_iter()

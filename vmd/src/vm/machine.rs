@@ -116,14 +116,28 @@ impl PioDevice for ResetPort {
 }
 
 /// State shared between the vCPU thread, the event thread and whoever
-/// stops the VM.
+/// stops or pauses the VM.
 pub struct Control {
     halted: Mutex<bool>,
     wake: Condvar,
     stop: AtomicBool,
+    /// `pause_vm`: the vCPU parks at its next exit and the event thread
+    /// stops running device timers and console input until unpaused.
+    pause: Mutex<PauseState>,
+    pause_cv: Condvar,
     reset: Arc<AtomicBool>,
+    /// The PIC's last "interrupt pending" notification, to restore the
+    /// vCPU's pending flag after a pause kick.
+    pic_pending: AtomicBool,
     vmm: Arc<Vmm>,
     vm_id: u32,
+}
+
+#[derive(Default)]
+struct PauseState {
+    requested: bool,
+    /// The vCPU thread is parked (or gone).
+    parked: bool,
 }
 
 impl Control {
@@ -132,6 +146,70 @@ impl Control {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.vmm.terminate(self.vm_id);
         self.wake.notify_all();
+        let _ = self.pause.lock().map(|_| self.pause_cv.notify_all());
+    }
+
+    /// Pauses the VM (vmd's `pause_vm`): the vCPU is kicked out of
+    /// VMM_IOC_RUN and parks; the event thread stops the timers.  Returns
+    /// once the vCPU is parked (or after a second, if it has not started
+    /// running yet); false if it was already paused.
+    pub fn pause(&self) -> bool {
+        let mut p = self.pause.lock().unwrap();
+        if p.requested {
+            return false;
+        }
+        p.requested = true;
+        drop(p);
+        // An interrupt request kicks the vCPU; the PIC's own state is put
+        // back at once (the notify callback keeps it in step afterwards).
+        self.kick();
+        self.wake.notify_all();
+        let p = self.pause.lock().unwrap();
+        let _ = self
+            .pause_cv
+            .wait_timeout_while(p, Duration::from_secs(1), |p| {
+                !p.parked && !self.stop.load(Ordering::SeqCst)
+            });
+        true
+    }
+
+    /// Resumes a paused VM; false if it was not paused.
+    pub fn unpause(&self) -> bool {
+        let mut p = self.pause.lock().unwrap();
+        if !p.requested {
+            return false;
+        }
+        p.requested = false;
+        self.pause_cv.notify_all();
+        true
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.pause.lock().unwrap().requested
+    }
+
+    fn kick(&self) {
+        let vip = |pending: bool| vm_intr_params {
+            vip_vm_id: self.vm_id,
+            vip_vcpu_id: 0,
+            vip_intr: pending as u16,
+        };
+        let _ = self.vmm.intr(&vip(true));
+        let _ = self.vmm.intr(&vip(self.pic_pending.load(Ordering::SeqCst)));
+    }
+
+    /// Called by the vCPU thread between runs: parks while paused.
+    fn park_if_paused(&self) {
+        let mut p = self.pause.lock().unwrap();
+        if !p.requested {
+            return;
+        }
+        p.parked = true;
+        self.pause_cv.notify_all();
+        while p.requested && !self.stop.load(Ordering::SeqCst) {
+            p = self.pause_cv.wait(p).unwrap();
+        }
+        p.parked = false;
     }
 
     fn wake_vcpu(&self) {
@@ -218,7 +296,10 @@ impl Machine {
             halted: Mutex::new(false),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            pause: Mutex::new(PauseState::default()),
+            pause_cv: Condvar::new(),
             reset: reset.clone(),
+            pic_pending: AtomicBool::new(false),
             vmm: vmm.clone(),
             vm_id: id,
         });
@@ -230,6 +311,9 @@ impl Machine {
             let control = Arc::downgrade(&control);
             let vmm = vmm.clone();
             pic.set_notify(move |pending| {
+                if let Some(c) = control.upgrade() {
+                    c.pic_pending.store(pending, Ordering::SeqCst);
+                }
                 let _ = vmm.intr(&vm_intr_params {
                     vip_vm_id: id,
                     vip_vcpu_id: 0,
@@ -410,10 +494,15 @@ impl Machine {
             if self.control.stop.load(Ordering::SeqCst) {
                 return Ok(Outcome::Halted);
             }
-            // A halted vCPU sleeps until the PIC has an interrupt for it.
+            self.control.park_if_paused();
+            // A halted vCPU sleeps until the PIC has an interrupt for it
+            // (or a pause request, to park).
             {
                 let mut halted = self.control.halted.lock().unwrap();
                 while *halted && !self.control.stop.load(Ordering::SeqCst) {
+                    if self.control.is_paused() {
+                        break;
+                    }
                     if self.pic.is_pending() {
                         *halted = false;
                         break;
@@ -436,6 +525,9 @@ impl Machine {
                 }
             }
             vrp.vrp_intr_pending = self.pic.is_pending() as u8;
+            if self.control.is_paused() {
+                continue;
+            }
             let ran = self.vmm.run(&mut vrp, &mut exit);
             vrp.vrp_inject = vcpu_inject_event::default();
             if let Err(e) = ran {
@@ -542,6 +634,16 @@ fn event_thread(
     let mut pending: Vec<u8> = Vec::new();
     let mut input = input;
     while !control.stop.load(Ordering::SeqCst) {
+        if control.is_paused() {
+            // Paused: no timers, no console input (pause_vm_md).
+            let p = control.pause.lock().unwrap();
+            let _ = control
+                .pause_cv
+                .wait_timeout_while(p, Duration::from_millis(100), |p| {
+                    p.requested && !control.stop.load(Ordering::SeqCst)
+                });
+            continue;
+        }
         let now = Instant::now();
         let mut next = now + Duration::from_millis(5);
         for t in &timers {
