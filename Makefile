@@ -7,6 +7,7 @@ DEBIAN_PACKAGES = libclang-dev qemu-system-x86 seabios mandoc jq
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .PHONY: all deps assets build test lint fmt-check unit regress demo bench-exits bench-boot bindings check-openbsd clean
+.PHONY: install install-check man-lint
 
 all: build
 
@@ -46,7 +47,7 @@ else
 	$(CARGO) test --workspace --no-fail-fast
 endif
 
-test: fmt-check lint unit
+test: fmt-check lint unit man-lint
 
 # The vmm(4) regress suite alone, verbosely.
 regress: deps
@@ -74,6 +75,63 @@ bindings: deps
 
 check-openbsd:
 	sh scripts/check-openbsd.sh
+
+# The manual pages must be clean under mandoc's lint at warning level.
+MANPAGES = man/vmd.8 man/vmctl.8 man/vm.conf.5
+
+man-lint:
+	@command -v mandoc >/dev/null 2>&1 || $(MAKE) deps
+	mandoc -Tlint -Wwarning $(MANPAGES)
+
+# Installation of the release binaries (`cargo build --release -p vmd -p
+# vmctl` first; `gmake install` on OpenBSD).  PREFIX=/usr replaces a base
+# system's vmd.  The rc.d script (OpenBSD) or the systemd unit (Linux) is
+# rewritten to name $(PREFIX)/sbin.  Without DESTDIR, on Linux, the _vmd
+# user is created if missing and systemd reloads its units.
+PREFIX ?= /usr/local
+RELEASE_DIR ?= target/release
+HOST_OS := $(shell uname -s)
+SBINDIR = $(PREFIX)/sbin
+ifeq ($(HOST_OS),OpenBSD)
+MANDIR ?= $(if $(filter /usr,$(PREFIX)),/usr/share/man,$(PREFIX)/man)
+EXAMPLESDIR ?= /etc/examples
+else
+MANDIR ?= $(PREFIX)/share/man
+EXAMPLESDIR ?= $(PREFIX)/share/doc/vmd/examples
+SYSTEMDUNITDIR ?= $(if $(filter /usr,$(PREFIX)),/lib/systemd/system,/etc/systemd/system)
+endif
+
+install:
+	@for f in vmd vmctl; do [ -f $(RELEASE_DIR)/$$f ] || { \
+		echo "make install: no $(RELEASE_DIR)/$$f: run cargo build --release -p vmd -p vmctl first"; exit 1; }; done
+	install -d -m 0755 $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8 \
+		$(DESTDIR)$(EXAMPLESDIR) $(DESTDIR)/var/empty $(DESTDIR)/etc/firmware
+	install -m 0755 $(RELEASE_DIR)/vmd $(RELEASE_DIR)/vmctl $(DESTDIR)$(SBINDIR)/
+	install -m 0644 man/vmd.8 man/vmctl.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 man/vm.conf.5 $(DESTDIR)$(MANDIR)/man5/
+	install -m 0644 etc/vm.conf $(DESTDIR)$(EXAMPLESDIR)/vm.conf
+ifeq ($(HOST_OS),OpenBSD)
+	install -d -m 0755 $(DESTDIR)/etc/rc.d
+	rm -f $(DESTDIR)/etc/rc.d/vmd
+	sed 's|/usr/sbin/|$(SBINDIR)/|g' etc/rc.d/vmd > $(DESTDIR)/etc/rc.d/vmd
+	chmod 0555 $(DESTDIR)/etc/rc.d/vmd
+else
+	install -d -m 0755 $(DESTDIR)$(SYSTEMDUNITDIR)
+	rm -f $(DESTDIR)$(SYSTEMDUNITDIR)/vmd.service
+	sed 's|/usr/sbin/|$(SBINDIR)/|g' etc/vmd.service > $(DESTDIR)$(SYSTEMDUNITDIR)/vmd.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/vmd.service
+	@if [ -z "$(DESTDIR)" ]; then \
+		if ! id _vmd >/dev/null 2>&1; then \
+			echo "useradd _vmd"; \
+			useradd --system --no-create-home --home-dir /var/empty --shell /usr/sbin/nologin _vmd; \
+		fi; \
+		if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	fi
+endif
+
+# `make install` into a temporary DESTDIR, checked file by file.
+install-check:
+	MAKE="$(MAKE)" CARGO="$(CARGO)" sh regress/install-check.sh
 
 clean:
 	$(CARGO) clean
