@@ -8,7 +8,10 @@
 //!   port or MMIO accesses so that tests can inject them without a VM.
 //! - [`x86`]: decoding and emulating the instructions that fault on MMIO.
 //! - [`proc`]: the daemon's processes and their imsg-style IPC.
+//! - [`daemon`]: the vmd binary: command line, the parent, control, vmm,
+//!   priv and VM processes.
 pub mod config;
+pub mod daemon;
 pub mod devices;
 pub mod proc;
 pub mod vm;

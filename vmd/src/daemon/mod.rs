@@ -1,0 +1,145 @@
+//! vmd(8), the daemon: its command line, its processes and their event
+//! loops (reference §3).
+//!
+//! `vmd` starts as the **parent** (root).  Like OpenBSD's proc.c it
+//! re-executes itself once per privilege-separated child, with an internal
+//! flag naming the child's job:
+//!
+//! | flag | process | module | runs as |
+//! |---|---|---|---|
+//! | – | parent: configuration, VM registry, ptys, boot images | [`parent`] | root |
+//! | `-P control` | owns the control socket, checks peer credentials | [`control`] | `_vmd`, chroot `/var/empty` when it exists |
+//! | `-P vmm` | starts one VM process per guest, reaps them | [`vmm`] | see below |
+//! | `-P priv` | network configuration (taps, bridges): a stub until the network issue | [`privproc`] | root, chroot to `_vmd`'s home when it exists |
+//! | `-V 0` | one VM process per guest, exec'd by vmm | [`vmproc`] | `_vmd` once the VM exists |
+//!
+//! **The socket to the parent** is the child's standard input.  OpenBSD
+//! dups it to descriptor 3; std's `Command` can place a descriptor only on
+//! 0, 1 or 2 without `unsafe` code (and vmd has none), and a child can
+//! take ownership of its standard input safely, so fd 0 it is.  `-V`
+//! keeps OpenBSD's argument and is always `-V 0`.
+//!
+//! **Privileges.** Each child drops to `_vmd` with setgroups, setresgid
+//! and setresuid, after a chroot where OpenBSD chroots.  Two departures:
+//! on Linux the vmm(4) shim opens `/dev/kvm` itself and vmm-sys cannot
+//! yet adopt an inherited descriptor, so the **vmm process keeps root**
+//! and each **VM process drops to `_vmd` right after creating its VM**
+//! (OpenBSD passes `/dev/vmm` down instead).  Process titles: Linux has
+//! no setproctitle and rewriting argv needs `unsafe`, so each process
+//! sets its command name (`prctl(PR_SET_NAME)`, 15 bytes, as `ps -o comm`
+//! and `top` show) to `vmd: <title>`; the command line stays `vmd -P ...`.
+//!
+//! **Environment overrides** (documented in `vmd.8` too), for tests and
+//! development trees:
+//!
+//! | variable | effect |
+//! |---|---|
+//! | `VMD_SOCKET` | the control socket instead of `/var/run/vmd.sock` |
+//! | `VMD_USER` | the unprivileged user instead of `_vmd` (e.g. `nobody`) |
+//! | `VMD_NO_PRIVDROP=1` | test mode: no chroot, setuid or setgid in any process |
+//!
+//! Logging goes through the `log` facade: to syslog (daemon facility)
+//! unless `-d` or `-n`, then to stderr ([`logging`]).
+pub mod args;
+pub mod control;
+pub mod events;
+pub mod logging;
+pub mod parent;
+pub mod privproc;
+pub mod privsep;
+pub mod registry;
+pub mod vmm;
+pub mod vmproc;
+
+use std::path::PathBuf;
+
+/// `SOCKET_NAME`.
+pub const SOCKET_NAME: &str = "/var/run/vmd.sock";
+/// `VMD_USER`.
+pub const VMD_USER: &str = "_vmd";
+/// `VM_DEFAULT_BIOS`.
+pub const VM_DEFAULT_BIOS: &str = "/etc/firmware/vmm-bios";
+/// Where Debian and Ubuntu install SeaBIOS, the firmware OpenBSD ships as
+/// vmm-bios: the default on Linux hosts without `/etc/firmware/vmm-bios`.
+pub const LINUX_DEFAULT_BIOS: &str = "/usr/share/seabios/bios.bin";
+/// `VM_START_RATE_SEC` and `VM_START_RATE_LIMIT`.
+pub const VM_START_RATE_SEC: u64 = 6;
+pub const VM_START_RATE_LIMIT: u32 = 3;
+/// After SIGTERM, the vmm process sends SIGKILL to a forced VM after this.
+pub const VM_KILL_TIMEOUT_SEC: u64 = 10;
+/// A graceful stop asks the guest through vmmci; without a vmmci device
+/// (not built yet) the guest cannot be asked, so the VM process ends the
+/// VM after this many seconds (a reset from the guest ends it earlier).
+pub const VM_SHUTDOWN_TIMEOUT_SEC: u64 = 30;
+/// The peer id of messages that answer no client (C's `(uint32_t)-1`).
+pub const NO_PEER: u32 = u32::MAX;
+
+pub const ENV_SOCKET: &str = "VMD_SOCKET";
+pub const ENV_USER: &str = "VMD_USER";
+pub const ENV_NO_PRIVDROP: &str = "VMD_NO_PRIVDROP";
+
+/// The control socket's path.
+pub fn socket_path() -> PathBuf {
+    std::env::var_os(ENV_SOCKET)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SOCKET_NAME))
+}
+
+/// The unprivileged user's name.
+pub fn user_name() -> String {
+    std::env::var(ENV_USER)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| VMD_USER.to_string())
+}
+
+/// Whether privilege drops are skipped (test mode).
+pub fn no_privdrop() -> bool {
+    std::env::var(ENV_NO_PRIVDROP).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// strerror(3) text of an errno value.
+pub fn strerror(errno: i32) -> String {
+    nix::errno::Errno::from_raw(errno).desc().to_string()
+}
+
+/// vmd's `main`: the exit status.
+pub fn main() -> i32 {
+    let argv: Vec<String> = std::env::args().collect();
+    let args = match args::parse(&argv[1..]) {
+        Ok(a) => a,
+        Err(args::ArgsError::Usage) => {
+            eprintln!("{}", args::usage());
+            return 1;
+        }
+        Err(args::ArgsError::Fatal(msg)) => {
+            logging::init(true, 0, "vmd");
+            logging::fatalx(&msg);
+        }
+    };
+    // vmd -n logs to stderr, as -d does.
+    let debug = args.debug || args.noaction;
+    logging::init(debug, args.verbose, "vmd");
+    for bad in &args.bad_defines {
+        log::warn!("could not parse macro definition {bad}");
+    }
+    let launch_vm = args.vm_fd.is_some();
+    if !args.noaction && !launch_vm && !nix::unistd::geteuid().is_root() {
+        logging::fatalx("need root privileges");
+    }
+    let user = match nix::unistd::User::from_name(&user_name()) {
+        Ok(Some(u)) => u,
+        _ => logging::fatalx(&format!("unknown user {}", user_name())),
+    };
+    if launch_vm {
+        return vmproc::main(&args, &user);
+    }
+    match args.title.as_deref() {
+        None => parent::main(args, user),
+        Some("control") => control::main(&args, &user),
+        Some("vmm") => vmm::main(&args, &user),
+        Some("priv") => privproc::main(&args, &user),
+        Some(_) => logging::fatalx("invalid process name"),
+    }
+}

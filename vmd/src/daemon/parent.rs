@@ -1,0 +1,854 @@
+//! The parent process (vmd.c): reads vm.conf, keeps the VM registry,
+//! opens what VMs need as root (boot images, ptys), starts and stops VMs
+//! through the vmm process, answers the clients the control process
+//! relays, restarts VMs that reset themselves, and reloads or shuts down
+//! on SIGHUP and SIGTERM.
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use nix::unistd::User;
+
+use super::args::{child_flags, Args};
+use super::events::{self, Signals};
+use super::registry::{self, RegisterError, Registry, SystemGroups, Tty};
+use super::{logging, privsep, strerror, NO_PEER};
+use crate::config::{
+    self, BootDevice, GlobalConfig, Registration, VMD_DEFAULT_STAGGERED_START_DELAY,
+};
+use crate::proc::msg::*;
+use crate::proc::{ImsgChannel, Message, Received};
+
+struct Parent {
+    args: Args,
+    conffile: PathBuf,
+    reg: Registry,
+    global: GlobalConfig,
+    control: ImsgChannel,
+    vmm: ImsgChannel,
+    privc: ImsgChannel,
+    children: Vec<(&'static str, Child)>,
+    parallelism: usize,
+    delay: Duration,
+    stagger_at: Option<Instant>,
+    socket: PathBuf,
+}
+
+/// The parent; the exit status.
+pub fn main(args: Args, _user: User) -> i32 {
+    if args.noaction {
+        let (out, code) =
+            config::check_verbose(args.conffile.as_deref(), &args.defines, args.verbose);
+        eprint!("{out}");
+        return code;
+    }
+    // Open vmm(4) early, as vmd opens /dev/vmm, to fail at once without it.
+    if let Err(e) = vmm_sys::Vmm::open() {
+        logging::fatalx(&e.to_string());
+    }
+    if !args.debug {
+        if let Err(e) = nix::unistd::daemon(false, false) {
+            logging::fatal("failed to daemonize", e);
+        }
+    }
+    privsep::set_title("parent");
+    logging::procinit("parent");
+    let mut children = Vec::new();
+    let mut chans = Vec::new();
+    for title in ["control", "vmm", "priv"] {
+        let mut argv = vec!["-P".to_string(), title.to_string()];
+        argv.extend(child_flags(&args));
+        match privsep::spawn(&argv, false) {
+            Ok((child, chan)) => {
+                children.push((title, child));
+                chans.push(chan);
+            }
+            Err(e) => logging::fatal(&format!("cannot start {title}"), e),
+        }
+    }
+    let privc = chans.pop().unwrap();
+    let vmm = chans.pop().unwrap();
+    let control = chans.pop().unwrap();
+    log::info!("startup");
+    let signals = match Signals::new(&[
+        libc::SIGHUP,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGCHLD,
+        libc::SIGUSR1,
+    ]) {
+        Ok(s) => s,
+        Err(e) => logging::fatal("signals", e),
+    };
+    let conffile = args
+        .conffile
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::VMD_CONF));
+    let mut p = Parent {
+        args,
+        conffile,
+        reg: Registry::new(),
+        global: GlobalConfig::default(),
+        control,
+        vmm,
+        privc,
+        children,
+        parallelism: 1,
+        delay: Duration::from_secs(VMD_DEFAULT_STAGGERED_START_DELAY as u64),
+        stagger_at: None,
+        socket: super::socket_path(),
+    };
+    if !p.configure() {
+        p.kill_children();
+        return 1;
+    }
+    loop {
+        let ready = {
+            let fds = [
+                (signals.fd(), false),
+                (p.control.as_fd(), p.control.pending()),
+                (p.vmm.as_fd(), p.vmm.pending()),
+                (p.privc.as_fd(), p.privc.pending()),
+            ];
+            events::wait(&fds, p.stagger_at)
+        };
+        for s in signals.take() {
+            match s {
+                libc::SIGHUP => {
+                    log::info!("vmd_sighdlr: reload requested with SIGHUP");
+                    let _ = p.reload(0, None);
+                }
+                libc::SIGTERM | libc::SIGINT => p.shutdown(),
+                libc::SIGCHLD => p.check_children(),
+                libc::SIGUSR1 => log::info!("vmd_sighdlr: ignoring SIGUSR1"),
+                _ => {}
+            }
+        }
+        for (k, name) in [(1, "control"), (2, "vmm"), (3, "priv")] {
+            let r = ready[k];
+            let chan = match k {
+                1 => &mut p.control,
+                2 => &mut p.vmm,
+                _ => &mut p.privc,
+            };
+            if r.write {
+                let _ = chan.flush();
+            }
+            if !r.read {
+                continue;
+            }
+            match events::drain(chan) {
+                Ok(msgs) => {
+                    for m in msgs {
+                        match k {
+                            1 => p.dispatch_control(m),
+                            2 => p.dispatch_vmm(m),
+                            _ => log::debug!("parent: {} from priv", m.msg.imsg_type().name()),
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::warn!("lost child: {name}: {e}");
+                    p.shutdown();
+                }
+            }
+        }
+        if p.stagger_at.is_some_and(|t| t <= Instant::now()) {
+            p.stagger_at = None;
+            p.start_vm_batch();
+        }
+        for c in [&mut p.control, &mut p.vmm, &mut p.privc] {
+            let _ = c.flush();
+        }
+    }
+}
+
+fn send(chan: &mut ImsgChannel, msg: Message, peerid: u32, fds: Vec<OwnedFd>) {
+    if let Err(e) = events::post(chan, &msg, peerid, fds) {
+        log::warn!("parent: cannot send {}: {e}", msg.imsg_type().name());
+    }
+}
+
+fn result(res: i32, id: u32) -> VmopResult {
+    VmopResult {
+        result: res,
+        id,
+        pid: 0,
+        ttyname: String::new(),
+    }
+}
+
+/// Resident memory of a process (Linux: /proc/<pid>/statm).
+fn used_size(pid: i32) -> u64 {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * page)
+}
+
+/// `vm_opentty`: a pty pair in raw mode, the slave owned by the VM's
+/// owner and group `tty` (0620), or by its owner group (0660).
+fn open_tty(owner: &VmopOwner) -> nix::Result<Tty> {
+    use nix::sys::stat::{fchmod, Mode};
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+    let pty = nix::pty::openpty(None, None)?;
+    let mut t = tcgetattr(&pty.slave)?;
+    cfmakeraw(&mut t);
+    tcsetattr(&pty.slave, SetArg::TCSANOW, &t)?;
+    let name = nix::unistd::ttyname(&pty.slave)?
+        .to_string_lossy()
+        .into_owned();
+    let (gid, mode) = match owner.gid {
+        Some(g) => (g, 0o660),
+        None => match nix::unistd::Group::from_name("tty") {
+            Ok(Some(g)) => (g.gid.as_raw(), 0o620),
+            _ => (0, 0o600),
+        },
+    };
+    nix::unistd::fchown(
+        &pty.slave,
+        Some(nix::unistd::Uid::from_raw(owner.uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )?;
+    fchmod(&pty.slave, Mode::from_bits_truncate(mode))?;
+    Ok(Tty {
+        master: pty.master,
+        slave: pty.slave,
+        name,
+    })
+}
+
+fn errno_of(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+impl Parent {
+    /// `vmd_configure`.
+    fn configure(&mut self) -> bool {
+        let path = self.conffile.clone();
+        if !self.parse_config(&path) {
+            return false;
+        }
+        match self.global.staggered_start {
+            Some(s) => {
+                self.parallelism = s.parallelism.max(1) as usize;
+                self.delay = Duration::from_secs(s.delay.max(0) as u64);
+            }
+            None => {
+                self.parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
+                self.delay = Duration::from_secs(VMD_DEFAULT_STAGGERED_START_DELAY as u64);
+                log::debug!(
+                    "vmd_configure: setting staggered start configuration to parallelism: {} and delay: {}",
+                    self.parallelism,
+                    self.delay.as_secs()
+                );
+            }
+        }
+        send(
+            &mut self.vmm,
+            Message::Config(self.global.clone()),
+            NO_PEER,
+            Vec::new(),
+        );
+        send(
+            &mut self.privc,
+            Message::Config(self.global.clone()),
+            NO_PEER,
+            Vec::new(),
+        );
+        log::debug!("vmd_configure: starting vms in staggered fashion");
+        self.start_vm_batch();
+        true
+    }
+
+    /// `parse_config`: reads `path`, registering its VMs as it goes.
+    fn parse_config(&mut self, path: &Path) -> bool {
+        let defines = self.args.defines.clone();
+        let reg = &mut self.reg;
+        let mut hook = |vm: &config::Vm| -> Registration {
+            let params = registry::params_from_config(vm);
+            match reg.register(params, None, 0, &SystemGroups) {
+                Ok(i) => {
+                    let v = &mut reg.vms[i];
+                    v.state |= if vm.disabled {
+                        VM_STATE_DISABLED
+                    } else {
+                        VM_STATE_WAITING
+                    };
+                    v.from_config = true;
+                    v.kernel_path = vm.boot.clone();
+                    Registration::Registered
+                }
+                Err((RegisterError::Exists(i), _)) => Registration::AlreadyExists {
+                    running: reg.vms[i].running(),
+                },
+                Err((RegisterError::Failed(e), _)) => Registration::Failed(strerror(e)),
+            }
+        };
+        let mut opts = config::ParseOptions::new(&defines);
+        opts.default_file = self.args.conffile.is_none() && path == Path::new(config::VMD_CONF);
+        opts.register = Some(&mut hook);
+        let outcome = config::parse_with(path, opts);
+        for m in &outcome.messages {
+            match m.level {
+                config::Level::Debug => log::debug!("{}", m.error),
+                _ => log::warn!("{}", m.error),
+            }
+        }
+        if outcome.ok {
+            self.global = outcome.config.global;
+            self.control_reset();
+        }
+        outcome.ok
+    }
+
+    /// `control_reset`: the socket's owner from `socket owner`.
+    fn control_reset(&self) {
+        if !self.socket.exists() {
+            return;
+        }
+        if let Err(e) = nix::unistd::chown(
+            &self.socket,
+            Some(nix::unistd::Uid::from_raw(self.global.socket_uid)),
+            Some(nix::unistd::Gid::from_raw(self.global.socket_gid)),
+        ) {
+            log::warn!("control_reset: chown {}: {e}", self.socket.display());
+        }
+    }
+
+    /// `vmd_reload`.
+    fn reload(&mut self, reset: u32, filename: Option<&str>) -> bool {
+        let (path, full) = match filename.filter(|f| !f.is_empty()) {
+            Some(f) => (PathBuf::from(f), false),
+            None => (self.conffile.clone(), true),
+        };
+        log::debug!("vmd_reload: level {reset} config file {}", path.display());
+        if reset != 0 {
+            if reset & CONFIG_VMS != 0 {
+                while !self.reg.vms.is_empty() {
+                    self.reg.remove(0);
+                }
+            }
+            send(&mut self.vmm, Message::CtlReset(reset), NO_PEER, Vec::new());
+            send(
+                &mut self.privc,
+                Message::CtlReset(reset),
+                NO_PEER,
+                Vec::new(),
+            );
+            return true;
+        }
+        if full {
+            let mut i = 0;
+            while i < self.reg.vms.len() {
+                if self.reg.vms[i].running() {
+                    i += 1;
+                } else {
+                    self.reg.remove(i);
+                }
+            }
+        }
+        if !self.parse_config(&path) {
+            log::debug!("vmd_reload: failed to load config file {}", path.display());
+            return false;
+        }
+        if full {
+            send(
+                &mut self.vmm,
+                Message::Config(self.global.clone()),
+                NO_PEER,
+                Vec::new(),
+            );
+        }
+        log::debug!("vmd_reload: starting vms in staggered fashion");
+        self.start_vm_batch();
+        true
+    }
+
+    /// `start_vm_batch`.
+    fn start_vm_batch(&mut self) {
+        log::debug!("start_vm_batch: starting batch of {} vms", self.parallelism);
+        let mut n = 0;
+        let mut i = 0;
+        while i < self.reg.vms.len() {
+            let vm = &self.reg.vms[i];
+            if vm.state & VM_STATE_WAITING == 0 {
+                log::debug!(
+                    "start_vm_batch: not starting vm {} (disabled)",
+                    vm.params.name
+                );
+                i += 1;
+                continue;
+            }
+            n += 1;
+            if n > self.parallelism {
+                self.stagger_at = Some(Instant::now() + self.delay);
+                break;
+            }
+            let len = self.reg.vms.len();
+            self.reg.vms[i].state &= !VM_STATE_WAITING;
+            let uid = self.reg.vms[i].params.owner.uid;
+            let _ = self.setvm(i, NO_PEER, uid);
+            if self.reg.vms.len() == len {
+                i += 1;
+            }
+        }
+        log::debug!("start_vm_batch: done starting vms");
+    }
+
+    /// `config_setvm`, with its failure path (the VM is stopped, or
+    /// removed when it did not come from vm.conf).
+    fn setvm(&mut self, i: usize, peerid: u32, uid: u32) -> Result<(), i32> {
+        let r = self.try_setvm(i, peerid, uid);
+        if let Err(e) = r {
+            log::warn!(
+                "failed to start vm {}: {}",
+                self.reg.vms[i].params.name,
+                if e > 1000 {
+                    format!("error {e}")
+                } else {
+                    strerror(e)
+                }
+            );
+            self.reg.terminate(i);
+        }
+        r
+    }
+
+    fn try_setvm(&mut self, i: usize, peerid: u32, uid: u32) -> Result<(), i32> {
+        if self.reg.vms[i].running() {
+            log::warn!("config_setvm: vm is already running");
+            return Err(libc::EALREADY);
+        }
+        if !self.reg.rate_ok(i, Instant::now()) {
+            log::warn!(
+                "config_setvm: vm {} restarted too quickly",
+                self.reg.vms[i].id
+            );
+            return Err(libc::EPERM);
+        }
+        let vm = &self.reg.vms[i];
+        let kernel: OwnedFd = if let Some(k) = &vm.kernel {
+            k.try_clone().map_err(|e| errno_of(&e))?
+        } else if let Some(path) = &vm.kernel_path {
+            File::open(path).map(OwnedFd::from).map_err(|e| {
+                log::warn!("config_setvm: can't open kernel or BIOS boot image {path}: {e}");
+                errno_of(&e)
+            })?
+        } else {
+            let bios = [super::VM_DEFAULT_BIOS, super::LINUX_DEFAULT_BIOS]
+                .into_iter()
+                .take(if cfg!(target_os = "linux") { 2 } else { 1 })
+                .find_map(|p| File::open(p).ok());
+            match bios {
+                Some(f) => OwnedFd::from(f),
+                None => {
+                    log::warn!("config_setvm: can't open {}", super::VM_DEFAULT_BIOS);
+                    return Err(VMD_BIOS_MISSING);
+                }
+            }
+        };
+        // Disks, the ISO and interfaces are checked but not attached
+        // yet: vioblk, vioscsi and vionet come in later issues.
+        for d in &vm.params.disks {
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&d.path)
+                .or_else(|_| File::open(&d.path));
+            if let Err(e) = opened {
+                log::warn!("config_setvm: can't open disk {}: {e}", d.path);
+                return Err(VMD_DISK_MISSING);
+            }
+            log::warn!(
+                "{}: disk {} is not attached: no vioblk yet",
+                vm.params.name,
+                d.path
+            );
+        }
+        if let Some(c) = &vm.params.cdrom {
+            match std::fs::metadata(c) {
+                Err(e) => {
+                    log::warn!("config_setvm: can't open cdrom {c}: {e}");
+                    return Err(VMD_CDROM_MISSING);
+                }
+                Ok(m) if !m.is_file() => return Err(VMD_CDROM_INVALID),
+                Ok(_) => log::warn!(
+                    "{}: cdrom {c} is not attached: no vioscsi yet",
+                    vm.params.name
+                ),
+            }
+        }
+        if !vm.params.interfaces.is_empty() {
+            log::warn!(
+                "{}: {} network interface(s) not configured: no vionet yet",
+                vm.params.name,
+                vm.params.interfaces.len()
+            );
+        }
+        if vm.tty.is_none() {
+            let owner = VmopOwner {
+                uid,
+                gid: vm.params.owner.gid,
+            };
+            let tty = open_tty(&owner).map_err(|e| {
+                log::warn!("config_setvm: can't open tty: {e}");
+                e as i32
+            })?;
+            self.reg.vms[i].tty = Some(tty);
+        }
+        let vm = &mut self.reg.vms[i];
+        let pty = vm
+            .tty
+            .as_ref()
+            .map(|t| t.master.try_clone())
+            .transpose()
+            .map_err(|e| errno_of(&e))?;
+        let mut params = vm.params.clone();
+        params.id = vm.id;
+        send(
+            &mut self.vmm,
+            Message::StartVmRequest(params),
+            vm.id,
+            vec![kernel],
+        );
+        send(
+            &mut self.vmm,
+            Message::StartVmEnd,
+            vm.id,
+            pty.into_iter().collect(),
+        );
+        vm.state |= VM_STATE_RUNNING;
+        vm.peerid = peerid;
+        vm.uid = uid;
+        Ok(())
+    }
+
+    fn answer(&mut self, msg: Message, peerid: u32) {
+        send(&mut self.control, msg, peerid, Vec::new());
+    }
+
+    /// `vmd_dispatch_control`.
+    fn dispatch_control(&mut self, mut r: Received) {
+        let peer = r.peerid;
+        match r.msg {
+            Message::StartVmRequest(vmc) => {
+                let kernfd = r.fds.pop();
+                let uid = vmc.owner.uid;
+                let flags = vmc.flags;
+                let ncpus = vmc.ncpus;
+                let i = match self.reg.register(vmc, kernfd, uid, &SystemGroups) {
+                    Ok(i) => i,
+                    Err((RegisterError::Failed(e), _)) => {
+                        return self.answer(Message::StartVmResponse(result(e, 0)), peer)
+                    }
+                    Err((RegisterError::Exists(i), kernfd)) => {
+                        let vm = &mut self.reg.vms[i];
+                        if vm.running() {
+                            return self
+                                .answer(Message::StartVmResponse(result(libc::EALREADY, 0)), peer);
+                        }
+                        if flags & !(config::VMOP_CREATE_KERNEL | config::VMOP_CREATE_CPU) != 0 {
+                            return self
+                                .answer(Message::StartVmResponse(result(libc::EALREADY, 0)), peer);
+                        }
+                        if flags & config::VMOP_CREATE_CPU != 0 {
+                            if ncpus == 0 || ncpus > registry::VMM_MAX_VCPUS_PER_VM {
+                                return self.answer(
+                                    Message::StartVmResponse(result(libc::EINVAL, 0)),
+                                    peer,
+                                );
+                            }
+                            vm.params.ncpus = ncpus;
+                        }
+                        if kernfd.is_some() {
+                            vm.kernel = kernfd;
+                        }
+                        i
+                    }
+                };
+                let uid = self.reg.vms[i].params.owner.uid;
+                if let Err(e) = self.setvm(i, peer, uid) {
+                    self.answer(Message::StartVmResponse(result(e, 0)), peer);
+                }
+            }
+            Message::WaitVmRequest(ref vid) | Message::TerminateVmRequest(ref vid) => {
+                let terminate = matches!(r.msg, Message::TerminateVmRequest(_));
+                let flags = vid.flags;
+                let (res, id) = match self.reg.lookup(vid) {
+                    None => (libc::ENOENT, 0),
+                    Some(i) => {
+                        let vm = &self.reg.vms[i];
+                        let res = if vm.state & VM_STATE_SHUTDOWN != 0 && flags & VMOP_FORCE == 0 {
+                            libc::EALREADY
+                        } else if !vm.running() {
+                            libc::EINVAL
+                        } else if !registry::checkperm(
+                            Some(vm),
+                            Some(&vm.params.owner),
+                            vid.uid,
+                            &SystemGroups,
+                        ) {
+                            libc::EPERM
+                        } else {
+                            0
+                        };
+                        (res, vm.id)
+                    }
+                };
+                if res == 0 && terminate {
+                    let fwd = VmopId {
+                        id,
+                        name: String::new(),
+                        uid: 0,
+                        flags,
+                    };
+                    send(
+                        &mut self.vmm,
+                        Message::TerminateVmRequest(fwd),
+                        peer,
+                        Vec::new(),
+                    );
+                }
+                self.answer(Message::TerminateVmResponse(result(res, id)), peer);
+            }
+            Message::GetInfoVmRequest(filter) => {
+                let infos = self.reg.info(used_size);
+                for info in infos {
+                    if let Some(f) = &filter {
+                        let wanted = if f.id != 0 {
+                            info.id == f.id
+                        } else {
+                            f.name.is_empty() || info.name == f.name
+                        };
+                        if !wanted {
+                            continue;
+                        }
+                    }
+                    self.answer(Message::GetInfoVmData(info), peer);
+                }
+                self.answer(Message::GetInfoVmEndData, peer);
+            }
+            Message::Load(path) => {
+                let ok = !path.is_empty() && self.reload(0, Some(&path));
+                self.answer(
+                    if ok {
+                        Message::CtlOk
+                    } else {
+                        Message::CtlFail(None)
+                    },
+                    peer,
+                );
+            }
+            Message::Reload => {
+                let ok = self.reload(0, None);
+                self.answer(
+                    if ok {
+                        Message::CtlOk
+                    } else {
+                        Message::CtlFail(None)
+                    },
+                    peer,
+                );
+            }
+            Message::CtlReset(v) => {
+                let ok = self.reload(v, None);
+                self.answer(
+                    if ok {
+                        Message::CtlOk
+                    } else {
+                        Message::CtlFail(None)
+                    },
+                    peer,
+                );
+            }
+            Message::CtlVerbose(v) => {
+                logging::set_verbose(v);
+                send(&mut self.vmm, Message::CtlVerbose(v), NO_PEER, Vec::new());
+                send(&mut self.privc, Message::CtlVerbose(v), NO_PEER, Vec::new());
+                self.answer(Message::CtlOk, peer);
+            }
+            Message::PauseVm(ref vid) | Message::UnpauseVm(ref vid) => {
+                let pause = matches!(r.msg, Message::PauseVm(_));
+                let answer = |res: i32| {
+                    if pause {
+                        Message::PauseVmResponse(result(res, 0))
+                    } else {
+                        Message::UnpauseVmResponse(result(res, 0))
+                    }
+                };
+                let Some(i) = self.reg.lookup(vid) else {
+                    return self.answer(answer(libc::ENOENT), peer);
+                };
+                let vm = &self.reg.vms[i];
+                if !registry::checkperm(Some(vm), Some(&vm.params.owner), vid.uid, &SystemGroups) {
+                    return self.answer(answer(libc::EPERM), peer);
+                }
+                if !vm.running() {
+                    return self.answer(answer(libc::EINVAL), peer);
+                }
+                let fwd = VmopId {
+                    id: vm.id,
+                    name: vm.params.name.clone(),
+                    uid: vid.uid,
+                    flags: vid.flags,
+                };
+                let m = if pause {
+                    Message::PauseVm(fwd)
+                } else {
+                    Message::UnpauseVm(fwd)
+                };
+                send(&mut self.vmm, m, peer, Vec::new());
+            }
+            Message::Done => self.control_reset(),
+            other => log::debug!(
+                "parent: unexpected {} from control",
+                other.imsg_type().name()
+            ),
+        }
+    }
+
+    /// `vmd_dispatch_vmm`.
+    fn dispatch_vmm(&mut self, r: Received) {
+        let peer = r.peerid;
+        match r.msg {
+            Message::PauseVmResponse(vmr) | Message::UnpauseVmResponse(vmr)
+                if self.reg.by_id(vmr.id).is_none() =>
+            {
+                let _ = vmr;
+            }
+            Message::PauseVmResponse(vmr) => {
+                let i = self.reg.by_id(vmr.id).unwrap();
+                if vmr.result == 0 {
+                    let vm = &mut self.reg.vms[i];
+                    log::info!("{}: paused vm {} successfully", vm.params.name, vm.id);
+                    vm.state |= VM_STATE_PAUSED;
+                }
+                self.answer(Message::PauseVmResponse(vmr), peer);
+            }
+            Message::UnpauseVmResponse(vmr) => {
+                let i = self.reg.by_id(vmr.id).unwrap();
+                if vmr.result == 0 {
+                    let vm = &mut self.reg.vms[i];
+                    log::info!("{}: unpaused vm {} successfully.", vm.params.name, vm.id);
+                    vm.state &= !VM_STATE_PAUSED;
+                }
+                self.answer(Message::UnpauseVmResponse(vmr), peer);
+            }
+            Message::StartVmResponse(mut vmr) => {
+                let Some(i) = self.reg.by_id(vmr.id) else {
+                    return;
+                };
+                let vm = &mut self.reg.vms[i];
+                vm.pid = vmr.pid;
+                if vm.peerid != NO_PEER {
+                    vmr.ttyname = vm.tty.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+                    let p = vm.peerid;
+                    vm.peerid = NO_PEER;
+                    self.answer(Message::StartVmResponse(vmr.clone()), p);
+                }
+                let vm = &self.reg.vms[i];
+                if vmr.result != 0 {
+                    log::warn!("{}: failed to start vm", vm.params.name);
+                    self.reg.terminate(i);
+                    return;
+                }
+                log::info!(
+                    "started {} (vm {}) successfully, tty {}",
+                    vm.params.name,
+                    vm.id,
+                    vm.tty.as_ref().map_or("", |t| t.name.as_str())
+                );
+            }
+            Message::TerminateVmResponse(vmr) => {
+                if vmr.result != 0 {
+                    self.answer(Message::TerminateVmResponse(vmr), peer);
+                } else if let Some(i) = self.reg.by_id(vmr.id) {
+                    self.reg.vms[i].state |= VM_STATE_SHUTDOWN;
+                }
+            }
+            Message::TerminateVmEvent(mut vmr) => {
+                log::debug!(
+                    "vmd_dispatch_vmm: handling TERMINATE_EVENT for vm id {} ret {}",
+                    vmr.id,
+                    vmr.result
+                );
+                let Some(i) = self.reg.by_id(vmr.id) else {
+                    log::debug!("vmd_dispatch_vmm: vm {} is no longer available", vmr.id);
+                    return;
+                };
+                let vm = &self.reg.vms[i];
+                if vmr.result != libc::EAGAIN || vm.params.boot_device != BootDevice::Auto {
+                    if vmr.result != 0 && vmr.result != libc::EAGAIN {
+                        log::warn!(
+                            "{}: vm {} exited: {}",
+                            vm.params.name,
+                            vm.id,
+                            strerror(vmr.result)
+                        );
+                    }
+                    self.reg.terminate(i);
+                } else {
+                    // Keep the tty: the VM comes back on the same console.
+                    let uid = vm.uid;
+                    self.reg.stop(i, true);
+                    let _ = self.setvm(i, NO_PEER, uid);
+                }
+                vmr.result = 0;
+                self.answer(Message::TerminateVmEvent(vmr), peer);
+            }
+            other => log::debug!("parent: unexpected {} from vmm", other.imsg_type().name()),
+        }
+    }
+
+    /// A privsep child died: vmd cannot go on.
+    fn check_children(&mut self) {
+        let mut lost = false;
+        for (title, child) in self.children.iter_mut() {
+            if let Ok(Some(st)) = child.try_wait() {
+                log::warn!("lost child: {title} {st}");
+                lost = true;
+            }
+        }
+        if lost {
+            self.shutdown();
+        }
+    }
+
+    fn kill_children(&mut self) {
+        // Closing their sockets ends them (`proc_kill`).
+        for c in [&mut self.control, &mut self.vmm, &mut self.privc] {
+            let _ = c.socket().shutdown(std::net::Shutdown::Both);
+        }
+        let deadline = Instant::now() + Duration::from_secs(super::VM_KILL_TIMEOUT_SEC + 5);
+        for (_, child) in self.children.iter_mut() {
+            while Instant::now() < deadline {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// `vmd_shutdown`.
+    fn shutdown(&mut self) -> ! {
+        log::debug!("vmd_shutdown: performing shutdown");
+        while !self.reg.vms.is_empty() {
+            self.reg.remove(0);
+        }
+        self.kill_children();
+        log::warn!("terminating");
+        std::process::exit(0)
+    }
+}

@@ -1,0 +1,527 @@
+//! The parent's VM registry (vmd.c's `vm_register`, `vm_instance`,
+//! `vm_checkperm`, `vm_claimid`, `vm_stop`): what VMs vmd knows, their ids,
+//! owners and states.  No I/O but the group lookups of `vm_checkperm`, so
+//! that the rules can be tested without a daemon.
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use crate::config::{self, BootDevice, VMOP_CREATE_CDROM, VMOP_CREATE_CPU, VMOP_CREATE_DISK};
+use crate::config::{VMM_MAX_NAME_LEN, VM_MAX_NICS_PER_VM};
+use crate::config::{VMOP_CREATE_INSTANCE, VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY};
+use crate::config::{VMOP_CREATE_NETWORK, VM_DEFAULT_MEMORY, VM_MAX_DISKS_PER_VM};
+use crate::proc::msg::*;
+
+/// vmd answers an instance whose name is taken with EPROCLIM; Linux has
+/// no such errno, EEXIST says the same.
+#[cfg(any(
+    target_os = "openbsd",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "macos"
+))]
+const EPROCLIM: i32 = libc::EPROCLIM;
+#[cfg(not(any(
+    target_os = "openbsd",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "macos"
+)))]
+const EPROCLIM: i32 = libc::EEXIST;
+
+/// `VMM_MAX_VCPUS_PER_VM`.
+pub const VMM_MAX_VCPUS_PER_VM: u32 = 64;
+
+/// A VM's console: the pty pair, kept across reboots.
+#[derive(Debug)]
+pub struct Tty {
+    pub master: OwnedFd,
+    /// Held open so that the console keeps its settings and its input
+    /// while no one has it open.
+    pub slave: OwnedFd,
+    pub name: String,
+}
+
+/// `struct vmd_vm`.
+#[derive(Debug)]
+pub struct Vm {
+    /// vmd's id (`vm_vmid`).
+    pub id: u32,
+    pub params: VmopCreateParams,
+    pub ncpus_config: u32,
+    /// `VM_STATE_*`.
+    pub state: u32,
+    /// The VM process, when running.
+    pub pid: i32,
+    /// The user who started it (`vm_uid`).
+    pub uid: u32,
+    /// The client waiting for the start response, or [`super::NO_PEER`].
+    pub peerid: u32,
+    /// The boot image given with the request (a client's fd), kept for
+    /// restarts.
+    pub kernel: Option<OwnedFd>,
+    /// `boot` from vm.conf.
+    pub kernel_path: Option<String>,
+    pub from_config: bool,
+    pub tty: Option<Tty>,
+    pub start_tv: Option<Instant>,
+    pub start_limit: u32,
+}
+
+impl Vm {
+    pub fn running(&self) -> bool {
+        self.state & VM_STATE_RUNNING != 0
+    }
+}
+
+/// Why `register` did not add a VM.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RegisterError {
+    /// EALREADY: a VM of that name or id exists (its index).
+    Exists(usize),
+    /// Any other errno or `VMD_*` code.
+    Failed(i32),
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub vms: Vec<Vm>,
+    /// `vmd_known`: (name, uid) → id, so a VM keeps its id across removal.
+    known: Vec<(String, u32, u32)>,
+    nvm: u32,
+}
+
+/// Group membership for `vm_checkperm` (getpwuid/getgrgid).
+pub trait Groups {
+    fn primary_gid(&self, uid: u32) -> Option<u32>;
+    fn is_member(&self, uid: u32, gid: u32) -> bool;
+}
+
+pub struct SystemGroups;
+
+impl Groups for SystemGroups {
+    fn primary_gid(&self, uid: u32) -> Option<u32> {
+        let u = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok()??;
+        Some(u.gid.as_raw())
+    }
+    fn is_member(&self, uid: u32, gid: u32) -> bool {
+        let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
+            return false;
+        };
+        let Ok(Some(g)) = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) else {
+            return false;
+        };
+        g.mem.contains(&u.name)
+    }
+}
+
+/// `vm_checkperm`: may `uid` act on `vm` (or, without a VM, on what `vmo`
+/// owns)?
+pub fn checkperm(vm: Option<&Vm>, vmo: Option<&VmopOwner>, uid: u32, groups: &dyn Groups) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let Some(vmo) = vmo else {
+        return false;
+    };
+    match vm {
+        None if vmo.uid == uid => return true,
+        Some(vm) if (vm.running() && vm.uid == uid) || (!vm.running() && vmo.uid == uid) => {
+            return true
+        }
+        _ => {}
+    }
+    if let Some(gid) = vmo.gid {
+        match groups.primary_gid(uid) {
+            None => return false,
+            Some(g) if g == gid => return true,
+            _ => {}
+        }
+        if groups.is_member(uid, gid) {
+            return true;
+        }
+    }
+    false
+}
+
+fn checkinsflag(parent: &VmopCreateParams, flag: u32, uid: u32) -> bool {
+    uid == 0 || parent.insflags & flag != 0
+}
+
+/// vmd's VM name rule.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < VMM_MAX_NAME_LEN
+        && !name.starts_with(['-', '.', '_'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    pub fn by_id(&self, id: u32) -> Option<usize> {
+        if id == 0 {
+            return None;
+        }
+        self.vms.iter().position(|v| v.id == id)
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<usize> {
+        self.vms.iter().position(|v| v.params.name == name)
+    }
+
+    pub fn by_pid(&self, pid: i32) -> Option<usize> {
+        self.vms.iter().position(|v| v.pid == pid && pid > 0)
+    }
+
+    /// A VM named by a `vmop_id` (id 0: by name).
+    pub fn lookup(&self, vid: &VmopId) -> Option<usize> {
+        if vid.id == 0 {
+            self.by_name(&vid.name)
+        } else {
+            self.by_id(vid.id)
+        }
+    }
+
+    fn claimid(&mut self, name: &str, uid: u32) -> Option<u32> {
+        if let Some((_, _, id)) = self.known.iter().find(|(n, u, _)| n == name && *u == uid) {
+            return Some(*id);
+        }
+        self.nvm = self.nvm.checked_add(1)?;
+        self.known.push((name.to_string(), uid, self.nvm));
+        Some(self.nvm)
+    }
+
+    /// `vm_instance`: fills an instance's parameters from its parent.
+    fn instance(
+        &self,
+        vmc: &mut VmopCreateParams,
+        uid: u32,
+        groups: &dyn Groups,
+    ) -> Result<Option<usize>, i32> {
+        let Some(parent_name) = vmc
+            .instance
+            .clone()
+            .filter(|_| vmc.flags & VMOP_CREATE_INSTANCE != 0)
+        else {
+            return Ok(None);
+        };
+        let pi = self.by_name(&parent_name).ok_or(VMD_PARENT_INVALID)?;
+        let parent = &self.vms[pi].params;
+        let name = vmc.name.clone();
+        if !checkperm(None, Some(&parent.insowner), uid, groups) {
+            log::warn!("vm \"{name}\" no permission to create vm instance");
+            return Err(libc::ENAMETOOLONG);
+        }
+        if self.by_name(&name).is_some() || self.by_id(vmc.id).is_some() {
+            return Err(EPROCLIM);
+        }
+        if vmc.ncpus == 0 {
+            vmc.ncpus = parent.ncpus;
+        }
+        if !checkinsflag(parent, VMOP_CREATE_CPU, uid) && vmc.ncpus != parent.ncpus {
+            log::warn!("vm \"{name}\" no permission to set cpus");
+            return Err(libc::EPERM);
+        }
+        if vmc.memory == 0 {
+            vmc.memory = parent.memory;
+        }
+        if !checkinsflag(parent, VMOP_CREATE_MEMORY, uid) && vmc.memory != parent.memory {
+            log::warn!("vm \"{name}\" no permission to set memory");
+            return Err(libc::EPERM);
+        }
+        if !checkinsflag(parent, VMOP_CREATE_DISK, uid) && !vmc.disks.is_empty() {
+            log::warn!("vm \"{name}\" no permission to set disks");
+            return Err(libc::EPERM);
+        }
+        for d in &vmc.disks {
+            if parent.disks.iter().any(|p| p.path == d.path) {
+                log::warn!("vm \"{name}\" disk {} cannot be reused", d.path);
+                return Err(libc::EBUSY);
+            }
+        }
+        if !vmc.disks.is_empty() {
+            vmc.checkaccess |= VMOP_CREATE_DISK;
+        }
+        if !vmc.interfaces.is_empty()
+            && !checkinsflag(parent, VMOP_CREATE_NETWORK, uid)
+            && vmc.interfaces.len() != parent.interfaces.len()
+        {
+            log::warn!("vm \"{name}\" no permission to set interfaces");
+            return Err(libc::EPERM);
+        }
+        for (i, pif) in parent.interfaces.iter().enumerate() {
+            if i >= vmc.interfaces.len() {
+                vmc.interfaces.push(pif.clone());
+            }
+        }
+        let parent_vm = &self.vms[pi];
+        if vmc.kernel.is_some() || parent_vm.kernel_path.is_some() {
+            if !checkinsflag(parent, VMOP_CREATE_KERNEL, uid) && vmc.flags & VMOP_CREATE_KERNEL != 0
+            {
+                log::warn!("vm \"{name}\" no permission to set boot image");
+                return Err(libc::EPERM);
+            }
+            vmc.checkaccess |= VMOP_CREATE_KERNEL;
+        }
+        if vmc.cdrom.is_some() {
+            if !checkinsflag(parent, VMOP_CREATE_CDROM, uid) {
+                log::warn!("vm \"{name}\" no permission to set cdrom");
+                return Err(libc::EPERM);
+            }
+            vmc.checkaccess |= VMOP_CREATE_CDROM;
+        } else {
+            vmc.cdrom = parent.cdrom.clone();
+        }
+        if vmc.owner.uid == 0 {
+            vmc.owner.uid = parent.owner.uid;
+        } else if vmc.owner.uid != uid && vmc.owner.uid != parent.owner.uid {
+            log::warn!("vm \"{name}\" user mismatch");
+            return Err(libc::EPERM);
+        }
+        if vmc.owner.gid.is_none() || vmc.owner.gid == Some(0) {
+            vmc.owner.gid = parent.owner.gid;
+        } else if vmc.owner.gid != parent.owner.gid {
+            log::warn!("vm \"{name}\" group mismatch");
+            return Err(libc::EPERM);
+        }
+        if vmc.insflags != 0 {
+            log::warn!("vm \"{name}\" cannot change instance permissions");
+            return Err(libc::EPERM);
+        }
+        if parent.insflags & VMOP_CREATE_INSTANCE != 0 {
+            vmc.insowner = parent.insowner;
+            vmc.insflags = parent.insflags;
+        } else {
+            vmc.insowner = VmopOwner::default();
+            vmc.insflags = 0;
+        }
+        vmc.flags &= !VMOP_CREATE_INSTANCE;
+        Ok(Some(pi))
+    }
+
+    /// `vm_register`: adds a VM for `uid`, or says why not.  An existing
+    /// VM of that name or id is `Exists` (if `uid` may use it).
+    pub fn register(
+        &mut self,
+        mut vmc: VmopCreateParams,
+        kernel: Option<OwnedFd>,
+        uid: u32,
+        groups: &dyn Groups,
+    ) -> Result<usize, (RegisterError, Option<OwnedFd>)> {
+        let parent = match self.instance(&mut vmc, uid, groups) {
+            Ok(p) => p,
+            Err(e) => return Err((RegisterError::Failed(e), kernel)),
+        };
+        if let Some(i) = self.by_name(&vmc.name).or_else(|| self.by_id(vmc.id)) {
+            let vm = &self.vms[i];
+            if !checkperm(Some(vm), Some(&vm.params.owner), uid, groups) {
+                return Err((RegisterError::Failed(libc::EPERM), kernel));
+            }
+            return Err((RegisterError::Exists(i), kernel));
+        }
+        let vmo = parent.map(|p| self.vms[p].params.insowner);
+        let fail = |e: i32, kernel| Err((RegisterError::Failed(e), kernel));
+        if !checkperm(None, vmo.as_ref(), uid, groups) {
+            log::warn!("permission denied");
+            return fail(libc::EPERM, kernel);
+        }
+        if vmc.flags == 0 {
+            log::warn!("invalid configuration, no devices");
+            return fail(VMD_DISK_MISSING, kernel);
+        }
+        if vmc.ncpus == 0 {
+            vmc.ncpus = 1;
+        }
+        if vmc.memory == 0 {
+            vmc.memory = VM_DEFAULT_MEMORY;
+        }
+        let msg = if vmc.ncpus > VMM_MAX_VCPUS_PER_VM {
+            Some("invalid number of CPUs")
+        } else if vmc.disks.len() > VM_MAX_DISKS_PER_VM {
+            Some("invalid number of disks")
+        } else if vmc.interfaces.len() > VM_MAX_NICS_PER_VM {
+            Some("invalid number of interfaces")
+        } else if vmc.flags & VMOP_CREATE_KERNEL == 0 && vmc.disks.is_empty() && vmc.cdrom.is_none()
+        {
+            Some("no kernel or disk/cdrom specified")
+        } else if !valid_name(&vmc.name) {
+            Some("invalid VM name")
+        } else {
+            None
+        };
+        if let Some(m) = msg {
+            log::warn!("{m}");
+            return fail(libc::EINVAL, kernel);
+        }
+        for (i, nic) in vmc.interfaces.iter_mut().enumerate() {
+            if nic.lladdr == [0; 6] {
+                let r: [u8; 2] = rand_bytes();
+                nic.lladdr = [0xfe, 0xe1, 0xbb, 0xd0 | ((i as u8 + 1) & 0xf), r[0], r[1]];
+            }
+        }
+        let id = if vmc.id != 0 {
+            vmc.id
+        } else {
+            match self.claimid(&vmc.name, uid) {
+                Some(id) => id,
+                None => {
+                    log::warn!("too many vms");
+                    return fail(libc::EINVAL, kernel);
+                }
+            }
+        };
+        log::debug!("vm_register: registering vm {id}");
+        vmc.id = id;
+        let kernel_path = vmc.kernel.clone().filter(|_| kernel.is_none());
+        self.vms.push(Vm {
+            id,
+            ncpus_config: vmc.ncpus,
+            params: vmc,
+            state: 0,
+            pid: -1,
+            uid: 0,
+            peerid: super::NO_PEER,
+            kernel,
+            kernel_path,
+            from_config: false,
+            tty: None,
+            start_tv: None,
+            start_limit: 0,
+        });
+        Ok(self.vms.len() - 1)
+    }
+
+    /// `vm_stop`: the VM is no longer running; the tty stays when
+    /// `keeptty` (a reboot).
+    pub fn stop(&mut self, i: usize, keeptty: bool) {
+        let vm = &mut self.vms[i];
+        log::debug!(
+            "vm_stop: parent stopping vm {}{}",
+            vm.id,
+            if keeptty { ", keeping tty open" } else { "" }
+        );
+        vm.state &= !(VM_STATE_RUNNING | VM_STATE_SHUTDOWN | VM_STATE_PAUSED);
+        vm.params.ncpus = vm.ncpus_config;
+        vm.pid = -1;
+        if !keeptty {
+            vm.tty = None;
+            vm.uid = 0;
+            // A client's boot image serves one life of the VM.
+            vm.kernel = None;
+        }
+    }
+
+    /// `vm_remove`.
+    pub fn remove(&mut self, i: usize) -> Vm {
+        log::debug!(
+            "vm_remove: parent removing vm {} from running config",
+            self.vms[i].id
+        );
+        self.stop(i, false);
+        self.vms.remove(i)
+    }
+
+    /// `vm_terminate`: configured VMs stay, known but stopped.
+    pub fn terminate(&mut self, i: usize) {
+        if self.vms[i].from_config {
+            self.stop(i, false);
+        } else {
+            self.remove(i);
+        }
+    }
+
+    /// The restart rate limit of `config_setvm`: false when the VM
+    /// restarted more than [`super::VM_START_RATE_LIMIT`] times within
+    /// [`super::VM_START_RATE_SEC`] seconds.
+    pub fn rate_ok(&mut self, i: usize, now: Instant) -> bool {
+        let vm = &mut self.vms[i];
+        if let Some(t) = vm.start_tv {
+            if now.duration_since(t) < Duration::from_secs(super::VM_START_RATE_SEC) {
+                vm.start_limit += 1;
+                if vm.start_limit > super::VM_START_RATE_LIMIT {
+                    return false;
+                }
+            } else {
+                vm.start_limit = 0;
+            }
+        }
+        vm.start_tv = Some(now);
+        true
+    }
+
+    /// One `vmop_info_result` per VM.
+    pub fn info(&self, used_size: impl Fn(i32) -> u64) -> Vec<VmopInfoResult> {
+        self.vms
+            .iter()
+            .map(|vm| {
+                let running = vm.running() && vm.pid > 0;
+                VmopInfoResult {
+                    memory_size: vm.params.memory,
+                    used_size: if running { used_size(vm.pid) } else { 0 },
+                    ncpus: vm.params.ncpus,
+                    vcpu_state: Vec::new(),
+                    creator_pid: if running { vm.pid } else { 0 },
+                    id: vm.id,
+                    name: vm.params.name.clone(),
+                    ttyname: match (&vm.tty, running) {
+                        (Some(t), true) => t.name.clone(),
+                        _ => String::new(),
+                    },
+                    uid: if running { vm.uid } else { vm.params.owner.uid },
+                    gid: vm.params.owner.gid,
+                    state: vm.state,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A `vm` block as `vmop_create_params`.
+pub fn params_from_config(vm: &config::Vm) -> VmopCreateParams {
+    VmopCreateParams {
+        id: 0,
+        name: vm.name.clone(),
+        owner: VmopOwner::from(vm.owner),
+        flags: vm.flags,
+        checkaccess: 0,
+        ncpus: 1,
+        memory: vm.memory,
+        sev: vm.sev,
+        seves: vm.seves,
+        kernel: vm.boot.clone(),
+        boot_device: vm.boot_device,
+        disks: vm
+            .disks
+            .iter()
+            .map(|d| VmDisk {
+                path: d.path.clone(),
+                format: d.format,
+                bases: 0,
+            })
+            .collect(),
+        cdrom: vm.cdrom.clone(),
+        interfaces: vm.interfaces.clone(),
+        instance: vm.instance_of.clone(),
+        insowner: VmopOwner::from(vm.instance_owner),
+        insflags: vm.instance_flags,
+    }
+}
+
+/// Whether a VM that reset itself is started again (not with a one-shot
+/// boot device, as vmd).
+pub fn restarts_on_reboot(p: &VmopCreateParams) -> bool {
+    p.boot_device == BootDevice::Auto
+}
+
+fn rand_bytes() -> [u8; 2] {
+    let mut b = [0u8; 2];
+    use std::io::Read;
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    b
+}

@@ -1,0 +1,398 @@
+//! The vmm process (vmm.c): starts one VM process per guest, relays pause,
+//! unpause and graceful stops to them, kills them on forced stops, and
+//! tells the parent when one exits (SIGCHLD).
+//!
+//! From the parent: `START_VM_REQUEST`(params, boot image fd) then
+//! `START_VM_END`(pty fd) start a VM process (`vmd -V 0`); its
+//! `START_VM_RESPONSE` goes back with the VM process's pid.
+//! `TERMINATE_VM_REQUEST`(vmop_id, peer id of the client): with
+//! `VMOP_FORCE` SIGTERM, then SIGKILL after [`super::VM_KILL_TIMEOUT_SEC`];
+//! without, the VM is marked as shutting down and sent `VM_REBOOT`;
+//! answered with `TERMINATE_VM_RESPONSE`.  `PAUSE_VM`/`UNPAUSE_VM` go to
+//! the VM process, whose answers come back through here.  When a VM
+//! process exits: `TERMINATE_VM_EVENT` with its status (EAGAIN, the
+//! reboot request, becomes 0 when a stop was pending).
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{Pid, User};
+
+use super::args::{child_flags, Args};
+use super::events::{self, Signals};
+use super::{logging, privsep, NO_PEER};
+use crate::proc::msg::*;
+use crate::proc::{ImsgChannel, Message};
+
+struct VmProc {
+    id: u32,
+    pid: i32,
+    child: Child,
+    chan: Option<ImsgChannel>,
+    /// The START_VM_RESPONSE has not been sent yet.
+    starting: bool,
+    shutdown: bool,
+    kill_at: Option<Instant>,
+}
+
+struct Vmm {
+    parent: ImsgChannel,
+    flags: Vec<String>,
+    /// START_VM_REQUEST waiting for its START_VM_END.
+    pending: BTreeMap<u32, (VmopCreateParams, Option<OwnedFd>)>,
+    last_request: Option<u32>,
+    vms: Vec<VmProc>,
+}
+
+/// The vmm process; the exit status.
+pub fn main(args: &Args, _user: &User) -> i32 {
+    privsep::set_title("vmm");
+    logging::procinit("vmm");
+    let parent = match privsep::parent_channel() {
+        Ok(c) => c,
+        Err(e) => logging::fatal("vmm: parent socket", e),
+    };
+    let _ = parent.socket().set_nonblocking(true);
+    // Linux: VM processes open /dev/kvm themselves, so this process keeps
+    // root to start them (see the module documentation of `daemon`).
+    let signals = match Signals::new(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => logging::fatal("signals", e),
+    };
+    let mut vmm = Vmm {
+        parent,
+        flags: child_flags(args),
+        pending: BTreeMap::new(),
+        last_request: None,
+        vms: Vec::new(),
+    };
+    loop {
+        let deadline = events::earliest(vmm.vms.iter().map(|v| v.kill_at));
+        let ready = {
+            let mut fds = vec![
+                (signals.fd(), false),
+                (vmm.parent.as_fd(), vmm.parent.pending()),
+            ];
+            for v in &vmm.vms {
+                if let Some(c) = &v.chan {
+                    fds.push((c.as_fd(), c.pending()));
+                }
+            }
+            events::wait(&fds, deadline)
+        };
+        // The parent ends us by closing the socket; SIGTERM is ignored.
+        if signals.take().contains(&libc::SIGCHLD) {
+            vmm.reap();
+        }
+        if ready[1].write {
+            let _ = vmm.parent.flush();
+        }
+        if ready[1].read {
+            match events::drain(&mut vmm.parent) {
+                Ok(msgs) => {
+                    for r in msgs {
+                        vmm.dispatch_parent(r);
+                    }
+                }
+                Err(e) => {
+                    if !matches!(e, crate::proc::ImsgError::Closed) {
+                        log::warn!("vmm: parent: {e}");
+                    }
+                    vmm.shutdown();
+                    return 0;
+                }
+            }
+        }
+        let mut k = 2;
+        let mut from_vms = Vec::new();
+        for v in vmm.vms.iter_mut() {
+            let Some(c) = v.chan.as_mut() else { continue };
+            let r = ready.get(k).copied().unwrap_or_default();
+            k += 1;
+            if r.write {
+                let _ = c.flush();
+            }
+            if r.read {
+                match events::drain(c) {
+                    Ok(msgs) => from_vms.extend(msgs.into_iter().map(|m| (v.id, m))),
+                    Err(_) => v.chan = None,
+                }
+            }
+        }
+        for (id, r) in from_vms {
+            vmm.dispatch_vm(id, r);
+        }
+        let now = Instant::now();
+        for v in vmm.vms.iter_mut() {
+            if v.kill_at.is_some_and(|t| t <= now) {
+                log::debug!("vmm: vm {} did not stop, killing pid {}", v.id, v.pid);
+                let _ = kill(Pid::from_raw(v.pid), Signal::SIGKILL);
+                v.kill_at = None;
+            }
+        }
+        let _ = vmm.parent.flush();
+    }
+}
+
+impl Vmm {
+    fn tell_parent(&mut self, msg: Message, peerid: u32) {
+        if let Err(e) = events::post(&mut self.parent, &msg, peerid, Vec::new()) {
+            log::warn!("vmm: cannot send {} to parent: {e}", msg.imsg_type().name());
+        }
+    }
+
+    fn find(&self, id: u32) -> Option<usize> {
+        self.vms.iter().position(|v| v.id == id)
+    }
+
+    fn dispatch_parent(&mut self, mut r: crate::proc::Received) {
+        let peerid = r.peerid;
+        match r.msg {
+            Message::StartVmRequest(p) => {
+                let id = p.id;
+                self.pending.insert(id, (p, r.fds.pop()));
+                self.last_request = Some(id);
+            }
+            Message::StartVmEnd => {
+                let pty = r.fds.pop();
+                let id = self.last_request.take().unwrap_or(peerid);
+                let Some((params, kernel)) = self.pending.remove(&id) else {
+                    log::warn!("vmm: START_VM_END without a request");
+                    return;
+                };
+                if let Err(errno) = self.start_vm(params, kernel, pty) {
+                    self.tell_parent(
+                        Message::StartVmResponse(VmopResult {
+                            result: errno,
+                            id,
+                            pid: 0,
+                            ttyname: String::new(),
+                        }),
+                        NO_PEER,
+                    );
+                }
+            }
+            Message::TerminateVmRequest(vid) => {
+                let result = self.terminate(&vid);
+                self.tell_parent(
+                    Message::TerminateVmResponse(VmopResult {
+                        result,
+                        id: vid.id,
+                        pid: 0,
+                        ttyname: String::new(),
+                    }),
+                    peerid,
+                );
+            }
+            Message::PauseVm(ref vid) | Message::UnpauseVm(ref vid) => {
+                let pause = matches!(r.msg, Message::PauseVm(_));
+                let id = vid.id;
+                let sent = self.find(id).and_then(|i| {
+                    let c = self.vms[i].chan.as_mut()?;
+                    events::post(c, &r.msg, peerid, Vec::new()).ok()
+                });
+                if sent.is_none() {
+                    let res = VmopResult {
+                        result: libc::ENOENT,
+                        id,
+                        pid: 0,
+                        ttyname: String::new(),
+                    };
+                    let m = if pause {
+                        Message::PauseVmResponse(res)
+                    } else {
+                        Message::UnpauseVmResponse(res)
+                    };
+                    self.tell_parent(m, peerid);
+                }
+            }
+            Message::CtlVerbose(v) => {
+                logging::set_verbose(v);
+                for vm in self.vms.iter_mut() {
+                    if let Some(c) = vm.chan.as_mut() {
+                        let _ = events::post(c, &Message::CtlVerbose(v), NO_PEER, Vec::new());
+                    }
+                }
+            }
+            Message::CtlReset(mode) => {
+                if mode & CONFIG_VMS != 0 {
+                    for vm in self.vms.iter_mut() {
+                        vm.shutdown = true;
+                        let _ = kill(Pid::from_raw(vm.pid), Signal::SIGTERM);
+                        vm.kill_at =
+                            Some(Instant::now() + Duration::from_secs(super::VM_KILL_TIMEOUT_SEC));
+                    }
+                }
+            }
+            // The global configuration matters to vmm once VMs have
+            // local interfaces (vionet).
+            Message::Config(_) => {}
+            other => log::debug!("vmm: unexpected {} from parent", other.imsg_type().name()),
+        }
+    }
+
+    fn start_vm(
+        &mut self,
+        params: VmopCreateParams,
+        kernel: Option<OwnedFd>,
+        pty: Option<OwnedFd>,
+    ) -> Result<(), i32> {
+        let id = params.id;
+        if self.find(id).is_some() {
+            return Err(libc::EALREADY);
+        }
+        let mut argv = vec!["-V".to_string(), "0".to_string()];
+        argv.extend(self.flags.iter().cloned());
+        let (child, mut chan) = privsep::spawn(&argv, true).map_err(|e| {
+            log::warn!("vmm: cannot start vm process: {e}");
+            e.raw_os_error().unwrap_or(libc::EIO)
+        })?;
+        let pid = child.id() as i32;
+        let sent = events::post(
+            &mut chan,
+            &Message::StartVmRequest(params),
+            NO_PEER,
+            kernel.into_iter().collect(),
+        )
+        .and_then(|_| {
+            events::post(
+                &mut chan,
+                &Message::StartVmEnd,
+                NO_PEER,
+                pty.into_iter().collect(),
+            )
+        });
+        if let Err(e) = sent {
+            log::warn!("vmm: cannot configure vm process: {e}");
+        }
+        log::debug!("vmm: started vm {id}, pid {pid}");
+        self.vms.push(VmProc {
+            id,
+            pid,
+            child,
+            chan: Some(chan),
+            starting: true,
+            shutdown: false,
+            kill_at: None,
+        });
+        Ok(())
+    }
+
+    fn terminate(&mut self, vid: &VmopId) -> i32 {
+        let Some(i) = self.find(vid.id) else {
+            log::debug!("vmm: cannot stop vm {}: not running", vid.id);
+            return VMD_VM_STOP_INVALID;
+        };
+        let vm = &mut self.vms[i];
+        if vid.flags & VMOP_FORCE != 0 {
+            vm.shutdown = true;
+            let _ = kill(Pid::from_raw(vm.pid), Signal::SIGTERM);
+            if vm.kill_at.is_none() {
+                vm.kill_at = Some(Instant::now() + Duration::from_secs(super::VM_KILL_TIMEOUT_SEC));
+            }
+            0
+        } else if !vm.shutdown {
+            log::debug!("vmm: sending shutdown request to vm {}", vm.id);
+            vm.shutdown = true;
+            match vm.chan.as_mut() {
+                Some(c) => match events::post(c, &Message::VmReboot, NO_PEER, Vec::new()) {
+                    Ok(()) => 0,
+                    Err(_) => libc::EIO,
+                },
+                None => libc::EIO,
+            }
+        } else {
+            libc::EALREADY
+        }
+    }
+
+    fn dispatch_vm(&mut self, id: u32, r: crate::proc::Received) {
+        match r.msg {
+            Message::StartVmResponse(mut res) => {
+                let Some(i) = self.find(id) else { return };
+                self.vms[i].starting = false;
+                res.id = id;
+                res.pid = self.vms[i].pid;
+                self.tell_parent(Message::StartVmResponse(res), NO_PEER);
+            }
+            m @ (Message::PauseVmResponse(_) | Message::UnpauseVmResponse(_)) => {
+                self.tell_parent(m, r.peerid);
+            }
+            other => log::debug!("vmm: unexpected {} from vm {id}", other.imsg_type().name()),
+        }
+    }
+
+    /// `vmm_sighdlr`'s SIGCHLD part.
+    fn reap(&mut self) {
+        loop {
+            let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(s) => s,
+            };
+            let (pid, mut ret) = match status {
+                WaitStatus::Exited(p, code) => (p, code),
+                WaitStatus::Signaled(p, sig, _) => {
+                    log::debug!("vmm: pid {p} terminated by signal {sig}");
+                    (p, 0)
+                }
+                _ => continue,
+            };
+            let Some(i) = self.vms.iter().position(|v| v.pid == pid.as_raw()) else {
+                continue;
+            };
+            let vm = self.vms.remove(i);
+            // The Child is reaped already; dropping it does not wait.
+            drop(vm.child);
+            if ret == libc::EAGAIN && vm.shutdown {
+                ret = 0;
+            }
+            if vm.starting {
+                log::debug!("vmm: vm {} exited before it started: {ret}", vm.id);
+                self.tell_parent(
+                    Message::StartVmResponse(VmopResult {
+                        result: if ret == 0 { libc::EIO } else { ret },
+                        id: vm.id,
+                        pid: vm.pid,
+                        ttyname: String::new(),
+                    }),
+                    NO_PEER,
+                );
+                continue;
+            }
+            self.tell_parent(
+                Message::TerminateVmEvent(VmopResult {
+                    result: ret,
+                    id: vm.id,
+                    pid: vm.pid,
+                    ttyname: String::new(),
+                }),
+                NO_PEER,
+            );
+        }
+    }
+
+    /// `vmm_shutdown`: ends every VM, waits a little for them.
+    fn shutdown(&mut self) {
+        log::debug!("vmm_shutdown: terminating all vms");
+        for vm in &self.vms {
+            let _ = kill(Pid::from_raw(vm.pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(super::VM_KILL_TIMEOUT_SEC);
+        for vm in self.vms.iter_mut() {
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = vm.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Ok(None) = vm.child.try_wait() {
+                let _ = vm.child.kill();
+                let _ = vm.child.wait();
+            }
+        }
+        self.vms.clear();
+    }
+}

@@ -1,0 +1,250 @@
+//! The VM process, `vmd -V 0` (vm.c's `vm_main`): receives its create
+//! parameters, boot image and console from the vmm process, creates and
+//! runs the VM, and exits with vmd's status: 0 when the guest halted or
+//! the VM was stopped, EAGAIN when the guest reset itself, an errno when
+//! the VM failed.
+//!
+//! On the socket (all `vmd::proc` messages):
+//! - vmm → VM: `START_VM_REQUEST`(create params, boot image fd), then
+//!   `START_VM_END`(pty master fd); VM → vmm: `START_VM_RESPONSE` with
+//!   result 0 once the VM exists, or the errno it failed with (and exit).
+//! - vmm → VM: `PAUSE_VM` / `UNPAUSE_VM` (peer id: the client), answered
+//!   with `PAUSE_VM_RESPONSE` / `UNPAUSE_VM_RESPONSE`; `VM_REBOOT`, the
+//!   graceful stop: without a vmmci device the guest cannot be asked, so
+//!   the VM ends after [`super::VM_SHUTDOWN_TIMEOUT_SEC`] (or at the
+//!   guest's next reset); `CTL_VERBOSE`.
+//! - End of file from vmm: the VM stops and the process exits.
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::unistd::User;
+
+use super::args::Args;
+use super::{logging, privsep};
+use crate::proc::msg::{VmopCreateParams, VmopResult};
+use crate::proc::{ImsgChannel, Message};
+use crate::vm::machine::{BootImage, Control, Machine, Outcome, VmConfig};
+
+fn fail(chan: &mut ImsgChannel, id: u32, errno: i32, msg: &str) -> i32 {
+    log::warn!("{msg}");
+    let _ = chan.send(&Message::StartVmResponse(VmopResult {
+        result: errno,
+        id,
+        pid: std::process::id() as i32,
+        ttyname: String::new(),
+    }));
+    errno
+}
+
+fn read_image(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
+    let mut f = File::from(fd);
+    // The parent keeps its own reference for restarts: start over.
+    f.seek(SeekFrom::Start(0))?;
+    let mut v = Vec::new();
+    f.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+/// The VM process; the exit status.
+pub fn main(_args: &Args, user: &User) -> i32 {
+    let mut chan = match privsep::parent_channel() {
+        Ok(c) => c,
+        Err(e) => logging::fatal("invalid vm fd", e),
+    };
+    // vmm sends the parameters with the boot image, then the console.
+    let (params, kernel): (VmopCreateParams, Option<OwnedFd>) = match chan.recv() {
+        Ok(mut r) => match r.msg {
+            Message::StartVmRequest(p) => (p, r.fds.pop()),
+            other => logging::fatalx(&format!("unexpected {:?}", other.imsg_type())),
+        },
+        Err(e) => logging::fatal("failed to receive vm configuration", e),
+    };
+    let pty = match chan.recv() {
+        Ok(mut r) if matches!(r.msg, Message::StartVmEnd) => r.fds.pop(),
+        Ok(r) => logging::fatalx(&format!("unexpected {:?}", r.msg.imsg_type())),
+        Err(e) => logging::fatal("failed to receive vm console", e),
+    };
+    let name = params.name.clone();
+    privsep::set_title(&name);
+    logging::procinit(&format!("vm/{name}"));
+
+    let Some(kernel) = kernel else {
+        return fail(&mut chan, params.id, libc::EINVAL, "no boot image");
+    };
+    let image = match read_image(kernel) {
+        Ok(v) => v,
+        Err(e) => {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
+            return fail(
+                &mut chan,
+                params.id,
+                errno,
+                &format!("{name}: boot image: {e}"),
+            );
+        }
+    };
+    let (console_out, console_in): (Box<dyn std::io::Write + Send>, Option<OwnedFd>) = match pty {
+        Some(fd) => {
+            let out = match fd.try_clone() {
+                Ok(o) => o,
+                Err(e) => {
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    return fail(
+                        &mut chan,
+                        params.id,
+                        errno,
+                        &format!("{name}: console: {e}"),
+                    );
+                }
+            };
+            // A console no one reads must not stall the vCPU: writes that
+            // would block are dropped, as vmd's are.
+            let _ = set_nonblocking(&fd);
+            (Box::new(File::from(out)), Some(fd))
+        }
+        None => (Box::new(std::io::sink()), None),
+    };
+    let vmm = match vmm_sys::Vmm::open() {
+        Ok(v) => Arc::new(v),
+        Err(e) => return fail(&mut chan, params.id, e.errno, &format!("{name}: {e}")),
+    };
+    let machine = match Machine::new(
+        vmm,
+        VmConfig {
+            name: name.clone(),
+            memory: params.memory,
+            boot: BootImage::Kernel(image),
+            console_out,
+            console_in,
+            flavour: None,
+        },
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            return fail(
+                &mut chan,
+                params.id,
+                e.errno(),
+                &format!("{name}: create vmm ioctl failed - exiting: {e}"),
+            )
+        }
+    };
+    // The VM exists: nothing more needs root.
+    if let Err(e) = privsep::drop_privileges(user, None) {
+        return fail(&mut chan, params.id, libc::EPERM, &format!("{name}: {e}"));
+    }
+    if let Err(e) = chan.send(&Message::StartVmResponse(VmopResult {
+        result: 0,
+        id: params.id,
+        pid: std::process::id() as i32,
+        ttyname: String::new(),
+    })) {
+        logging::fatal("failed to report vm start", e);
+    }
+    let control = machine.control();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    {
+        let control = control.clone();
+        let shutdown = shutdown.clone();
+        let id = params.id;
+        std::thread::Builder::new()
+            .name("vmm".into())
+            .spawn(move || dispatch_vmm(chan, control, shutdown, id))
+            .unwrap_or_else(|e| logging::fatal("thread", e));
+    }
+    match machine.run() {
+        Ok(Outcome::Halted) => 0,
+        // A reset while a graceful stop is pending ends the VM.
+        Ok(Outcome::Reboot) if shutdown.load(Ordering::SeqCst) => 0,
+        Ok(Outcome::Reboot) => {
+            log::debug!("{name}: guest reset, restarting");
+            libc::EAGAIN
+        }
+        Err(e) => {
+            log::warn!("{name}: {e}");
+            e.errno()
+        }
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let fl = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(fl | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// vm.c's `vm_dispatch_vmm`, on its own thread with a blocking socket.
+fn dispatch_vmm(mut chan: ImsgChannel, control: Arc<Control>, shutdown: Arc<AtomicBool>, id: u32) {
+    loop {
+        let r = match chan.recv() {
+            Ok(r) => r,
+            Err(e) => {
+                if !matches!(e, crate::proc::ImsgError::Closed) {
+                    log::warn!("vm {id}: vmm channel: {e}");
+                }
+                control.stop();
+                return;
+            }
+        };
+        let reply = |result: i32| VmopResult {
+            result,
+            id,
+            pid: std::process::id() as i32,
+            ttyname: String::new(),
+        };
+        let answer = match r.msg {
+            Message::PauseVm(_) => {
+                let ok = control.pause();
+                Some(Message::PauseVmResponse(reply(if ok {
+                    0
+                } else {
+                    libc::EALREADY
+                })))
+            }
+            Message::UnpauseVm(_) => {
+                let ok = control.unpause();
+                Some(Message::UnpauseVmResponse(reply(if ok {
+                    0
+                } else {
+                    libc::EINVAL
+                })))
+            }
+            Message::VmReboot => {
+                if !shutdown.swap(true, Ordering::SeqCst) {
+                    log::info!(
+                        "vm {id}: no vmmci device to ask the guest to shut down; \
+                         stopping the vm in {} seconds",
+                        super::VM_SHUTDOWN_TIMEOUT_SEC
+                    );
+                    let control = control.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("shutdown".into())
+                        .spawn(move || {
+                            std::thread::sleep(Duration::from_secs(super::VM_SHUTDOWN_TIMEOUT_SEC));
+                            control.stop();
+                        });
+                }
+                None
+            }
+            Message::CtlVerbose(v) => {
+                logging::set_verbose(v);
+                None
+            }
+            other => {
+                log::debug!("vm {id}: unexpected {}", other.imsg_type().name());
+                None
+            }
+        };
+        if let Some(m) = answer {
+            if chan.send_with(&m, r.peerid, 0, Vec::new()).is_err() {
+                control.stop();
+                return;
+            }
+        }
+    }
+}
