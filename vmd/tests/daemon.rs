@@ -1,0 +1,416 @@
+//! End to end: the vmd daemon in a temporary root, driven over its
+//! control socket with vmd::proc messages, as vmctl drives it.  vmd runs
+//! with `-d`, its own socket (VMD_SOCKET), and `nobody` as its
+//! unprivileged user when `_vmd` does not exist (VMD_USER); privileges
+//! are really dropped.  Needs root, /dev/kvm (or /dev/vmm) and SeaBIOS
+//! from scripts/fetch-assets.sh; reported as ignored with the reason
+//! where any is missing.
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vmd::config::{VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY};
+use vmd::proc::msg::*;
+use vmd::proc::{ImsgChannel, Message};
+
+fn bios_path() -> PathBuf {
+    let dir = std::env::var_os("ASSETS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/assets"));
+    dir.join("bios.bin")
+}
+
+fn vmd_user() -> &'static str {
+    match nix::unistd::User::from_name("_vmd") {
+        Ok(Some(_)) => "_vmd",
+        _ => "nobody",
+    }
+}
+
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(name: &str, conf: &str) -> Result<Daemon, Failed> {
+        let dir = std::env::temp_dir().join(format!("vmd-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let socket = dir.join("vmd.sock");
+        let cfg = dir.join("vm.conf");
+        std::fs::write(&cfg, conf)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_vmd"))
+            .arg("-d")
+            .arg("-f")
+            .arg(&cfg)
+            .env("VMD_SOCKET", &socket)
+            .env("VMD_USER", vmd_user())
+            .env_remove("VMD_NO_PRIVDROP")
+            .stdin(Stdio::null())
+            .spawn()?;
+        let d = Daemon { child, dir, socket };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&d.socket).is_err() {
+            if Instant::now() > deadline {
+                return Err("vmd's control socket did not appear within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(d)
+    }
+
+    fn connect(&self) -> Result<ImsgChannel, Failed> {
+        let s = UnixStream::connect(&self.socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(ImsgChannel::new(s))
+    }
+
+    /// SIGTERM; vmd stops its VMs and exits 0.
+    fn stop(mut self) -> Result<(), Failed> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                if !st.success() {
+                    return Err(format!("vmd exited with {st} after SIGTERM").into());
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err("vmd did not exit within 30 s of SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn request(d: &Daemon, msg: &Message, fds: Vec<std::os::fd::OwnedFd>) -> Result<Message, Failed> {
+    let mut c = d.connect()?;
+    c.send_with(msg, 0, 0, fds)?;
+    Ok(c.recv()?.msg)
+}
+
+fn info(d: &Daemon) -> Result<Vec<VmopInfoResult>, Failed> {
+    let mut c = d.connect()?;
+    c.send(&Message::GetInfoVmRequest(None))?;
+    let mut v = Vec::new();
+    loop {
+        match c.recv()?.msg {
+            Message::GetInfoVmData(i) => v.push(i),
+            Message::GetInfoVmEndData => return Ok(v),
+            other => return Err(format!("unexpected {other:?} in GET_INFO answer").into()),
+        }
+    }
+}
+
+fn vm_info(d: &Daemon, name: &str) -> Result<Option<VmopInfoResult>, Failed> {
+    Ok(info(d)?.into_iter().find(|i| i.name == name))
+}
+
+/// Waits until `f` holds for the VM's info.
+fn wait_info(
+    d: &Daemon,
+    name: &str,
+    what: &str,
+    f: impl Fn(Option<&VmopInfoResult>) -> bool,
+) -> Result<Option<VmopInfoResult>, Failed> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let i = vm_info(d, name)?;
+        if f(i.as_ref()) {
+            return Ok(i);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("vm {name}: not {what} within 15 s: {i:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Reads the VM's console until `what` appears.
+fn read_tty(tty: &Path, what: &str) -> Result<String, Failed> {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+        .open(tty)
+        .map_err(|e| format!("{}: {e}", tty.display()))?;
+    let mut text = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match f.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                text.extend_from_slice(&buf[..n]);
+                let s = String::from_utf8_lossy(&text);
+                if s.contains(what) {
+                    return Ok(s.into_owned());
+                }
+            }
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    Err(format!(
+        "no {what:?} on {} within 60 s; read:\n{}",
+        tty.display(),
+        String::from_utf8_lossy(&text)
+    )
+    .into())
+}
+
+fn running(i: Option<&VmopInfoResult>) -> bool {
+    i.is_some_and(|i| i.state & VM_STATE_RUNNING != 0 && i.creator_pid > 0)
+}
+
+fn by_name(name: &str, flags: u32) -> VmopId {
+    VmopId {
+        id: 0,
+        name: name.into(),
+        uid: 0,
+        flags,
+    }
+}
+
+fn end_to_end() -> Result<(), Failed> {
+    let bios = bios_path();
+    let conf = format!(
+        "vm \"conf\" {{\n\tmemory 64M\n\tboot \"{b}\"\n}}\n\
+         vm \"off\" {{\n\tdisable\n\tmemory 32M\n\tboot \"{b}\"\n}}\n",
+        b = bios.display()
+    );
+    let d = Daemon::start("e2e", &conf)?;
+
+    // vm.conf's VMs: one started at startup, one disabled.
+    let conf_vm = wait_info(&d, "conf", "running", running)?.unwrap();
+    if conf_vm.ttyname.is_empty() || conf_vm.memory_size != 64 << 20 {
+        return Err(format!("conf: {conf_vm:?}").into());
+    }
+    let off = vm_info(&d, "off")?.ok_or("vm off not registered")?;
+    if off.state != VM_STATE_DISABLED || off.creator_pid != 0 {
+        return Err(format!("off: {off:?}").into());
+    }
+
+    // An unknown VM with nothing to boot is refused as vmd refuses it.
+    match request(
+        &d,
+        &Message::StartVmRequest(VmopCreateParams {
+            name: "nothing".into(),
+            ..Default::default()
+        }),
+        Vec::new(),
+    )? {
+        Message::StartVmResponse(r) if r.result == VMD_DISK_MISSING => {}
+        other => return Err(format!("start without devices: {other:?}").into()),
+    }
+
+    // vmctl start -b bios.bin -m 64M seabios
+    let kernel = std::fs::File::open(&bios)?;
+    let params = VmopCreateParams {
+        name: "seabios".into(),
+        flags: VMOP_CREATE_KERNEL | VMOP_CREATE_MEMORY,
+        ncpus: 1,
+        memory: 64 << 20,
+        kernel: Some(bios.display().to_string()),
+        ..Default::default()
+    };
+    let started = match request(&d, &Message::StartVmRequest(params), vec![kernel.into()])? {
+        Message::StartVmResponse(r) if r.result == 0 && !r.ttyname.is_empty() && r.pid > 0 => r,
+        other => return Err(format!("start: {other:?}").into()),
+    };
+    let text = read_tty(Path::new(&started.ttyname), "SeaBIOS (version")?;
+    eprintln!("console of vm {}: {:?}", started.id, text.trim());
+    let i = wait_info(&d, "seabios", "running", running)?.unwrap();
+    if i.id != started.id || i.creator_pid != started.pid || i.ttyname != started.ttyname {
+        return Err(format!("info {i:?} does not match start {started:?}").into());
+    }
+    if i.used_size == 0 || i.memory_size != 64 << 20 || i.ncpus != 1 {
+        return Err(format!("info sizes: {i:?}").into());
+    }
+
+    // Starting it again: EALREADY.
+    match request(
+        &d,
+        &Message::StartVmRequest(VmopCreateParams {
+            name: "seabios".into(),
+            ..Default::default()
+        }),
+        Vec::new(),
+    )? {
+        Message::StartVmResponse(r) if r.result == libc::EALREADY => {}
+        other => return Err(format!("second start: {other:?}").into()),
+    }
+
+    // vmctl pause / unpause
+    match request(&d, &Message::PauseVm(by_name("seabios", 0)), Vec::new())? {
+        Message::PauseVmResponse(r) if r.result == 0 && r.id == started.id => {}
+        other => return Err(format!("pause: {other:?}").into()),
+    }
+    wait_info(&d, "seabios", "paused", |i| {
+        i.is_some_and(|i| i.state & VM_STATE_PAUSED != 0)
+    })?;
+    match request(&d, &Message::UnpauseVm(by_name("seabios", 0)), Vec::new())? {
+        Message::UnpauseVmResponse(r) if r.result == 0 => {}
+        other => return Err(format!("unpause: {other:?}").into()),
+    }
+    wait_info(&d, "seabios", "unpaused", |i| {
+        i.is_some_and(|i| i.state & VM_STATE_PAUSED == 0 && i.state & VM_STATE_RUNNING != 0)
+    })?;
+
+    // vmctl stop -f -w seabios: the answer is the exit event.
+    let mut c = d.connect()?;
+    c.send(&Message::TerminateVmRequest(by_name(
+        "seabios",
+        VMOP_FORCE | VMOP_WAIT,
+    )))?;
+    match c.recv()?.msg {
+        Message::TerminateVmEvent(r) if r.id == started.id && r.result == 0 => {}
+        other => return Err(format!("stop -f -w: {other:?}").into()),
+    }
+    let pid = nix::unistd::Pid::from_raw(started.pid);
+    if nix::sys::signal::kill(pid, None).is_ok() {
+        return Err(format!("VM process {pid} still alive after stop").into());
+    }
+    // Started by a client, not configured: gone from the list.
+    wait_info(&d, "seabios", "removed", |i| i.is_none())?;
+
+    // vmctl stop conf (forced, no wait): a response, then it is stopped
+    // but still known.
+    match request(
+        &d,
+        &Message::TerminateVmRequest(by_name("conf", VMOP_FORCE)),
+        Vec::new(),
+    )? {
+        Message::TerminateVmResponse(r) if r.result == 0 => {}
+        other => return Err(format!("stop -f conf: {other:?}").into()),
+    }
+    wait_info(&d, "conf", "stopped", |i| {
+        i.is_some_and(|i| i.state & VM_STATE_RUNNING == 0 && i.creator_pid == 0)
+    })?;
+    // Stopping a stopped VM: EINVAL; an unknown one: ENOENT.
+    match request(
+        &d,
+        &Message::TerminateVmRequest(by_name("conf", 0)),
+        Vec::new(),
+    )? {
+        Message::TerminateVmResponse(r) if r.result == libc::EINVAL => {}
+        other => return Err(format!("stop stopped: {other:?}").into()),
+    }
+    match request(
+        &d,
+        &Message::TerminateVmRequest(by_name("nosuch", 0)),
+        Vec::new(),
+    )? {
+        Message::TerminateVmResponse(r) if r.result == libc::ENOENT => {}
+        other => return Err(format!("stop unknown: {other:?}").into()),
+    }
+    // vmctl start conf: a configured VM starts again by name.
+    match request(
+        &d,
+        &Message::StartVmRequest(VmopCreateParams {
+            name: "conf".into(),
+            ..Default::default()
+        }),
+        Vec::new(),
+    )? {
+        Message::StartVmResponse(r) if r.result == 0 => {}
+        other => return Err(format!("start conf: {other:?}").into()),
+    }
+    let conf_pid = wait_info(&d, "conf", "running", running)?
+        .unwrap()
+        .creator_pid;
+    // vmctl log verbose, vmctl reload: root may.
+    match request(&d, &Message::CtlVerbose(0), Vec::new())? {
+        Message::CtlOk => {}
+        other => return Err(format!("log: {other:?}").into()),
+    }
+    match request(&d, &Message::Reload, Vec::new())? {
+        Message::CtlOk => {}
+        other => return Err(format!("reload: {other:?}").into()),
+    }
+    // SIGTERM: vmd stops its VMs and exits 0.
+    d.stop()?;
+    std::thread::sleep(Duration::from_millis(200));
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(conf_pid), None).is_ok() {
+        return Err("a VM process outlived vmd".into());
+    }
+    Ok(())
+}
+
+fn check_bad_conf() -> Result<(), Failed> {
+    let dir = std::env::temp_dir().join(format!("vmd-test-{}-n", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bad = dir.join("bad.conf");
+    std::fs::write(&bad, "vm \"a\" {\n\tmemory 64M\n\tbogus\n}\n")?;
+    let out = Command::new(env!("CARGO_BIN_EXE_vmd"))
+        .arg("-n")
+        .arg("-f")
+        .arg(&bad)
+        .env("VMD_USER", vmd_user())
+        .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!("{}:3: syntax error", bad.display());
+    if out.status.code() != Some(1) || !err.contains(&want) {
+        return Err(format!("vmd -n: {:?}, stderr {err:?}, want {want:?}", out.status).into());
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let dev = if cfg!(target_os = "linux") {
+        "/dev/kvm"
+    } else {
+        "/dev/vmm"
+    };
+    let mut skip = None;
+    if !nix::unistd::geteuid().is_root() {
+        skip = Some("needs root (vmd: need root privileges)".to_string());
+    } else if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(dev) {
+        skip = Some(format!("needs {dev} ({e})"));
+    } else if !bios_path().exists() {
+        skip = Some(format!(
+            "needs {} (run scripts/fetch-assets.sh)",
+            bios_path().display()
+        ));
+    }
+    let tests = vec![
+        Trial::test("daemon_start_info_tty_pause_stop", end_to_end)
+            .with_ignored_flag(skip.is_some()),
+        // vmd -n needs neither root nor vmm(4).
+        Trial::test("daemon_check_bad_config", check_bad_conf),
+    ];
+    let tests = tests
+        .into_iter()
+        .map(|t| match &skip {
+            Some(why) if t.name().starts_with("daemon_start") => t.with_kind(why.clone()),
+            _ => t,
+        })
+        .collect();
+    libtest_mimic::run(&args, tests).exit();
+}
