@@ -9,6 +9,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,6 +39,15 @@ struct Daemon {
 
 impl Daemon {
     fn start(name: &str, conf: &str) -> Result<Daemon, Failed> {
+        Self::spawn(name, conf, Stdio::inherit())
+    }
+
+    /// With vmd's stderr in `log`.
+    fn start_logged(name: &str, conf: &str, log: &Path) -> Result<Daemon, Failed> {
+        Self::spawn(name, conf, Stdio::from(std::fs::File::create(log)?))
+    }
+
+    fn spawn(name: &str, conf: &str, stderr: Stdio) -> Result<Daemon, Failed> {
         let dir = std::env::temp_dir().join(format!("vmd-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -52,6 +62,7 @@ impl Daemon {
             .env("VMD_USER", vmd_user())
             .env_remove("VMD_NO_PRIVDROP")
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()?;
         let d = Daemon { child, dir, socket };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -183,6 +194,53 @@ fn read_tty(tty: &Path, what: &str) -> Result<String, Failed> {
     .into())
 }
 
+/// The test binary as an unprivileged client (`VMD_TEST_CLIENT=<socket>`,
+/// run as `nobody`): prints what vmd answers.
+fn client_mode(socket: &str) -> i32 {
+    let run = || -> Result<String, Failed> {
+        let mut out = String::new();
+        let connect = || -> Result<ImsgChannel, Failed> {
+            let s = UnixStream::connect(socket)?;
+            s.set_read_timeout(Some(Duration::from_secs(30)))?;
+            Ok(ImsgChannel::new(s))
+        };
+        let mut c = connect()?;
+        c.send(&Message::GetInfoVmRequest(None))?;
+        let mut n = 0;
+        while let Message::GetInfoVmData(_) = c.recv()?.msg {
+            n += 1;
+        }
+        out.push_str(&format!("info {n}\n"));
+        let mut c = connect()?;
+        c.send(&Message::TerminateVmRequest(by_name("conf", 0)))?;
+        out.push_str(&format!("stop {:?}\n", c.recv()?.msg));
+        let mut c = connect()?;
+        c.send(&Message::CtlReset(CONFIG_ALL))?;
+        out.push_str(&format!("reset {:?}\n", c.recv()?.msg));
+        out.push_str(&format!("then {}\n", c.recv().is_err()));
+        Ok(out)
+    };
+    match run() {
+        Ok(s) => {
+            print!("{s}");
+            0
+        }
+        Err(e) => {
+            eprintln!("client: {e:?}");
+            1
+        }
+    }
+}
+
+/// A 64 KiB "BIOS" that resets the machine through port 0xCF9 at once.
+fn reset_image() -> Vec<u8> {
+    let mut img = vec![0xf4u8; 64 << 10];
+    let code = [0xb0, 0x06, 0xba, 0xf9, 0x0c, 0xee, 0xf4, 0xeb, 0xfd];
+    let at = img.len() - 16;
+    img[at..at + code.len()].copy_from_slice(&code);
+    img
+}
+
 fn running(i: Option<&VmopInfoResult>) -> bool {
     i.is_some_and(|i| i.state & VM_STATE_RUNNING != 0 && i.creator_pid > 0)
 }
@@ -199,7 +257,8 @@ fn by_name(name: &str, flags: u32) -> VmopId {
 fn end_to_end() -> Result<(), Failed> {
     let bios = bios_path();
     let conf = format!(
-        "vm \"conf\" {{\n\tmemory 64M\n\tboot \"{b}\"\n}}\n\
+        "socket owner nobody\n\
+         vm \"conf\" {{\n\tmemory 64M\n\tboot \"{b}\"\n}}\n\
          vm \"off\" {{\n\tdisable\n\tmemory 32M\n\tboot \"{b}\"\n}}\n",
         b = bios.display()
     );
@@ -213,6 +272,29 @@ fn end_to_end() -> Result<(), Failed> {
     let off = vm_info(&d, "off")?.ok_or("vm off not registered")?;
     if off.state != VM_STATE_DISABLED || off.creator_pid != 0 {
         return Err(format!("off: {off:?}").into());
+    }
+
+    // A user other than root may ask for the list and to stop a VM it
+    // owns, not to reset vmd: `denied request 3 from uid 65534`, EPERM.
+    let out = Command::new(std::env::current_exe()?)
+        .env("VMD_TEST_CLIENT", &d.socket)
+        .uid(65534)
+        .gid(65534)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!(
+        "info 2\nstop TerminateVmResponse(VmopResult {{ result: {}, id: {}, pid: 0, ttyname: \"\" }})\n\
+         reset CtlFail(Some({}))\nthen true\n",
+        libc::EPERM,
+        conf_vm.id,
+        libc::EPERM
+    );
+    if text != want {
+        return Err(format!(
+            "unprivileged client:\n{text}\nwant:\n{want}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
     }
 
     // An unknown VM with nothing to boot is refused as vmd refuses it.
@@ -361,6 +443,39 @@ fn end_to_end() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A guest that resets itself is restarted on the same id and tty, until
+/// it has restarted more than 3 times within 6 s; then it stays stopped.
+fn reboot_rate_limit() -> Result<(), Failed> {
+    let dir = std::env::temp_dir().join(format!("vmd-test-{}-img", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let img = dir.join("reset.bin");
+    std::fs::write(&img, reset_image())?;
+    let conf = format!(
+        "vm \"resetter\" {{\n\tmemory 16M\n\tboot \"{}\"\n}}\n",
+        img.display()
+    );
+    let log = dir.join("vmd.log");
+    let d = Daemon::start_logged("reboot", &conf, &log)?;
+    let stopped = wait_info(&d, "resetter", "stopped by the rate limit", |i| {
+        i.is_some_and(|i| i.state & VM_STATE_RUNNING == 0)
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    stopped?;
+    let starts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("started resetter (vm 1) successfully, tty "))
+        .collect();
+    let ttys: std::collections::BTreeSet<&str> = starts
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    if starts.len() != 4 || ttys.len() != 1 || !text.contains("restarted too quickly") {
+        return Err(format!("want 4 starts on one tty, then the rate limit; log:\n{text}").into());
+    }
+    d.stop()
+}
+
 fn check_bad_conf() -> Result<(), Failed> {
     let dir = std::env::temp_dir().join(format!("vmd-test-{}-n", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -388,6 +503,9 @@ fn main() {
     } else {
         "/dev/vmm"
     };
+    if let Ok(sock) = std::env::var("VMD_TEST_CLIENT") {
+        std::process::exit(client_mode(&sock));
+    }
     let mut skip = None;
     if !nix::unistd::geteuid().is_root() {
         skip = Some("needs root (vmd: need root privileges)".to_string());
@@ -402,13 +520,15 @@ fn main() {
     let tests = vec![
         Trial::test("daemon_start_info_tty_pause_stop", end_to_end)
             .with_ignored_flag(skip.is_some()),
+        Trial::test("daemon_reboot_restart_rate_limit", reboot_rate_limit)
+            .with_ignored_flag(skip.is_some()),
         // vmd -n needs neither root nor vmm(4).
         Trial::test("daemon_check_bad_config", check_bad_conf),
     ];
     let tests = tests
         .into_iter()
         .map(|t| match &skip {
-            Some(why) if t.name().starts_with("daemon_start") => t.with_kind(why.clone()),
+            Some(why) if t.has_ignored_flag() => t.with_kind(why.clone()),
             _ => t,
         })
         .collect();
