@@ -425,6 +425,27 @@ fn end_to_end() -> Result<(), Failed> {
     let conf_pid = wait_info(&d, "conf", "running", running)?
         .unwrap()
         .creator_pid;
+    // vmctl stop conf (graceful): without vmmci the guest cannot be asked,
+    // the VM shows "stopping"; a second request is EALREADY.
+    match request(
+        &d,
+        &Message::TerminateVmRequest(by_name("conf", 0)),
+        Vec::new(),
+    )? {
+        Message::TerminateVmResponse(r) if r.result == 0 => {}
+        other => return Err(format!("graceful stop: {other:?}").into()),
+    }
+    wait_info(&d, "conf", "stopping", |i| {
+        i.is_some_and(|i| i.state & VM_STATE_SHUTDOWN != 0 && i.creator_pid == conf_pid)
+    })?;
+    match request(
+        &d,
+        &Message::TerminateVmRequest(by_name("conf", 0)),
+        Vec::new(),
+    )? {
+        Message::TerminateVmResponse(r) if r.result == libc::EALREADY => {}
+        other => return Err(format!("second graceful stop: {other:?}").into()),
+    }
     // vmctl log verbose, vmctl reload: root may.
     match request(&d, &Message::CtlVerbose(0), Vec::new())? {
         Message::CtlOk => {}

@@ -525,3 +525,141 @@ fn rand_bytes() -> [u8; 2] {
     }
     b
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoGroups;
+    impl Groups for NoGroups {
+        fn primary_gid(&self, uid: u32) -> Option<u32> {
+            Some(uid + 1000)
+        }
+        fn is_member(&self, uid: u32, gid: u32) -> bool {
+            uid == 7 && gid == 70
+        }
+    }
+
+    fn params(name: &str) -> VmopCreateParams {
+        VmopCreateParams {
+            name: name.into(),
+            flags: VMOP_CREATE_KERNEL,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn daemon_registry_register_rules() {
+        let mut r = Registry::new();
+        let i = r.register(params("a"), None, 0, &NoGroups).unwrap();
+        let a = &r.vms[i];
+        assert_eq!(
+            (a.id, a.params.ncpus, a.params.memory),
+            (1, 1, VM_DEFAULT_MEMORY)
+        );
+        assert_eq!(a.kernel_path, None);
+        assert!(matches!(
+            r.register(params("a"), None, 0, &NoGroups),
+            Err((RegisterError::Exists(0), None))
+        ));
+        // Non-root: not someone else's VM, no new VMs without an instance.
+        assert!(matches!(
+            r.register(params("a"), None, 5, &NoGroups),
+            Err((RegisterError::Failed(libc::EPERM), _))
+        ));
+        assert!(matches!(
+            r.register(params("b"), None, 5, &NoGroups),
+            Err((RegisterError::Failed(libc::EPERM), _))
+        ));
+        let mut bad = |p: VmopCreateParams| match r.register(p, None, 0, &NoGroups) {
+            Err((RegisterError::Failed(e), _)) => e,
+            other => panic!("{other:?}"),
+        };
+        let none = VmopCreateParams {
+            name: "c".into(),
+            ..Default::default()
+        };
+        assert_eq!(bad(none.clone()), VMD_DISK_MISSING);
+        assert_eq!(
+            bad(VmopCreateParams {
+                flags: VMOP_CREATE_MEMORY,
+                ..none
+            }),
+            libc::EINVAL
+        );
+        for name in ["", "-x", ".x", "_x", "a b", "ä"] {
+            assert_eq!(bad(params(name)), libc::EINVAL, "{name:?}");
+        }
+        assert!(valid_name("vm-1.test_2"));
+        // Ids stay with (name, uid) across removal.
+        let b = r.register(params("b"), None, 0, &NoGroups).unwrap();
+        assert_eq!(r.vms[b].id, 2);
+        r.remove(b);
+        let b = r.register(params("b"), None, 0, &NoGroups).unwrap();
+        assert_eq!(r.vms[b].id, 2);
+        assert_eq!(
+            r.lookup(&VmopId {
+                id: 2,
+                ..Default::default()
+            }),
+            Some(b)
+        );
+        assert_eq!(
+            r.lookup(&VmopId {
+                name: "a".into(),
+                ..Default::default()
+            }),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn daemon_registry_checkperm() {
+        let mut r = Registry::new();
+        let mut p = params("v");
+        p.owner = VmopOwner {
+            uid: 5,
+            gid: Some(70),
+        };
+        let i = r.register(p, None, 0, &NoGroups).unwrap();
+        let vm = &r.vms[i];
+        let o = vm.params.owner;
+        assert!(checkperm(Some(vm), Some(&o), 0, &NoGroups));
+        assert!(checkperm(Some(vm), Some(&o), 5, &NoGroups));
+        // Member of the owner group, or with it as primary group.
+        assert!(checkperm(Some(vm), Some(&o), 7, &NoGroups));
+        assert!(!checkperm(Some(vm), Some(&o), 8, &NoGroups));
+        let o2 = VmopOwner {
+            uid: 5,
+            gid: Some(1008),
+        };
+        assert!(checkperm(None, Some(&o2), 8, &NoGroups));
+        assert!(!checkperm(None, None, 8, &NoGroups));
+        // A running VM belongs to whoever started it.
+        r.vms[i].state |= VM_STATE_RUNNING;
+        r.vms[i].uid = 9;
+        let vm = &r.vms[i];
+        assert!(checkperm(Some(vm), Some(&o), 9, &NoGroups));
+        assert!(!checkperm(
+            Some(vm),
+            Some(&VmopOwner { uid: 5, gid: None }),
+            5,
+            &NoGroups
+        ));
+    }
+
+    #[test]
+    fn daemon_registry_rate_limit() {
+        let mut r = Registry::new();
+        let i = r.register(params("r"), None, 0, &NoGroups).unwrap();
+        let t = Instant::now();
+        // The first start and three quick restarts, then no more.
+        for k in 0..4 {
+            assert!(r.rate_ok(i, t + Duration::from_millis(100 * k)));
+        }
+        assert!(!r.rate_ok(i, t + Duration::from_millis(500)));
+        // After a quiet spell the count starts over.
+        assert!(r.rate_ok(i, t + Duration::from_secs(20)));
+        assert_eq!(r.vms[i].start_limit, 0);
+    }
+}
