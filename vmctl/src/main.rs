@@ -1,7 +1,12 @@
-//! vmctl(8).  The commands come with the daemon issue; until then vmctl
-//! prints OpenBSD's usage line and fails.
+//! vmctl(8).
+use std::io::Write;
+
 fn main() {
-    eprintln!("usage:\tvmctl [-v] command [arg ...]");
-    eprintln!("vmctl: not implemented yet: vmd's control socket comes with the daemon");
-    std::process::exit(1);
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut out = std::io::stdout().lock();
+    let status = vmctl::run(&argv, &mut out, &mut std::io::stderr());
+    let _ = out.flush();
+    std::process::exit(status);
 }
