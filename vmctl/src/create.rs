@@ -145,28 +145,8 @@ fn convert(input: &str, c: &CreateArgs, verbose: bool, err: &mut dyn Write) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdir::Dir;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    use std::path::PathBuf;
-
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!("vmctl-create-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-        fn path(&self, name: &str) -> String {
-            self.0.join(name).to_string_lossy().into_owned()
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn args(disk: &str, size: u64) -> CreateArgs {
         let (format, disk) = parse_disktype(disk);
@@ -187,7 +167,7 @@ mod tests {
 
     #[test]
     fn create_raw_sparse_image() {
-        let d = Dir::new("raw");
+        let d = Dir::new("create-raw");
         let p = d.path("disk.img");
         let (r, w) = run_create(&args(&p, 4096 * MIB));
         assert_eq!(r, Ok(0));
@@ -214,7 +194,7 @@ mod tests {
 
     #[test]
     fn create_refusals() {
-        let d = Dir::new("refuse");
+        let d = Dir::new("create-refuse");
         let p = d.path("a.img");
         let (r, _) = run_create(&args(&p, 0));
         assert_eq!(
@@ -252,7 +232,7 @@ mod tests {
 
     #[test]
     fn create_copy_of_raw_image() {
-        let d = Dir::new("convert");
+        let d = Dir::new("create-convert");
         let src = d.path("src.img");
         let mut data = vec![0u8; 3 * BUFLEN + 100];
         data[5] = 1;

@@ -21,6 +21,8 @@ pub mod fail;
 pub mod format;
 pub mod getopt;
 pub mod start;
+#[cfg(test)]
+mod testdir;
 
 use std::io::Write;
 

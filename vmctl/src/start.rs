@@ -155,6 +155,7 @@ fn open_kernel(path: &str) -> Result<File, Fail> {
 mod tests {
     use super::*;
     use crate::args::Target;
+    use crate::testdir::Dir;
     use vmd::config::DiskFormat;
 
     fn run(a: &StartArgs) -> (Result<(VmopCreateParams, Option<File>), Fail>, String) {
@@ -254,12 +255,9 @@ mod tests {
 
     #[test]
     fn start_opens_the_boot_image() {
-        let dir = std::env::temp_dir().join(format!("vmctl-start-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kernel = dir.join("bsd");
-        std::fs::write(&kernel, b"\x7fELF").unwrap();
+        let dir = Dir::new("start-kernel");
         let mut a = named("k");
-        a.boot = Some(kernel.to_string_lossy().into_owned());
+        a.boot = Some(dir.file("bsd", b"\x7fELF"));
         let (r, w) = run(&a);
         let (p, k) = r.unwrap();
         assert!(w.is_empty(), "a kernel needs neither disks nor NICs: {w}");
@@ -267,20 +265,18 @@ mod tests {
         assert_eq!(p.flags, VMOP_CREATE_KERNEL);
         assert_eq!(p.kernel, a.boot);
 
-        a.boot = Some(dir.to_string_lossy().into_owned());
+        a.boot = Some(dir.path(""));
         assert_eq!(
             run(&a).0.unwrap_err(),
             Fail::errx("kernel must be a regular file")
         );
-        let gone = dir.join("gone");
-        a.boot = Some(gone.to_string_lossy().into_owned());
+        let gone = dir.path("gone");
+        a.boot = Some(gone.clone());
         assert_eq!(
             run(&a).0.unwrap_err(),
             Fail::errx(format!(
-                "cannot open kernel '{}': No such file or directory",
-                gone.display()
+                "cannot open kernel '{gone}': No such file or directory"
             ))
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! The command line: every command's arguments and OpenBSD's texts.
 
 use super::*;
+use crate::testdir::Dir;
 
 fn argv(words: &[&str]) -> Vec<String> {
     std::iter::once("vmctl")
@@ -48,32 +49,6 @@ fn name(n: &str) -> Target {
 
 fn id(i: u32) -> Target {
     Target { id: i, name: None }
-}
-
-/// A scratch directory removed on drop.
-struct Dir(std::path::PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("vmctl-args-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p.canonicalize().unwrap())
-    }
-    fn file(&self, n: &str, data: &[u8]) -> String {
-        let p = self.0.join(n);
-        std::fs::write(&p, data).unwrap();
-        p.to_string_lossy().into_owned()
-    }
-    fn path(&self, n: &str) -> String {
-        self.0.join(n).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]
@@ -294,7 +269,7 @@ fn args_load_log_reload_reset() {
 
 #[test]
 fn args_create() {
-    let d = Dir::new("create");
+    let d = Dir::new("args-create");
     let raw = d.path("new.img");
     assert_eq!(
         action(&["create", "-s", "4G", &raw]),
@@ -400,7 +375,7 @@ fn args_sizes() {
 
 #[test]
 fn args_start_full() {
-    let d = Dir::new("start");
+    let d = Dir::new("args-start");
     let kernel = d.file("bsd", b"kernel");
     let disk = d.file("disk.img", b"");
     let q = d.file("d2.qcow2", b"");
@@ -453,7 +428,7 @@ fn args_start_full() {
 
 #[test]
 fn args_start_errors() {
-    let d = Dir::new("starterr");
+    let d = Dir::new("args-starterr");
     let kernel = d.file("bsd", b"kernel");
     let missing = d.path("missing");
     let long = "t".repeat(64);
@@ -561,7 +536,7 @@ fn args_start_errors() {
 
 #[test]
 fn args_disk_types() {
-    let d = Dir::new("types");
+    let d = Dir::new("args-types");
     assert_eq!(
         parse_disktype("qcow2:/a/b.img"),
         (DiskFormat::Qcow2, "/a/b.img".to_string())
