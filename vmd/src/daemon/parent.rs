@@ -44,6 +44,11 @@ pub fn main(args: Args, _user: User) -> i32 {
         eprint!("{out}");
         return code;
     }
+    let mut args = args;
+    // daemon(3) changes to /: a relative -f would name another file after.
+    if let Some(f) = args.conffile.take() {
+        args.conffile = Some(std::path::absolute(&f).unwrap_or(f));
+    }
     // Open vmm(4) early, as vmd opens /dev/vmm, to fail at once without it.
     if let Err(e) = vmm_sys::Vmm::open() {
         logging::fatalx(&e.to_string());
