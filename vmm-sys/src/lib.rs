@@ -33,12 +33,46 @@ pub struct Vmm {
     dev: sys::Device,
 }
 
+/// The device node behind [`Vmm`]: `/dev/vmm`, or `/dev/kvm` under the
+/// shim.
+pub const DEVICE_PATH: &str = sys::DEVICE_PATH;
+
+/// Opens `path` read-write and close-on-exec, with vmm(4)-style errors.
+fn open_device_node(path: &str) -> Result<std::os::fd::OwnedFd> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(std::os::fd::OwnedFd::from)
+        .map_err(|e| VmmError::with_detail("open", e.raw_os_error().unwrap_or(libc::ENODEV), path))
+}
+
 impl Vmm {
     /// Opens the host's vmm(4): ENODEV-style errors when the hardware or
     /// kernel support is missing.
     pub fn open() -> Result<Vmm> {
         Ok(Vmm {
             dev: sys::Device::open()?,
+        })
+    }
+
+    /// Opens the device node ([`DEVICE_PATH`]) and nothing more, for a
+    /// process that needs the privilege to open it but hands it on: vmd's
+    /// parent opens `/dev/vmm` as root and passes the descriptor to the
+    /// vmm process, which passes it to each VM process
+    /// (`IMSG_VMDOP_RECEIVE_VMM_FD`, `vmd -i fd`); those build their
+    /// handle with [`Vmm::from_fd`] as `_vmd`.
+    pub fn open_device() -> Result<std::os::fd::OwnedFd> {
+        open_device_node(DEVICE_PATH)
+    }
+
+    /// A handle on a descriptor of the device node opened elsewhere (see
+    /// [`Vmm::open_device`]).  Refused when the descriptor is not the
+    /// device: on Linux it must answer `KVM_GET_API_VERSION` with 12, on
+    /// OpenBSD it must be a character device.
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> Result<Vmm> {
+        Ok(Vmm {
+            dev: sys::Device::from_fd(fd)?,
         })
     }
 

@@ -2,8 +2,8 @@
 use crate::abi::*;
 use crate::{ExitFlavour, GuestMemory, Result, VmmError};
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Mutex;
 
 pub(crate) struct Device {
@@ -14,15 +14,38 @@ pub(crate) struct Device {
     flavour: ExitFlavour,
 }
 
+/// The device node.
+pub(crate) const DEVICE_PATH: &str = "/dev/vmm";
+
 impl Device {
     pub fn open() -> Result<Device> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/vmm")
-            .map_err(|e| {
-                VmmError::with_detail("open", e.raw_os_error().unwrap_or(libc::ENODEV), "/dev/vmm")
-            })?;
+        Self::from_fd(crate::open_device_node(DEVICE_PATH)?)
+    }
+
+    /// `/dev/vmm` opened by someone else (vmd's parent, before it dropped
+    /// privileges, as `IMSG_VMDOP_RECEIVE_VMM_FD` and `-i fd` pass it).
+    /// Only a character device is taken: a wrong descriptor would
+    /// otherwise fail at the first ioctl with a less helpful error.
+    pub fn from_fd(fd: OwnedFd) -> Result<Device> {
+        use std::os::unix::fs::FileTypeExt;
+        let file = File::from(fd);
+        match file.metadata() {
+            Ok(m) if m.file_type().is_char_device() => {}
+            Ok(_) => {
+                return Err(VmmError::with_detail(
+                    "open",
+                    libc::ENODEV,
+                    "descriptor is not /dev/vmm",
+                ))
+            }
+            Err(e) => {
+                return Err(VmmError::with_detail(
+                    "open",
+                    e.raw_os_error().unwrap_or(libc::EBADF),
+                    "descriptor",
+                ))
+            }
+        }
         Ok(Device {
             file,
             created: Mutex::new(HashMap::new()),

@@ -19,7 +19,7 @@ use kvm_bindings::{kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use memory::{Mapping, MemFd};
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use vcpu::Vcpu;
@@ -86,9 +86,52 @@ fn flavour_code(f: ExitFlavour) -> u8 {
     }
 }
 
+/// The device node the shim stands on.
+pub(crate) const DEVICE_PATH: &str = "/dev/kvm";
+
+/// `KVM_GET_API_VERSION`, `_IO(KVMIO, 0x00)`.
+const KVM_GET_API_VERSION: libc::c_ulong = (kvm_bindings::KVMIO as libc::c_ulong) << 8;
+
 impl Device {
     pub fn open() -> Result<Device> {
-        let kvm = Kvm::new().map_err(|e| VmmError::with_detail("open", e.errno(), "/dev/kvm"))?;
+        Self::from_fd(crate::open_device_node(DEVICE_PATH)?)
+    }
+
+    /// The shim on a `/dev/kvm` descriptor opened by someone else (vmd's
+    /// parent, before it dropped privileges): refused unless the
+    /// descriptor answers `KVM_GET_API_VERSION` with the stable API, 12.
+    pub fn from_fd(fd: OwnedFd) -> Result<Device> {
+        // SAFETY: KVM_GET_API_VERSION writes no memory and wants its
+        // argument 0 (EINVAL otherwise); on a descriptor that is not
+        // /dev/kvm it fails (ENOTTY).
+        let version = unsafe { libc::ioctl(fd.as_raw_fd(), KVM_GET_API_VERSION as _, 0) };
+        if version < 0 {
+            return Err(VmmError::with_detail(
+                "open",
+                std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::ENOTTY),
+                "descriptor is not /dev/kvm (KVM_GET_API_VERSION)",
+            ));
+        }
+        if version != kvm_bindings::KVM_API_VERSION as i32 {
+            return Err(VmmError::with_detail(
+                "open",
+                libc::ENODEV,
+                format!(
+                    "KVM API version {version}, not {}",
+                    kvm_bindings::KVM_API_VERSION
+                ),
+            ));
+        }
+        // SAFETY: the descriptor is open, ours (into_raw_fd gives up the
+        // OwnedFd's ownership to the Kvm, which closes it) and is KVM's
+        // system descriptor: it answered KVM_GET_API_VERSION above.
+        let kvm = unsafe { Kvm::from_raw_fd(fd.into_raw_fd()) };
+        Self::with_kvm(kvm)
+    }
+
+    fn with_kvm(kvm: Kvm) -> Result<Device> {
         for (cap, name) in [
             (Cap::SyncRegs, "KVM_CAP_SYNC_REGS"),
             (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
