@@ -178,6 +178,18 @@ impl Vmm {
     }
 }
 
+/// unveil(2): from the first call on, this process sees only the paths
+/// unveiled, each with its `permissions` (letters of `rwxc`);
+/// `unveil(None, None)` locks the list.  vmd's vmm process runs with only
+/// its own binary unveiled (`x`), to exec VM processes.  OpenBSD only:
+/// elsewhere this does nothing and returns Ok, so callers need no `cfg`
+/// (on Linux vmd's processes are confined by the `_vmd` uid alone).
+/// Here because it can only be called through `unsafe` code, which lives
+/// in this crate.
+pub fn unveil(path: Option<&std::path::Path>, permissions: Option<&str>) -> Result<()> {
+    sys::unveil(path, permissions)
+}
+
 /// The ioctl name of a request number, for messages.
 pub fn ioctl_name(req: u64) -> &'static str {
     match req {

@@ -9,9 +9,9 @@
 //! |---|---|---|---|
 //! | – | parent: configuration, VM registry, ptys, boot images | [`parent`] | root |
 //! | `-P control` | owns the control socket, checks peer credentials | [`control`] | `_vmd`, chroot `/var/empty` when it exists |
-//! | `-P vmm` | starts one VM process per guest, reaps them | [`vmm`] | see below |
+//! | `-P vmm` | starts one VM process per guest, reaps them | [`vmm`] | `_vmd`, chroot `/` (unveil: only vmd's binary, on OpenBSD) |
 //! | `-P priv` | network configuration (taps, bridges): a stub until the network issue | [`privproc`] | root, chroot to `_vmd`'s home when it exists |
-//! | `-V 0` | one VM process per guest, exec'd by vmm | [`vmproc`] | `_vmd` once the VM exists |
+//! | `-V 0` | one VM process per guest, exec'd by vmm | [`vmproc`] | `_vmd` (inherited from vmm) |
 //!
 //! **The socket to the parent** is the child's standard input.  OpenBSD
 //! dups it to descriptor 3; std's `Command` can place a descriptor only on
@@ -20,11 +20,14 @@
 //! keeps OpenBSD's argument and is always `-V 0`.
 //!
 //! **Privileges.** Each child drops to `_vmd` with setgroups, setresgid
-//! and setresuid, after a chroot where OpenBSD chroots.  Two departures:
-//! on Linux the vmm(4) shim opens `/dev/kvm` itself and vmm-sys cannot
-//! yet adopt an inherited descriptor, so the **vmm process keeps root**
-//! and each **VM process drops to `_vmd` right after creating its VM**
-//! (OpenBSD passes `/dev/vmm` down instead).  Process titles: Linux has
+//! and setresuid, after a chroot where OpenBSD chroots.  As OpenBSD's,
+//! the parent opens vmm(4) (`/dev/vmm`; `/dev/kvm` on Linux, which only
+//! root may open) before it starts anything and sends the descriptor to
+//! the vmm process (`RECEIVE_VMM_FD`), which sends a copy to each VM
+//! process before its parameters (OpenBSD's `vmd -V fd -i vmmfd`; here a
+//! message, as descriptors other than 0–2 cannot be placed for a child
+//! without `unsafe`).  Both build their handle with
+//! `vmm_sys::Vmm::from_fd`, so neither needs root.  Process titles: Linux has
 //! no setproctitle and rewriting argv needs `unsafe`, so each process
 //! sets its command name (`prctl(PR_SET_NAME)`, 15 bytes, as `ps -o comm`
 //! and `top` show) to `vmd: <title>`; the command line stays `vmd -P ...`.

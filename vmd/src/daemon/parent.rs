@@ -30,6 +30,8 @@ struct Parent {
     vmm: ImsgChannel,
     privc: ImsgChannel,
     children: Vec<(&'static str, Child)>,
+    /// vmm(4), opened as root for the vmm process (`env->vmd_fd`).
+    vmm_fd: OwnedFd,
     parallelism: usize,
     delay: Duration,
     stagger_at: Option<Instant>,
@@ -49,9 +51,20 @@ pub fn main(args: Args, _user: User) -> i32 {
     if let Some(f) = args.conffile.take() {
         args.conffile = Some(std::path::absolute(&f).unwrap_or(f));
     }
-    // Open vmm(4) early, as vmd opens /dev/vmm, to fail at once without it.
-    if let Err(e) = vmm_sys::Vmm::open() {
-        logging::fatalx(&e.to_string());
+    // Open vmm(4) before anything else, as vmd opens /dev/vmm: the vmm
+    // and VM processes, which run as _vmd, use this descriptor.  A handle
+    // on a copy makes vmd fail at once where vmm(4) cannot work.
+    let vmm_fd = match vmm_sys::Vmm::open_device() {
+        Ok(fd) => fd,
+        Err(e) => logging::fatalx(&e.to_string()),
+    };
+    match vmm_fd.try_clone() {
+        Ok(fd) => {
+            if let Err(e) = vmm_sys::Vmm::from_fd(fd) {
+                logging::fatalx(&e.to_string());
+            }
+        }
+        Err(e) => logging::fatal(vmm_sys::DEVICE_PATH, e),
     }
     if !args.debug {
         if let Err(e) = nix::unistd::daemon(false, false) {
@@ -100,6 +113,7 @@ pub fn main(args: Args, _user: User) -> i32 {
         vmm,
         privc,
         children,
+        vmm_fd,
         parallelism: 1,
         delay: Duration::from_secs(VMD_DEFAULT_STAGGERED_START_DELAY as u64),
         stagger_at: None,
@@ -236,6 +250,11 @@ fn errno_of(e: &std::io::Error) -> i32 {
 impl Parent {
     /// `vmd_configure`.
     fn configure(&mut self) -> bool {
+        // "Send VMM device fd to vmm proc."
+        match self.vmm_fd.try_clone() {
+            Ok(fd) => send(&mut self.vmm, Message::ReceiveVmmFd, NO_PEER, vec![fd]),
+            Err(e) => logging::fatal("vmm fd", e),
+        }
         let path = self.conffile.clone();
         if !self.parse_config(&path) {
             return false;

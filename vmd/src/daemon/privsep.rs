@@ -14,8 +14,17 @@ use crate::proc::ImsgChannel;
 /// Starts `vmd <args>` with one end of a new socket pair as its standard
 /// input; returns the child and the (non-blocking) other end.
 pub fn spawn(args: &[String], new_session: bool) -> io::Result<(Child, ImsgChannel)> {
+    spawn_exe(&std::env::current_exe()?, args, new_session)
+}
+
+/// [`spawn`] of the binary `exe`: for a process that found its own binary
+/// before it lost the right to look (the vmm process, after unveil).
+pub fn spawn_exe(
+    exe: &Path,
+    args: &[String],
+    new_session: bool,
+) -> io::Result<(Child, ImsgChannel)> {
     let (ours, theirs) = UnixStream::pair()?;
-    let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.args(args).stdin(Stdio::from(OwnedFd::from(theirs)));
     if new_session {

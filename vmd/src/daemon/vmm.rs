@@ -2,8 +2,15 @@
 //! unpause and graceful stops to them, kills them on forced stops, and
 //! tells the parent when one exits (SIGCHLD).
 //!
+//! It runs as `_vmd`: the parent opened vmm(4) (`/dev/vmm`, `/dev/kvm` on
+//! Linux) as root and sends the descriptor once, first of all, with
+//! `RECEIVE_VMM_FD`; each VM process gets a duplicate of it.  On OpenBSD,
+//! as vmm.c, the process also unveils nothing but its own binary (`x`).
+//!
 //! From the parent: `START_VM_REQUEST`(params, boot image fd) then
-//! `START_VM_END`(pty fd) start a VM process (`vmd -V 0`); its
+//! `START_VM_END`(pty fd) start a VM process (`vmd -V 0`), which is sent
+//! `RECEIVE_VMM_FD`(vmm fd), `START_VM_REQUEST`(params, boot image fd)
+//! and `START_VM_END`(pty fd) in that order; its
 //! `START_VM_RESPONSE` goes back with the VM process's pid.
 //! `TERMINATE_VM_REQUEST`(vmop_id, peer id of the client): with
 //! `VMOP_FORCE` SIGTERM, then SIGKILL after [`super::VM_KILL_TIMEOUT_SEC`];
@@ -14,6 +21,7 @@
 //! reboot request, becomes 0 when a stop was pending).
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -40,6 +48,10 @@ struct VmProc {
 
 struct Vmm {
     parent: ImsgChannel,
+    /// vmd's binary, exec'd for each VM (`env->argv0`).
+    exe: PathBuf,
+    /// vmm(4), from the parent (`env->vmd_fd`).
+    vmm_fd: Option<OwnedFd>,
     flags: Vec<String>,
     /// START_VM_REQUEST waiting for its START_VM_END.
     pending: BTreeMap<u32, (VmopCreateParams, Option<OwnedFd>)>,
@@ -48,7 +60,7 @@ struct Vmm {
 }
 
 /// The vmm process; the exit status.
-pub fn main(args: &Args, _user: &User) -> i32 {
+pub fn main(args: &Args, user: &User) -> i32 {
     privsep::set_title("vmm");
     logging::procinit("vmm");
     let parent = match privsep::parent_channel() {
@@ -56,14 +68,30 @@ pub fn main(args: &Args, _user: &User) -> i32 {
         Err(e) => logging::fatal("vmm: parent socket", e),
     };
     let _ = parent.socket().set_nonblocking(true);
-    // Linux: VM processes open /dev/kvm themselves, so this process keeps
-    // root to start them (see the module documentation of `daemon`).
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => logging::fatal("vmm: own binary", e),
+    };
+    // proc.c: chroot "/" and _vmd; vmm(4) comes from the parent.
+    if let Err(e) = privsep::drop_privileges(user, Some(Path::new("/"))) {
+        logging::fatal("vmm: cannot drop privileges", e);
+    }
+    // vmm_run: "We aren't root, so we can't chroot(2). Use unveil(2)
+    // instead."  (Nothing happens outside OpenBSD.)
+    if let Err(e) = vmm_sys::unveil(Some(&exe), Some("x")) {
+        logging::fatal(&format!("unveil {}", exe.display()), e);
+    }
+    if let Err(e) = vmm_sys::unveil(None, None) {
+        logging::fatal("unveil lock", e);
+    }
     let signals = match Signals::new(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
         Ok(s) => s,
         Err(e) => logging::fatal("signals", e),
     };
     let mut vmm = Vmm {
         parent,
+        exe,
+        vmm_fd: None,
         flags: child_flags(args),
         pending: BTreeMap::new(),
         last_request: None,
@@ -151,6 +179,15 @@ impl Vmm {
     fn dispatch_parent(&mut self, mut r: crate::proc::Received) {
         let peerid = r.peerid;
         match r.msg {
+            Message::ReceiveVmmFd => {
+                if self.vmm_fd.is_some() {
+                    logging::fatalx("already received vmm fd");
+                }
+                match r.fds.pop() {
+                    Some(fd) => self.vmm_fd = Some(fd),
+                    None => logging::fatalx("failed to get vmm fd"),
+                }
+            }
             Message::StartVmRequest(p) => {
                 let id = p.id;
                 self.pending.insert(id, (p, r.fds.pop()));
@@ -244,27 +281,38 @@ impl Vmm {
         if self.find(id).is_some() {
             return Err(libc::EALREADY);
         }
+        let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+        let vmm_fd = match &self.vmm_fd {
+            Some(fd) => fd.try_clone().map_err(errno)?,
+            None => {
+                log::warn!("vmm: no vmm fd from the parent");
+                return Err(libc::ENODEV);
+            }
+        };
         let mut argv = vec!["-V".to_string(), "0".to_string()];
         argv.extend(self.flags.iter().cloned());
-        let (child, mut chan) = privsep::spawn(&argv, true).map_err(|e| {
+        let (child, mut chan) = privsep::spawn_exe(&self.exe, &argv, true).map_err(|e| {
             log::warn!("vmm: cannot start vm process: {e}");
-            e.raw_os_error().unwrap_or(libc::EIO)
+            errno(e)
         })?;
         let pid = child.id() as i32;
-        let sent = events::post(
-            &mut chan,
-            &Message::StartVmRequest(params),
-            NO_PEER,
-            kernel.into_iter().collect(),
-        )
-        .and_then(|_| {
-            events::post(
-                &mut chan,
-                &Message::StartVmEnd,
-                NO_PEER,
-                pty.into_iter().collect(),
-            )
-        });
+        let sent = events::post(&mut chan, &Message::ReceiveVmmFd, NO_PEER, vec![vmm_fd])
+            .and_then(|_| {
+                events::post(
+                    &mut chan,
+                    &Message::StartVmRequest(params),
+                    NO_PEER,
+                    kernel.into_iter().collect(),
+                )
+            })
+            .and_then(|_| {
+                events::post(
+                    &mut chan,
+                    &Message::StartVmEnd,
+                    NO_PEER,
+                    pty.into_iter().collect(),
+                )
+            });
         if let Err(e) = sent {
             log::warn!("vmm: cannot configure vm process: {e}");
         }

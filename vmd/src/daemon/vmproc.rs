@@ -4,10 +4,16 @@
 //! the VM was stopped, EAGAIN when the guest reset itself, an errno when
 //! the VM failed.
 //!
+//! It runs as `_vmd` from the start, as its vmm process does: vmm(4) is
+//! the descriptor the parent opened as root (OpenBSD's `-i fd`, here a
+//! message: std can place a descriptor only on 0, 1 or 2 without `unsafe`
+//! code, and 0 is the socket).
+//!
 //! On the socket (all `vmd::proc` messages):
-//! - vmm → VM: `START_VM_REQUEST`(create params, boot image fd), then
-//!   `START_VM_END`(pty master fd); VM → vmm: `START_VM_RESPONSE` with
-//!   result 0 once the VM exists, or the errno it failed with (and exit).
+//! - vmm → VM: `RECEIVE_VMM_FD`(vmm(4) fd), `START_VM_REQUEST`(create
+//!   params, boot image fd), then `START_VM_END`(pty master fd); VM → vmm:
+//!   `START_VM_RESPONSE` with result 0 once the VM exists, or the errno
+//!   it failed with (and exit).
 //! - vmm → VM: `PAUSE_VM` / `UNPAUSE_VM` (peer id: the client), answered
 //!   with `PAUSE_VM_RESPONSE` / `UNPAUSE_VM_RESPONSE`; `VM_REBOOT`, the
 //!   graceful stop: without a vmmci device the guest cannot be asked, so
@@ -55,7 +61,16 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         Ok(c) => c,
         Err(e) => logging::fatal("invalid vm fd", e),
     };
-    // vmm sends the parameters with the boot image, then the console.
+    // vmm sends vmm(4), the parameters with the boot image, then the
+    // console.
+    let vmm_fd = match chan.recv() {
+        Ok(mut r) if matches!(r.msg, Message::ReceiveVmmFd) => match r.fds.pop() {
+            Some(fd) => fd,
+            None => logging::fatalx("failed to get vmm fd"),
+        },
+        Ok(r) => logging::fatalx(&format!("unexpected {:?}", r.msg.imsg_type())),
+        Err(e) => logging::fatal("failed to receive vmm fd", e),
+    };
     let (params, kernel): (VmopCreateParams, Option<OwnedFd>) = match chan.recv() {
         Ok(mut r) => match r.msg {
             Message::StartVmRequest(p) => (p, r.fds.pop()),
@@ -71,6 +86,13 @@ pub fn main(_args: &Args, user: &User) -> i32 {
     let name = params.name.clone();
     privsep::set_title(&name);
     logging::procinit(&format!("vm/{name}"));
+    // The vmm process is _vmd already, and so is this process; should it
+    // be started by root some day, it must not stay root.
+    if nix::unistd::geteuid().is_root() {
+        if let Err(e) = privsep::drop_privileges(user, None) {
+            return fail(&mut chan, params.id, libc::EPERM, &format!("{name}: {e}"));
+        }
+    }
 
     let Some(kernel) = kernel else {
         return fail(&mut chan, params.id, libc::EINVAL, "no boot image");
@@ -108,7 +130,7 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         }
         None => (Box::new(std::io::sink()), None),
     };
-    let vmm = match vmm_sys::Vmm::open() {
+    let vmm = match vmm_sys::Vmm::from_fd(vmm_fd) {
         Ok(v) => Arc::new(v),
         Err(e) => return fail(&mut chan, params.id, e.errno, &format!("{name}: {e}")),
     };
@@ -133,10 +155,6 @@ pub fn main(_args: &Args, user: &User) -> i32 {
             )
         }
     };
-    // The VM exists: nothing more needs root.
-    if let Err(e) = privsep::drop_privileges(user, None) {
-        return fail(&mut chan, params.id, libc::EPERM, &format!("{name}: {e}"));
-    }
     if let Err(e) = chan.send(&Message::StartVmResponse(VmopResult {
         result: 0,
         id: params.id,

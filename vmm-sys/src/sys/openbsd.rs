@@ -14,6 +14,33 @@ pub(crate) struct Device {
     flavour: ExitFlavour,
 }
 
+/// unveil(2).
+pub(crate) fn unveil(path: Option<&std::path::Path>, permissions: Option<&str>) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let einval = |_| VmmError::new("unveil", libc::EINVAL);
+    let path = path
+        .map(|p| CString::new(p.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(einval)?;
+    let permissions = permissions.map(CString::new).transpose().map_err(einval)?;
+    // SAFETY: each argument is NULL or a NUL-terminated string that lives
+    // until after the call, as unveil(2) takes them.
+    let r = unsafe {
+        libc::unveil(
+            path.as_ref().map_or(std::ptr::null(), |p| p.as_ptr()),
+            permissions
+                .as_ref()
+                .map_or(std::ptr::null(), |p| p.as_ptr()),
+        )
+    };
+    if r == -1 {
+        Err(VmmError::last_os_error("unveil"))
+    } else {
+        Ok(())
+    }
+}
+
 /// The device node.
 pub(crate) const DEVICE_PATH: &str = "/dev/vmm";
 

@@ -86,6 +86,11 @@ fn flavour_code(f: ExitFlavour) -> u8 {
     }
 }
 
+/// unveil(2) has no Linux counterpart here: nothing to do.
+pub(crate) fn unveil(_path: Option<&std::path::Path>, _permissions: Option<&str>) -> Result<()> {
+    Ok(())
+}
+
 /// The device node the shim stands on.
 pub(crate) const DEVICE_PATH: &str = "/dev/kvm";
 
