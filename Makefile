@@ -53,14 +53,11 @@ test: fmt-check lint unit man-lint
 regress: deps
 	$(CARGO) test -p vmm-regress --test vmm -- --nocapture
 
-# The main job: boot Debian's SeaBIOS in a VM (COM1 on the terminal; it
-# ends after 10 seconds), then the vmm(4) regress suite against the host's
-# vmm(4) — the KVM shim on Linux.
-demo: deps assets
-	$(CARGO) build --release -p vmd
-	./target/release/vmrun -m 64M -t 10 -b .cache/assets/bios.bin demo < /dev/null
-	@echo
-	$(MAKE) regress
+# The main job (scripts/demo.sh, as root): vmd -d in a temporary
+# directory with a vm.conf whose VM boots Debian's SeaBIOS, vmctl status,
+# the VM's console for 6 seconds, vmctl stop -f -w, vmd stopped.
+demo: deps
+	CARGO="$(CARGO)" sh scripts/demo.sh
 
 bench-exits: deps
 	$(CARGO) build --release -p vmm-bench

@@ -1,0 +1,115 @@
+#!/bin/sh
+# make demo: vmd and vmctl as an administrator uses them.  Builds the
+# release binaries, fetches SeaBIOS (scripts/fetch-assets.sh), starts
+# `vmd -d` in a temporary directory with its own control socket
+# (VMD_SOCKET) and a vm.conf of one VM that boots SeaBIOS, shows
+# `vmctl status` and the VM's console for a few seconds, stops the VM
+# with `vmctl stop -f -w`, then vmd with SIGTERM.  Needs root and
+# /dev/kvm (/dev/vmm on OpenBSD); touches nothing outside the temporary
+# directory and target/.
+#
+# CARGO names cargo; DEMO_CONSOLE_SECONDS how long the console is read (6).
+set -eu
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+CARGO=${CARGO:-cargo}
+console_seconds=${DEMO_CONSOLE_SECONDS:-6}
+
+fail() {
+	echo "demo: $*" >&2
+	exit 1
+}
+step() {
+	printf '\n==> %s\n' "$*"
+}
+
+[ "$(id -u)" = 0 ] || fail "vmd needs root: run make demo as root"
+dev=/dev/kvm
+[ "$(uname -s)" = OpenBSD ] && dev=/dev/vmm
+[ -c "$dev" ] || fail "no $dev: vmd needs hardware virtualization (KVM on Linux)"
+
+step "build vmd and vmctl"
+$CARGO build --release -p vmd -p vmctl
+vmd=$top/target/release/vmd
+vmctl=$top/target/release/vmctl
+bios=$(sh scripts/fetch-assets.sh)/bios.bin
+
+# vmd drops its privileges to _vmd, or nobody where there is no _vmd
+# (make install creates _vmd).
+user=nobody
+id _vmd >/dev/null 2>&1 && user=_vmd
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/vmd-demo.XXXXXX")
+chmod 755 "$tmp"
+VMD_SOCKET=$tmp/vmd.sock
+VMD_USER=$user
+export VMD_SOCKET VMD_USER
+vmd_pid=
+cleanup() {
+	if [ -n "$vmd_pid" ] && kill -0 "$vmd_pid" 2>/dev/null; then
+		kill -TERM "$vmd_pid"
+		wait "$vmd_pid" || true
+	fi
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 1' HUP INT TERM
+
+cat > "$tmp/vm.conf" <<EOF
+# One VM, started with vmd: Debian's SeaBIOS, no disk.
+vm "demo" {
+	memory 64M
+	boot "$bios"
+}
+EOF
+step "vm.conf"
+cat "$tmp/vm.conf"
+step "vmd -n -f vm.conf"
+"$vmd" -n -f "$tmp/vm.conf"
+
+step "vmd -d -f vm.conf   (VMD_SOCKET=$VMD_SOCKET VMD_USER=$user)"
+"$vmd" -d -f "$tmp/vm.conf" 2> "$tmp/vmd.log" &
+vmd_pid=$!
+i=0
+until "$vmctl" status demo 2>/dev/null | grep -q ' running demo$'; do
+	if ! kill -0 "$vmd_pid" 2>/dev/null; then
+		cat "$tmp/vmd.log" >&2
+		vmd_pid=
+		fail "vmd exited"
+	fi
+	i=$((i + 1))
+	[ $i -le 100 ] || fail "vm demo not running after 10 seconds"
+	sleep 0.1
+done
+echo "vmd is running (pid $vmd_pid)"
+
+step "vmctl status"
+"$vmctl" status
+
+# The TTY column is the tty's name after its last slash: ttyp0 on
+# OpenBSD, 0 for /dev/pts/0 on Linux.
+tty=$("$vmctl" status demo | awk '$NF == "demo" { print $6 }')
+case $tty in
+/*) ;;
+[0-9]*) tty=/dev/pts/$tty ;;
+*) tty=/dev/$tty ;;
+esac
+step "the console of vm demo, $tty, for $console_seconds seconds"
+# SeaBIOS clears the screen and resets the terminal: its escape
+# sequences and carriage returns are left out.
+esc=$(printf '\033')
+timeout "$console_seconds" cat "$tty" | tr -d '\r' |
+	sed -e "s/$esc\[[0-9;?]*[A-Za-z]//g" -e "s/${esc}c//g"
+echo "[end of the console]"
+
+step "vmctl stop -f -w demo"
+"$vmctl" stop -f -w demo
+step "vmctl status"
+"$vmctl" status
+
+step "SIGTERM to vmd"
+kill -TERM "$vmd_pid"
+wait "$vmd_pid"
+echo "vmd exited 0"
+vmd_pid=
+step "vmd's log (vmd -d logs to stderr)"
+cat "$tmp/vmd.log"
