@@ -13,7 +13,7 @@ use nix::unistd::User;
 
 use super::args::{child_flags, Args};
 use super::events::{self, Signals};
-use super::registry::{self, RegisterError, Registry, SystemGroups, Tty};
+use super::registry::{self, FileAccess, RegisterError, Registry, SystemGroups, Tty};
 use super::{logging, privsep, strerror, NO_PEER};
 use crate::config::{
     self, BootDevice, GlobalConfig, Registration, VMD_DEFAULT_STAGGERED_START_DELAY,
@@ -458,26 +458,62 @@ impl Parent {
             return Err(libc::EPERM);
         }
         let vm = &self.reg.vms[i];
-        let kernel: OwnedFd = if let Some(k) = &vm.kernel {
-            k.try_clone().map_err(|e| errno_of(&e))?
-        } else if let Some(path) = &vm.kernel_path {
-            File::open(path).map(OwnedFd::from).map_err(|e| {
-                log::warn!("config_setvm: can't open kernel or BIOS boot image {path}: {e}");
-                errno_of(&e)
-            })?
-        } else {
-            let bios = [super::VM_DEFAULT_BIOS, super::LINUX_DEFAULT_BIOS]
-                .into_iter()
-                .take(if cfg!(target_os = "linux") { 2 } else { 1 })
-                .find_map(|p| File::open(p).ok());
-            match bios {
-                Some(f) => OwnedFd::from(f),
-                None => {
-                    log::warn!("config_setvm: can't open {}", super::VM_DEFAULT_BIOS);
-                    return Err(VMD_BIOS_MISSING);
-                }
-            }
+        let name = &vm.params.name;
+        // vm_checkaccess on what vmd opens itself, for the VM's user.
+        let access = |f: &File, kind: u32, amode: u32| {
+            f.metadata().is_ok_and(|m| {
+                registry::checkaccess(
+                    &FileAccess::of(&m),
+                    vm.params.checkaccess & kind != 0,
+                    uid,
+                    amode,
+                    &SystemGroups,
+                )
+            })
         };
+        let kernel: OwnedFd = if let Some(k) = &vm.kernel {
+            // The client's own descriptor: it could read the file.
+            k.try_clone().map_err(|e| errno_of(&e))?
+        } else {
+            let (file, path) = if let Some(path) = &vm.kernel_path {
+                let f = File::open(path).map_err(|e| {
+                    log::warn!("config_setvm: can't open kernel or BIOS boot image {path}: {e}");
+                    errno_of(&e)
+                })?;
+                (f, path.as_str())
+            } else {
+                let bios = [super::VM_DEFAULT_BIOS, super::LINUX_DEFAULT_BIOS]
+                    .into_iter()
+                    .take(if cfg!(target_os = "linux") { 2 } else { 1 })
+                    .find_map(|p| File::open(p).ok().map(|f| (f, p)));
+                match bios {
+                    Some(b) => b,
+                    None => {
+                        log::warn!("config_setvm: can't open {}", super::VM_DEFAULT_BIOS);
+                        return Err(VMD_BIOS_MISSING);
+                    }
+                }
+            };
+            if !access(&file, config::VMOP_CREATE_KERNEL, registry::ACCESS_READ) {
+                log::warn!("vm \"{name}\" no read access to kernel {path}");
+                return Err(libc::EPERM);
+            }
+            OwnedFd::from(file)
+        };
+        if let Some(c) = &vm.params.cdrom {
+            match File::open(c) {
+                Err(e) => {
+                    log::warn!("config_setvm: can't open cdrom {c}: {e}");
+                    return Err(VMD_CDROM_MISSING);
+                }
+                Ok(f) if !f.metadata().is_ok_and(|m| m.is_file()) => return Err(VMD_CDROM_INVALID),
+                Ok(f) if !access(&f, config::VMOP_CREATE_CDROM, registry::ACCESS_READ) => {
+                    log::warn!("vm \"{name}\" no read access to cdrom {c}");
+                    return Err(libc::EPERM);
+                }
+                Ok(_) => log::warn!("{name}: cdrom {c} is not attached: no vioscsi yet"),
+            }
+        }
         // Disks, the ISO and interfaces are checked but not attached
         // yet: vioblk, vioscsi and vionet come in later issues.
         for d in &vm.params.disks {
@@ -486,28 +522,19 @@ impl Parent {
                 .write(true)
                 .open(&d.path)
                 .or_else(|_| File::open(&d.path));
-            if let Err(e) = opened {
-                log::warn!("config_setvm: can't open disk {}: {e}", d.path);
-                return Err(VMD_DISK_MISSING);
-            }
-            log::warn!(
-                "{}: disk {} is not attached: no vioblk yet",
-                vm.params.name,
-                d.path
-            );
-        }
-        if let Some(c) = &vm.params.cdrom {
-            match std::fs::metadata(c) {
+            let f = match opened {
+                Ok(f) => f,
                 Err(e) => {
-                    log::warn!("config_setvm: can't open cdrom {c}: {e}");
-                    return Err(VMD_CDROM_MISSING);
+                    log::warn!("config_setvm: can't open disk {}: {e}", d.path);
+                    return Err(VMD_DISK_MISSING);
                 }
-                Ok(m) if !m.is_file() => return Err(VMD_CDROM_INVALID),
-                Ok(_) => log::warn!(
-                    "{}: cdrom {c} is not attached: no vioscsi yet",
-                    vm.params.name
-                ),
+            };
+            let rw = registry::ACCESS_READ | registry::ACCESS_WRITE;
+            if !access(&f, config::VMOP_CREATE_DISK, rw) {
+                log::warn!("vm \"{name}\" unable to access disk {}", d.path);
+                return Err(libc::EPERM);
             }
+            log::warn!("{name}: disk {} is not attached: no vioblk yet", d.path);
         }
         if !vm.params.interfaces.is_empty() {
             log::warn!(
@@ -605,27 +632,7 @@ impl Parent {
             Message::WaitVmRequest(ref vid) | Message::TerminateVmRequest(ref vid) => {
                 let terminate = matches!(r.msg, Message::TerminateVmRequest(_));
                 let flags = vid.flags;
-                let (res, id) = match self.reg.lookup(vid) {
-                    None => (libc::ENOENT, 0),
-                    Some(i) => {
-                        let vm = &self.reg.vms[i];
-                        let res = if vm.state & VM_STATE_SHUTDOWN != 0 && flags & VMOP_FORCE == 0 {
-                            libc::EALREADY
-                        } else if !vm.running() {
-                            libc::EINVAL
-                        } else if !registry::checkperm(
-                            Some(vm),
-                            Some(&vm.params.owner),
-                            vid.uid,
-                            &SystemGroups,
-                        ) {
-                            libc::EPERM
-                        } else {
-                            0
-                        };
-                        (res, vm.id)
-                    }
-                };
+                let (res, id) = self.reg.check_terminate(vid, &SystemGroups);
                 if res == 0 && terminate {
                     let fwd = VmopId {
                         id,
@@ -707,16 +714,11 @@ impl Parent {
                         Message::UnpauseVmResponse(result(res, 0))
                     }
                 };
-                let Some(i) = self.reg.lookup(vid) else {
-                    return self.answer(answer(libc::ENOENT), peer);
+                let i = match self.reg.check_pause(vid, &SystemGroups) {
+                    Ok(i) => i,
+                    Err(e) => return self.answer(answer(e), peer),
                 };
                 let vm = &self.reg.vms[i];
-                if !registry::checkperm(Some(vm), Some(&vm.params.owner), vid.uid, &SystemGroups) {
-                    return self.answer(answer(libc::EPERM), peer);
-                }
-                if !vm.running() {
-                    return self.answer(answer(libc::EINVAL), peer);
-                }
                 let fwd = VmopId {
                     id: vm.id,
                     name: vm.params.name.clone(),

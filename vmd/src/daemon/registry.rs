@@ -1,7 +1,8 @@
 //! The parent's VM registry (vmd.c's `vm_register`, `vm_instance`,
-//! `vm_checkperm`, `vm_claimid`, `vm_stop`): what VMs vmd knows, their ids,
-//! owners and states.  No I/O but the group lookups of `vm_checkperm`, so
-//! that the rules can be tested without a daemon.
+//! `vm_checkperm`, `vm_checkaccess`, `vm_claimid`, `vm_stop`, and the
+//! owner checks of `vmd_dispatch_control`): what VMs vmd knows, their
+//! ids, owners and states.  No I/O but the group lookups of
+//! `vm_checkperm`, so that the rules can be tested without a daemon.
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
@@ -143,6 +144,68 @@ pub fn checkperm(vm: Option<&Vm>, vmo: Option<&VmopOwner>, uid: u32, groups: &dy
     false
 }
 
+/// What `vm_checkaccess` looks at of a file (its `fstat`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileAccess {
+    pub regular: bool,
+    /// Permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl FileAccess {
+    pub fn of(m: &std::fs::Metadata) -> FileAccess {
+        use std::os::unix::fs::MetadataExt;
+        FileAccess {
+            regular: m.is_file(),
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+        }
+    }
+}
+
+/// Read access for [`checkaccess`] (`R_OK`).
+pub const ACCESS_READ: u32 = 4;
+/// Write access (`W_OK`).
+pub const ACCESS_WRITE: u32 = 2;
+
+/// `vm_checkaccess`: may `uid` use a file vmd opened for it, with
+/// `amode` ([`ACCESS_READ`], [`ACCESS_WRITE`])?  Only regular files are
+/// used at all; `check` (the request's `checkaccess` bit for that kind of
+/// file) false or root: any; otherwise the other, then the user, then the
+/// group bits decide, as access(2) would for `uid`.
+pub fn checkaccess(f: &FileAccess, check: bool, uid: u32, amode: u32, groups: &dyn Groups) -> bool {
+    if !f.regular {
+        return false;
+    }
+    if uid == 0 || !check {
+        return true;
+    }
+    let bits = |w: u32, r: u32| {
+        (if amode & ACCESS_WRITE != 0 { w } else { 0 })
+            | (if amode & ACCESS_READ != 0 { r } else { 0 })
+    };
+    let other = bits(0o002, 0o004);
+    if f.mode & other == other {
+        return true;
+    }
+    let user = bits(0o200, 0o400);
+    if uid == f.uid && f.mode & user == user {
+        return true;
+    }
+    let group = bits(0o020, 0o040);
+    if f.mode & group != group {
+        return false;
+    }
+    match groups.primary_gid(uid) {
+        None => false,
+        Some(g) if g == f.gid => true,
+        Some(_) => groups.is_member(uid, f.gid),
+    }
+}
+
 fn checkinsflag(parent: &VmopCreateParams, flag: u32, uid: u32) -> bool {
     uid == 0 || parent.insflags & flag != 0
 }
@@ -196,9 +259,11 @@ impl Registry {
     }
 
     /// `vm_instance`: fills an instance's parameters from its parent.
+    /// `kernel_given`: the request came with a boot image descriptor.
     fn instance(
         &self,
         vmc: &mut VmopCreateParams,
+        kernel_given: bool,
         uid: u32,
         groups: &dyn Groups,
     ) -> Result<Option<usize>, i32> {
@@ -258,10 +323,12 @@ impl Registry {
                 vmc.interfaces.push(pif.clone());
             }
         }
-        let parent_vm = &self.vms[pi];
-        if vmc.kernel.is_some() || parent_vm.kernel_path.is_some() {
-            if !checkinsflag(parent, VMOP_CREATE_KERNEL, uid) && vmc.flags & VMOP_CREATE_KERNEL != 0
-            {
+        // As vmd: a boot image descriptor, or a parent that boots a
+        // configured image (which the instance does not inherit: without
+        // an image of its own it boots vmm-bios), needs `allow instance
+        // boot`, whatever VMOP_CREATE_KERNEL says.
+        if kernel_given || self.vms[pi].kernel_path.is_some() {
+            if !checkinsflag(parent, VMOP_CREATE_KERNEL, uid) {
                 log::warn!("vm \"{name}\" no permission to set boot image");
                 return Err(libc::EPERM);
             }
@@ -312,7 +379,7 @@ impl Registry {
         uid: u32,
         groups: &dyn Groups,
     ) -> Result<usize, (RegisterError, Option<OwnedFd>)> {
-        let parent = match self.instance(&mut vmc, uid, groups) {
+        let parent = match self.instance(&mut vmc, kernel.is_some(), uid, groups) {
             Ok(p) => p,
             Err(e) => return Err((RegisterError::Failed(e), kernel)),
         };
@@ -376,7 +443,6 @@ impl Registry {
         };
         log::debug!("vm_register: registering vm {id}");
         vmc.id = id;
-        let kernel_path = vmc.kernel.clone().filter(|_| kernel.is_none());
         self.vms.push(Vm {
             id,
             ncpus_config: vmc.ncpus,
@@ -386,13 +452,51 @@ impl Registry {
             uid: 0,
             peerid: super::NO_PEER,
             kernel,
-            kernel_path,
+            // Only vm.conf's `boot` names a file vmd opens itself (the
+            // parent sets it); a path in a request is for messages.
+            kernel_path: None,
             from_config: false,
             tty: None,
             start_tv: None,
             start_limit: 0,
         });
         Ok(self.vms.len() - 1)
+    }
+
+    /// The checks of `vmd_dispatch_control` for `TERMINATE_VM_REQUEST` and
+    /// `WAIT_VM_REQUEST`: the result to answer (0: go ahead) and the VM id
+    /// to answer it with.  Only the VM's owner (the user who started it,
+    /// while it runs), a member of its owner group, or root may stop it.
+    pub fn check_terminate(&self, vid: &VmopId, groups: &dyn Groups) -> (i32, u32) {
+        let Some(i) = self.lookup(vid) else {
+            return (libc::ENOENT, vid.id);
+        };
+        let vm = &self.vms[i];
+        let res = if vm.state & VM_STATE_SHUTDOWN != 0 && vid.flags & VMOP_FORCE == 0 {
+            libc::EALREADY
+        } else if !vm.running() {
+            libc::EINVAL
+        } else if !checkperm(Some(vm), Some(&vm.params.owner), vid.uid, groups) {
+            libc::EPERM
+        } else {
+            0
+        };
+        (res, vm.id)
+    }
+
+    /// The checks of `vmd_dispatch_control` for `PAUSE_VM` and
+    /// `UNPAUSE_VM`: the VM's index, or the errno to answer.  The same
+    /// owners as for [`Registry::check_terminate`] may pause a VM.
+    pub fn check_pause(&self, vid: &VmopId, groups: &dyn Groups) -> Result<usize, i32> {
+        let i = self.lookup(vid).ok_or(libc::ENOENT)?;
+        let vm = &self.vms[i];
+        if !checkperm(Some(vm), Some(&vm.params.owner), vid.uid, groups) {
+            return Err(libc::EPERM);
+        }
+        if !vm.running() {
+            return Err(libc::EINVAL);
+        }
+        Ok(i)
     }
 
     /// `vm_stop`: the VM is no longer running; the tty stays when
@@ -661,5 +765,333 @@ mod tests {
         // After a quiet spell the count starts over.
         assert!(r.rate_ok(i, t + Duration::from_secs(20)));
         assert_eq!(r.vms[i].start_limit, 0);
+    }
+
+    /// A vm.conf VM to make instances of: 64M, one vCPU, owned by uid 5,
+    /// `allow instance { <insflags>, owner <insowner> }`, `boot <boot>`.
+    fn template(
+        r: &mut Registry,
+        name: &str,
+        insowner: VmopOwner,
+        insflags: u32,
+        boot: Option<&str>,
+    ) -> usize {
+        let p = VmopCreateParams {
+            memory: 64 << 20,
+            ncpus: 1,
+            owner: VmopOwner { uid: 5, gid: None },
+            insowner,
+            insflags,
+            ..params(name)
+        };
+        let i = r.register(p, None, 0, &NoGroups).unwrap();
+        // What parse_config adds.
+        r.vms[i].from_config = true;
+        r.vms[i].kernel_path = boot.map(String::from);
+        i
+    }
+
+    fn disk(path: &str) -> VmDisk {
+        VmDisk {
+            path: path.into(),
+            format: config::DiskFormat::Raw,
+            bases: 0,
+        }
+    }
+
+    /// `vmctl start -t <parent> -d /u/<name>.img <name>` from `uid`, as the
+    /// control process forwards it (owner stamped with the peer's uid, no
+    /// group).  Disks are not inherited and an instance needs something
+    /// to boot from, hence the disk.
+    fn instance_of(parent: &str, name: &str, uid: u32) -> VmopCreateParams {
+        VmopCreateParams {
+            name: name.into(),
+            flags: VMOP_CREATE_INSTANCE | VMOP_CREATE_DISK,
+            ncpus: 1,
+            disks: vec![disk(&format!("/u/{name}.img"))],
+            instance: Some(parent.into()),
+            owner: VmopOwner { uid, gid: None },
+            ..Default::default()
+        }
+    }
+
+    fn refused(r: &mut Registry, p: VmopCreateParams, kernel: Option<OwnedFd>) -> i32 {
+        let uid = p.owner.uid;
+        match r.register(p, kernel, uid, &NoGroups) {
+            Err((RegisterError::Failed(e), _)) => e,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    /// uid 5 may instantiate (`allow instance { disk, memory, instance,
+    /// owner 5:70 }`), and so may a member of group 70 (uid 7).
+    #[test]
+    fn daemon_registry_instance_allowed() {
+        let mut r = Registry::new();
+        let insowner = VmopOwner {
+            uid: 5,
+            gid: Some(70),
+        };
+        let allowed = VMOP_CREATE_DISK | VMOP_CREATE_MEMORY | VMOP_CREATE_INSTANCE;
+        let t = template(&mut r, "tmpl", insowner, allowed, None);
+        let i = r
+            .register(instance_of("tmpl", "mine", 5), None, 5, &NoGroups)
+            .unwrap();
+        let (vm, parent) = (&r.vms[i], &r.vms[t]);
+        assert_ne!(vm.id, parent.id);
+        // Memory and CPUs from the parent; the owner is the user.
+        assert_eq!((vm.params.memory, vm.params.ncpus), (64 << 20, 1));
+        assert_eq!(vm.params.owner, VmopOwner { uid: 5, gid: None });
+        assert_eq!(vm.params.flags, VMOP_CREATE_DISK);
+        // The user's disk is checked against the user's rights.
+        assert_eq!(vm.params.checkaccess, VMOP_CREATE_DISK);
+        // `allow instance instance`: the permissions pass on.
+        assert_eq!(vm.params.insflags, allowed);
+        assert_eq!(vm.params.insowner, insowner);
+        assert!(!vm.from_config && vm.kernel_path.is_none());
+        // A member of the instance owner group, with other memory.
+        let mut p = instance_of("tmpl", "grp", 7);
+        p.memory = 128 << 20;
+        p.flags |= VMOP_CREATE_MEMORY;
+        let i = r.register(p, None, 7, &NoGroups).unwrap();
+        assert_eq!(r.vms[i].params.memory, 128 << 20);
+        assert_eq!(r.vms[i].params.owner.uid, 7);
+        // An instance of an instance.
+        r.register(instance_of("mine", "mine2", 5), None, 5, &NoGroups)
+            .unwrap();
+        // Root may change anything.
+        let p = VmopCreateParams {
+            ncpus: 2,
+            cdrom: Some("/x.iso".into()),
+            ..instance_of("tmpl", "rooted", 0)
+        };
+        let i = r.register(p, None, 0, &NoGroups).unwrap();
+        assert_eq!(r.vms[i].params.ncpus, 2);
+    }
+
+    /// What `allow instance` does not list is refused with vmd's errno.
+    #[test]
+    fn daemon_registry_instance_refused() {
+        let mut r = Registry::new();
+        let five = VmopOwner { uid: 5, gid: None };
+        let allowed = VMOP_CREATE_DISK | VMOP_CREATE_MEMORY;
+        let t = template(&mut r, "tmpl", five, allowed, None);
+        r.vms[t].params.disks = vec![disk("/vm/tmpl.img")];
+        r.vms[t].params.interfaces = vec![config::Interface::default()];
+        template(&mut r, "booted", five, allowed, Some("/bsd"));
+        template(&mut r, "nodisk", five, VMOP_CREATE_MEMORY, None);
+        let n = r.vms.len();
+        let req = |f: &dyn Fn(&mut VmopCreateParams)| {
+            let mut p = instance_of("tmpl", "x", 5);
+            f(&mut p);
+            p
+        };
+        // No `cpu`, `disk`, `cdrom`, `interface` permission: EPERM.
+        assert_eq!(refused(&mut r, req(&|p| p.ncpus = 2), None), libc::EPERM);
+        assert_eq!(
+            refused(&mut r, instance_of("nodisk", "x", 5), None),
+            libc::EPERM
+        );
+        assert_eq!(
+            refused(&mut r, req(&|p| p.cdrom = Some("/x.iso".into())), None),
+            libc::EPERM
+        );
+        assert_eq!(
+            refused(
+                &mut r,
+                req(&|p| p.interfaces = vec![Default::default(); 2]),
+                None
+            ),
+            libc::EPERM
+        );
+        // No `boot`: a boot image of one's own is refused, flag or not,
+        // and so is any instance of a VM that boots a configured image.
+        let image = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        assert_eq!(refused(&mut r, req(&|_| {}), Some(image())), libc::EPERM);
+        assert_eq!(
+            refused(&mut r, instance_of("booted", "y", 5), None),
+            libc::EPERM
+        );
+        // Instance permissions cannot be set by the instance.
+        assert_eq!(
+            refused(&mut r, req(&|p| p.insflags = VMOP_CREATE_MEMORY), None),
+            libc::EPERM
+        );
+        // Names are new (EPROCLIM); the parent exists.
+        assert_eq!(
+            refused(&mut r, req(&|p| p.name = "booted".into()), None),
+            EPROCLIM
+        );
+        assert_eq!(
+            refused(&mut r, instance_of("nosuch", "z", 5), None),
+            VMD_PARENT_INVALID
+        );
+        // Nor the parent's disk, even for root: EBUSY.
+        let reuse = |uid| VmopCreateParams {
+            disks: vec![disk("/vm/tmpl.img")],
+            ..instance_of("tmpl", "x", uid)
+        };
+        assert_eq!(refused(&mut r, reuse(5), None), libc::EBUSY);
+        assert_eq!(refused(&mut r, reuse(0), None), libc::EBUSY);
+        // An instance needs something to boot: with nothing left once
+        // the instance flag is gone, VMD_DISK_MISSING as vmd.
+        let bare = VmopCreateParams {
+            flags: VMOP_CREATE_INSTANCE,
+            disks: Vec::new(),
+            ..instance_of("tmpl", "x", 5)
+        };
+        assert_eq!(refused(&mut r, bare, None), VMD_DISK_MISSING);
+        assert_eq!(r.vms.len(), n, "a refused instance was registered");
+        // What the permissions allow passes: memory, and with `boot` an
+        // image of one's own (the user's descriptor, so one the user can
+        // read; vmd checks only what it opens itself).
+        r.vms[t].params.insflags |= VMOP_CREATE_KERNEL;
+        let p = VmopCreateParams {
+            memory: 32 << 20,
+            ..req(&|_| {})
+        };
+        let i = r.register(p, Some(image()), 5, &NoGroups).unwrap();
+        assert_eq!(r.vms[i].params.memory, 32 << 20);
+        assert_eq!(
+            r.vms[i].params.checkaccess,
+            VMOP_CREATE_KERNEL | VMOP_CREATE_DISK
+        );
+        assert!(r.vms[i].kernel.is_some());
+    }
+
+    /// Users the instance owner does not name get vmd's ENAMETOOLONG; new
+    /// VMs and other users' VMs are EPERM for anyone but root.
+    #[test]
+    fn daemon_registry_instance_not_allowed() {
+        let mut r = Registry::new();
+        let five = VmopOwner {
+            uid: 5,
+            gid: Some(70),
+        };
+        template(&mut r, "tmpl", five, VMOP_CREATE_DISK, None);
+        // No `allow instance`: only root may make instances.
+        template(&mut r, "plain", VmopOwner::default(), 0, None);
+        r.register(instance_of("tmpl", "fives", 5), None, 5, &NoGroups)
+            .unwrap();
+        let n = r.vms.len();
+        assert_eq!(
+            refused(&mut r, instance_of("tmpl", "x", 8), None),
+            libc::ENAMETOOLONG
+        );
+        assert_eq!(
+            refused(&mut r, instance_of("plain", "x", 5), None),
+            libc::ENAMETOOLONG
+        );
+        r.register(instance_of("plain", "byroot", 0), None, 0, &NoGroups)
+            .unwrap();
+        // Not an instance: "permission denied".
+        let new = VmopCreateParams {
+            owner: VmopOwner { uid: 5, gid: None },
+            ..params("new")
+        };
+        assert_eq!(refused(&mut r, new, None), libc::EPERM);
+        // Someone else's VM, configured or an instance.
+        for name in ["tmpl", "fives"] {
+            let p = VmopCreateParams {
+                owner: VmopOwner { uid: 8, gid: None },
+                ..params(name)
+            };
+            assert_eq!(refused(&mut r, p, None), libc::EPERM, "{name}");
+        }
+        assert_eq!(r.vms.len(), n + 1);
+    }
+
+    /// Stop and pause: the owner, a member of the owner group and root.
+    #[test]
+    fn daemon_registry_owner_stop_pause() {
+        let mut r = Registry::new();
+        let mut p = params("v");
+        p.owner = VmopOwner {
+            uid: 5,
+            gid: Some(70),
+        };
+        let i = r.register(p, None, 0, &NoGroups).unwrap();
+        let id = r.vms[i].id;
+        let by = |uid: u32, flags: u32| VmopId {
+            id: 0,
+            name: "v".into(),
+            uid,
+            flags,
+        };
+        // Stopped: nothing to stop or pause, but strangers learn no more.
+        assert_eq!(r.check_terminate(&by(5, 0), &NoGroups), (libc::EINVAL, id));
+        assert_eq!(r.check_pause(&by(5, 0), &NoGroups), Err(libc::EINVAL));
+        assert_eq!(r.check_pause(&by(8, 0), &NoGroups), Err(libc::EPERM));
+        // Started for its owner, as start_vm_batch does.
+        r.vms[i].state |= VM_STATE_RUNNING;
+        r.vms[i].uid = 5;
+        for uid in [0, 5, 7] {
+            assert_eq!(r.check_terminate(&by(uid, 0), &NoGroups), (0, id), "{uid}");
+            assert_eq!(r.check_pause(&by(uid, 0), &NoGroups), Ok(i), "{uid}");
+        }
+        assert_eq!(r.check_terminate(&by(8, 0), &NoGroups), (libc::EPERM, id));
+        assert_eq!(r.check_pause(&by(8, 0), &NoGroups), Err(libc::EPERM));
+        // By id too; unknown VMs are ENOENT with the id asked for.
+        let by_id = VmopId {
+            id,
+            uid: 8,
+            ..Default::default()
+        };
+        assert_eq!(r.check_terminate(&by_id, &NoGroups), (libc::EPERM, id));
+        let none = VmopId {
+            id: 99,
+            uid: 5,
+            ..Default::default()
+        };
+        assert_eq!(r.check_terminate(&none, &NoGroups), (libc::ENOENT, 99));
+        assert_eq!(r.check_pause(&none, &NoGroups), Err(libc::ENOENT));
+        // Stopping already: EALREADY unless forced.
+        r.vms[i].state |= VM_STATE_SHUTDOWN;
+        assert_eq!(
+            r.check_terminate(&by(5, 0), &NoGroups),
+            (libc::EALREADY, id)
+        );
+        assert_eq!(r.check_terminate(&by(5, VMOP_FORCE), &NoGroups), (0, id));
+        // A running VM is its starter's: root started it for uid 9.
+        r.vms[i].state = VM_STATE_RUNNING;
+        r.vms[i].uid = 9;
+        assert_eq!(r.check_terminate(&by(9, 0), &NoGroups), (0, id));
+        assert_eq!(r.check_pause(&by(9, 0), &NoGroups), Ok(i));
+        // The group still may; the configured owner uid no longer.
+        assert_eq!(r.check_terminate(&by(7, 0), &NoGroups), (0, id));
+        r.vms[i].params.owner.gid = None;
+        assert_eq!(r.check_terminate(&by(5, 0), &NoGroups), (libc::EPERM, id));
+    }
+
+    #[test]
+    fn daemon_registry_checkaccess() {
+        let f = |mode: u32, uid: u32, gid: u32| FileAccess {
+            regular: true,
+            mode,
+            uid,
+            gid,
+        };
+        let (r, rw) = (ACCESS_READ, ACCESS_READ | ACCESS_WRITE);
+        // Only regular files, even for root.
+        let dev = FileAccess {
+            regular: false,
+            ..f(0o666, 0, 0)
+        };
+        assert!(!checkaccess(&dev, false, 0, r, &NoGroups));
+        // Root, or nothing asked to check: any mode.
+        assert!(checkaccess(&f(0o000, 1, 1), true, 0, rw, &NoGroups));
+        assert!(checkaccess(&f(0o000, 1, 1), false, 8, rw, &NoGroups));
+        // Other, user, group (primary or member) bits.
+        assert!(checkaccess(&f(0o644, 1, 1), true, 8, r, &NoGroups));
+        assert!(!checkaccess(&f(0o644, 1, 1), true, 8, rw, &NoGroups));
+        assert!(checkaccess(&f(0o600, 8, 1), true, 8, rw, &NoGroups));
+        assert!(!checkaccess(&f(0o600, 9, 1), true, 8, r, &NoGroups));
+        assert!(checkaccess(&f(0o660, 9, 1008), true, 8, rw, &NoGroups));
+        assert!(checkaccess(&f(0o640, 9, 70), true, 7, r, &NoGroups));
+        assert!(!checkaccess(&f(0o640, 9, 70), true, 7, rw, &NoGroups));
+        assert!(!checkaccess(&f(0o640, 9, 70), true, 8, r, &NoGroups));
+        // The user bits are the owner's: 0o060 does not let the owner in
+        // unless the group does.
+        assert!(!checkaccess(&f(0o060, 8, 1), true, 8, r, &NoGroups));
     }
 }
