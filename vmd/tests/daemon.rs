@@ -13,7 +13,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use vmd::config::{VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY};
+use vmd::config::{VMOP_CREATE_DISK, VMOP_CREATE_INSTANCE, VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY};
 use vmd::proc::msg::*;
 use vmd::proc::{ImsgChannel, Message};
 
@@ -195,8 +195,22 @@ fn read_tty(tty: &Path, what: &str) -> Result<String, Failed> {
 }
 
 /// The test binary as an unprivileged client (`VMD_TEST_CLIENT=<socket>`,
-/// run as `nobody`): prints what vmd answers.
+/// run as `nobody`): prints what vmd answers to the requests of
+/// `VMD_TEST_SCRIPT` ([`instance_client`] for `instances`, else the ones
+/// below).
 fn client_mode(socket: &str) -> i32 {
+    if std::env::var("VMD_TEST_SCRIPT").as_deref() == Ok("instances") {
+        return match instance_client(socket) {
+            Ok(s) => {
+                print!("{s}");
+                0
+            }
+            Err(e) => {
+                eprintln!("client: {e:?}");
+                1
+            }
+        };
+    }
     let run = || -> Result<String, Failed> {
         let mut out = String::new();
         let connect = || -> Result<ImsgChannel, Failed> {
@@ -230,6 +244,172 @@ fn client_mode(socket: &str) -> i32 {
             1
         }
     }
+}
+
+/// The instance requests of a user as vmctl sends them (`vmctl start -t
+/// tmpl -b bios.bin inst`, ...), with the boot image that the test passed
+/// as standard input; one line per answer.
+fn instance_client(socket: &str) -> Result<String, Failed> {
+    use std::os::fd::AsFd;
+    let bios = || std::io::stdin().as_fd().try_clone_to_owned();
+    let ask = |msg: Message, fds: Vec<std::os::fd::OwnedFd>| -> Result<Message, Failed> {
+        let s = UnixStream::connect(socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut c = ImsgChannel::new(s);
+        c.send_with(&msg, 0, 0, fds)?;
+        Ok(c.recv()?.msg)
+    };
+    let start = |name: &str, instance: Option<&str>, flags: u32| VmopCreateParams {
+        name: name.into(),
+        flags: flags
+            | if instance.is_some() {
+                VMOP_CREATE_INSTANCE
+            } else {
+                0
+            },
+        ncpus: 1,
+        kernel: Some("bios.bin".into()),
+        instance: instance.map(String::from),
+        ..Default::default()
+    };
+    let result = |m: Message| match m {
+        Message::StartVmResponse(r)
+        | Message::PauseVmResponse(r)
+        | Message::UnpauseVmResponse(r)
+        | Message::TerminateVmResponse(r) => r.result.to_string(),
+        other => format!("{other:?}"),
+    };
+    let mut out = String::new();
+    // Allowed: an instance of tmpl with the user's own boot image.
+    match ask(
+        Message::StartVmRequest(start("inst", Some("tmpl"), VMOP_CREATE_KERNEL)),
+        vec![bios()?],
+    )? {
+        Message::StartVmResponse(r) => out.push_str(&format!(
+            "start inst {} tty {} pid {}\n",
+            r.result,
+            !r.ttyname.is_empty(),
+            r.pid > 0
+        )),
+        other => out.push_str(&format!("start inst {other:?}\n")),
+    }
+    // A disk: tmpl does not allow instances to have one.
+    let mut p = start("inst2", Some("tmpl"), VMOP_CREATE_KERNEL | VMOP_CREATE_DISK);
+    p.disks = vec![VmDisk {
+        path: "/tmp/inst2.img".into(),
+        format: vmd::config::DiskFormat::Raw,
+        bases: 0,
+    }];
+    let m = ask(Message::StartVmRequest(p), vec![bios()?])?;
+    out.push_str(&format!("start inst2 -d {}\n", result(m)));
+    // closed allows no instances; a VM of one's own is not allowed.
+    let m = ask(
+        Message::StartVmRequest(start("inst3", Some("closed"), VMOP_CREATE_KERNEL)),
+        vec![bios()?],
+    )?;
+    out.push_str(&format!("start -t closed {}\n", result(m)));
+    let m = ask(
+        Message::StartVmRequest(start("mine", None, VMOP_CREATE_KERNEL)),
+        vec![bios()?],
+    )?;
+    out.push_str(&format!("start mine {}\n", result(m)));
+    // The user's instance: pause, unpause; root's VM: neither, nor stop.
+    for name in ["inst", "rootvm"] {
+        let m = ask(Message::PauseVm(by_name(name, 0)), Vec::new())?;
+        out.push_str(&format!("pause {name} {}\n", result(m)));
+        if name == "inst" {
+            let m = ask(Message::UnpauseVm(by_name(name, 0)), Vec::new())?;
+            out.push_str(&format!("unpause {name} {}\n", result(m)));
+        }
+        let m = ask(
+            Message::TerminateVmRequest(by_name(name, VMOP_FORCE)),
+            Vec::new(),
+        )?;
+        out.push_str(&format!("stop -f {name} {}\n", result(m)));
+    }
+    Ok(out)
+}
+
+/// The uid of a process and of its parent (/proc/<pid>/status).
+fn proc_uids(pid: i32) -> Result<(u32, u32), Failed> {
+    let field = |pid: i32, key: &str| -> Result<u32, Failed> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .ok_or_else(|| format!("no {key} in /proc/{pid}/status").into())
+    };
+    let ppid = field(pid, "PPid:")? as i32;
+    Ok((field(pid, "Uid:")?, field(ppid, "Uid:")?))
+}
+
+/// vm.conf's `allow instance` and owners, for a user other than root:
+/// an allowed instance starts, one that adds what is not allowed, one of
+/// a VM that allows none and a VM of the user's own are refused with
+/// vmd's errors; the user may pause and stop the instance, not root's VM.
+/// Also: VM processes, and the vmm process that starts them, run as the
+/// unprivileged user (the parent passes /dev/kvm down).
+fn instances_and_owners() -> Result<(), Failed> {
+    let bios = bios_path();
+    let conf = format!(
+        "socket owner nobody\n\
+         vm \"tmpl\" {{\n\tdisable\n\tmemory 32M\n\tboot \"{b}\"\n\towner nobody\n\
+         \tallow instance {{ boot, memory, owner nobody }}\n}}\n\
+         vm \"closed\" {{\n\tdisable\n\tmemory 32M\n\tboot \"{b}\"\n\towner nobody\n}}\n\
+         vm \"rootvm\" {{\n\tmemory 32M\n\tboot \"{b}\"\n}}\n",
+        b = bios.display()
+    );
+    let d = Daemon::start("instances", &conf)?;
+    let rootvm = wait_info(&d, "rootvm", "running", running)?.unwrap();
+    let user = nix::unistd::User::from_name(vmd_user())?
+        .ok_or("no vmd user")?
+        .uid
+        .as_raw();
+    let uids = proc_uids(rootvm.creator_pid)?;
+    if uids != (user, user) {
+        return Err(format!(
+            "VM process and vmm process run as uids {uids:?}, want {user} ({})",
+            vmd_user()
+        )
+        .into());
+    }
+    let out = Command::new(std::env::current_exe()?)
+        .env("VMD_TEST_CLIENT", &d.socket)
+        .env("VMD_TEST_SCRIPT", "instances")
+        .stdin(std::fs::File::open(&bios)?)
+        .uid(65534)
+        .gid(65534)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!(
+        "start inst 0 tty true pid true\n\
+         start inst2 -d {eperm}\n\
+         start -t closed {enametoolong}\n\
+         start mine {eperm}\n\
+         pause inst 0\nunpause inst 0\nstop -f inst 0\n\
+         pause rootvm {eperm}\nstop -f rootvm {eperm}\n",
+        eperm = libc::EPERM,
+        enametoolong = libc::ENAMETOOLONG
+    );
+    if text != want {
+        return Err(format!(
+            "user's requests:\n{text}\nwant:\n{want}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    // The stopped instance is gone; root's VM runs on.
+    wait_info(&d, "inst", "removed", |i| i.is_none())?;
+    for name in ["inst2", "inst3", "mine"] {
+        if vm_info(&d, name)?.is_some() {
+            return Err(format!("refused vm {name} is registered").into());
+        }
+    }
+    if !running(vm_info(&d, "rootvm")?.as_ref()) {
+        return Err("rootvm stopped".into());
+    }
+    d.stop()
 }
 
 /// A 64 KiB "BIOS" that resets the machine through port 0xCF9 at once.
@@ -542,6 +722,8 @@ fn main() {
         Trial::test("daemon_start_info_tty_pause_stop", end_to_end)
             .with_ignored_flag(skip.is_some()),
         Trial::test("daemon_reboot_restart_rate_limit", reboot_rate_limit)
+            .with_ignored_flag(skip.is_some()),
+        Trial::test("daemon_instances_and_owners", instances_and_owners)
             .with_ignored_flag(skip.is_some()),
         // vmd -n needs neither root nor vmm(4).
         Trial::test("daemon_check_bad_config", check_bad_conf),
