@@ -51,6 +51,7 @@ pub mod parent;
 pub mod privproc;
 pub mod privsep;
 pub mod registry;
+pub mod stagger;
 pub mod vmm;
 pub mod vmproc;
 

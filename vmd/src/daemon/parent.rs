@@ -14,10 +14,9 @@ use nix::unistd::User;
 use super::args::{child_flags, Args};
 use super::events::{self, Signals};
 use super::registry::{self, FileAccess, RegisterError, Registry, SystemGroups, Tty};
+use super::stagger::Stagger;
 use super::{logging, privsep, strerror, NO_PEER};
-use crate::config::{
-    self, BootDevice, GlobalConfig, Registration, VMD_DEFAULT_STAGGERED_START_DELAY,
-};
+use crate::config::{self, BootDevice, GlobalConfig, Registration};
 use crate::proc::msg::*;
 use crate::proc::{ImsgChannel, Message, Received};
 
@@ -32,9 +31,7 @@ struct Parent {
     children: Vec<(&'static str, Child)>,
     /// vmm(4), opened as root for the vmm process (`env->vmd_fd`).
     vmm_fd: OwnedFd,
-    parallelism: usize,
-    delay: Duration,
-    stagger_at: Option<Instant>,
+    stagger: Stagger,
     socket: PathBuf,
 }
 
@@ -114,9 +111,7 @@ pub fn main(args: Args, _user: User) -> i32 {
         privc,
         children,
         vmm_fd,
-        parallelism: 1,
-        delay: Duration::from_secs(VMD_DEFAULT_STAGGERED_START_DELAY as u64),
-        stagger_at: None,
+        stagger: Stagger::new(None, 1),
         socket: super::socket_path(),
     };
     if !p.configure() {
@@ -131,7 +126,7 @@ pub fn main(args: Args, _user: User) -> i32 {
                 (p.vmm.as_fd(), p.vmm.pending()),
                 (p.privc.as_fd(), p.privc.pending()),
             ];
-            events::wait(&fds, p.stagger_at)
+            events::wait(&fds, p.stagger.deadline())
         };
         for s in signals.take() {
             match s {
@@ -174,8 +169,7 @@ pub fn main(args: Args, _user: User) -> i32 {
                 }
             }
         }
-        if p.stagger_at.is_some_and(|t| t <= Instant::now()) {
-            p.stagger_at = None;
+        if p.stagger.fire(Instant::now()) {
             p.start_vm_batch();
         }
         for c in [&mut p.control, &mut p.vmm, &mut p.privc] {
@@ -243,6 +237,11 @@ fn open_tty(owner: &VmopOwner) -> nix::Result<Tty> {
     })
 }
 
+/// Online CPUs: how many VMs start at once without `staggered start`.
+fn ncpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn errno_of(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(libc::EIO)
 }
@@ -259,20 +258,13 @@ impl Parent {
         if !self.parse_config(&path) {
             return false;
         }
-        match self.global.staggered_start {
-            Some(s) => {
-                self.parallelism = s.parallelism.max(1) as usize;
-                self.delay = Duration::from_secs(s.delay.max(0) as u64);
-            }
-            None => {
-                self.parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
-                self.delay = Duration::from_secs(VMD_DEFAULT_STAGGERED_START_DELAY as u64);
-                log::debug!(
-                    "vmd_configure: setting staggered start configuration to parallelism: {} and delay: {}",
-                    self.parallelism,
-                    self.delay.as_secs()
-                );
-            }
+        self.stagger.configure(self.global.staggered_start, ncpus());
+        if self.global.staggered_start.is_none() {
+            log::debug!(
+                "vmd_configure: setting staggered start configuration to parallelism: {} and delay: {}",
+                self.stagger.parallelism,
+                self.stagger.delay.as_secs()
+            );
         }
         send(
             &mut self.vmm,
@@ -382,6 +374,10 @@ impl Parent {
             log::debug!("vmd_reload: failed to load config file {}", path.display());
             return false;
         }
+        // As parse.y sets them: new `staggered start` settings apply.
+        if let Some(cfg) = self.global.staggered_start {
+            self.stagger.configure(Some(cfg), ncpus());
+        }
         if full {
             send(
                 &mut self.vmm,
@@ -395,32 +391,12 @@ impl Parent {
         true
     }
 
-    /// `start_vm_batch`.
+    /// `start_vm_batch`: the next VMs vm.conf enables (see [`Stagger`]).
     fn start_vm_batch(&mut self) {
-        log::debug!("start_vm_batch: starting batch of {} vms", self.parallelism);
-        let mut n = 0;
-        let mut i = 0;
-        while i < self.reg.vms.len() {
-            let vm = &self.reg.vms[i];
-            if vm.state & VM_STATE_WAITING == 0 {
-                log::debug!(
-                    "start_vm_batch: not starting vm {} (disabled)",
-                    vm.params.name
-                );
-                i += 1;
-                continue;
-            }
-            n += 1;
-            if n > self.parallelism {
-                self.stagger_at = Some(Instant::now() + self.delay);
-                break;
-            }
-            let len = self.reg.vms.len();
-            self.reg.vms[i].state &= !VM_STATE_WAITING;
-            let uid = self.reg.vms[i].params.owner.uid;
-            let _ = self.setvm(i, NO_PEER, uid);
-            if self.reg.vms.len() == len {
-                i += 1;
+        for id in self.stagger.batch(&mut self.reg, Instant::now()) {
+            if let Some(i) = self.reg.by_id(id) {
+                let uid = self.reg.vms[i].params.owner.uid;
+                let _ = self.setvm(i, NO_PEER, uid);
             }
         }
         log::debug!("start_vm_batch: done starting vms");
@@ -429,6 +405,12 @@ impl Parent {
     /// `config_setvm`, with its failure path (the VM is stopped, or
     /// removed when it did not come from vm.conf).
     fn setvm(&mut self, i: usize, peerid: u32, uid: u32) -> Result<(), i32> {
+        // A running VM is left alone (a batch may name one started by
+        // hand meanwhile): this failure stops nothing.
+        if self.reg.vms[i].running() {
+            log::warn!("config_setvm: vm is already running");
+            return Err(libc::EALREADY);
+        }
         let r = self.try_setvm(i, peerid, uid);
         if let Err(e) = r {
             log::warn!(
@@ -446,10 +428,6 @@ impl Parent {
     }
 
     fn try_setvm(&mut self, i: usize, peerid: u32, uid: u32) -> Result<(), i32> {
-        if self.reg.vms[i].running() {
-            log::warn!("config_setvm: vm is already running");
-            return Err(libc::EALREADY);
-        }
         if !self.reg.rate_ok(i, Instant::now()) {
             log::warn!(
                 "config_setvm: vm {} restarted too quickly",
