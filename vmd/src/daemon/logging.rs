@@ -40,8 +40,10 @@ impl log::Log for Logger {
                 };
             }
             None => {
-                let mut e = std::io::stderr().lock();
-                let _ = writeln!(e, "{msg}");
+                // One write per line, so that lines of the several vmd
+                // processes sharing stderr do not run into each other.
+                let line = format!("{msg}\n");
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
             }
         }
     }
