@@ -2,7 +2,8 @@
 //! vm.conf in a temporary directory (its own control socket through
 //! VMD_SOCKET, privileges dropped to `_vmd` or `nobody` through
 //! VMD_USER), driven by the real vmctl binary, whose output is checked
-//! against OpenBSD's texts.  Needs root, /dev/kvm (or /dev/vmm) and
+//! against OpenBSD's texts; the non-root checks run as a user made for the
+//! test with useradd (and removed after it).  Needs root, /dev/kvm (or /dev/vmm) and
 //! SeaBIOS from scripts/fetch-assets.sh; reported as ignored with the
 //! reason where any is missing.
 //!
@@ -541,12 +542,56 @@ fn expect(out: &Out, status: i32, stderr: &str) -> Result<(), Failed> {
     Ok(())
 }
 
-fn nobody() -> Result<User, Failed> {
-    let u = nix::unistd::User::from_name("nobody")?.ok_or("no user nobody")?;
-    Ok(User {
-        uid: u.uid.as_raw(),
-        gid: u.gid.as_raw(),
-    })
+/// A user made for the test (and removed after it), so that the
+/// non-root checks run as someone who owns nothing on this host; `nobody`
+/// where useradd is missing.
+struct TestUser {
+    name: String,
+    made: bool,
+}
+
+impl TestUser {
+    fn make() -> TestUser {
+        let name = format!("vmde2e{}", std::process::id() % 100_000);
+        let made = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                &name,
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        if made {
+            TestUser { name, made }
+        } else {
+            eprintln!("useradd failed: running the non-root checks as nobody");
+            TestUser {
+                name: "nobody".into(),
+                made: false,
+            }
+        }
+    }
+
+    fn user(&self) -> Result<User, Failed> {
+        let u = nix::unistd::User::from_name(&self.name)?
+            .ok_or_else(|| format!("no user {}", self.name))?;
+        Ok(User {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+        })
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        if self.made {
+            let _ = std::process::Command::new("userdel")
+                .arg(&self.name)
+                .status();
+        }
+    }
 }
 
 fn temp_dir(what: &str) -> Result<PathBuf, Failed> {
@@ -561,14 +606,16 @@ fn vmd_and_vmctl() -> Result<(), Failed> {
     let vmctl = vmctl_binary()?;
     let bios = bios_path();
     let bios_s = bios.display().to_string();
+    let test_user = TestUser::make();
     let conf = format!(
         "# vm.conf of the e2e test\n\
-         socket owner nobody\n\
-         vm \"demo\" {{\n\tmemory 64M\n\tboot \"{bios_s}\"\n}}\n"
+         socket owner {}\n\
+         vm \"demo\" {{\n\tmemory 64M\n\tboot \"{bios_s}\"\n}}\n",
+        test_user.name
     );
     let mut d = Vmd::start(temp_dir("vmd")?, &conf, &vmctl)?;
     let vmd_pid = d.child.id() as i32;
-    let user = nobody()?;
+    let user = test_user.user()?;
     let result = scenario(&mut d, vmd_pid, user, &bios_s);
     if result.is_err() {
         eprintln!("vmd's log:\n{}", d.log());
@@ -646,7 +693,7 @@ fn scenario(d: &mut Vmd, vmd_pid: i32, user: User, bios: &str) -> Result<(), Fai
         || theirs.len() != 2
         || row(&theirs, "test1").map(steady) != Some(steady(&test1))
     {
-        return Err(format!("status as nobody: {theirs:?}").into());
+        return Err(format!("status as another user: {theirs:?}").into());
     }
     for cmd in [
         &["reload"][..],
