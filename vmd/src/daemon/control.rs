@@ -161,7 +161,14 @@ pub fn main(_args: &Args, user: &User) -> i32 {
                         }
                     }
                 }
-                Err(_) => closed.push(c.id),
+                Err(e) => {
+                    // A malformed or oversized message drops this client
+                    // only; the daemon and the other clients carry on.
+                    if !matches!(e, crate::proc::ImsgError::Closed) {
+                        log::warn!("control: dropping client of uid {}: {e}", c.cred.uid);
+                    }
+                    closed.push(c.id);
+                }
             }
         }
         clients.retain(|c| !closed.contains(&c.id));

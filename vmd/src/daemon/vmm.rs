@@ -146,7 +146,12 @@ pub fn main(args: &Args, user: &User) -> i32 {
             if r.read {
                 match events::drain(c) {
                     Ok(msgs) => from_vms.extend(msgs.into_iter().map(|m| (v.id, m))),
-                    Err(_) => v.chan = None,
+                    Err(e) => {
+                        if !matches!(e, crate::proc::ImsgError::Closed) {
+                            log::warn!("vmm: dropping the channel of vm {}: {e}", v.id);
+                        }
+                        v.chan = None;
+                    }
                 }
             }
         }
