@@ -436,7 +436,8 @@ fn random_bytes(buf: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::memmap::{create_memory_map, MB};
+    use crate::vm::boot::test_guest;
+    use crate::vm::memmap::MB;
 
     /// A minimal ELF64 with one PT_LOAD (code at paddr 0x1001000 → loaded
     /// at 0x1001000 & 0x0FFFFFFF) and a symtab + strtab.
@@ -491,19 +492,9 @@ mod tests {
         f
     }
 
-    fn guest() -> (GuestMemory, Vec<vm_mem_range>) {
-        let ranges = create_memory_map(64 * MB).unwrap();
-        let spans: Vec<(u64, usize)> = ranges
-            .iter()
-            .filter(|r| r.vmr_type != VM_MEM_MMIO as i32)
-            .map(|r| (r.vmr_gpa, r.vmr_size))
-            .collect();
-        (GuestMemory::anonymous(&spans).unwrap(), ranges)
-    }
-
     #[test]
     fn loads_segments_symbols_bootargs_stack_and_page_tables() {
-        let (mem, ranges) = guest();
+        let (mem, ranges) = test_guest(64 * MB);
         let code = [0x90u8, 0x90, 0xf4];
         let elf = tiny_elf64(&code, 0xffff_ffff_8100_1000, 0x0100_1000);
         let r = load(&mem, &ranges, &elf, &BootOptions::default()).unwrap();
@@ -577,7 +568,7 @@ mod tests {
         gz.write_all(&elf).unwrap();
         let inflated = read_image(&gz.finish().unwrap()).unwrap();
         assert_eq!(inflated, elf);
-        let (mem, ranges) = guest();
+        let (mem, ranges) = test_guest(64 * MB);
         assert!(load(
             &mem,
             &ranges,

@@ -205,21 +205,11 @@ pub fn test_bzimage(payload: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::memmap::create_memory_map;
-
-    fn guest() -> (GuestMemory, Vec<vm_mem_range>) {
-        let ranges = create_memory_map(128 * MB).unwrap();
-        let spans: Vec<(u64, usize)> = ranges
-            .iter()
-            .filter(|r| r.vmr_type != VM_MEM_MMIO as i32)
-            .map(|r| (r.vmr_gpa, r.vmr_size))
-            .collect();
-        (GuestMemory::anonymous(&spans).unwrap(), ranges)
-    }
+    use crate::vm::boot::test_guest;
 
     #[test]
     fn boot_params_e820_cmdline_initrd_and_entry() {
-        let (mem, ranges) = guest();
+        let (mem, ranges) = test_guest(128 * MB);
         let mut payload = vec![0x90u8; 0x400];
         payload[0x200] = 0xf4;
         let image = test_bzimage(&payload);
@@ -284,7 +274,7 @@ mod tests {
 
     #[test]
     fn refuses_non_bzimages_and_long_command_lines() {
-        let (mem, ranges) = guest();
+        let (mem, ranges) = test_guest(128 * MB);
         let e = load(
             &mem,
             &ranges,

@@ -51,3 +51,17 @@ pub(crate) fn write(mem: &GuestMemory, gpa: u64, bytes: &[u8]) -> Result<(), Loa
     mem.write(gpa, bytes)
         .map_err(|e| LoadError::Memory(e.to_string()))
 }
+
+/// Anonymous guest memory laid out as vmd lays out `mem_bytes` of it
+/// (reference §4.1; the MMIO holes left unbacked), and that layout: what
+/// the loaders' tests load into.
+#[cfg(test)]
+pub(crate) fn test_guest(mem_bytes: u64) -> (GuestMemory, Vec<vmm_sys::abi::vm_mem_range>) {
+    let ranges = crate::vm::memmap::create_memory_map(mem_bytes).unwrap();
+    let spans: Vec<(u64, usize)> = ranges
+        .iter()
+        .filter(|r| r.vmr_type != vmm_sys::abi::VM_MEM_MMIO as i32)
+        .map(|r| (r.vmr_gpa, r.vmr_size))
+        .collect();
+    (GuestMemory::anonymous(&spans).unwrap(), ranges)
+}
