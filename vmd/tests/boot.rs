@@ -11,12 +11,15 @@
 //!
 //! Needs /dev/kvm (or /dev/vmm); the tests are reported as ignored with the
 //! reason where it is missing.
+mod support;
+
 use iced_x86::code_asm::*;
 use iced_x86::BlockEncoderOptions;
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::Console;
 use vmd::vm::boot::linux::test_bzimage;
 use vmd::vm::bus::MmioDevice;
 use vmd::vm::machine::{BootImage, Machine, Outcome, VmConfig, VmError};
@@ -82,25 +85,6 @@ impl MmioDevice for TestDevice {
 }
 
 // ---- running a VM ------------------------------------------------------
-
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Console {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Console {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 struct Run {
     outcome: Result<Outcome, VmError>,
@@ -1278,17 +1262,7 @@ fn refused(what: Refused, flavour: ExitFlavour) -> Result<(), Failed> {
 
 fn main() {
     let args = Arguments::from_args();
-    let dev = if cfg!(target_os = "linux") {
-        "/dev/kvm"
-    } else {
-        "/dev/vmm"
-    };
-    let skip = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .err()
-        .map(|e| format!("needs {dev} ({e})"));
+    let skip = support::missing_vmm();
     // kvm-pvm (the paravirtual KVM of some cloud hosts) runs guests with
     // paging only in long mode: an i386 kernel's 32-bit paging shuts the
     // vCPU down before its first instruction.

@@ -3,39 +3,14 @@
 //! reports that there is no bootable device.  Needs /dev/kvm (or /dev/vmm)
 //! and the asset fetched by scripts/fetch-assets.sh; reported as ignored
 //! with the reason where either is missing.
+mod support;
+
 use libtest_mimic::{Arguments, Failed, Trial};
-use std::io::Write;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{bios_path, Console};
 use vmd::vm::machine::{BootImage, Machine, Outcome, VmConfig};
 use vmm_sys::ExitFlavour;
-
-#[derive(Clone, Default)]
-struct Console(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Console {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Console {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-fn bios_path() -> PathBuf {
-    let dir = std::env::var_os("ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/assets"));
-    dir.join("bios.bin")
-}
 
 /// Boots SeaBIOS and waits for "No bootable device"; returns the console
 /// transcript.
@@ -142,23 +117,7 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
 
 fn main() {
     let args = Arguments::from_args();
-    let dev = if cfg!(target_os = "linux") {
-        "/dev/kvm"
-    } else {
-        "/dev/vmm"
-    };
-    let mut skip = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(dev)
-        .err()
-        .map(|e| format!("needs {dev} ({e})"));
-    if skip.is_none() && !bios_path().exists() {
-        skip = Some(format!(
-            "needs {} (run scripts/fetch-assets.sh)",
-            bios_path().display()
-        ));
-    }
+    let skip = support::missing_vmm().or_else(support::missing_bios);
     let tests = vec![
         Trial::test("seabios_no_bootable_device_host_flavour", || {
             boot_seabios(None).map(|_| ())
