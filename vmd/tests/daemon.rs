@@ -5,31 +5,19 @@
 //! are really dropped.  Needs root, /dev/kvm (or /dev/vmm) and SeaBIOS
 //! from scripts/fetch-assets.sh; reported as ignored with the reason
 //! where any is missing.
+mod support;
+
 use libtest_mimic::{Arguments, Failed, Trial};
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::bios_path;
+use support::daemon::{self, read_tty, vmd_user};
 use vmd::config::{VMOP_CREATE_DISK, VMOP_CREATE_INSTANCE, VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY};
 use vmd::proc::msg::*;
 use vmd::proc::{ImsgChannel, Message};
-
-fn bios_path() -> PathBuf {
-    let dir = std::env::var_os("ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/assets"));
-    dir.join("bios.bin")
-}
-
-fn vmd_user() -> &'static str {
-    match nix::unistd::User::from_name("_vmd") {
-        Ok(Some(_)) => "_vmd",
-        _ => "nobody",
-    }
-}
 
 struct Daemon {
     child: Child,
@@ -48,22 +36,11 @@ impl Daemon {
     }
 
     fn spawn(name: &str, conf: &str, stderr: Stdio) -> Result<Daemon, Failed> {
-        let dir = std::env::temp_dir().join(format!("vmd-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        let dir = daemon::temp_dir("vmd-test", name)?;
         let socket = dir.join("vmd.sock");
         let cfg = dir.join("vm.conf");
         std::fs::write(&cfg, conf)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_vmd"))
-            .arg("-d")
-            .arg("-f")
-            .arg(&cfg)
-            .env("VMD_SOCKET", &socket)
-            .env("VMD_USER", vmd_user())
-            .env_remove("VMD_NO_PRIVDROP")
-            .stdin(Stdio::null())
-            .stderr(stderr)
-            .spawn()?;
+        let child = daemon::command(&cfg, &socket).stderr(stderr).spawn()?;
         let d = Daemon { child, dir, socket };
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(&d.socket).is_err() {
@@ -83,40 +60,13 @@ impl Daemon {
 
     /// SIGTERM; vmd stops its VMs and exits 0.
     fn stop(mut self) -> Result<(), Failed> {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                if !st.success() {
-                    return Err(format!("vmd exited with {st} after SIGTERM").into());
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err("vmd did not exit within 30 s of SIGTERM".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        daemon::stop(&mut self.child)
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        daemon::end(&mut self.child);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -162,36 +112,6 @@ fn wait_info(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Reads the VM's console until `what` appears.
-fn read_tty(tty: &Path, what: &str) -> Result<String, Failed> {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open(tty)
-        .map_err(|e| format!("{}: {e}", tty.display()))?;
-    let mut text = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match f.read(&mut buf) {
-            Ok(n) if n > 0 => {
-                text.extend_from_slice(&buf[..n]);
-                let s = String::from_utf8_lossy(&text);
-                if s.contains(what) {
-                    return Ok(s.into_owned());
-                }
-            }
-            _ => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    Err(format!(
-        "no {what:?} on {} within 60 s; read:\n{}",
-        tty.display(),
-        String::from_utf8_lossy(&text)
-    )
-    .into())
 }
 
 /// The test binary as an unprivileged client (`VMD_TEST_CLIENT=<socket>`,
@@ -699,25 +619,12 @@ fn check_bad_conf() -> Result<(), Failed> {
 
 fn main() {
     let args = Arguments::from_args();
-    let dev = if cfg!(target_os = "linux") {
-        "/dev/kvm"
-    } else {
-        "/dev/vmm"
-    };
     if let Ok(sock) = std::env::var("VMD_TEST_CLIENT") {
         std::process::exit(client_mode(&sock));
     }
-    let mut skip = None;
-    if !nix::unistd::geteuid().is_root() {
-        skip = Some("needs root (vmd: need root privileges)".to_string());
-    } else if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(dev) {
-        skip = Some(format!("needs {dev} ({e})"));
-    } else if !bios_path().exists() {
-        skip = Some(format!(
-            "needs {} (run scripts/fetch-assets.sh)",
-            bios_path().display()
-        ));
-    }
+    let skip = support::missing_root()
+        .or_else(support::missing_vmm)
+        .or_else(support::missing_bios);
     let tests = vec![
         Trial::test("daemon_start_info_tty_pause_stop", end_to_end)
             .with_ignored_flag(skip.is_some()),

@@ -11,18 +11,22 @@
 //! it: it is the one next to vmd (`target/<profile>/vmctl`), which a
 //! workspace build makes, or `cargo test -p vmd` has cargo build when it
 //! is missing or older than its sources; `VMCTL=<path>` names another.
+mod support;
+
 use libtest_mimic::{Arguments, Failed, Trial};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::bios_path;
+use support::daemon::{self, read_tty, vmd_user};
 
 /// vmctl's status header (OpenBSD's vmctl.c `print_vm_info`).
 const HEADER: &str = "   ID   PID VCPUS  MAXMEM  CURMEM     TTY        OWNER    STATE NAME";
@@ -30,20 +34,6 @@ const HEADER: &str = "   ID   PID VCPUS  MAXMEM  CURMEM     TTY        OWNER    
 /// What root-only commands print for anyone else: vmd answers
 /// IMSG_CTL_FAIL with EPERM.
 const DENIED: &str = "vmctl: command failed: Operation not permitted\n";
-
-fn bios_path() -> PathBuf {
-    let dir = std::env::var_os("ASSETS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/assets"));
-    dir.join("bios.bin")
-}
-
-fn vmd_user() -> &'static str {
-    match nix::unistd::User::from_name("_vmd") {
-        Ok(Some(_)) => "_vmd",
-        _ => "nobody",
-    }
-}
 
 /// The newest modification time of the files under `path`.
 fn newest(path: &Path) -> Option<std::time::SystemTime> {
@@ -190,14 +180,7 @@ impl Vmd {
         std::fs::copy(vmctl, &copy)?;
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
         let log = std::fs::File::create(dir.join("vmd.log"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_vmd"))
-            .arg("-d")
-            .arg("-f")
-            .arg(&cfg)
-            .env("VMD_SOCKET", &socket)
-            .env("VMD_USER", vmd_user())
-            .env_remove("VMD_NO_PRIVDROP")
-            .stdin(Stdio::null())
+        let child = daemon::command(&cfg, &socket)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -283,34 +266,13 @@ impl Vmd {
 
     /// SIGTERM: vmd stops its VMs and exits 0.
     fn stop(&mut self) -> Result<(), Failed> {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.try_wait()? {
-                if !st.success() {
-                    return Err(format!("vmd exited with {st} after SIGTERM").into());
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err("vmd did not exit within 30 s of SIGTERM".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        daemon::stop(&mut self.child)
     }
 }
 
 impl Drop for Vmd {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        daemon::end(&mut self.child);
         for &pid in &self.vm_pids {
             if alive(pid) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -434,35 +396,6 @@ fn check_running(r: &Row, vmd_pid: i32, tty: Option<&str>, state: &str) -> Resul
 /// vmctl's TTY column: the tty's name after its last `/`.
 fn tty_column(tty: &str) -> &str {
     tty.rsplit('/').next().unwrap_or(tty)
-}
-
-/// Reads a VM's console tty until `what` appears (60 s at most).
-fn read_tty(tty: &str, what: &str) -> Result<String, Failed> {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open(tty)
-        .map_err(|e| format!("{tty}: {e}"))?;
-    let mut text = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match f.read(&mut buf) {
-            Ok(n) if n > 0 => {
-                text.extend_from_slice(&buf[..n]);
-                let s = String::from_utf8_lossy(&text);
-                if s.contains(what) {
-                    return Ok(s.into_owned());
-                }
-            }
-            _ => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    Err(format!(
-        "no {what:?} on {tty} within 60 s; read:\n{}",
-        String::from_utf8_lossy(&text)
-    )
-    .into())
 }
 
 /// Reads a pty master until `want` appears, the end, or 15 s.
@@ -595,9 +528,7 @@ impl Drop for TestUser {
 }
 
 fn temp_dir(what: &str) -> Result<PathBuf, Failed> {
-    let dir = std::env::temp_dir().join(format!("vmd-e2e-{}-{what}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    let dir = daemon::temp_dir("vmd-e2e", what)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     Ok(dir)
 }
@@ -817,23 +748,9 @@ fn check_config() -> Result<(), Failed> {
 
 fn main() {
     let args = Arguments::from_args();
-    let dev = if cfg!(target_os = "linux") {
-        "/dev/kvm"
-    } else {
-        "/dev/vmm"
-    };
-    let skip = if !nix::unistd::geteuid().is_root() {
-        Some("needs root (vmd: need root privileges)".to_string())
-    } else if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(dev) {
-        Some(format!("needs {dev} ({e})"))
-    } else if !bios_path().exists() {
-        Some(format!(
-            "needs {} (run scripts/fetch-assets.sh)",
-            bios_path().display()
-        ))
-    } else {
-        None
-    };
+    let skip = support::missing_root()
+        .or_else(support::missing_vmm)
+        .or_else(support::missing_bios);
     let mut e2e = Trial::test("vmctl_drives_vmd", vmd_and_vmctl);
     if let Some(why) = skip {
         e2e = e2e.with_ignored_flag(true).with_kind(why);

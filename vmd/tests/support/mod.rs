@@ -1,9 +1,11 @@
 //! What vmd's integration tests share: why a test cannot run on this host
-//! (reported as the reason it is ignored), SeaBIOS's path, and a console
-//! that keeps what the guest wrote.
+//! (reported as the reason it is ignored), SeaBIOS's path, a console that
+//! keeps what the guest wrote, and ([`daemon`]) vmd -d as a process.
 //!
 //! Each test is its own crate and uses only some of this.
 #![allow(dead_code)]
+
+pub mod daemon;
 
 use std::io::Write;
 use std::path::PathBuf;
