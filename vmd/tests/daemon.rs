@@ -597,6 +597,52 @@ fn reboot_rate_limit() -> Result<(), Failed> {
     d.stop()
 }
 
+/// Garbage on the control socket drops that client with a log line; vmd
+/// and its other clients carry on.
+fn garbage_on_the_socket() -> Result<(), Failed> {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("vmd-test-{}-garbage-log", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join("vmd.log");
+    let d = Daemon::start_logged("garbage", "", &log)?;
+    // A client that stays connected and well-behaved throughout.
+    let mut good = d.connect()?;
+    // A header whose length is below the header size, an oversized one,
+    // and plain noise, each on its own connection.
+    let bad: [&[u8]; 3] = [
+        &[4, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[4, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        b"\x12\x00\x00\x00\x20\x00\x00\x00garbage garbage garbage!",
+    ];
+    for bytes in bad {
+        let mut s = UnixStream::connect(&d.socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(bytes)?;
+        let mut buf = [0u8; 64];
+        // vmd closes the connection: EOF (or a reset), no answer.
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => return Err(format!("vmd answered {n} bytes to garbage").into()),
+        }
+    }
+    good.send(&Message::GetInfoVmRequest(None))?;
+    let answer = good.recv()?.msg;
+    if !matches!(answer, Message::GetInfoVmEndData) {
+        return Err(format!("the good client got {answer:?}").into());
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let drops = text.matches("control: dropping client of uid 0").count();
+    let stopped = d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    stopped?;
+    if drops < 3 {
+        return Err(
+            format!("want 3 'dropping client' log lines, got {drops}; log:\n{text}").into(),
+        );
+    }
+    Ok(())
+}
+
 fn check_bad_conf() -> Result<(), Failed> {
     let dir = std::env::temp_dir().join(format!("vmd-test-{}-n", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -632,6 +678,11 @@ fn main() {
             .with_ignored_flag(skip.is_some()),
         Trial::test("daemon_instances_and_owners", instances_and_owners)
             .with_ignored_flag(skip.is_some()),
+        Trial::test(
+            "daemon_drops_clients_sending_garbage",
+            garbage_on_the_socket,
+        )
+        .with_ignored_flag(skip.is_some()),
         // vmd -n needs neither root nor vmm(4).
         Trial::test("daemon_check_bad_config", check_bad_conf),
     ];
