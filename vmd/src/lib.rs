@@ -16,3 +16,6 @@ pub mod devices;
 pub mod proc;
 pub mod vm;
 pub mod x86;
+
+#[cfg(test)]
+pub(crate) mod fuzz;

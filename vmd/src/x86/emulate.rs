@@ -864,7 +864,7 @@ impl<M: GuestRam + ?Sized, B: MmioAccess + ?Sized> Cpu<'_, M, B> {
         let lin = self.wrap(base.wrapping_add(off));
         let mut d = [0u8; 8];
         for (i, byte) in d.iter_mut().enumerate() {
-            let l = self.wrap(lin + i as u64);
+            let l = self.wrap(lin.wrapping_add(i as u64));
             let gpa = translate_gva(self.vrs, self.mem, l, Access::Read, 0).map_err(|error| {
                 MmioError::PageFault {
                     rip: self.rip,
@@ -895,7 +895,7 @@ impl<M: GuestRam + ?Sized, B: MmioAccess + ?Sized> Cpu<'_, M, B> {
         // Set the descriptor's Accessed bit as the CPU does.
         let access = access | 1;
         if access as u64 != (d >> 40) & 0xff {
-            let l = self.wrap(lin + 5);
+            let l = self.wrap(lin.wrapping_add(5));
             let gpa = translate_gva(self.vrs, self.mem, l, Access::Write, 0).map_err(|error| {
                 MmioError::PageFault {
                     rip: self.rip,

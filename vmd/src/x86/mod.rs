@@ -22,6 +22,8 @@ pub mod pio;
 mod regs;
 
 #[cfg(test)]
+pub(crate) mod fuzz_tests;
+#[cfg(test)]
 mod tests;
 
 pub use emulate::{emulate, Emulated, MmioError};
