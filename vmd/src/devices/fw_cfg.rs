@@ -312,7 +312,12 @@ impl<M: DmaMemory> FwCfg<M> {
                 log::warn!("fw_cfg: dma write to 0x{address:x} failed");
                 result |= FW_CFG_DMA_ERROR;
             }
-            if len < length as usize && !self.zero_fill(address + len as u64, length as usize - len)
+            // A buffer running past the top of the address space is not
+            // memory either.
+            if len < length as usize
+                && !address
+                    .checked_add(len as u64)
+                    .is_some_and(|rest| self.zero_fill(rest, length as usize - len))
             {
                 log::warn!("fw_cfg: dma write to 0x{address:x} failed");
                 result |= FW_CFG_DMA_ERROR;
@@ -332,8 +337,13 @@ impl<M: DmaMemory> FwCfg<M> {
             if !self.mem.write_gpa(gpa, &ZEROS[..n]) {
                 return false;
             }
-            gpa += n as u64;
             len -= n;
+            if len > 0 {
+                let Some(next) = gpa.checked_add(n as u64) else {
+                    return false;
+                };
+                gpa = next;
+            }
         }
         true
     }
@@ -421,7 +431,8 @@ mod tests {
     impl DmaMemory for MockRam {
         fn read_gpa(&self, gpa: u64, buf: &mut [u8]) -> bool {
             let m = self.0.lock().unwrap();
-            match m.get(gpa as usize..gpa as usize + buf.len()) {
+            let end = (gpa as usize).checked_add(buf.len());
+            match end.and_then(|end| m.get(gpa as usize..end)) {
                 Some(s) => {
                     buf.copy_from_slice(s);
                     true
@@ -431,7 +442,8 @@ mod tests {
         }
         fn write_gpa(&self, gpa: u64, data: &[u8]) -> bool {
             let mut m = self.0.lock().unwrap();
-            match m.get_mut(gpa as usize..gpa as usize + data.len()) {
+            let end = (gpa as usize).checked_add(data.len());
+            match end.and_then(|end| m.get_mut(gpa as usize..end)) {
                 Some(s) => {
                     s.copy_from_slice(data);
                     true
@@ -573,6 +585,10 @@ mod tests {
         // A short access resets the address.
         f.pio_write(DMA_LOW, 2, 0);
         assert_eq!(f.dma_addr, 0);
+        // A buffer running past the top of the address space, whose zero
+        // fill would start beyond 2^64: an error, not an overflow.
+        dma(&mut f, &ram, 0x100, ctl, 64, u64::MAX - 1);
+        assert_eq!(control_at(&ram, 0x100), FW_CFG_DMA_ERROR);
     }
 
     #[test]

@@ -6,3 +6,6 @@ pub mod i8259;
 pub mod mc146818;
 pub mod ns8250;
 pub mod pci;
+
+#[cfg(test)]
+pub(crate) mod fuzz_tests;
