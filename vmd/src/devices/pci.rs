@@ -403,11 +403,12 @@ impl PciBus {
 
     /// A configuration read of `size` bytes at `offset` of the device in
     /// `slot`, as through the data port; all-ones where the data port
-    /// would return them.
+    /// would return them, and for a size other than 1, 2 or 4 (ignored,
+    /// as `config_write` ignores it).
     pub fn config_read(&self, slot: u8, offset: u8, size: u8) -> u32 {
         let ofs = offset & 3;
         match self.devices.get(slot as usize) {
-            Some(d) if ofs + size <= 4 => {
+            Some(d) if matches!(size, 1 | 2 | 4) && ofs + size <= 4 => {
                 let v = d.dword(offset as usize / 4) >> (ofs * 8);
                 v & all_ones(size)
             }
@@ -703,6 +704,9 @@ mod tests {
         // Straddling the dword reads all-ones.
         assert_eq!(pio.read(DATA + 3, 2), 0xffff);
         assert_eq!(pio.read(DATA + 2, 4), 0xffff_ffff);
+        // So do sizes the bus never issues, however large.
+        assert_eq!(pio.read(DATA + 3, 255), 0xffff_ffff);
+        assert_eq!(pio.read(DATA, 3), 0xffff_ffff);
         // 0xCF9–0xCFB are not part of the mechanism.
         assert_eq!(pio.read(ADDR + 1, 1), 0xff);
     }

@@ -105,8 +105,10 @@ pub fn vcpu_exit(
                 return Ok(Action::Continue);
             }
             h.port_io(vei);
+            // Wrapping, as vmd's `+=` on the register does: RIP comes from
+            // the guest and may sit at the top of the address space.
             let len = exit.vei().vei_insn_len as u64;
-            exit.vrs.vrs_gprs[VCPU_REGS_RIP as usize] = rip + len;
+            exit.vrs.vrs_gprs[VCPU_REGS_RIP as usize] = rip.wrapping_add(len);
             Ok(Action::Continue)
         }
         VMX_EXIT_HLT | SVM_VMEXIT_HLT => Ok(Action::Halt),
@@ -272,6 +274,15 @@ mod tests {
             assert_eq!(e.vrs.vrs_gprs[VCPU_REGS_RIP as usize], 0x102);
             assert_eq!(h.pio, vec![(0x71, 1, 1, 0x1234_5678)]);
         }
+        // RIP at the top of the address space wraps, as in vmd.
+        let mut h = Rec::default();
+        let mut e = exit_at(u64::MAX - 1);
+        e.vei_mut().vei_insn_len = 3;
+        assert_eq!(
+            vcpu_exit(VMX_EXIT_IO as u16, &mut e, &mut h),
+            Ok(Action::Continue)
+        );
+        assert_eq!(e.vrs.vrs_gprs[VCPU_REGS_RIP as usize], 1);
     }
 
     #[test]

@@ -591,12 +591,14 @@ impl Drop for Machine {
     }
 }
 
-struct Handler<'a> {
-    pio: &'a PioBus,
-    mmio: &'a mut MmioBus,
-    mem: &'a GuestMemory,
-    sregs_changed: bool,
-    gprs_changed: bool,
+/// The device side of `vcpu_exit` in the VM process (visible to the `vm`
+/// module for its exit-dispatch property test).
+pub(super) struct Handler<'a> {
+    pub(super) pio: &'a PioBus,
+    pub(super) mmio: &'a mut MmioBus,
+    pub(super) mem: &'a GuestMemory,
+    pub(super) sregs_changed: bool,
+    pub(super) gprs_changed: bool,
 }
 
 impl ExitHandler for Handler<'_> {

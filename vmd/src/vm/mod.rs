@@ -6,3 +6,6 @@ pub mod guest_memory;
 pub mod irq;
 pub mod machine;
 pub mod memmap;
+
+#[cfg(test)]
+mod fuzz_tests;

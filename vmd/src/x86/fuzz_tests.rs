@@ -351,7 +351,7 @@ const PREFIXES: [u8; 11] = [
 ];
 
 /// Opcodes the emulator handles (and a few neighbours it refuses).
-const OPCODES: &[&[u8]] = &[
+pub(crate) const OPCODES: &[&[u8]] = &[
     &[0x00],
     &[0x01],
     &[0x02],
@@ -441,7 +441,7 @@ const OPCODES: &[&[u8]] = &[
 /// 15 instruction bytes: noise, or prefixes (and REX in 64-bit mode), an
 /// opcode from `opcodes`, a ModRM that mostly names memory, and random
 /// operand bytes.
-fn insn_bytes(rng: &mut Rng, long: bool, opcodes: &[&[u8]]) -> [u8; 15] {
+pub(crate) fn insn_bytes(rng: &mut Rng, long: bool, opcodes: &[&[u8]]) -> [u8; 15] {
     let mut b = [0u8; 15];
     rng.fill(&mut b);
     if rng.one_in(8) {
@@ -474,7 +474,7 @@ fn decode(vrs: &vcpu_reg_state, bytes: &[u8]) -> Instruction {
 
 /// Writes `bytes` at CS:RIP through the guest's page tables, where they
 /// translate to RAM, so that a fetch finds them.
-fn place(vrs: &vcpu_reg_state, cpl: i32, ram: &LazyRam, bytes: &[u8]) {
+pub(crate) fn place<M: GuestRam + ?Sized>(vrs: &vcpu_reg_state, cpl: i32, ram: &M, bytes: &[u8]) {
     let mode = Mode::of(vrs);
     let mut rip = vrs.vrs_gprs[VCPU_REGS_RIP as usize];
     if mode != Mode::Long {
@@ -671,7 +671,7 @@ fn emulate_segment_loads_never_panic() {
     assert!(ok > 500, "only {ok} segment loads emulated");
 }
 
-const STRING_IO: &[&[u8]] = &[
+pub(crate) const STRING_IO: &[&[u8]] = &[
     &[0x6c],
     &[0x6d],
     &[0x6e],
