@@ -74,10 +74,9 @@ struct Shdr {
 }
 
 fn rd(b: &[u8], off: u64, n: usize) -> Result<u64, LoadError> {
-    let off =
-        usize::try_from(off).map_err(|_| LoadError::Format("ELF offset out of range".into()))?;
-    let s = b
-        .get(off..off + n)
+    let s = usize::try_from(off)
+        .ok()
+        .and_then(|o| b.get(o..o.checked_add(n)?))
         .ok_or_else(|| LoadError::Format(format!("ELF file truncated at offset {off}")))?;
     let mut v = [0u8; 8];
     v[..n].copy_from_slice(s);
@@ -162,12 +161,20 @@ impl<'a> Elf<'a> {
         if off == 0 {
             return Ok(Vec::new());
         }
+        // The headers are copied whole and patched at sh_flags and
+        // sh_offset, so they must be at least that long.
+        let min = if self.is64 { 64 } else { 40 };
+        if num > 0 && ent < min {
+            return Err(LoadError::Format(format!(
+                "ELF section header size {ent} is below {min}"
+            )));
+        }
         (0..num)
             .map(|i| {
                 let p = off + i * ent;
-                let raw = self
-                    .b
-                    .get(p as usize..(p + ent) as usize)
+                let raw = p
+                    .checked_add(ent)
+                    .and_then(|end| self.b.get(p as usize..end as usize))
                     .ok_or_else(|| LoadError::Format("section headers truncated".into()))?
                     .to_vec();
                 Ok(if self.is64 {
@@ -205,8 +212,21 @@ pub fn load(
     let mut end = 0u64;
     for ph in elf.phdrs()? {
         let dst = ph.paddr & 0x0FFF_FFFF;
+        // p_memsz is the file's word: the segment must lie in guest
+        // memory before anything is allocated for it.
+        let in_memory = || {
+            usize::try_from(ph.memsz)
+                .ok()
+                .filter(|&n| mem.is_backed(dst, n))
+                .ok_or_else(|| {
+                    LoadError::Memory(format!(
+                        "segment of {} bytes at 0x{dst:x} is outside guest memory",
+                        ph.memsz
+                    ))
+                })
+        };
         if ph.ty == PT_OPENBSD_RANDOMIZE {
-            let mut rnd = vec![0u8; ph.memsz as usize];
+            let mut rnd = vec![0u8; in_memory()?];
             random_bytes(&mut rnd);
             write(mem, dst, &rnd)?;
             continue;
@@ -219,8 +239,11 @@ pub fn load(
                 "segment file size exceeds its memory size".into(),
             ));
         }
-        let data = image
-            .get(ph.offset as usize..(ph.offset + ph.filesz) as usize)
+        in_memory()?;
+        let data = ph
+            .offset
+            .checked_add(ph.filesz)
+            .and_then(|end| image.get(ph.offset as usize..end as usize))
             .ok_or_else(|| LoadError::Format("segment beyond the end of the file".into()))?;
         write(mem, dst, data)?;
         write(
@@ -273,9 +296,10 @@ fn append_symbols(mem: &GuestMemory, elf: &Elf, end: u64) -> Result<u64, LoadErr
         // copied, their sh_offset made relative to elfp and SHF_ALLOC set;
         // the other headers are copied unchanged.
         if sh.ty == SHT_SYMTAB || sh.ty == SHT_STRTAB {
-            let data = elf
-                .b
-                .get(sh.offset as usize..(sh.offset + sh.size) as usize)
+            let data = sh
+                .offset
+                .checked_add(sh.size)
+                .and_then(|end| elf.b.get(sh.offset as usize..end as usize))
                 .ok_or_else(|| {
                     LoadError::Format("symbol section beyond the end of the file".into())
                 })?;
@@ -580,5 +604,28 @@ mod tests {
         truncated.truncate(0x100);
         let e = load(&mem, &ranges, &truncated, &BootOptions::default()).unwrap_err();
         assert!(e.to_string().contains("beyond the end"), "{e}");
+    }
+
+    #[test]
+    fn hostile_header_fields_are_errors() {
+        let (mem, ranges) = test_guest(64 * MB);
+        let elf = tiny_elf64(&[0xf4], 0x1000, 0x0100_0000);
+        let with = |off: usize, v: &[u8]| {
+            let mut b = elf.clone();
+            b[off..off + v.len()].copy_from_slice(v);
+            load(&mem, &ranges, &b, &BootOptions::default()).unwrap_err()
+        };
+        let sh_off = u64::from_le_bytes(elf[40..48].try_into().unwrap()) as usize;
+        // A bss of 2^60 bytes is refused before anything is allocated.
+        let e = with(64 + 40, &(1u64 << 60).to_le_bytes());
+        assert!(e.to_string().contains("outside guest memory"), "{e}");
+        // p_offset + p_filesz, sh_offset + sh_size and e_phoff + a field
+        // past 2^64.
+        with(64 + 8, &u64::MAX.to_le_bytes());
+        with(sh_off + 64 + 24, &(u64::MAX - 4).to_le_bytes());
+        with(32, &(u64::MAX - 1).to_le_bytes());
+        // Section headers shorter than the fields patched in them.
+        let e = with(58, &8u16.to_le_bytes());
+        assert!(e.to_string().contains("section header size 8"), "{e}");
     }
 }

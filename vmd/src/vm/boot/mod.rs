@@ -6,6 +6,9 @@ pub mod elf;
 pub mod linux;
 pub mod regs;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use vmm_sys::GuestMemory;
 
 #[derive(Debug)]
