@@ -543,6 +543,33 @@ fn mov_segment_register_from_mmio_loads_the_gdt_descriptor() {
         matches!(e, MmioError::Segment { selector: 0x20, .. }),
         "{e}"
     );
+
+    // A 64-bit GDT base whose descriptor runs past 2^64 wraps, as linear
+    // addresses do, rather than overflowing: its first two bytes are the
+    // last of the address space (a device there), the rest come from
+    // linear 0 (zeros in RAM), a system descriptor.
+    let e = emu_err(
+        Vm::long,
+        |vm| {
+            vm.exit.vrs.vrs_gdtr.vsi_base = u64::MAX - 9;
+            vm.exit.vrs.vrs_gdtr.vsi_limit = 0xffff;
+            vm.bus.ranges.push((0xffff_fff0, 0x10));
+            vm.set(RAX, MMIO);
+            vm.bus.poke(MMIO, 2, 0x8);
+        },
+        &asm64(|a| a.mov(gs, word_ptr(rax))),
+    );
+    assert!(
+        matches!(
+            e,
+            MmioError::Segment {
+                selector: 0x8,
+                reason: "system descriptor",
+                ..
+            }
+        ),
+        "{e}"
+    );
 }
 
 // ---- MOVZX / MOVSX / MOVSXD ------------------------------------------
