@@ -42,10 +42,27 @@ pub struct BootOptions {
 }
 
 /// Reads the image, inflating it when it is gzip'd.
+/// The most a gzip'd image may inflate to: far above any kernel, far below
+/// what a small compressed file could otherwise make the VM process take.
+pub const MAX_INFLATED: u64 = 512 << 20;
+
 pub fn read_image(raw: &[u8]) -> Result<Vec<u8>, LoadError> {
+    read_image_limited(raw, MAX_INFLATED)
+}
+
+fn read_image_limited(raw: &[u8], limit: u64) -> Result<Vec<u8>, LoadError> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(raw).read_to_end(&mut out)?;
+        flate2::read::MultiGzDecoder::new(raw)
+            .take(limit + 1)
+            .read_to_end(&mut out)?;
+        if out.len() as u64 > limit {
+            return Err(LoadError::Size {
+                what: "inflated kernel image",
+                size: out.len(),
+                limit: limit as usize,
+            });
+        }
         Ok(out)
     } else {
         Ok(raw.to_vec())
@@ -582,6 +599,22 @@ mod tests {
             (511 << 21) | 0x87
         );
         assert_eq!(mem.read_u64(GDT_PAGE + 8).unwrap(), 0x00cf_9b00_0000_ffff);
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![0u8; 4 << 20]).unwrap();
+        let small = gz.finish().unwrap();
+        assert!(
+            small.len() < 64 << 10,
+            "compressed to {} bytes",
+            small.len()
+        );
+        let e = read_image_limited(&small, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("inflated kernel image"), "{e}");
+        assert_eq!(read_image_limited(&small, 4 << 20).unwrap().len(), 4 << 20);
     }
 
     #[test]
