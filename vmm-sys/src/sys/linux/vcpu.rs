@@ -202,8 +202,9 @@ impl Vcpu {
             if g.irq.is_some() && g.interruptible() {
                 g.deliver_irq(self.raw_fd)?;
             }
-            g.fd.get_kvm_run().request_interrupt_window =
-                (want_window && g.irq.is_none()) as u8 | g.irq.is_some() as u8;
+            // An interrupt window is wanted while vmd has interrupts pending
+            // (VMM_IOC_INTR, vrp_intr_pending) or one is held for the guest.
+            g.fd.get_kvm_run().request_interrupt_window = want_window as u8;
             *self.running.lock().unwrap() = Some(current_thread());
             let result = if self.terminate.load(Ordering::SeqCst) {
                 Err(kvm_ioctls::Error::new(libc::EINTR))
