@@ -18,4 +18,4 @@ pub mod vm;
 pub mod x86;
 
 #[cfg(test)]
-pub(crate) mod fuzz;
+pub(crate) mod property;

@@ -20,8 +20,8 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::Console;
+use vmd::devices::bus::MmioDevice;
 use vmd::vm::boot::linux::test_bzimage;
-use vmd::vm::bus::MmioDevice;
 use vmd::vm::machine::{BootImage, Machine, Outcome, VmConfig, VmError};
 use vmm_sys::ExitFlavour;
 

@@ -27,8 +27,8 @@
 //! CFG": the host's 64-bit big-endian value split into halves, so on
 //! amd64 a 32-bit read of 0x514 returns the bytes " CFG" and of 0x518
 //! "QEMU" (QEMU itself returns them the other way round).
+use crate::devices::bus::{all_ones, PioDevice};
 use crate::devices::pci::PciBus;
-use crate::vm::bus::{all_ones, PioDevice};
 
 pub const FW_CFG_IO_SELECT: u16 = 0x510;
 pub const FW_CFG_IO_DATA: u16 = 0x511;

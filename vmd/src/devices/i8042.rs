@@ -53,8 +53,8 @@
 //! 0xF4/0xF5/0xF6 enable scanning, restore defaults and disable scanning,
 //! restore defaults; anything else is answered 0xFE.  Every byte but
 //! 0xFE first discards answers not yet collected.
-use crate::vm::bus::{all_ones, PioDevice};
-use crate::vm::irq::IrqLines;
+use crate::devices::bus::{all_ones, PioDevice};
+use crate::devices::irq::IrqLines;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -501,8 +501,8 @@ impl PioDevice for I8042Port {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::bus::PioBus;
-    use crate::vm::irq::RecordingLines;
+    use crate::devices::bus::PioBus;
+    use crate::devices::irq::RecordingLines;
 
     struct Rig {
         kbc: I8042,

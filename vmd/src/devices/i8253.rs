@@ -23,8 +23,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::vm::bus::PioDevice;
-use crate::vm::irq::{IrqLines, Timer};
+use crate::devices::bus::PioDevice;
+use crate::devices::irq::{IrqLines, Timer};
 
 /// Channel 0's counter port; channels 1 and 2 and the control word follow.
 pub const TIMER_BASE: u16 = 0x40;
@@ -505,8 +505,8 @@ impl PioDevice for I8253Misc {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::bus::PioBus;
-    use crate::vm::irq::RecordingLines;
+    use crate::devices::bus::PioBus;
+    use crate::devices::irq::RecordingLines;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A PIT on a port bus with a clock the test moves by hand.

@@ -28,8 +28,8 @@
 //! EOI.
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::vm::bus::PioDevice;
-use crate::vm::irq::IrqLines;
+use crate::devices::bus::PioDevice;
+use crate::devices::irq::IrqLines;
 
 /// First port of the master PIC (`IO_ICU1`).
 pub const IO_ICU1: u16 = 0x20;
@@ -542,7 +542,7 @@ impl PioDevice for ElcrPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::bus::PioBus;
+    use crate::devices::bus::PioBus;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// The pair behind a port bus, as the VM wires it.

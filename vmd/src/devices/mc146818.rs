@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::i8253::Clock;
-use crate::vm::bus::PioDevice;
-use crate::vm::irq::{IrqLines, Timer};
+use crate::devices::bus::PioDevice;
+use crate::devices::irq::{IrqLines, Timer};
 
 /// The index port (`IO_RTC`); the data port follows.
 pub const IO_RTC: u16 = 0x70;
@@ -394,8 +394,8 @@ impl Timer for Mc146818 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::bus::PioBus;
-    use crate::vm::irq::RecordingLines;
+    use crate::devices::bus::PioBus;
+    use crate::devices::irq::RecordingLines;
     use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
     use std::sync::Mutex;
 

@@ -34,8 +34,8 @@
 //! [`Ns8250::receive_ucntl`] decodes it (break set/clear).  A read of 0
 //! bytes (no slave attached, vmd's zero-read case) is the glue's business:
 //! vmd then stops watching the pty for input until it is writable again.
-use crate::vm::bus::PioDevice;
-use crate::vm::irq::{IrqLines, Timer};
+use crate::devices::bus::PioDevice;
+use crate::devices::irq::{IrqLines, Timer};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -371,7 +371,7 @@ impl<W: Write + Send> PioDevice for Ns8250<W> {
             COM_LSR => self.regs.lsr | LSR_TSRE | LSR_TXRDY,
             COM_MSR => self.regs.lsr | MSR_DCD | MSR_DSR | MSR_CTS,
             COM_SCR => self.regs.scr,
-            _ => return crate::vm::bus::all_ones(size),
+            _ => return crate::devices::bus::all_ones(size),
         };
         u32::from(v)
     }
@@ -412,7 +412,7 @@ impl<W: Write + Send> Timer for Ns8250<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::irq::RecordingLines;
+    use crate::devices::irq::RecordingLines;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn com() -> (Ns8250<Vec<u8>>, Arc<RecordingLines>) {

@@ -30,7 +30,7 @@
 //! Devices raise their own line through `IrqLines`; like vmd, they should
 //! use [`PciBus::device_irq`], which reads the line register the guest may
 //! have rewritten.
-use crate::vm::bus::{all_ones, MmioDevice, PioDevice, SharedMmio, SharedPio};
+use crate::devices::bus::{all_ones, MmioDevice, PioDevice, SharedMmio, SharedPio};
 use crate::vm::memmap::{PCI_MMIO_BAR_BASE, PCI_MMIO_BAR_END};
 use std::sync::{Arc, Mutex};
 
@@ -610,7 +610,7 @@ impl MmioDevice for PciMmioBars {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::bus::{MmioBus, PioBus};
+    use crate::devices::bus::{MmioBus, PioBus};
 
     const ADDR: u16 = PCI_MODE1_ADDRESS_REG;
     const DATA: u16 = PCI_MODE1_DATA_REG;

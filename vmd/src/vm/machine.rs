@@ -4,17 +4,17 @@
 //! fails.  The exit status follows vmd: 0 halted, EAGAIN reboot, an errno
 //! otherwise.
 use super::boot::{self, LoadError};
-use super::bus::{MmioBus, PioBus, PioDevice};
 use super::exit::{set_return_data, vcpu_exit, Action, ExitError, ExitHandler};
 use super::memmap;
+use crate::devices::bus::{MmioBus, PioBus, PioDevice};
 use crate::devices::fw_cfg::{self, BootDevice, FwCfg};
 use crate::devices::i8042::{self, I8042Port, I8042};
 use crate::devices::i8253::{self, I8253Misc, I8253};
 use crate::devices::i8259::{Chip, ElcrPort, PicPort, I8259};
+use crate::devices::irq::{IrqLines, Timer};
 use crate::devices::mc146818::{self, Mc146818};
 use crate::devices::ns8250::{self, Ns8250};
 use crate::devices::pci::{self, PciBus, PciIoBars, PciMmioBars};
-use crate::vm::irq::{IrqLines, Timer};
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,7 +106,7 @@ struct ResetPort {
 
 impl PioDevice for ResetPort {
     fn pio_read(&mut self, _offset: u16, size: u8) -> u32 {
-        super::bus::all_ones(size)
+        crate::devices::bus::all_ones(size)
     }
     fn pio_write(&mut self, _offset: u16, _size: u8, value: u32) {
         if value & 0x06 == 0x06 {
@@ -451,12 +451,12 @@ impl Machine {
 
     /// Adds an MMIO device (e.g. a PCI BAR's backing, or a test device);
     /// it shadows earlier registrations over the same addresses.
-    pub fn register_mmio(&mut self, base: u64, len: u64, dev: super::bus::SharedMmio) {
+    pub fn register_mmio(&mut self, base: u64, len: u64, dev: crate::devices::bus::SharedMmio) {
         self.mmio.register(base, len, dev);
     }
 
     /// Adds a port-I/O device; it shadows earlier registrations.
-    pub fn register_pio(&mut self, base: u16, len: u16, dev: super::bus::SharedPio) {
+    pub fn register_pio(&mut self, base: u16, len: u16, dev: crate::devices::bus::SharedPio) {
         self.pio.register(base, len, dev);
     }
 

@@ -15,14 +15,14 @@
 //! Guest RAM and MMIO devices are reached through two small traits,
 //! [`GuestRam`] and [`MmioAccess`], so that tests drive the emulator with
 //! mocks and the VM process with `vmm_sys::GuestMemory` and the device
-//! registry (`vm::bus::MmioBus`).
+//! registry (`devices::bus::MmioBus`).
 pub mod emulate;
 pub mod mmu;
 pub mod pio;
 mod regs;
 
 #[cfg(test)]
-pub(crate) mod fuzz_tests;
+pub(crate) mod property_tests;
 #[cfg(test)]
 mod tests;
 
@@ -60,7 +60,7 @@ pub trait MmioAccess {
     fn mmio_write(&mut self, gpa: u64, size: u8, value: u64) -> bool;
 }
 
-impl MmioAccess for crate::vm::bus::MmioBus {
+impl MmioAccess for crate::devices::bus::MmioBus {
     fn mmio_read(&mut self, gpa: u64, size: u8) -> Option<u64> {
         self.read(gpa, size)
     }

@@ -47,7 +47,7 @@ pub trait PortAccess {
     fn port_write(&mut self, port: u16, size: u8, value: u32);
 }
 
-impl PortAccess for crate::vm::bus::PioBus {
+impl PortAccess for crate::devices::bus::PioBus {
     fn port_read(&mut self, port: u16, size: u8) -> u32 {
         self.read(port, size)
     }
@@ -908,7 +908,7 @@ mod tests {
 
     #[test]
     fn the_pio_bus_serves_the_ports() {
-        use crate::vm::bus::{PioBus, PioDevice};
+        use crate::devices::bus::{PioBus, PioDevice};
         use std::sync::{Arc, Mutex};
         /// fw_cfg's selector (offset 0) and data (offset 1) ports.
         struct FwCfg {

@@ -1515,7 +1515,7 @@ fn user_mode_access_to_a_supervisor_page_is_refused() {
 
 #[test]
 fn works_over_guest_memory_and_the_mmio_bus() {
-    use crate::vm::bus::{MmioBus, MmioDevice};
+    use crate::devices::bus::{MmioBus, MmioDevice};
     use std::sync::{Arc, Mutex};
     struct Reg(u64, Vec<(u64, u8, u64)>);
     impl MmioDevice for Reg {

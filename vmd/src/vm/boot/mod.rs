@@ -7,7 +7,7 @@ pub mod linux;
 pub mod regs;
 
 #[cfg(test)]
-mod fuzz_tests;
+mod property_tests;
 
 use vmm_sys::GuestMemory;
 

@@ -11,17 +11,17 @@
 //! neighbours, interleaved with timer runs at random times, line changes
 //! and console input; fw_cfg also gets DMA descriptors pointing anywhere.
 //! The platform is shared with the exit-dispatch property in
-//! `vm::fuzz_tests`.
+//! `vm::property_tests`.
+use crate::devices::bus::{MmioBus, MmioDevice, PioBus, PioDevice};
 use crate::devices::fw_cfg::{self, BootDevice, FwCfg};
 use crate::devices::i8042::{self, I8042Port, I8042};
 use crate::devices::i8253::{self, I8253Misc, I8253};
 use crate::devices::i8259::{Chip, ElcrPort, PicPort, I8259};
+use crate::devices::irq::{IrqLines, Timer};
 use crate::devices::mc146818::{self, Mc146818};
 use crate::devices::ns8250::{self, Ns8250};
 use crate::devices::pci::{self, PciBus, PciDeviceConfig, PciIoBars, PciMmioBars};
-use crate::fuzz::{cases, Rng};
-use crate::vm::bus::{MmioBus, MmioDevice, PioBus, PioDevice};
-use crate::vm::irq::{IrqLines, Timer};
+use crate::property::{cases, Rng};
 use crate::vm::memmap::{self, PCI_MMIO_BAR_BASE};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};

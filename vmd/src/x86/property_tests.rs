@@ -23,7 +23,7 @@ use super::mmu::{
 };
 use super::regs::{Mode, AR_DB, AR_L, AR_UNUSABLE, FL_DF, FL_VM};
 use super::*;
-use crate::fuzz::{cases, Rng};
+use crate::property::{cases, Rng};
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Register};
 use std::cell::RefCell;
 use vmm_sys::abi::*;

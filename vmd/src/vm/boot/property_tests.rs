@@ -12,7 +12,7 @@
 use super::elf::{self, BootOptions};
 use super::linux::{self, LinuxBoot};
 use super::{bios, test_guest};
-use crate::fuzz::{cases, Rng};
+use crate::property::{cases, Rng};
 use crate::vm::memmap::MB;
 use std::io::Write;
 

@@ -4,7 +4,7 @@
 //! ([`Handler`]) over the real port and MMIO buses of a small platform
 //! returns an action or an error, never a panic.
 //!
-//! Each case builds the platform of `devices::fuzz_tests` (every device
+//! Each case builds the platform of `devices::property_tests` (every device
 //! model, PCI with BARs, fw_cfg), fills its RAM with the x86 properties'
 //! page and descriptor tables, and dispatches a run of exits: port I/O to
 //! the devices' ports (any size, direction and length, string and REP
@@ -13,9 +13,9 @@
 //! and reasons vmd does not know; time passes between them.
 use super::exit::vcpu_exit;
 use super::machine::Handler;
-use crate::devices::fuzz_tests::{Op, Platform};
-use crate::fuzz::{cases, Rng};
-use crate::x86::fuzz_tests::{
+use crate::devices::property_tests::{Op, Platform};
+use crate::property::{cases, Rng};
+use crate::x86::property_tests::{
     insn_bytes, place, random_page, random_regs, Layout, OPCODES, RAM_PAGES, STRING_IO,
 };
 use vmm_sys::abi::*;
@@ -50,7 +50,7 @@ const PORTS: [u16; 43] = [
 ];
 
 const PAGE: u64 = 0x1000;
-const _: () = assert!(crate::devices::fuzz_tests::RAM[0].1 as u64 == RAM_PAGES * PAGE);
+const _: () = assert!(crate::devices::property_tests::RAM[0].1 as u64 == RAM_PAGES * PAGE);
 
 /// One exit as vmm(4) reports it.
 #[derive(Clone, Copy)]
