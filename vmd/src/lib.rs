@@ -7,7 +7,9 @@
 //!   PCI, fw_cfg, virtio), each a small core with no OS code, driven by
 //!   port or MMIO accesses so that tests can inject them without a VM.
 //! - [`x86`]: decoding and emulating the instructions that fault on MMIO.
-//! - [`proc`]: the daemon's processes and their imsg-style IPC.
+//! - [`proc`]: the daemon's process plumbing (peer credentials); the
+//!   messages its processes exchange are [`vmd_proto`]'s, shared with
+//!   vmctl.
 //! - [`daemon`]: the vmd binary: command line, the parent, control, vmm,
 //!   priv and VM processes.
 pub mod config;

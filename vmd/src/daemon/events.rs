@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use crate::proc::{ImsgChannel, ImsgError, Message, Received};
+use vmd_proto::{ImsgChannel, ImsgError, Message, Received};
 
 /// Signals turned into a readable descriptor (libevent's signal events).
 pub struct Signals {
