@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 
-use vmd::config::DiskFormat;
+use vmd_proto::config::DiskFormat;
 
 use crate::args::{parse_disktype, CreateArgs};
 use crate::fail::{warnx, Fail};

@@ -10,7 +10,9 @@
 //!   the buses they sit on and the lines they raise.
 //! - [`event`]: the poll loop with a self-pipe that every process runs.
 //! - [`x86`]: decoding and emulating the instructions that fault on MMIO.
-//! - [`proc`]: the daemon's processes and their imsg-style IPC.
+//! - [`proc`]: the daemon's process plumbing (peer credentials); the
+//!   messages its processes exchange are [`vmd_proto`]'s, shared with
+//!   vmctl.
 //! - [`daemon`]: the vmd binary: command line, the parent, control, vmm,
 //!   priv and VM processes.
 // `unsafe` only in vm::guest_memory, which allows it for itself.
