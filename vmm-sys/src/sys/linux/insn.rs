@@ -61,10 +61,13 @@ impl Window {
         let la = code_linear(sregs, bits, ip);
         let hi = 15 + mmu::read_linear(mem, sregs, la, &mut bytes[15..]);
         // Backward: the part in ip's own page first, then the page before.
+        // With ip at the start of a page the part in its own page is empty
+        // and all 15 bytes come from the page before (an OUT or store that
+        // ends on the boundary); nothing lies before linear 0.
         let in_page = ((la & 0xfff) as usize).min(15);
         let mut lo = 15;
-        if in_page > 0
-            && mmu::read_linear(
+        if in_page == 0
+            || mmu::read_linear(
                 mem,
                 sregs,
                 la - in_page as u64,
@@ -73,8 +76,10 @@ impl Window {
         {
             lo = 15 - in_page;
             let rest = 15 - in_page;
-            if rest > 0 && mmu::read_linear(mem, sregs, la - 15, &mut bytes[..rest]) == rest {
-                lo = 0;
+            if let Some(start) = la.checked_sub(15) {
+                if rest > 0 && mmu::read_linear(mem, sregs, start, &mut bytes[..rest]) == rest {
+                    lo = 0;
+                }
             }
         }
         Window {
