@@ -321,8 +321,15 @@ pub fn undo_side_effects(i: &Instruction, after: &kvm_regs, bits: u32) -> kvm_re
         }
         iced_x86::Mnemonic::Push | iced_x86::Mnemonic::Pop => {
             // PUSH moved RSP down, POP (to an MMIO operand) up.
+            // The stack pointer is SP, ESP or RSP after the code size (as
+            // iced assumes for written_gpas; SS.B is not consulted): a
+            // real-mode PUSH with SP=0 leaves SP=0xfffe, not 0x1_0000.
             let delta = i.stack_pointer_increment() as i64 as u64;
-            let smask = if bits == 64 { u64::MAX } else { 0xffff_ffff };
+            let smask = match bits {
+                64 => u64::MAX,
+                32 => 0xffff_ffff,
+                _ => 0xffff,
+            };
             let sp = r.rsp.wrapping_sub(delta);
             r.rsp = (r.rsp & !smask) | (sp & smask);
         }
