@@ -266,14 +266,34 @@ pub fn written_gpas(
         let la = um.virtual_address(0, |reg, _, _| reg_value(reg, r, s, bits));
         let Some(la) = la else { continue };
         let la = if bits == 64 { la } else { la & 0xffff_ffff };
-        if let Some(gpa) = mmu::translate(mem, s, la) {
-            // iced reports a REP string operand as of unknown size: one
-            // element is what each of KVM's exits covers.
-            let size = match um.memory_size().size() {
-                0 => i.memory_size().size(),
-                n => n,
-            };
-            out.push((gpa, size));
+        // iced reports a REP string operand as of unknown size: one
+        // element is what each of KVM's exits covers.
+        let size = match um.memory_size().size() {
+            0 => i.memory_size().size(),
+            n => n,
+        };
+        let Some(gpa) = mmu::translate(mem, s, la) else {
+            continue;
+        };
+        out.push((gpa, size));
+        // A write across a page boundary goes to two pages that need not
+        // be adjacent in guest-physical memory: KVM handles each page's
+        // part on its own, so report the second part at its own GPA.
+        let first = 0x1000 - (la & 0xfff) as usize;
+        if size > first {
+            let next = la.wrapping_add(first as u64);
+            let next = if bits == 64 { next } else { next & 0xffff_ffff };
+            match mmu::translate(mem, s, next) {
+                Some(g2) if g2 == gpa + first as u64 => {}
+                Some(g2) => {
+                    out.pop();
+                    out.extend([(gpa, first), (g2, size - first)]);
+                }
+                None => {
+                    out.pop();
+                    out.push((gpa, first));
+                }
+            }
         }
     }
     out
