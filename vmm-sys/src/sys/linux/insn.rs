@@ -520,3 +520,6 @@ pub fn undo_string_out(i: &Instruction, after: &kvm_regs, bits: u32, count: u64)
     }
     r
 }
+
+#[cfg(test)]
+mod tests;
