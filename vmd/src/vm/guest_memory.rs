@@ -4,7 +4,9 @@
 //! `unsafe`.
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
-/// A vm-memory view that keeps the vmm-sys mappings it refers to alive.
+/// A vm-memory view that keeps the vmm-sys mappings it refers to alive;
+/// clones share the mappings.
+#[derive(Clone)]
 pub struct VmMemory {
     mmap: GuestMemoryMmap,
     _keep: vmm_sys::GuestMemory,
