@@ -14,6 +14,7 @@
 pub mod queue;
 pub mod rng;
 pub mod transport;
+pub mod vmmci;
 
 #[cfg(test)]
 pub(crate) mod testdriver;
