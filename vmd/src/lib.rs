@@ -13,6 +13,7 @@
 pub mod config;
 pub mod daemon;
 pub mod devices;
+pub mod event;
 pub mod proc;
 pub mod vm;
 pub mod x86;

@@ -111,7 +111,9 @@ fn run_vm(
     };
     let mut machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     if let Some((base, len, dev)) = dev {
-        machine.register_mmio(base, len, dev);
+        machine
+            .register_mmio(base, len, dev)
+            .map_err(|e| format!("register_mmio: {e}"))?;
     }
     let control = machine.control();
     let runner = std::thread::spawn(move || machine.run());
@@ -899,7 +901,9 @@ fn linux_boot(flavour: Option<ExitFlavour>) -> Result<(), Failed> {
 // ---- MMIO through the machine ------------------------------------------
 
 /// The test device's guest-physical base: in the PCI MMIO window.
-const DEV_GPA: u64 = 0xF080_0000;
+/// Above the 64 MiB of RAM and below the PCI hole: no RAM and no device
+/// but the test's there, so accesses exit as MMIO.
+const DEV_GPA: u64 = 0xE000_0000;
 /// Where the guests map it: another 1 GiB slot, so that the emulator's
 /// page walk has to find the GPA.
 const DEV_GVA: u32 = 0x4000_0000;

@@ -5,9 +5,6 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::proc::{ImsgChannel, ImsgError, Message, Received};
 
@@ -68,58 +65,4 @@ pub fn drain(chan: &mut ImsgChannel) -> Result<Vec<Received>, ImsgError> {
         .collect()
 }
 
-/// What poll reported for one descriptor.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Ready {
-    pub read: bool,
-    pub write: bool,
-}
-
-/// poll(2) over `fds` (descriptor, wants-write) until one is ready or
-/// `deadline` passes.
-pub fn wait(fds: &[(BorrowedFd<'_>, bool)], deadline: Option<Instant>) -> Vec<Ready> {
-    let mut pfds: Vec<PollFd<'_>> = fds
-        .iter()
-        .map(|(fd, w)| {
-            let mut ev = PollFlags::POLLIN;
-            if *w {
-                ev |= PollFlags::POLLOUT;
-            }
-            PollFd::new(*fd, ev)
-        })
-        .collect();
-    let timeout = match deadline {
-        None => PollTimeout::NONE,
-        Some(d) => {
-            let left = d.saturating_duration_since(Instant::now());
-            let ms = left.as_millis().min(60_000) as u16;
-            // Round up so that a deadline is never polled at 0 ms early.
-            let ms = if left > Duration::from_millis(u64::from(ms)) {
-                ms + 1
-            } else {
-                ms
-            };
-            PollTimeout::from(ms)
-        }
-    };
-    let _ = nix::poll::poll(&mut pfds, timeout);
-    pfds.iter()
-        .map(|p| {
-            let r = p.revents().unwrap_or(PollFlags::empty());
-            Ready {
-                read: r.intersects(
-                    PollFlags::POLLIN
-                        | PollFlags::POLLHUP
-                        | PollFlags::POLLERR
-                        | PollFlags::POLLNVAL,
-                ),
-                write: r.contains(PollFlags::POLLOUT),
-            }
-        })
-        .collect()
-}
-
-/// The earliest of some deadlines.
-pub fn earliest(ds: impl IntoIterator<Item = Option<Instant>>) -> Option<Instant> {
-    ds.into_iter().flatten().min()
-}
+pub use crate::event::{earliest, poll as wait, Ready};

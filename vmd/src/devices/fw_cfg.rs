@@ -632,7 +632,7 @@ mod tests {
 
     #[test]
     fn vmd_init_finds_the_boot_disk_slot() {
-        let mut pci = PciBus::new();
+        let mut pci = PciBus::new(0xF000_0000..=0xFFDF_FFFF);
         let dev = |subsys_id| PciDeviceConfig {
             vendor: 0x1af4,
             subsys_id,

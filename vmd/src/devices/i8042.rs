@@ -887,8 +887,10 @@ mod tests {
             KBC_DATA,
             1,
             Arc::new(Mutex::new(I8042Port::data(kbc.clone()))),
-        );
-        bus.register(KBC_CMD, 1, Arc::new(Mutex::new(I8042Port::command(kbc))));
+        )
+        .unwrap();
+        bus.register(KBC_CMD, 1, Arc::new(Mutex::new(I8042Port::command(kbc))))
+            .unwrap();
         assert!(!bus.is_claimed(0x61));
         assert_eq!(bus.read(KBC_CMD, 1), u32::from(STS_UNLOCKED));
         bus.write(KBC_CMD, 1, 0xAA);

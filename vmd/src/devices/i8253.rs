@@ -40,13 +40,7 @@ const TIMER_IRQ: u8 = 0;
 /// The DRAM refresh request toggles bit 4 of port 0x61 every 15.085 µs.
 const REFRESH_NS: u128 = 15_085;
 
-/// The time source a device reads on port accesses.
-pub type Clock = Box<dyn Fn() -> Instant + Send + Sync>;
-
-/// The host's monotonic clock.
-pub fn host_clock() -> Clock {
-    Box::new(Instant::now)
-}
+pub use crate::devices::irq::{host_clock, Clock};
 
 /// Input clock ticks in `elapsed`.
 fn ticks_in(elapsed: Duration) -> u64 {
@@ -529,12 +523,13 @@ mod tests {
                 Box::new(move || *clock_now.lock().unwrap()),
             )));
             let mut bus = PioBus::new();
-            bus.register(TIMER_BASE, 4, pit.clone());
+            bus.register(TIMER_BASE, 4, pit.clone()).unwrap();
             bus.register(
                 PCKBC_AUX,
                 1,
                 Arc::new(Mutex::new(I8253Misc::new(pit.clone()))),
-            );
+            )
+            .unwrap();
             Self {
                 t0,
                 now,

@@ -559,13 +559,16 @@ mod tests {
                 IO_ICU1,
                 2,
                 Arc::new(Mutex::new(PicPort::new(pic.clone(), Chip::Master))),
-            );
+            )
+            .unwrap();
             bus.register(
                 IO_ICU2,
                 2,
                 Arc::new(Mutex::new(PicPort::new(pic.clone(), Chip::Slave))),
-            );
-            bus.register(ELCR0, 2, Arc::new(Mutex::new(ElcrPort::new(pic.clone()))));
+            )
+            .unwrap();
+            bus.register(ELCR0, 2, Arc::new(Mutex::new(ElcrPort::new(pic.clone()))))
+                .unwrap();
             Self { pic, bus }
         }
 

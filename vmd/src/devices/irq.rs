@@ -7,6 +7,20 @@
 //! next deadline, so tests drive them with a fake clock.
 use std::time::Instant;
 
+/// The time source a device reads on port accesses.
+pub type Clock = Box<dyn Fn() -> Instant + Send + Sync>;
+
+/// The host's monotonic clock.
+pub fn host_clock() -> Clock {
+    Box::new(Instant::now)
+}
+
+/// What a device calls when a guest access moved its next deadline, so
+/// the VM's event loop re-reads [`Timer::next_deadline`] (vmd's
+/// reschedule pipe messages).  It runs with the device locked: it must
+/// only signal.
+pub type Reschedule = Box<dyn Fn() + Send + Sync>;
+
 pub trait IrqLines: Send + Sync {
     /// Raises ISA interrupt line `irq` (0–15).
     fn assert_irq(&self, irq: u8);

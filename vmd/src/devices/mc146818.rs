@@ -424,7 +424,7 @@ mod tests {
                 Box::new(move || clock_wall.load(Ordering::SeqCst)),
             )));
             let mut bus = PioBus::new();
-            bus.register(IO_RTC, 2, rtc.clone());
+            bus.register(IO_RTC, 2, rtc.clone()).unwrap();
             Self {
                 t0,
                 now,

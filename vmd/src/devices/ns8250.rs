@@ -35,7 +35,7 @@
 //! bytes (no slave attached, vmd's zero-read case) is the glue's business:
 //! vmd then stops watching the pty for input until it is writable again.
 use crate::devices::bus::PioDevice;
-use crate::devices::irq::{IrqLines, Timer};
+use crate::devices::irq::{Clock, IrqLines, Reschedule, Timer};
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,17 +120,19 @@ pub struct Ns8250<W: Write + Send> {
     pause_ct: u32,
     ratelimit_deadline: Option<Instant>,
     rx_notify: Option<Box<dyn FnMut() + Send>>,
+    clock: Clock,
+    reschedule: Option<Reschedule>,
 }
 
 impl<W: Write + Send> Ns8250<W> {
     /// COM1 at its reset state (divisor 1, 115200 baud, IIR "no interrupt
     /// pending"), raising ISA line 4.
-    pub fn new(out: W, irq_lines: Arc<dyn IrqLines>) -> Self {
-        Self::with_irq(out, irq_lines, COM1_IRQ)
+    pub fn new(out: W, irq_lines: Arc<dyn IrqLines>, clock: Clock) -> Self {
+        Self::with_irq(out, irq_lines, COM1_IRQ, clock)
     }
 
     /// The same UART on another line.
-    pub fn with_irq(out: W, irq_lines: Arc<dyn IrqLines>, irq: u8) -> Self {
+    pub fn with_irq(out: W, irq_lines: Arc<dyn IrqLines>, irq: u8, clock: Clock) -> Self {
         Ns8250 {
             regs: Ns8250Regs {
                 divlo: 1,
@@ -146,6 +148,8 @@ impl<W: Write + Send> Ns8250<W> {
             pause_ct: pause_count(NS8250_BASE_BAUD),
             ratelimit_deadline: None,
             rx_notify: None,
+            clock,
+            reschedule: None,
         }
     }
 
@@ -180,6 +184,13 @@ impl<W: Write + Send> Ns8250<W> {
     /// out of RBR, so that the console glue can offer the next one.
     pub fn set_rx_notify(&mut self, notify: Box<dyn FnMut() + Send>) {
         self.rx_notify = Some(notify);
+    }
+
+    /// Called when output arms the rate-limit timer (vmd's
+    /// `NS8250_RATELIMIT` pipe message), so the event loop re-reads
+    /// [`Timer::next_deadline`].
+    pub fn set_reschedule_notify(&mut self, f: impl Fn() + Send + Sync + 'static) {
+        self.reschedule = Some(Box::new(f));
     }
 
     /// Whether RBR is empty, i.e. [`receive`](Self::receive) would take a
@@ -272,6 +283,9 @@ impl<W: Write + Send> Ns8250<W> {
             if self.byte_out.checked_rem(u64::from(self.pause_ct)) == Some(0) {
                 self.tx_intr_pending = false;
                 self.ratelimit_deadline = Some(now + NS8250_RATELIMIT_DELAY);
+                if let Some(f) = &self.reschedule {
+                    f();
+                }
             } else {
                 self.tx_intr_pending = true;
             }
@@ -380,7 +394,10 @@ impl<W: Write + Send> PioDevice for Ns8250<W> {
         let v = value as u8;
         match offset {
             COM_DATA if self.dlab() => self.regs.divlo = v,
-            COM_DATA => self.transmit(v, Instant::now()),
+            COM_DATA => {
+                let now = (self.clock)();
+                self.transmit(v, now)
+            }
             COM_IER => self.write_ier(v),
             COM_IIR => self.regs.fcr = v,
             COM_LCR => self.write_lcr(v),
@@ -414,10 +431,14 @@ mod tests {
     use super::*;
     use crate::devices::irq::RecordingLines;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
 
     fn com() -> (Ns8250<Vec<u8>>, Arc<RecordingLines>) {
         let lines = Arc::new(RecordingLines::default());
-        (Ns8250::new(Vec::new(), lines.clone()), lines)
+        (
+            Ns8250::new(Vec::new(), lines.clone(), crate::devices::irq::host_clock()),
+            lines,
+        )
     }
 
     fn events(lines: &RecordingLines) -> Vec<(u8, bool)> {
@@ -572,7 +593,21 @@ mod tests {
 
     #[test]
     fn rate_limit_withholds_thr_empty_for_10ms() {
-        let (mut c, lines) = com();
+        let lines = Arc::new(RecordingLines::default());
+        let t0 = Instant::now();
+        let now = Arc::new(Mutex::new(t0));
+        let clock = {
+            let now = now.clone();
+            Box::new(move || *now.lock().unwrap())
+        };
+        let mut c = Ns8250::new(Vec::new(), lines.clone(), clock);
+        let rescheduled = Arc::new(AtomicUsize::new(0));
+        {
+            let r = rescheduled.clone();
+            c.set_reschedule_notify(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            });
+        }
         c.pio_write(COM_IER, 1, u32::from(IER_ETXRDY));
         c.pio_read(COM_IIR, 1);
         events(&lines);
@@ -583,15 +618,19 @@ mod tests {
         events(&lines);
         assert_eq!(c.next_deadline(), None);
 
-        let before = Instant::now();
+        assert_eq!(rescheduled.load(Ordering::SeqCst), 0);
+        *now.lock().unwrap() = t0 + Duration::from_millis(3);
         c.pio_write(COM_DATA, 1, u32::from(b'.'));
-        let after = Instant::now();
-        // The 140th byte owes no interrupt until the deadline.
+        // The 140th byte owes no interrupt until the deadline, which the
+        // event loop is told about.
         assert_eq!(c.pio_read(COM_IIR, 1), u32::from(IIR_NOPEND));
         assert!(events(&lines).iter().all(|&(_, up)| !up));
         let deadline = c.next_deadline().expect("rate limit armed");
-        assert!(deadline >= before + NS8250_RATELIMIT_DELAY);
-        assert!(deadline <= after + NS8250_RATELIMIT_DELAY);
+        assert_eq!(
+            deadline,
+            t0 + Duration::from_millis(3) + NS8250_RATELIMIT_DELAY
+        );
+        assert_eq!(rescheduled.load(Ordering::SeqCst), 1);
 
         // Early calls do nothing.
         c.on_timer(deadline - Duration::from_millis(1));

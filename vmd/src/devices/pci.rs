@@ -30,18 +30,19 @@
 //! Devices raise their own line through `IrqLines`; like vmd, they should
 //! use [`PciBus::device_irq`], which reads the line register the guest may
 //! have rewritten.
-use crate::devices::bus::{all_ones, MmioDevice, PioDevice, SharedMmio, SharedPio};
-use crate::vm::memmap::{PCI_MMIO_BAR_BASE, PCI_MMIO_BAR_END};
+use crate::devices::bus::{
+    all_ones, BusError, MmioBus, MmioDevice, PioBus, PioDevice, SharedMmio, SharedPio,
+};
+use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 
 pub const PCI_MODE1_ENABLE: u32 = 0x8000_0000;
 pub const PCI_MODE1_ADDRESS_REG: u16 = 0x0CF8;
 pub const PCI_MODE1_DATA_REG: u16 = 0x0CFC;
-/// Ports to register the configuration mechanism at, from
-/// [`PCI_MODE1_ADDRESS_REG`]: 0xCF8–0xCFF (0xCF9–0xCFB behave as
-/// unclaimed, so a later reset-control registration at 0xCF9 may shadow
-/// them).
-pub const PCI_MODE1_PORTS: u16 = 8;
+/// Ports of the data register ([`PciConfigData`]) from
+/// [`PCI_MODE1_DATA_REG`]; the address register ([`PciConfigAddress`]) is
+/// the one port 0xCF8, so that 0xCF9 stays free for reset control.
+pub const PCI_MODE1_DATA_PORTS: u16 = 4;
 
 pub const PCI_CONFIG_MAX_DEV: usize = 32;
 pub const PCI_CONFIG_SPACE_SIZE: usize = 256;
@@ -61,8 +62,6 @@ pub const VM_PCI_IO_BAR_SIZE: u32 = 0x1000;
 pub const VM_PCI_MMIO_BAR_SIZE: u32 = 0x1_0000;
 /// Ports to register [`PciIoBars`] at, from [`VM_PCI_IO_BAR_BASE`].
 pub const VM_PCI_IO_BAR_PORTS: u16 = VM_PCI_IO_BAR_END - VM_PCI_IO_BAR_BASE + 1;
-/// Bytes to register [`PciMmioBars`] at, from `PCI_MMIO_BAR_BASE`.
-pub const PCI_MMIO_WINDOW_LEN: u64 = PCI_MMIO_BAR_END - PCI_MMIO_BAR_BASE + 1;
 
 pub const PCI_VENDOR_OPENBSD: u16 = 0x0b5d;
 pub const PCI_PRODUCT_OPENBSD_PCHB: u16 = 0x0666;
@@ -192,31 +191,29 @@ impl PciDev {
 }
 
 /// The PCI bus with its configuration mechanism (vmd's `struct pci`).
-/// Register it (shared) at [`PCI_MODE1_ADDRESS_REG`] for
-/// [`PCI_MODE1_PORTS`] ports; wrap the same `Arc` in [`PciIoBars`] and
-/// [`PciMmioBars`] for the BAR windows.
+/// Share it in an `Arc<Mutex<_>>` and wrap that in [`PciConfigAddress`],
+/// [`PciConfigData`], [`PciIoBars`] and [`PciMmioBars`] for the ports and
+/// windows the guest reaches it through.
 pub struct PciBus {
     devices: Vec<PciDev>,
     addr_reg: u32,
     next_io_bar: u32,
+    mmio_window: RangeInclusive<u64>,
     next_mmio_bar: u64,
     next_pic_irq: usize,
 }
 
-impl Default for PciBus {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl PciBus {
-    /// A bus holding the host bridge in slot 0 (vmd's `pci_init`).
-    pub fn new() -> Self {
+    /// A bus holding the host bridge in slot 0 (vmd's `pci_init`), whose
+    /// memory BARs are allocated from `mmio_window` (the PCI hole of the
+    /// VM's memory map).
+    pub fn new(mmio_window: RangeInclusive<u64>) -> Self {
         let mut bus = PciBus {
             devices: Vec::new(),
             addr_reg: 0,
             next_io_bar: u32::from(VM_PCI_IO_BAR_BASE),
-            next_mmio_bar: PCI_MMIO_BAR_BASE,
+            next_mmio_bar: *mmio_window.start(),
+            mmio_window,
             next_pic_irq: 0,
         };
         bus.add_device(&PciDeviceConfig {
@@ -231,6 +228,11 @@ impl PciBus {
         })
         .expect("empty bus takes the host bridge");
         bus
+    }
+
+    /// The memory window BARs are allocated from.
+    pub fn mmio_window(&self) -> RangeInclusive<u64> {
+        self.mmio_window.clone()
     }
 
     /// Adds a device in the next slot; with `irq_needed`, assigns it the
@@ -304,7 +306,7 @@ impl PciBus {
                 }
             }
             BarHandler::Mmio(_) => {
-                if next_mmio >= PCI_MMIO_BAR_END {
+                if next_mmio >= *self.mmio_window.end() {
                     return Err(PciError::BarSpaceExhausted("memory"));
                 }
                 d.set_dword(reg, next_mmio as u32 & PCI_MAPREG_MEM_ADDR_MASK);
@@ -512,27 +514,70 @@ fn merge_input(reg: u32, size: u8, value: u32) -> u32 {
     }
 }
 
-impl PioDevice for PciBus {
+/// Puts `bus` where the guest reaches it: the configuration address
+/// (0xCF8) and data (0xCFC–0xCFF) registers, the I/O BAR window from
+/// 0x1000 and the memory BAR window.
+pub fn attach(
+    pio: &mut PioBus,
+    mmio: &mut MmioBus,
+    bus: &Arc<Mutex<PciBus>>,
+) -> Result<(), BusError> {
+    let window = bus.lock().unwrap().mmio_window();
+    pio.register(
+        PCI_MODE1_ADDRESS_REG,
+        1,
+        Arc::new(Mutex::new(PciConfigAddress(bus.clone()))),
+    )?;
+    pio.register(
+        PCI_MODE1_DATA_REG,
+        PCI_MODE1_DATA_PORTS,
+        Arc::new(Mutex::new(PciConfigData(bus.clone()))),
+    )?;
+    pio.register(
+        VM_PCI_IO_BAR_BASE,
+        VM_PCI_IO_BAR_PORTS,
+        Arc::new(Mutex::new(PciIoBars::new(bus.clone()))),
+    )?;
+    mmio.register(
+        *window.start(),
+        window.end() - window.start() + 1,
+        Arc::new(Mutex::new(PciMmioBars::new(bus.clone()))),
+    )
+}
+
+/// The configuration address register, port 0xCF8 (vmd's
+/// `pci_handle_address_reg`).
+pub struct PciConfigAddress(pub Arc<Mutex<PciBus>>);
+
+impl PioDevice for PciConfigAddress {
+    fn pio_read(&mut self, _offset: u16, size: u8) -> u32 {
+        self.0.lock().unwrap().addr_reg & all_ones(size)
+    }
+
+    fn pio_write(&mut self, _offset: u16, size: u8, value: u32) {
+        let mut bus = self.0.lock().unwrap();
+        bus.addr_reg = merge_input(bus.addr_reg, size, value);
+    }
+}
+
+/// The configuration data register, ports 0xCFC–0xCFF (vmd's
+/// `pci_handle_data_reg`): the register the address register selects,
+/// plus the byte offset into the data port.
+pub struct PciConfigData(pub Arc<Mutex<PciBus>>);
+
+impl PioDevice for PciConfigData {
     fn pio_read(&mut self, offset: u16, size: u8) -> u32 {
-        match offset {
-            0 => self.addr_reg & all_ones(size),
-            4..=7 => match self.target() {
-                Some((dev, reg)) => self.config_read(dev, reg + (offset - 4) as u8, size),
-                None => all_ones(size),
-            },
-            _ => all_ones(size),
+        let bus = self.0.lock().unwrap();
+        match bus.target() {
+            Some((dev, reg)) => bus.config_read(dev, reg + (offset & 3) as u8, size),
+            None => all_ones(size),
         }
     }
 
     fn pio_write(&mut self, offset: u16, size: u8, value: u32) {
-        match offset {
-            0 => self.addr_reg = merge_input(self.addr_reg, size, value),
-            4..=7 => {
-                if let Some((dev, reg)) = self.target() {
-                    self.config_write(dev, reg + (offset - 4) as u8, size, value);
-                }
-            }
-            _ => {}
+        let mut bus = self.0.lock().unwrap();
+        if let Some((dev, reg)) = bus.target() {
+            bus.config_write(dev, reg + (offset & 3) as u8, size, value);
         }
     }
 }
@@ -573,7 +618,7 @@ impl PioDevice for PciIoBars {
 }
 
 /// The memory BAR window (vmd's `pci_handle_mmio`): register at
-/// `PCI_MMIO_BAR_BASE` for [`PCI_MMIO_WINDOW_LEN`] bytes.  Unclaimed reads
+/// the start of the bus's memory window, for the whole window.  Unclaimed reads
 /// return all-ones.
 pub struct PciMmioBars {
     bus: Arc<Mutex<PciBus>>,
@@ -585,10 +630,9 @@ impl PciMmioBars {
     }
 
     fn lookup(&self, offset: u64) -> Option<(SharedMmio, u64)> {
-        self.bus
-            .lock()
-            .unwrap()
-            .find_mmio(PCI_MMIO_BAR_BASE + offset)
+        let bus = self.bus.lock().unwrap();
+        let gpa = bus.mmio_window.start().checked_add(offset)?;
+        bus.find_mmio(gpa)
     }
 }
 
@@ -610,7 +654,6 @@ impl MmioDevice for PciMmioBars {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::bus::{MmioBus, PioBus};
 
     const ADDR: u16 = PCI_MODE1_ADDRESS_REG;
     const DATA: u16 = PCI_MODE1_DATA_REG;
@@ -632,21 +675,15 @@ mod tests {
         }
     }
 
+    /// The PCI hole of vmd's memory map (reference §4.1).
+    const PCI_MMIO_BAR_BASE: u64 = 0xF000_0000;
+    const WINDOW: RangeInclusive<u64> = PCI_MMIO_BAR_BASE..=0xFFDF_FFFF;
+
     fn machine() -> (Arc<Mutex<PciBus>>, PioBus, MmioBus) {
-        let pci = Arc::new(Mutex::new(PciBus::new()));
+        let pci = Arc::new(Mutex::new(PciBus::new(WINDOW)));
         let mut pio = PioBus::new();
-        pio.register(ADDR, PCI_MODE1_PORTS, pci.clone());
-        pio.register(
-            VM_PCI_IO_BAR_BASE,
-            VM_PCI_IO_BAR_PORTS,
-            Arc::new(Mutex::new(PciIoBars::new(pci.clone()))),
-        );
         let mut mmio = MmioBus::new();
-        mmio.register(
-            PCI_MMIO_BAR_BASE,
-            PCI_MMIO_WINDOW_LEN,
-            Arc::new(Mutex::new(PciMmioBars::new(pci.clone()))),
-        );
+        attach(&mut pio, &mut mmio, &pci).unwrap();
         (pci, pio, mmio)
     }
 
@@ -741,7 +778,7 @@ mod tests {
 
     #[test]
     fn devices_fill_slots_and_irqs_in_order() {
-        let mut bus = PciBus::new();
+        let mut bus = PciBus::new(WINDOW);
         let rng = bus
             .add_device(&PciDeviceConfig {
                 subsys_id: 4,
@@ -793,7 +830,7 @@ mod tests {
 
     #[test]
     fn guest_rewritten_interrupt_line_is_what_device_irq_reports() {
-        let mut bus = PciBus::new();
+        let mut bus = PciBus::new(WINDOW);
         let d = bus.add_device(&virtio_blk()).unwrap();
         bus.config_write(d.slot, PCI_INTERRUPT_REG, 1, 11);
         assert_eq!(bus.device_irq(d.slot), Some(11));
@@ -855,7 +892,7 @@ mod tests {
 
     #[test]
     fn bar_space_and_count_limits() {
-        let mut bus = PciBus::new();
+        let mut bus = PciBus::new(WINDOW);
         let slot = bus.add_device(&virtio_blk()).unwrap().slot;
         let p = || Arc::new(Mutex::new(Probe::default()));
         for i in 0..PCI_MAX_BARS {
@@ -908,7 +945,7 @@ mod tests {
 
     #[test]
     fn capability_list() {
-        let mut bus = PciBus::new();
+        let mut bus = PciBus::new(WINDOW);
         let slot = bus.add_device(&virtio_blk()).unwrap().slot;
         assert_eq!(bus.config_read(slot, 0x06, 2) & 0x10, 0);
         let common = [0x09, 0xee, 16, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0x38, 0, 0, 0];

@@ -13,17 +13,16 @@
 //! The platform is shared with the exit-dispatch property in
 //! `vm::property_tests`.
 use crate::devices::bus::{MmioBus, MmioDevice, PioBus, PioDevice};
-use crate::devices::fw_cfg::{self, BootDevice, FwCfg};
-use crate::devices::i8042::{self, I8042Port, I8042};
-use crate::devices::i8253::{self, I8253Misc, I8253};
-use crate::devices::i8259::{Chip, ElcrPort, PicPort, I8259};
+use crate::devices::fw_cfg::{self, BootDevice};
+use crate::devices::i8042::I8042;
+use crate::devices::i8259::I8259;
 use crate::devices::irq::{IrqLines, Timer};
-use crate::devices::mc146818::{self, Mc146818};
 use crate::devices::ns8250::{self, Ns8250};
-use crate::devices::pci::{self, PciBus, PciDeviceConfig, PciIoBars, PciMmioBars};
+use crate::devices::pci::{self, PciDeviceConfig};
 use crate::property::{cases, Rng};
 use crate::vm::memmap::{self, PCI_MMIO_BAR_BASE};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use crate::vm::platform::PlatformConfig;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use vmm_sys::GuestMemory;
@@ -56,8 +55,9 @@ impl MmioDevice for Bar {
     }
 }
 
-/// The VM process's devices on its buses, with a clock and a wall clock
-/// the test moves.
+/// The VM process's platform (`vm::platform`, the wiring the guest gets)
+/// with random PCI devices and fw_cfg files, a clock and a wall clock the
+/// test moves, and a bare [`I8042`] beside it.
 pub(crate) struct Platform {
     pub(crate) pio: PioBus,
     pub(crate) mmio: MmioBus,
@@ -75,59 +75,27 @@ impl Platform {
         let t0 = Instant::now();
         let now = Arc::new(Mutex::new(t0));
         let wall = Arc::new(AtomicI64::new(1_700_000_000));
-        let clock = |now: &Arc<Mutex<Instant>>| -> i8253::Clock {
+        let mem = GuestMemory::anonymous(&RAM).unwrap();
+        let ranges = memmap::create_memory_map(rng.pick(&[2, 64, 4096]) << 20).unwrap();
+        let clock = {
             let now = now.clone();
-            Box::new(move || *now.lock().unwrap())
+            Arc::new(move || *now.lock().unwrap())
         };
-        let pic = Arc::new(I8259::new());
-        {
-            // As the VM's: ask whether something is pending.
-            let weak: Weak<I8259> = Arc::downgrade(&pic);
-            pic.set_notify(move |_| {
-                if let Some(p) = weak.upgrade() {
-                    let _ = p.is_pending();
-                }
-            });
-        }
-        let lines: Arc<dyn IrqLines> = pic.clone();
-        let mut pio = PioBus::new();
-        let mut mmio = MmioBus::new();
-
-        let pit = Arc::new(Mutex::new(I8253::new(lines.clone(), clock(&now))));
-        pio.register(i8253::TIMER_BASE, 4, pit.clone());
-        pio.register(
-            i8253::PCKBC_AUX,
-            1,
-            Arc::new(Mutex::new(I8253Misc::new(pit.clone()))),
-        );
         let w = wall.clone();
-        let mut rtc = Mc146818::new(
-            lines.clone(),
-            clock(&now),
-            Box::new(move || w.load(Ordering::SeqCst)),
-        );
-        rtc.set_memlo(rng.below(1 << 32));
-        rtc.set_memhi(rng.next());
-        rtc.set_cpu_count(rng.next() as u8);
-        let rtc = Arc::new(Mutex::new(rtc));
-        pio.register(mc146818::IO_RTC, 2, rtc.clone());
-        pio.register(
-            0x20,
-            2,
-            Arc::new(Mutex::new(PicPort::new(pic.clone(), Chip::Master))),
-        );
-        pio.register(
-            0xA0,
-            2,
-            Arc::new(Mutex::new(PicPort::new(pic.clone(), Chip::Slave))),
-        );
-        pio.register(0x4D0, 2, Arc::new(Mutex::new(ElcrPort::new(pic.clone()))));
-        let com = Arc::new(Mutex::new(Ns8250::new(std::io::sink(), lines.clone())));
-        pio.register(ns8250::COM1_BASE, ns8250::NS8250_PORTS, com.clone());
-
-        let pci = Arc::new(Mutex::new(PciBus::new()));
-        {
-            let mut bus = pci.lock().unwrap();
+        let cfg = PlatformConfig {
+            mem: mem.clone(),
+            ranges,
+            console: std::io::sink(),
+            clock,
+            wall_clock: Box::new(move || w.load(Ordering::SeqCst)),
+            boot_device: rng.pick(&[
+                BootDevice::Auto,
+                BootDevice::Disk,
+                BootDevice::Cdrom,
+                BootDevice::Net,
+            ]),
+        };
+        let p = crate::vm::platform::Platform::build(cfg, |slots| {
             for _ in 0..rng.below(5) {
                 let any_id = rng.next() as u16;
                 let cfg = PciDeviceConfig {
@@ -140,97 +108,68 @@ impl Platform {
                     revision: rng.next() as u8,
                     irq_needed: rng.one_in(2),
                 };
-                let Ok(dev) = bus.add_device(&cfg) else {
+                let Ok(dev) = slots.add_device(&cfg) else {
                     continue;
                 };
-                if let Some(irq) = dev.irq {
-                    pic.set_elcr(irq, true);
-                }
                 for _ in 0..rng.below(7) {
                     let h = Arc::new(Mutex::new(Bar(rng.next())));
                     let _ = if rng.one_in(2) {
-                        bus.add_io_bar(dev.slot, h).map(|_| ())
+                        slots.bus.add_io_bar(dev.slot, h).map(|_| ())
                     } else {
-                        bus.add_mmio_bar(dev.slot, h).map(|_| ())
+                        slots.bus.add_mmio_bar(dev.slot, h).map(|_| ())
                     };
                 }
                 for _ in 0..rng.below(4) {
                     let len = rng.below(30) as usize;
                     let mut cap = vec![0u8; len];
                     rng.fill(&mut cap);
-                    let _ = bus.add_capability(dev.slot, &cap);
+                    let _ = slots.bus.add_capability(dev.slot, &cap);
                 }
             }
+            Ok(())
+        })
+        .unwrap();
+        {
+            // As the VM's notification does: ask whether something is
+            // pending, from inside the PIC's callback.
+            let weak: Weak<I8259> = Arc::downgrade(&p.pic);
+            p.pic.set_notify(move |_| {
+                if let Some(pic) = weak.upgrade() {
+                    let _ = pic.is_pending();
+                }
+            });
         }
-        pio.register(
-            pci::VM_PCI_IO_BAR_BASE,
-            pci::VM_PCI_IO_BAR_PORTS,
-            Arc::new(Mutex::new(PciIoBars::new(pci.clone()))),
-        );
-        pio.register(
-            pci::PCI_MODE1_ADDRESS_REG,
-            pci::PCI_MODE1_PORTS,
-            pci.clone(),
-        );
-        mmio.register(
-            PCI_MMIO_BAR_BASE,
-            pci::PCI_MMIO_WINDOW_LEN,
-            Arc::new(Mutex::new(PciMmioBars::new(pci.clone()))),
-        );
-
-        let mem = GuestMemory::anonymous(&RAM).unwrap();
-        let mut fwcfg = FwCfg::new(mem.clone());
-        let ranges = memmap::create_memory_map(rng.pick(&[2, 64, 4096]) << 20).unwrap();
-        let boot = rng.pick(&[
-            BootDevice::Auto,
-            BootDevice::Disk,
-            BootDevice::Cdrom,
-            BootDevice::Net,
-        ]);
-        fwcfg
-            .vmd_init(&memmap::e820(&ranges), boot, &pci.lock().unwrap())
-            .unwrap();
-        fwcfg.add_sercon_port(ns8250::COM1_BASE).unwrap();
-        fwcfg.add_show_boot_menu(0).unwrap();
-        for _ in 0..rng.below(4) {
-            let name: String = (0..rng.below(60))
-                .map(|_| char::from(b'a' + rng.below(26) as u8))
-                .collect();
-            let mut data = vec![0u8; rng.below(300) as usize];
-            rng.fill(&mut data);
-            let _ = fwcfg.add_file(&name, &data);
+        {
+            let mut rtc = p.rtc.lock().unwrap();
+            rtc.set_memlo(rng.below(1 << 32));
+            rtc.set_memhi(rng.next());
+            rtc.set_cpu_count(rng.next() as u8);
         }
-        pio.register(
-            fw_cfg::FW_CFG_IO_SELECT,
-            fw_cfg::FW_CFG_PORTS,
-            Arc::new(Mutex::new(fwcfg)),
-        );
-
-        let reset = Arc::new(AtomicBool::new(false));
-        let kbc = Arc::new(Mutex::new(I8042::new(lines.clone(), reset.clone())));
-        pio.register(
-            i8042::KBC_DATA,
-            1,
-            Arc::new(Mutex::new(I8042Port::data(kbc.clone()))),
-        );
-        pio.register(
-            i8042::KBC_CMD,
-            1,
-            Arc::new(Mutex::new(I8042Port::command(kbc))),
-        );
+        {
+            let mut fwcfg = p.fw_cfg.lock().unwrap();
+            for _ in 0..rng.below(4) {
+                let name: String = (0..rng.below(60))
+                    .map(|_| char::from(b'a' + rng.below(26) as u8))
+                    .collect();
+                let mut data = vec![0u8; rng.below(300) as usize];
+                rng.fill(&mut data);
+                let _ = fwcfg.add_file(&name, &data);
+            }
+        }
+        let timers = p.timers();
+        let mut pio = p.pio;
         pio.register(
             RAW_KBC,
             8,
-            Arc::new(Mutex::new(I8042::new(lines.clone(), reset))),
-        );
-
-        let timers: Vec<Arc<Mutex<dyn Timer>>> = vec![pit, rtc, com.clone()];
+            Arc::new(Mutex::new(I8042::new(p.lines.clone(), p.reset.clone()))),
+        )
+        .unwrap();
         Platform {
             pio,
-            mmio,
+            mmio: p.mmio,
             mem,
-            pic,
-            com,
+            pic: p.pic,
+            com: p.com,
             timers,
             now,
             wall,
@@ -583,7 +522,7 @@ fn pci_config_and_bar_windows_never_panic() {
         8..=10 => {
             let gpa = PCI_MMIO_BAR_BASE
                 + match rng.below(3) {
-                    0 => rng.below(pci::PCI_MMIO_WINDOW_LEN),
+                    0 => rng.below(memmap::PCI_MMIO_BAR_END - PCI_MMIO_BAR_BASE + 1),
                     _ => (rng.below(8) << 16) + rng.below(0x40),
                 };
             let size = rng.pick(&[1, 2, 4, 8]);
@@ -600,7 +539,7 @@ fn pci_config_and_bar_windows_never_panic() {
         _ => access(
             rng,
             &[
-                (pci::PCI_MODE1_ADDRESS_REG, pci::PCI_MODE1_PORTS),
+                (pci::PCI_MODE1_ADDRESS_REG, 8),
                 (pci::VM_PCI_IO_BAR_BASE, pci::VM_PCI_IO_BAR_PORTS),
             ],
             &[],

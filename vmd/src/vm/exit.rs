@@ -1,6 +1,7 @@
 //! `vcpu_exit`: what the VM process does with each exit vmm(4) reports,
 //! dispatched on the VMX and SVM exit reasons as vmd does.  It is a plain
 //! function over the exit record so that tests feed it synthetic exits.
+use crate::x86::MmioError;
 use vmm_sys::abi::*;
 
 /// What the vCPU loop does after an exit.
@@ -16,40 +17,31 @@ pub enum Action {
 }
 
 /// Why the VM ends.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ExitError {
     /// `VEE_FAULT_PROTECT`: a protection fault vmd cannot resolve (EFAULT).
+    #[error("EPT violation: rip=0x{rip:x}")]
     Protection { rip: u64 },
     /// `VEE_FAULT_INVALID` or a fault type vmd does not know.
+    #[error("invalid fault_type {fault_type} at rip=0x{rip:x}")]
     InvalidFaultType { fault_type: u8, rip: u64 },
     /// String or REP port I/O that could not be emulated.
-    StringIo { port: u16, rip: u64, why: String },
+    #[error("can't emulate REP prefixed IN(S)/OUT(S) on port 0x{port:x} at rip=0x{rip:x}: {why}")]
+    StringIo { port: u16, rip: u64, why: MmioError },
     /// The MMIO emulator could not complete the access.
-    Mmio(String),
+    #[error("{0}")]
+    Mmio(MmioError),
 }
 
 impl ExitError {
-    /// The errno the VM process exits with.
+    /// The errno the VM process exits with: the emulator's own for an
+    /// MMIO or string I/O failure (EFAULT for memory it cannot reach).
     pub fn errno(&self) -> i32 {
         match self {
             ExitError::Protection { .. } => libc::EFAULT,
-            _ => libc::EINVAL,
-        }
-    }
-}
-
-impl std::fmt::Display for ExitError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExitError::Protection { rip } => write!(f, "EPT violation: rip=0x{rip:x}"),
-            ExitError::InvalidFaultType { fault_type, rip } => {
-                write!(f, "invalid fault_type {fault_type} at rip=0x{rip:x}")
-            }
-            ExitError::StringIo { port, rip, why } => write!(
-                f,
-                "can't emulate REP prefixed IN(S)/OUT(S) on port 0x{port:x} at rip=0x{rip:x}: {why}"
-            ),
-            ExitError::Mmio(m) => write!(f, "{m}"),
+            ExitError::InvalidFaultType { .. } => libc::EINVAL,
+            ExitError::StringIo { why, .. } => why.errno(),
+            ExitError::Mmio(e) => e.errno(),
         }
     }
 }
@@ -61,13 +53,13 @@ pub trait ExitHandler {
     fn port_io(&mut self, vei: &mut vm_exit_inout);
     /// An MMIO-assist exit: emulate the instruction, update `exit.vrs`
     /// (registers and RIP).
-    fn mmio(&mut self, exit: &mut vm_exit) -> Result<(), String>;
+    fn mmio(&mut self, exit: &mut vm_exit) -> Result<(), MmioError>;
     /// INS/OUTS, with or without REP.  OpenBSD's vmd refuses them; ours
     /// emulates them (Debian's SeaBIOS reads fw_cfg with `rep insb`),
     /// updating `exit.vrs` — which the caller must write back with
     /// VMM_IOC_WRITEREGS, since vmm(4) reloads only RAX and RIP after an
     /// I/O exit.
-    fn string_io(&mut self, exit: &mut vm_exit) -> Result<(), String>;
+    fn string_io(&mut self, exit: &mut vm_exit) -> Result<(), MmioError>;
 }
 
 /// Dispatches one exit.  `reason` is `vrp_exit_reason`; VM_EXIT_NONE and
@@ -139,7 +131,7 @@ mod tests {
     struct Rec {
         pio: Vec<(u16, u8, u8, u32)>,
         mmio: usize,
-        mmio_result: Option<String>,
+        mmio_result: Option<MmioError>,
         strings: usize,
     }
 
@@ -151,21 +143,30 @@ mod tests {
                 set_return_data(vei, 0xAB);
             }
         }
-        fn string_io(&mut self, exit: &mut vm_exit) -> Result<(), String> {
+        fn string_io(&mut self, exit: &mut vm_exit) -> Result<(), MmioError> {
             self.strings += 1;
             if exit.vei().vei_port == 0x3f8 {
-                return Err("no".into());
+                return Err(no_ram(0x102));
             }
             exit.vrs.vrs_gprs[VCPU_REGS_RIP as usize] += 2;
             Ok(())
         }
-        fn mmio(&mut self, exit: &mut vm_exit) -> Result<(), String> {
+        fn mmio(&mut self, exit: &mut vm_exit) -> Result<(), MmioError> {
             self.mmio += 1;
             exit.vrs.vrs_gprs[VCPU_REGS_RIP as usize] += 3;
             match &self.mmio_result {
                 Some(e) => Err(e.clone()),
                 None => Ok(()),
             }
+        }
+    }
+
+    /// An emulator failure with its own errno (EFAULT).
+    fn no_ram(rip: u64) -> MmioError {
+        MmioError::FetchNotRam {
+            rip,
+            gva: rip,
+            gpa: 0xF000_0000,
         }
     }
 
@@ -219,13 +220,27 @@ mod tests {
         );
         assert_eq!(h.mmio, 1);
         assert_eq!(e.vrs.vrs_gprs[VCPU_REGS_RIP as usize], 0x1237);
-        h.mmio_result = Some("invalid MMIO address".into());
+        let invalid = MmioError::InvalidAddress {
+            rip: 0x1234,
+            gva: 0x10,
+            gpa: 0x10,
+        };
+        h.mmio_result = Some(invalid.clone());
         let r = vcpu_exit(
             SVM_VMEXIT_NPF as u16,
             &mut ept(VEE_FAULT_MMIO_ASSIST),
             &mut h,
         );
-        assert_eq!(r, Err(ExitError::Mmio("invalid MMIO address".into())));
+        assert_eq!(r, Err(ExitError::Mmio(invalid)));
+        assert_eq!(r.unwrap_err().errno(), libc::EINVAL);
+        // The emulator's errno reaches the exit status.
+        h.mmio_result = Some(no_ram(0x1234));
+        let r = vcpu_exit(
+            SVM_VMEXIT_NPF as u16,
+            &mut ept(VEE_FAULT_MMIO_ASSIST),
+            &mut h,
+        );
+        assert_eq!(r.unwrap_err().errno(), libc::EFAULT);
     }
 
     #[test]
@@ -308,9 +323,10 @@ mod tests {
             Err(ExitError::StringIo {
                 port: 0x3f8,
                 rip: 0x102,
-                why: "no".into()
+                why: no_ram(0x102)
             })
         );
+        assert_eq!(r.unwrap_err().errno(), libc::EFAULT);
         assert_eq!(h.strings, 2);
     }
 

@@ -6,20 +6,18 @@
 use super::boot::{self, LoadError};
 use super::exit::{set_return_data, vcpu_exit, Action, ExitError, ExitHandler};
 use super::memmap;
-use crate::devices::bus::{MmioBus, PioBus, PioDevice};
-use crate::devices::fw_cfg::{self, BootDevice, FwCfg};
-use crate::devices::i8042::{self, I8042Port, I8042};
-use crate::devices::i8253::{self, I8253Misc, I8253};
-use crate::devices::i8259::{Chip, ElcrPort, PicPort, I8259};
-use crate::devices::irq::{IrqLines, Timer};
-use crate::devices::mc146818::{self, Mc146818};
-use crate::devices::ns8250::{self, Ns8250};
-use crate::devices::pci::{self, PciBus, PciIoBars, PciMmioBars};
+use super::platform::{Platform, PlatformConfig, PlatformError};
+use super::vcpu::{run_loop, LoopEnd, Vcpu, VcpuControl, WriteBack};
+use crate::devices::bus::{MmioBus, PioBus, SharedMmio, SharedPio};
+use crate::devices::irq::Timer;
+use crate::devices::ns8250::Ns8250;
+use crate::event::{EventLoop, Waker};
+use crate::x86::MmioError;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use vmm_sys::abi::*;
 use vmm_sys::{ExitFlavour, GuestMemory, Vmm, VmmError};
 
@@ -60,11 +58,17 @@ pub enum Outcome {
     Reboot,
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    Vmm(VmmError),
-    Load(LoadError),
-    Exit(ExitError),
+    #[error("{0}")]
+    Vmm(#[from] VmmError),
+    #[error("failed to load the boot image: {0}")]
+    Load(#[from] LoadError),
+    #[error("{0}")]
+    Exit(#[from] ExitError),
+    #[error("{0}")]
+    Platform(#[from] PlatformError),
+    #[error("{0}")]
     Setup(String),
 }
 
@@ -75,159 +79,65 @@ impl VmError {
             VmError::Vmm(e) => e.errno,
             VmError::Exit(e) => e.errno(),
             VmError::Load(_) => libc::ENOEXEC,
-            VmError::Setup(_) => libc::EINVAL,
+            VmError::Platform(_) | VmError::Setup(_) => libc::EINVAL,
         }
     }
 }
 
-impl std::fmt::Display for VmError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            VmError::Vmm(e) => write!(f, "{e}"),
-            VmError::Load(e) => write!(f, "failed to load the boot image: {e}"),
-            VmError::Exit(e) => write!(f, "{e}"),
-            VmError::Setup(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for VmError {}
-
-impl From<VmmError> for VmError {
-    fn from(e: VmmError) -> Self {
-        VmError::Vmm(e)
-    }
-}
-
-/// Reset through 0xCF9 (the keyboard controller has its own reset line).
-struct ResetPort {
-    requested: Arc<AtomicBool>,
-}
-
-impl PioDevice for ResetPort {
-    fn pio_read(&mut self, _offset: u16, size: u8) -> u32 {
-        crate::devices::bus::all_ones(size)
-    }
-    fn pio_write(&mut self, _offset: u16, _size: u8, value: u32) {
-        if value & 0x06 == 0x06 {
-            self.requested.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
-/// State shared between the vCPU thread, the event thread and whoever
-/// stops or pauses the VM.
+/// The handle other threads use to stop or pause the VM: the vCPU's state
+/// machine, and the event thread, woken to notice.
 pub struct Control {
-    halted: Mutex<bool>,
-    wake: Condvar,
-    stop: AtomicBool,
-    /// `pause_vm`: the vCPU parks at its next exit and the event thread
-    /// stops running device timers and console input until unpaused.
-    pause: Mutex<PauseState>,
-    pause_cv: Condvar,
-    reset: Arc<AtomicBool>,
-    /// The PIC's last "interrupt pending" notification, to restore the
-    /// vCPU's pending flag after a pause kick.
-    pic_pending: AtomicBool,
-    vmm: Arc<Vmm>,
-    vm_id: u32,
-}
-
-#[derive(Default)]
-struct PauseState {
-    requested: bool,
-    /// The vCPU thread is parked (or gone).
-    parked: bool,
+    vcpu: Arc<VcpuControl>,
+    events: Waker,
+    event_wakeups: Arc<AtomicU64>,
 }
 
 impl Control {
     /// Ends the VM: the vCPU leaves VMM_IOC_RUN and `run` returns Halted.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = self.vmm.terminate(self.vm_id);
-        self.wake.notify_all();
-        let _ = self.pause.lock().map(|_| self.pause_cv.notify_all());
+        self.vcpu.stop();
+        self.events.wake();
     }
 
-    /// Pauses the VM (vmd's `pause_vm`): the vCPU is kicked out of
-    /// VMM_IOC_RUN and parks; the event thread stops the timers.  Returns
-    /// once the vCPU is parked (or after a second, if it has not started
-    /// running yet); false if it was already paused.
+    /// Pauses the VM (vmd's `pause_vm`): the vCPU parks at its next exit
+    /// and the event thread stops running device timers and console input
+    /// until unpaused.  Returns once the vCPU is parked (or after a
+    /// second); false if it was already paused.
     pub fn pause(&self) -> bool {
-        let mut p = self.pause.lock().unwrap();
-        if p.requested {
-            return false;
-        }
-        p.requested = true;
-        drop(p);
-        // An interrupt request kicks the vCPU; the PIC's own state is put
-        // back at once (the notify callback keeps it in step afterwards).
-        self.kick();
-        self.wake.notify_all();
-        let p = self.pause.lock().unwrap();
-        let _ = self
-            .pause_cv
-            .wait_timeout_while(p, Duration::from_secs(1), |p| {
-                !p.parked && !self.stop.load(Ordering::SeqCst)
-            });
-        true
+        let paused = self.vcpu.pause();
+        self.events.wake();
+        paused
     }
 
     /// Resumes a paused VM; false if it was not paused.
     pub fn unpause(&self) -> bool {
-        let mut p = self.pause.lock().unwrap();
-        if !p.requested {
-            return false;
-        }
-        p.requested = false;
-        self.pause_cv.notify_all();
-        true
+        let resumed = self.vcpu.unpause();
+        self.events.wake();
+        resumed
     }
 
     pub fn is_paused(&self) -> bool {
-        self.pause.lock().unwrap().requested
+        self.vcpu.is_paused()
     }
 
-    fn kick(&self) {
-        let vip = |pending: bool| vm_intr_params {
-            vip_vm_id: self.vm_id,
-            vip_vcpu_id: 0,
-            vip_intr: pending as u16,
-        };
-        let _ = self.vmm.intr(&vip(true));
-        let _ = self.vmm.intr(&vip(self.pic_pending.load(Ordering::SeqCst)));
-    }
-
-    /// Called by the vCPU thread between runs: parks while paused.
-    fn park_if_paused(&self) {
-        let mut p = self.pause.lock().unwrap();
-        if !p.requested {
-            return;
-        }
-        p.parked = true;
-        self.pause_cv.notify_all();
-        while p.requested && !self.stop.load(Ordering::SeqCst) {
-            p = self.pause_cv.wait(p).unwrap();
-        }
-        p.parked = false;
-    }
-
-    fn wake_vcpu(&self) {
-        let mut h = self.halted.lock().unwrap();
-        *h = false;
-        self.wake.notify_all();
+    /// How often the event thread and the vCPU woke up so far: an idle VM
+    /// should barely move these.
+    pub fn wakeups(&self) -> (u64, u64) {
+        (
+            self.event_wakeups.load(Ordering::Relaxed),
+            self.vcpu.wakeups(),
+        )
     }
 }
+
+type Console = Box<dyn Write + Send>;
 
 pub struct Machine {
     vmm: Arc<Vmm>,
     id: u32,
     mem: GuestMemory,
-    pio: PioBus,
-    mmio: MmioBus,
-    pic: Arc<I8259>,
-    timers: Vec<Arc<Mutex<dyn Timer>>>,
-    com: Arc<Mutex<Ns8250<Box<dyn Write + Send>>>>,
+    platform: Platform<Console>,
+    events: EventLoop,
     console_in: Option<OwnedFd>,
     initial: vcpu_reg_state,
     control: Arc<Control>,
@@ -268,7 +178,7 @@ impl Machine {
         let initial = match &cfg.boot {
             BootImage::Bios(img) => boot::bios::load(&mem, img),
             BootImage::Kernel(raw) => {
-                let img = boot::elf::read_image(raw).map_err(VmError::Load)?;
+                let img = boot::elf::read_image(raw)?;
                 if boot::elf::is_elf(&img) {
                     boot::elf::load(&mem, ranges, &img, &boot::elf::BootOptions::default())
                 } else {
@@ -288,148 +198,59 @@ impl Machine {
                     cmdline,
                 },
             ),
-        }
-        .map_err(VmError::Load)?;
+        }?;
 
-        let reset = Arc::new(AtomicBool::new(false));
-        let control = Arc::new(Control {
-            halted: Mutex::new(false),
-            wake: Condvar::new(),
-            stop: AtomicBool::new(false),
-            pause: Mutex::new(PauseState::default()),
-            pause_cv: Condvar::new(),
-            reset: reset.clone(),
-            pic_pending: AtomicBool::new(false),
-            vmm: vmm.clone(),
-            vm_id: id,
-        });
-
-        // Interrupts: the PIC tells vmm(4) whether an interrupt is pending
-        // and wakes a halted vCPU.
-        let pic = Arc::new(I8259::new());
+        let platform = Platform::build(
+            PlatformConfig::host(mem.clone(), ranges.to_vec(), cfg.console_out),
+            |_| Ok(()),
+        )?;
+        let events = EventLoop::new().map_err(|e| VmError::Setup(format!("event loop: {e}")))?;
+        let vcpu = VcpuControl::new(vmm.clone(), id, 0);
         {
-            let control = Arc::downgrade(&control);
-            let vmm = vmm.clone();
-            pic.set_notify(move |pending| {
-                if let Some(c) = control.upgrade() {
-                    c.pic_pending.store(pending, Ordering::SeqCst);
-                }
-                let _ = vmm.intr(&vm_intr_params {
-                    vip_vm_id: id,
-                    vip_vcpu_id: 0,
-                    vip_intr: pending as u16,
-                });
-                if pending {
-                    if let Some(c) = control.upgrade() {
-                        c.wake_vcpu();
-                    }
-                }
-            });
+            // Interrupts: the PIC tells vmm(4) whether one is pending and
+            // wakes a halted vCPU.
+            let vcpu = vcpu.clone();
+            platform
+                .pic
+                .set_notify(move |pending| vcpu.interrupt_pending(pending));
         }
-        let lines: Arc<dyn IrqLines> = pic.clone();
-        let mut pio = PioBus::new();
-        let mmio = MmioBus::new();
-
-        let pit = Arc::new(Mutex::new(I8253::new(lines.clone(), i8253::host_clock())));
-        pio.register(i8253::TIMER_BASE, 4, pit.clone());
-        pio.register(
-            i8253::PCKBC_AUX,
-            1,
-            Arc::new(Mutex::new(I8253Misc::new(pit.clone()))),
-        );
-
-        let (memlo, memhi) = memmap::cmos_memory(ranges);
-        let mut rtc = Mc146818::new(
-            lines.clone(),
-            i8253::host_clock(),
-            mc146818::host_wall_clock(),
-        );
-        rtc.set_memlo(memlo);
-        rtc.set_memhi(memhi);
-        let rtc = Arc::new(Mutex::new(rtc));
-        pio.register(mc146818::IO_RTC, 2, rtc.clone());
-
-        pio.register(
-            0x20,
-            2,
-            Arc::new(Mutex::new(PicPort::new(pic.clone(), Chip::Master))),
-        );
-        pio.register(
-            0xA0,
-            2,
-            Arc::new(Mutex::new(PicPort::new(pic.clone(), Chip::Slave))),
-        );
-        pio.register(0x4D0, 2, Arc::new(Mutex::new(ElcrPort::new(pic.clone()))));
-
-        let com = Arc::new(Mutex::new(Ns8250::new(cfg.console_out, lines.clone())));
-        pio.register(ns8250::COM1_BASE, ns8250::NS8250_PORTS, com.clone());
-
-        let pci = Arc::new(Mutex::new(PciBus::new()));
-        pio.register(
-            pci::VM_PCI_IO_BAR_BASE,
-            pci::VM_PCI_IO_BAR_PORTS,
-            Arc::new(Mutex::new(PciIoBars::new(pci.clone()))),
-        );
-        pio.register(
-            pci::PCI_MODE1_ADDRESS_REG,
-            pci::PCI_MODE1_PORTS,
-            pci.clone(),
-        );
-        let mut mmio = mmio;
-        mmio.register(
-            memmap::PCI_MMIO_BAR_BASE,
-            pci::PCI_MMIO_WINDOW_LEN,
-            Arc::new(Mutex::new(PciMmioBars::new(pci.clone()))),
-        );
-
-        // fw_cfg last, as vmd does, so that it sees the PCI devices.
-        let mut fwcfg = FwCfg::new(mem.clone());
-        fwcfg
-            .vmd_init(
-                &memmap::e820(ranges),
-                BootDevice::Auto,
-                &pci.lock().unwrap(),
-            )
-            .map_err(|e| VmError::Setup(format!("fw_cfg: {e}")))?;
-        fwcfg
-            .add_sercon_port(ns8250::COM1_BASE)
-            .map_err(|e| VmError::Setup(format!("fw_cfg: {e}")))?;
-        fwcfg
-            .add_show_boot_menu(0)
-            .map_err(|e| VmError::Setup(format!("fw_cfg: {e}")))?;
-        pio.register(
-            fw_cfg::FW_CFG_IO_SELECT,
-            fw_cfg::FW_CFG_PORTS,
-            Arc::new(Mutex::new(fwcfg)),
-        );
-
-        let kbc = Arc::new(Mutex::new(I8042::new(lines.clone(), reset.clone())));
-        pio.register(
-            i8042::KBC_DATA,
-            1,
-            Arc::new(Mutex::new(I8042Port::data(kbc.clone()))),
-        );
-        pio.register(
-            i8042::KBC_CMD,
-            1,
-            Arc::new(Mutex::new(I8042Port::command(kbc))),
-        );
-        pio.register(
-            0xCF9,
-            1,
-            Arc::new(Mutex::new(ResetPort { requested: reset })),
-        );
-
-        let timers: Vec<Arc<Mutex<dyn Timer>>> = vec![pit, rtc, com.clone()];
+        // A guest access that moves a device's deadline, or drains COM1's
+        // receive register, wakes the event thread (vmd's pipe messages).
+        let w = events.waker();
+        platform
+            .pit
+            .lock()
+            .unwrap()
+            .set_reschedule_notify(move || w.wake());
+        let w = events.waker();
+        platform
+            .rtc
+            .lock()
+            .unwrap()
+            .set_reschedule_notify(move || w.wake());
+        let w = events.waker();
+        platform
+            .com
+            .lock()
+            .unwrap()
+            .set_reschedule_notify(move || w.wake());
+        let w = events.waker();
+        platform
+            .com
+            .lock()
+            .unwrap()
+            .set_rx_notify(Box::new(move || w.wake()));
+        let control = Arc::new(Control {
+            vcpu,
+            events: events.waker(),
+            event_wakeups: events.wakeup_counter(),
+        });
         Ok(Machine {
             vmm,
             id,
             mem,
-            pio,
-            mmio,
-            pic,
-            timers,
-            com,
+            platform,
+            events,
             console_in: cfg.console_in,
             initial,
             control,
@@ -449,15 +270,21 @@ impl Machine {
         &self.mem
     }
 
-    /// Adds an MMIO device (e.g. a PCI BAR's backing, or a test device);
-    /// it shadows earlier registrations over the same addresses.
-    pub fn register_mmio(&mut self, base: u64, len: u64, dev: crate::devices::bus::SharedMmio) {
-        self.mmio.register(base, len, dev);
+    /// Adds an MMIO device (e.g. a test device) over addresses no other
+    /// device claims.
+    pub fn register_mmio(&mut self, base: u64, len: u64, dev: SharedMmio) -> Result<(), VmError> {
+        self.platform
+            .mmio
+            .register(base, len, dev)
+            .map_err(|e| VmError::Platform(e.into()))
     }
 
-    /// Adds a port-I/O device; it shadows earlier registrations.
-    pub fn register_pio(&mut self, base: u16, len: u16, dev: crate::devices::bus::SharedPio) {
-        self.pio.register(base, len, dev);
+    /// Adds a port-I/O device over ports no other device claims.
+    pub fn register_pio(&mut self, base: u16, len: u16, dev: SharedPio) -> Result<(), VmError> {
+        self.platform
+            .pio
+            .register(base, len, dev)
+            .map_err(|e| VmError::Platform(e.into()))
     }
 
     /// Runs the VM to its end.  The VM is terminated in vmm(4) afterwards.
@@ -468,13 +295,17 @@ impl Machine {
             vrp_init_state: self.initial,
         })?;
         let events = {
-            let timers = self.timers.clone();
-            let com = self.com.clone();
+            let ev = std::mem::replace(
+                &mut self.events,
+                EventLoop::new().map_err(|e| VmError::Setup(format!("event loop: {e}")))?,
+            );
+            let timers = self.platform.timers();
+            let com = self.platform.com.clone();
             let control = self.control.clone();
             let input = self.console_in.take();
             std::thread::Builder::new()
                 .name("event".into())
-                .spawn(move || event_thread(timers, com, input, control))
+                .spawn(move || event_thread(ev, timers, com, input, control))
                 .map_err(|e| VmError::Setup(format!("event thread: {e}")))?
         };
         let r = self.vcpu_loop();
@@ -484,104 +315,35 @@ impl Machine {
     }
 
     fn vcpu_loop(&mut self) -> Result<Outcome, VmError> {
-        let mut vrp = vm_run_params {
-            vrp_vm_id: self.id,
-            vrp_vcpu_id: 0,
-            ..Default::default()
-        };
-        let mut exit = Box::<vm_exit>::default();
-        loop {
-            if self.control.stop.load(Ordering::SeqCst) {
-                return Ok(Outcome::Halted);
-            }
-            self.control.park_if_paused();
-            // A halted vCPU sleeps until the PIC has an interrupt for it
-            // (or a pause request, to park).
-            {
-                let mut halted = self.control.halted.lock().unwrap();
-                while *halted && !self.control.stop.load(Ordering::SeqCst) {
-                    if self.control.is_paused() {
-                        break;
-                    }
-                    if self.pic.is_pending() {
-                        *halted = false;
-                        break;
-                    }
-                    halted = self
-                        .control
-                        .wake
-                        .wait_timeout(halted, Duration::from_millis(100))
-                        .unwrap()
-                        .0;
-                }
-            }
-            if vrp.vrp_irqready != 0 && self.pic.is_pending() {
-                if let Some(vector) = self.pic.ack() {
-                    vrp.vrp_inject = vcpu_inject_event {
-                        vie_vector: vector,
-                        vie_errorcode: 0,
-                        vie_type: VCPU_INJECT_INTR as u8,
-                    };
-                }
-            }
-            vrp.vrp_intr_pending = self.pic.is_pending() as u8;
-            if self.control.is_paused() {
-                continue;
-            }
-            let ran = self.vmm.run(&mut vrp, &mut exit);
-            vrp.vrp_inject = vcpu_inject_event::default();
-            if let Err(e) = ran {
-                // Stopping terminates the VM under a running vCPU.
-                if self.control.stop.load(Ordering::SeqCst) {
-                    return Ok(Outcome::Halted);
-                }
-                return Err(e.into());
-            }
-            match vrp.vrp_exit_reason as u32 {
-                VM_EXIT_NONE => continue,
-                VM_EXIT_TERMINATED => return Ok(Outcome::Halted),
-                _ => {}
-            }
+        let mut vcpu = Vcpu::new(self.control.vcpu.clone());
+        let pic = self.platform.pic.clone();
+        let reset = self.platform.reset.clone();
+        let (pio, mmio, mem) = (&self.platform.pio, &mut self.platform.mmio, &self.mem);
+        let end = run_loop(&mut vcpu, &*pic, |reason, exit| {
             let mut handler = Handler {
-                pio: &self.pio,
-                mmio: &mut self.mmio,
-                mem: &self.mem,
+                pio,
+                mmio,
+                mem,
                 sregs_changed: false,
                 gprs_changed: false,
             };
-            let action =
-                vcpu_exit(vrp.vrp_exit_reason, &mut exit, &mut handler).map_err(VmError::Exit)?;
-            if handler.gprs_changed {
-                // vmm(4) reloads only RAX and RIP after an I/O exit.
-                let p = vm_rwregs_params {
-                    vrwp_vm_id: self.id,
-                    vrwp_vcpu_id: 0,
-                    vrwp_mask: VM_RWREGS_GPRS as u64,
-                    vrwp_regs: exit.vrs,
-                };
-                self.vmm.writeregs(&p)?;
-            }
-            if handler.sregs_changed {
-                let p = vm_rwregs_params {
-                    vrwp_vm_id: self.id,
-                    vrwp_vcpu_id: 0,
-                    vrwp_mask: VM_RWREGS_SREGS as u64,
-                    vrwp_regs: exit.vrs,
-                };
-                self.vmm.writeregs(&p)?;
-            }
-            if self.control.reset.swap(false, Ordering::SeqCst) {
-                return Ok(Outcome::Reboot);
-            }
-            match action {
-                Action::Continue => {}
-                Action::Halt => {
-                    let mut h = self.control.halted.lock().unwrap();
-                    *h = !self.pic.is_pending();
-                }
-                Action::Reboot => return Ok(Outcome::Reboot),
-            }
-        }
+            let action = vcpu_exit(reason, exit, &mut handler)?;
+            let write_back = WriteBack {
+                gprs: handler.gprs_changed,
+                sregs: handler.sregs_changed,
+            };
+            // A reset through 0xCF9 or the keyboard controller.
+            let action = if reset.swap(false, Ordering::SeqCst) {
+                Action::Reboot
+            } else {
+                action
+            };
+            Ok::<_, VmError>((action, write_back))
+        })?;
+        Ok(match end {
+            LoopEnd::Stopped => Outcome::Halted,
+            LoopEnd::Reboot => Outcome::Reboot,
+        })
     }
 }
 
@@ -611,79 +373,79 @@ impl ExitHandler for Handler<'_> {
         }
     }
 
-    fn string_io(&mut self, exit: &mut vm_exit) -> Result<(), String> {
+    fn string_io(&mut self, exit: &mut vm_exit) -> Result<(), MmioError> {
         let mut ports = self.pio.clone();
-        crate::x86::emulate_string_io(exit, self.mem, &mut ports).map_err(|e| e.to_string())?;
+        crate::x86::emulate_string_io(exit, self.mem, &mut ports)?;
         self.gprs_changed = true;
         Ok(())
     }
 
-    fn mmio(&mut self, exit: &mut vm_exit) -> Result<(), String> {
-        let done = crate::x86::emulate(exit, self.mem, self.mmio).map_err(|e| e.to_string())?;
+    fn mmio(&mut self, exit: &mut vm_exit) -> Result<(), MmioError> {
+        let done = crate::x86::emulate(exit, self.mem, self.mmio)?;
         self.sregs_changed |= done.sregs_changed;
         Ok(())
     }
 }
 
-/// The event thread: device timers and console input.
+/// The event thread: device timers and console input.  It sleeps until
+/// the earliest timer deadline, console input, or a wake-up (a device
+/// rescheduled, COM1 took a byte, pause, unpause, stop): an idle VM
+/// whose timers are off does not wake at all.
 fn event_thread(
+    mut ev: EventLoop,
     timers: Vec<Arc<Mutex<dyn Timer>>>,
-    com: Arc<Mutex<Ns8250<Box<dyn Write + Send>>>>,
+    com: Arc<Mutex<Ns8250<Console>>>,
     input: Option<OwnedFd>,
     control: Arc<Control>,
 ) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut pending: Vec<u8> = Vec::new();
     let mut input = input;
-    while !control.stop.load(Ordering::SeqCst) {
-        if control.is_paused() {
-            // Paused: no timers, no console input (pause_vm_md).
-            let p = control.pause.lock().unwrap();
-            let _ = control
-                .pause_cv
-                .wait_timeout_while(p, Duration::from_millis(100), |p| {
-                    p.requested && !control.stop.load(Ordering::SeqCst)
-                });
+    loop {
+        if control.vcpu.is_stopping() {
+            return;
+        }
+        if control.vcpu.is_paused() {
+            // Paused: no timers, no console input (pause_vm_md) until
+            // unpause or stop wakes the loop.
+            ev.wait(&[], None);
             continue;
         }
         let now = Instant::now();
-        let mut next = now + Duration::from_millis(5);
+        let mut next: Option<Instant> = None;
         for t in &timers {
             let mut t = t.lock().unwrap();
-            if let Some(d) = t.next_deadline() {
-                if d <= now {
-                    t.on_timer(now);
-                }
+            if t.next_deadline().is_some_and(|d| d <= now) {
+                t.on_timer(now);
             }
-            if let Some(d) = t.next_deadline() {
-                next = next.min(d.max(now));
-            }
+            next = crate::event::earliest([next, t.next_deadline()]);
         }
-        // Feed console input one byte at a time, as the UART takes it.
+        // Feed console input as the UART takes it; it says (rx_notify)
+        // when the guest has read a byte.
         if !pending.is_empty() {
             let mut c = com.lock().unwrap();
             if c.can_receive() {
                 let n = c.receive(&pending);
                 pending.drain(..n);
             }
-            next = next.min(now + Duration::from_millis(1));
         }
-        let wait = next.saturating_duration_since(Instant::now());
-        match input.as_ref() {
-            Some(fd) if pending.len() < 4096 => {
-                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-                let ms = wait.as_millis().min(u16::MAX as u128) as u16;
-                if let Ok(n) = poll(&mut fds, PollTimeout::from(ms)) {
-                    if n > 0 {
-                        let mut buf = [0u8; 256];
-                        match nix::unistd::read(fd, &mut buf) {
-                            Ok(0) | Err(_) => input = None, // EOF: no more input
-                            Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        }
-                    }
+        let want_input = pending.len() < 4096;
+        let fds: Vec<_> = input
+            .as_ref()
+            .filter(|_| want_input)
+            .map(|fd| (fd.as_fd(), false))
+            .into_iter()
+            .collect();
+        let (ready, _) = ev.wait(&fds, next);
+        if let (Some(fd), Some(r)) = (input.as_ref(), ready.first()) {
+            if r.read {
+                let mut buf = [0u8; 256];
+                match nix::unistd::read(fd, &mut buf) {
+                    Ok(n) if n > 0 => pending.extend_from_slice(&buf[..n]),
+                    Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+                    // EOF or the pty's other side gone: no more input.
+                    _ => input = None,
                 }
             }
-            _ => std::thread::sleep(wait),
         }
     }
 }

@@ -4,6 +4,8 @@ pub mod exit;
 pub mod guest_memory;
 pub mod machine;
 pub mod memmap;
+pub mod platform;
+pub mod vcpu;
 
 #[cfg(test)]
 mod property_tests;

@@ -930,7 +930,7 @@ mod tests {
             written: Vec::new(),
         }));
         let mut bus = PioBus::new();
-        bus.register(0x510, 2, dev.clone());
+        bus.register(0x510, 2, dev.clone()).unwrap();
         let mut vm = Vm::prot32();
         vm.set(RDI, 0x2000).set(RCX, 4);
         vm.report(&asm(32, |a| a.rep().insb()), IN, 1, FW_CFG_DATA);

@@ -1528,7 +1528,7 @@ fn works_over_guest_memory_and_the_mmio_bus() {
     }
     let dev = Arc::new(Mutex::new(Reg(0x77, Vec::new())));
     let mut bus = MmioBus::new();
-    bus.register(MMIO, 0x1000, dev.clone());
+    bus.register(MMIO, 0x1000, dev.clone()).unwrap();
     let mem = vmm_sys::GuestMemory::anonymous(&[(0, 0x10_0000)]).unwrap();
     let code = asm(32, |a| a.mov(dword_ptr(eax + 0x20), ecx));
     assert!(mem.write_phys(CODE, &code));
