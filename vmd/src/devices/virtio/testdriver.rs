@@ -2,9 +2,9 @@
 //! through PCI configuration mechanism #1 and its capability list, then
 //! negotiates, programs split rings in guest memory and kicks, all by
 //! port accesses, as a guest kernel would.
-use crate::devices::bus::PioBus;
+use crate::devices::bus::{MmioBus, PioBus};
 use crate::devices::irq::IrqLines;
-use crate::devices::pci::{self, PciBus, PciIoBars};
+use crate::devices::pci::{self, PciBus};
 use crate::vm::guest_memory::VmMemory;
 use std::sync::{Arc, Mutex};
 use vmm_sys::GuestMemory;
@@ -46,22 +46,24 @@ pub(crate) struct TestMachine {
 
 impl TestMachine {
     pub(crate) fn new() -> Self {
-        let pci = Arc::new(Mutex::new(PciBus::new()));
+        let window = crate::vm::memmap::PCI_MMIO_BAR_BASE..=crate::vm::memmap::PCI_MMIO_BAR_END;
+        let pci = Arc::new(Mutex::new(PciBus::new(window)));
         let mut pio = PioBus::new();
-        pio.register(
-            pci::PCI_MODE1_ADDRESS_REG,
-            pci::PCI_MODE1_PORTS,
-            pci.clone(),
-        );
-        pio.register(
-            pci::VM_PCI_IO_BAR_BASE,
-            pci::VM_PCI_IO_BAR_PORTS,
-            Arc::new(Mutex::new(PciIoBars::new(pci.clone()))),
-        );
+        pci::attach(&mut pio, &mut MmioBus::new(), &pci).unwrap();
         TestMachine {
             pio,
             pci,
             mem: GuestMemory::anonymous(&RAM).unwrap(),
+            lines: Arc::new(Levels::default()),
+        }
+    }
+
+    /// A driver's view of a machine built elsewhere (the platform).
+    pub(crate) fn over(pio: PioBus, pci: Arc<Mutex<PciBus>>, mem: GuestMemory) -> Self {
+        TestMachine {
+            pio,
+            pci,
+            mem,
             lines: Arc::new(Levels::default()),
         }
     }

@@ -21,8 +21,7 @@
 //! 24 samples the host clock), 32/36 microseconds.
 use super::{VIRTIO_CONFIG_DEVICE_STATUS_DRIVER_OK, VIRTIO_CONFIG_ISR_CONFIG_CHANGE};
 use crate::devices::bus::{all_ones, PioDevice};
-use crate::devices::i8253::Clock;
-use crate::devices::irq::{IrqLines, Timer};
+use crate::devices::irq::{Clock, IrqLines, Timer};
 use crate::devices::pci::{PciBus, PciDeviceConfig, PciError, PCI_VENDOR_OPENBSD};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -110,6 +109,9 @@ pub struct Vmmci {
     acked: Option<VmmciCmd>,
     expired: Option<VmmciCmd>,
     on_expire: Option<ExpireHook>,
+    /// Tells the event loop the deadline moved (vmd's pipe messages
+    /// VMMCI_SET_TIMEOUT_SHORT/LONG).
+    reschedule: Option<Box<dyn Fn() + Send>>,
 }
 
 impl Vmmci {
@@ -132,6 +134,7 @@ impl Vmmci {
             acked: None,
             expired: None,
             on_expire: None,
+            reschedule: None,
         }
     }
 
@@ -144,6 +147,19 @@ impl Vmmci {
     /// VM there).
     pub fn set_on_expire(&mut self, hook: ExpireHook) {
         self.on_expire = Some(hook);
+    }
+
+    /// Sets what to call when the timeout is armed or moved, so that a
+    /// sleeping event loop picks up the new deadline.
+    pub fn set_reschedule_notify(&mut self, notify: Box<dyn Fn() + Send>) {
+        self.reschedule = Some(notify);
+    }
+
+    fn arm(&mut self, after: Duration) {
+        self.timeout = Some((self.clock)() + after);
+        if let Some(n) = &self.reschedule {
+            n();
+        }
     }
 
     /// The pending command.
@@ -197,7 +213,7 @@ impl Vmmci {
             VmmciCmd::Shutdown | VmmciCmd::Reboot => {
                 self.cmd = cmd;
                 self.raise();
-                self.timeout = Some((self.clock)() + VMMCI_TIMEOUT_SHORT);
+                self.arm(VMMCI_TIMEOUT_SHORT);
             }
             VmmciCmd::SyncRtc => {
                 if self.guest_features & VMMCI_F_SYNCRTC != 0 {
@@ -223,13 +239,13 @@ impl Vmmci {
                 // The guest is shutting down on its own: give it a short
                 // while to reset before the VM ends.
                 log::debug!("vmmci: guest requested shutdown");
-                self.timeout = Some((self.clock)() + VMMCI_TIMEOUT_SHORT);
+                self.arm(VMMCI_TIMEOUT_SHORT);
             }
             VmmciCmd::Shutdown | VmmciCmd::Reboot => {
                 if cmd == self.cmd {
                     log::debug!("vmmci: guest acknowledged shutdown request");
                     self.acked = Some(cmd);
-                    self.timeout = Some((self.clock)() + VMMCI_TIMEOUT_LONG);
+                    self.arm(VMMCI_TIMEOUT_LONG);
                 }
             }
             VmmciCmd::SyncRtc => {
@@ -394,6 +410,7 @@ mod tests {
         io: u16,
         clock: Fake,
         ended: Arc<Mutex<Vec<VmmciCmd>>>,
+        moved: Arc<Mutex<u32>>,
     }
 
     fn rig() -> Rig {
@@ -412,8 +429,15 @@ mod tests {
             .lock()
             .unwrap()
             .set_on_expire(Box::new(move |how| e.lock().unwrap().push(how)));
+        let moved = Arc::new(Mutex::new(0u32));
+        let mv = moved.clone();
+        a.dev
+            .lock()
+            .unwrap()
+            .set_reschedule_notify(Box::new(move || *mv.lock().unwrap() += 1));
         let io = m.io_bar(a.slot);
         Rig {
+            moved,
             m,
             a,
             io,
@@ -509,6 +533,7 @@ mod tests {
         r.ctl(VmmciCmd::Reboot).unwrap();
         assert!(r.irq_up());
         assert_eq!(r.deadline_in(), Some(VMMCI_TIMEOUT_SHORT));
+        assert_eq!(*r.moved.lock().unwrap(), 1, "event loop told");
         // The guest's interrupt handler: ISR, then the command.
         assert_eq!(r.r(ISR_STATUS, 1), 2);
         assert!(!r.irq_up());
@@ -518,6 +543,7 @@ mod tests {
         r.w(CONFIG, 4, 2);
         assert_eq!(r.a.dev.lock().unwrap().acked(), Some(VmmciCmd::Reboot));
         assert_eq!(r.deadline_in(), Some(VMMCI_TIMEOUT_LONG));
+        assert_eq!(*r.moved.lock().unwrap(), 2);
         // Past the short timeout: nothing ends.
         r.tick(Duration::from_secs(5));
         assert!(r.ended.lock().unwrap().is_empty());
