@@ -9,7 +9,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{bios_path, Console};
-use vmd::vm::machine::{BootImage, Machine, Outcome, VmConfig};
+use vmd::vm::machine::{BootImage, Machine, Outcome, ShutdownRequest, VmConfig};
 use vmm_sys::ExitFlavour;
 
 /// Boots SeaBIOS and waits for "No bootable device"; returns the console
@@ -115,6 +115,48 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
     }
 }
 
+/// `vmctl stop` without -f of a guest with no vmmci driver (SeaBIOS):
+/// as in vmd, the VM ends at once instead of waiting for an answer.
+fn graceful_stop_without_vmmci() -> Result<(), Failed> {
+    let image =
+        std::fs::read(bios_path()).map_err(|e| format!("{}: {e}", bios_path().display()))?;
+    let console = Console::default();
+    let vmm = Arc::new(vmm_sys::Vmm::open()?);
+    let cfg = VmConfig {
+        name: "stopped".into(),
+        memory: 64 << 20,
+        boot: BootImage::Bios(image),
+        console_out: Box::new(console.clone()),
+        console_in: None,
+        flavour: None,
+    };
+    let machine = Machine::new(vmm, cfg)?;
+    let control = machine.control();
+    let runner = std::thread::spawn(move || machine.run());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline && !console.text().contains("SeaBIOS (version") {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let asked = control.request_shutdown();
+    let t0 = Instant::now();
+    while !runner.is_finished() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ended = t0.elapsed();
+    control.stop();
+    let outcome = runner.join().map_err(|_| "VM thread panicked")?;
+    if asked != ShutdownRequest::Stopped {
+        return Err(format!("request_shutdown said {asked:?} without a vmmci driver").into());
+    }
+    if ended >= Duration::from_secs(2) {
+        return Err(format!("the VM took {ended:?} to end").into());
+    }
+    match outcome {
+        Ok(Outcome::Halted) => Ok(()),
+        other => Err(format!("VM ended with {other:?}").into()),
+    }
+}
+
 fn main() {
     let args = Arguments::from_args();
     let skip = support::missing_vmm().or_else(support::missing_bios);
@@ -129,6 +171,10 @@ fn main() {
             boot_seabios(Some(ExitFlavour::Svm)).map(|_| ())
         }),
         Trial::test("seabios_pause_unpause", pause_unpause_seabios),
+        Trial::test(
+            "seabios_graceful_stop_without_vmmci_ends_at_once",
+            graceful_stop_without_vmmci,
+        ),
     ];
     let tests = tests
         .into_iter()

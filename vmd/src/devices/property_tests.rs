@@ -96,6 +96,9 @@ impl Platform {
             ]),
         };
         let p = crate::vm::platform::Platform::build(cfg, |slots| {
+            // The platform's own viornd and vmmci take one of the 15 I/O
+            // BARs each; leave vmmci its own.
+            let mut io_bars = 0;
             for _ in 0..rng.below(5) {
                 let any_id = rng.next() as u16;
                 let cfg = PciDeviceConfig {
@@ -113,7 +116,8 @@ impl Platform {
                 };
                 for _ in 0..rng.below(7) {
                     let h = Arc::new(Mutex::new(Bar(rng.next())));
-                    let _ = if rng.one_in(2) {
+                    let _ = if rng.one_in(2) && io_bars < 13 {
+                        io_bars += 1;
                         slots.bus.add_io_bar(dev.slot, h).map(|_| ())
                     } else {
                         slots.bus.add_mmio_bar(dev.slot, h).map(|_| ())

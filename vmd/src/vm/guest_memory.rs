@@ -19,7 +19,9 @@ pub enum VmMemoryError {
     Layout(#[from] vm_memory::GuestRegionCollectionError),
 }
 
-/// A vm-memory view that keeps the vmm-sys mappings it refers to alive.
+/// A vm-memory view that keeps the vmm-sys mappings it refers to alive;
+/// clones share the mappings.
+#[derive(Clone)]
 pub struct VmMemory {
     mmap: GuestMemoryMmap,
     _keep: vmm_sys::GuestMemory,

@@ -11,6 +11,7 @@ use super::vcpu::{run_loop, LoopEnd, Vcpu, VcpuControl, WriteBack};
 use crate::devices::bus::{MmioBus, PioBus, SharedMmio, SharedPio};
 use crate::devices::irq::Timer;
 use crate::devices::ns8250::Ns8250;
+use crate::devices::virtio::vmmci::{Vmmci, VmmciCmd};
 use crate::event::{EventLoop, Waker};
 use crate::x86::MmioError;
 use std::io::Write;
@@ -90,6 +91,20 @@ pub struct Control {
     vcpu: Arc<VcpuControl>,
     events: Waker,
     event_wakeups: Arc<AtomicU64>,
+    vmmci: Arc<Mutex<Vmmci>>,
+}
+
+/// What a graceful stop request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownRequest {
+    /// The guest's vmmci driver was asked to reboot: the VM ends when the
+    /// guest resets (`run` returns Reboot, which the caller, having asked
+    /// for a stop, treats as stopped) or when vmmci's timeout runs out
+    /// (Halted): 3 s without an acknowledgement, 120 s with one.
+    Asked,
+    /// No vmmci driver in the guest: the VM is being stopped now, as vmd
+    /// ends the VM process at once in that case.
+    Stopped,
 }
 
 impl Control {
@@ -118,6 +133,23 @@ impl Control {
 
     pub fn is_paused(&self) -> bool {
         self.vcpu.is_paused()
+    }
+
+    /// `vmctl stop` without -f (the vmm process's IMSG_VMDOP_VM_REBOOT to
+    /// the VM): ask the guest through vmmci, as vmd does, to reboot.
+    pub fn request_shutdown(&self) -> ShutdownRequest {
+        match self.vmmci.lock().unwrap().ctl(VmmciCmd::Reboot) {
+            Ok(()) => ShutdownRequest::Asked,
+            Err(_) => {
+                self.stop();
+                ShutdownRequest::Stopped
+            }
+        }
+    }
+
+    /// The last shutdown or reboot request the guest acknowledged.
+    pub fn shutdown_acked(&self) -> Option<VmmciCmd> {
+        self.vmmci.lock().unwrap().acked()
     }
 
     /// How often the event thread and the vCPU woke up so far: an idle VM
@@ -240,10 +272,24 @@ impl Machine {
             .lock()
             .unwrap()
             .set_rx_notify(Box::new(move || w.wake()));
+        // vmmci: a moved ack timeout wakes the event thread, and an
+        // expired one ends the VM (vmd's vm_shutdown).
+        {
+            let mut vmmci = platform.vmmci.lock().unwrap();
+            let w = events.waker();
+            vmmci.set_reschedule_notify(Box::new(move || w.wake()));
+            let (v, w) = (vcpu.clone(), events.waker());
+            vmmci.set_on_expire(Box::new(move |how| {
+                log::info!("vmmci: {how:?} timeout, stopping the vm");
+                v.stop();
+                w.wake();
+            }));
+        }
         let control = Arc::new(Control {
             vcpu,
             events: events.waker(),
             event_wakeups: events.wakeup_counter(),
+            vmmci: platform.vmmci.clone(),
         });
         Ok(Machine {
             vmm,

@@ -12,6 +12,10 @@ use crate::devices::irq::{Clock, IrqLines, Timer};
 use crate::devices::mc146818::{self, Mc146818, WallClock};
 use crate::devices::ns8250::{self, Ns8250};
 use crate::devices::pci::{self, PciBus, PciDeviceConfig, PciDeviceInfo, PciError};
+use crate::devices::virtio::rng::Viornd;
+use crate::devices::virtio::transport::{self as virtio, VirtioPci, VirtioPciIds};
+use crate::devices::virtio::vmmci::{self, Vmmci};
+use crate::vm::guest_memory::VmMemory;
 use crate::vm::memmap;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +36,8 @@ pub enum PlatformError {
     FwCfg(#[from] FwCfgError),
     #[error("pci: {0}")]
     Pci(#[from] PciError),
+    #[error("{0}")]
+    Memory(#[from] crate::vm::guest_memory::VmMemoryError),
     #[error("{0}")]
     Device(String),
 }
@@ -101,6 +107,10 @@ pub struct Platform<W: Write + Send + 'static> {
     pub kbc: Arc<Mutex<I8042>>,
     /// Set by the guest through 0xCF9 or the keyboard controller.
     pub reset: Arc<AtomicBool>,
+    /// The entropy device, first on the bus after the host bridge.
+    pub viornd: Arc<Mutex<VirtioPci<Viornd>>>,
+    /// The VMM control interface, last on the bus.
+    pub vmmci: Arc<Mutex<Vmmci>>,
 }
 
 fn shared<T>(t: T) -> Arc<Mutex<T>> {
@@ -145,12 +155,34 @@ impl<W: Write + Send + 'static> Platform<W> {
         let window = memmap::PCI_MMIO_BAR_BASE..=memmap::PCI_MMIO_BAR_END;
         let pci = shared(PciBus::new(window));
         pci::attach(&mut pio, &mut mmio, &pci)?;
-        add_pci(&mut PciSlots {
-            bus: &mut pci.lock().unwrap(),
-            pic: &pic,
-            lines: &lines,
-            mem: &cfg.mem,
-        })?;
+        // vmd's virtio_init: viornd first, then what the caller adds
+        // (NICs, disks, cdrom), vmmci last; every line level-triggered.
+        let vm_mem = VmMemory::new(&cfg.mem)?;
+        let (viornd, vmmci) = {
+            let mut bus = pci.lock().unwrap();
+            let rng = virtio::attach(
+                &mut bus,
+                VirtioPciIds::RNG,
+                Viornd::new(),
+                vm_mem,
+                lines.clone(),
+            )?;
+            pic.set_elcr(rng.irq, true);
+            add_pci(&mut PciSlots {
+                bus: &mut bus,
+                pic: &pic,
+                lines: &lines,
+                mem: &cfg.mem,
+            })?;
+            let vmmci = vmmci::attach(
+                &mut bus,
+                lines.clone(),
+                clock(&cfg.clock),
+                vmmci::host_time_of_day(),
+            )?;
+            pic.set_elcr(vmmci.irq, true);
+            (rng.dev, vmmci.dev)
+        };
 
         // fw_cfg last, as vmd does, so that it sees the PCI devices.
         let mut fwcfg = FwCfg::new(cfg.mem.clone());
@@ -192,12 +224,19 @@ impl<W: Write + Send + 'static> Platform<W> {
             fw_cfg,
             kbc,
             reset,
+            viornd,
+            vmmci,
         })
     }
 
     /// The devices with deadlines, for the event loop.
     pub fn timers(&self) -> Vec<Arc<Mutex<dyn Timer>>> {
-        vec![self.pit.clone(), self.rtc.clone(), self.com.clone()]
+        vec![
+            self.pit.clone(),
+            self.rtc.clone(),
+            self.com.clone(),
+            self.vmmci.clone(),
+        ]
     }
 }
 
@@ -282,13 +321,23 @@ mod tests {
                 revision: 1,
                 irq_needed: true,
             })?;
-            assert_eq!((info.slot, info.irq), (1, Some(3)));
+            // Slot 1 and line 3 are viornd's.
+            assert_eq!((info.slot, info.irq), (2, Some(5)));
             Ok(())
         })
         .unwrap();
-        assert_eq!(p.pic.read_elcr(0) & (1 << 3), 1 << 3);
-        // Slot 1 through the configuration ports: vendor and device.
+        // viornd (3), the disk (5) and vmmci (6) are level-triggered.
+        assert_eq!(p.pic.read_elcr(0), 1 << 3 | 1 << 5 | 1 << 6);
         p.pio.write(0xCF8, 4, 0x8000_0800);
+        assert_eq!(p.pio.read(0xCFC, 4), 0x1044_1af4, "viornd in slot 1");
+        p.pio.write(0xCF8, 4, 0x8000_1800);
+        assert_eq!(p.pio.read(0xCFC, 4), 0x0777_0b5d, "vmmci last, in slot 3");
+        p.pio.write(0xCF8, 4, 0x8000_183c);
+        assert_eq!(p.pio.read(0xCFC, 2), 0x0106);
+        p.pio.write(0xCF8, 4, 0x8000_2000);
+        assert_eq!(p.pio.read(0xCFC, 4), 0xffff_ffff, "nothing after vmmci");
+        // Slot 2 through the configuration ports: vendor and device.
+        p.pio.write(0xCF8, 4, 0x8000_1000);
         assert_eq!(p.pio.read(0xCFC, 4), 0x1042_1af4);
         assert_eq!(p.pio.read(0xCFE, 2), 0x1042);
         // fw_cfg has a bootorder naming it.
@@ -298,5 +347,34 @@ mod tests {
             count >= 5,
             "e820, screen-and-debug, bootorder, sercon, boot menu"
         );
+    }
+
+    /// viornd through the whole platform: the test driver finds it in
+    /// slot 1, gets random bytes, and its interrupt reaches the i8259 as
+    /// a level on line 3 that reading the ISR takes away.
+    #[test]
+    fn viornd_interrupts_through_the_pic() {
+        use crate::devices::virtio::testdriver::{Ring, TestMachine, Virtio1};
+        let ranges = memmap::create_memory_map(64 << 20).unwrap();
+        let mem = GuestMemory::anonymous(&[(0, 0x10_0000)]).unwrap();
+        let p = Platform::build(
+            PlatformConfig::host(mem.clone(), ranges, Vec::new()),
+            |_| Ok(()),
+        )
+        .unwrap();
+        let m = TestMachine::over(p.pio.clone(), p.pci.clone(), mem.clone());
+        let v = Virtio1::probe(&m, 1);
+        let mut ring = v.bring_up(&m, 1 << 32, Ring::new(64, 0x1000));
+        let irr = || p.pic.read_port(Chip::Master, 0) & (1 << 3);
+        assert_eq!(irr(), 0);
+        ring.add(&m, &[(0x8000, 64, true)]);
+        v.kick(&m, 0);
+        assert_eq!(ring.take_used(&m), vec![(0, 64)]);
+        assert_eq!(irr(), 1 << 3, "line 3 up");
+        assert_eq!(v.isr(&m), 1);
+        assert_eq!(irr(), 0, "line 3 down after the ISR read");
+        let mut buf = [0u8; 64];
+        mem.read(0x8000, &mut buf).unwrap();
+        assert_ne!(buf, [0; 64]);
     }
 }
