@@ -220,6 +220,31 @@ fn qemu_v2_4k() -> Result<(), Failed> {
     crash_loop(&top, seed() ^ 1, kills())
 }
 
+/// 512-byte clusters, no backing: the file soon outgrows the first
+/// refcount table, which moves while children are killed.
+fn qemu_512() -> Result<(), Failed> {
+    let d = TempDir::new("crash-512");
+    let img = d.path("small.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "cluster_size=512",
+        &img,
+        "12M",
+    ])?;
+    // Near the 8 MiB one table cluster counts.
+    qemu_io(&img, "write -P 0x11 0 7M")?;
+    let before = std::fs::read(&img)?[48..56].to_vec();
+    crash_loop(&img, seed() ^ 3, kills())?;
+    if std::fs::read(&img)?[48..56] == before[..] {
+        eprintln!("{img}: the refcount table did not move this time");
+    }
+    Ok(())
+}
+
 /// A compressed image (qemu-img convert -c) whose clusters get rewritten.
 fn compressed_64k() -> Result<(), Failed> {
     let d = TempDir::new("crash-comp");
@@ -241,5 +266,6 @@ fn main() {
         Trial::test("crash_vmd_overlay_64k", vmd_overlay_64k),
         Trial::test("crash_qemu_v2_4k", qemu_v2_4k),
         Trial::test("crash_compressed_64k", compressed_64k),
+        Trial::test("crash_qemu_512", qemu_512),
     ])
 }

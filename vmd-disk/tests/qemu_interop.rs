@@ -339,8 +339,39 @@ fn backing_chain_rules() -> Result<(), Failed> {
     }
 }
 
+/// 512-byte clusters: vmd-disk's writes outgrow qemu's refcount table,
+/// which moves to a larger one that qemu then finds clean.
+fn refcount_table_grows() -> Result<(), Failed> {
+    let d = TempDir::new("grow");
+    let img = d.path("small.qcow2");
+    qcreate(&img, &opts("1.1", 512), None, 32 * M)?;
+    let reftable = |p: &str| -> Result<Vec<u8>, Failed> { Ok(std::fs::read(p)?[48..60].to_vec()) };
+    let before = reftable(&img)?;
+    let mut want = vec![0u8; (32 * M) as usize];
+    {
+        let mut q = vmd_disk::open(&img, None, true)?;
+        let chunk: Vec<u8> = (0..300 * K).map(|i| (i % 253) as u8 + 1).collect();
+        for i in 0..40u64 {
+            let off = i * 700 * K + 3;
+            q.write_at(&chunk, off)?;
+            want[off as usize..off as usize + chunk.len()].copy_from_slice(&chunk);
+        }
+        q.flush()?;
+    }
+    must_be_clean(&img)?;
+    let got = same_as_qemu(&img, &d)?;
+    if let Some(at) = first_difference(&got, &want) {
+        return Err(format!("differs at {at:#x}").into());
+    }
+    if reftable(&img)? == before {
+        return Err("the refcount table did not move".into());
+    }
+    Ok(())
+}
+
 fn main() {
     support::run_trials(vec![
+        Trial::test("refcount_table_grows", refcount_table_grows),
         Trial::test("reads_qemu_chains", reads_qemu_chains),
         Trial::test("writes_read_by_qemu", writes_read_by_qemu),
         Trial::test("compressed_clusters", compressed_clusters),

@@ -311,7 +311,17 @@ pub const CREATE_CLUSTER_BITS: u32 = 16;
 /// table, one refcount block after that, every metadata cluster counted
 /// once.  64 KiB clusters, 16-bit refcounts, no extensions.
 pub fn create(file: &File, path: &str, size: u64, backing: Option<&str>) -> Result<(), DiskError> {
-    let bits = CREATE_CLUSTER_BITS;
+    create_with(file, path, size, backing, CREATE_CLUSTER_BITS)
+}
+
+/// [`create`] with another cluster size (for tests of small clusters).
+pub(crate) fn create_with(
+    file: &File,
+    path: &str,
+    size: u64,
+    backing: Option<&str>,
+    bits: u32,
+) -> Result<(), DiskError> {
     let cs = 1u64 << bits;
     let too_big = || DiskError::Full {
         path: path.to_string(),
@@ -342,6 +352,11 @@ pub fn create(file: &File, path: &str, size: u64, backing: Option<&str>) -> Resu
     let rt_offset = l1_offset + l1_clusters * cs;
     let rb_offset = rt_offset + cs;
     let clusters = rb_offset / cs + 1;
+    if clusters > cs / 2 {
+        // One refcount block must count the metadata (always so for
+        // 64 KiB clusters).
+        return Err(too_big());
+    }
 
     let mut h = vec![0u8; V3_HEADER_LEN as usize + name.len()];
     h[0..4].copy_from_slice(&QCOW2_MAGIC);

@@ -26,7 +26,10 @@
 //! 1. the data clusters (whole clusters, copy-on-write done) are written;
 //! 2. their refcounts are set to 1, allocating a refcount block when the
 //!    table has none for them (the block is written, with its own count,
-//!    and synced before the refcount table points to it);
+//!    and synced before the refcount table points to it), and moving the
+//!    refcount table to a larger one when it is full (the new table and
+//!    its blocks are written and synced, then the header is pointed at
+//!    it in one write and synced, then the old table is freed);
 //! 3. a new L2 table is written whole, and counted;
 //! 4. fdatasync;
 //! 5. the L2 entries are written, or for a new table the L1 entry;
@@ -376,14 +379,10 @@ impl Qcow2 {
     /// The refcount block for refcount table index `bi`, allocated (at
     /// the end of the file) if there is none yet.
     fn refcount_block(&mut self, bi: u64) -> Result<u64, DiskError> {
-        let Some(&e) = self.refcount_table.get(bi as usize) else {
-            // Growing the refcount table is not implemented: one table
-            // cluster covers 16 TiB of 64 KiB clusters.
-            return Err(DiskError::Full {
-                path: self.path.clone(),
-                what: "refcount table",
-            });
-        };
+        if bi as usize >= self.refcount_table.len() {
+            self.grow_refcount_table(bi)?;
+        }
+        let e = self.refcount_table[bi as usize];
         if e & REFTABLE_RESERVED != 0 || (e != 0 && e < self.cs()) {
             return Err(self.corrupt("refcount block offset", e));
         }
@@ -417,6 +416,86 @@ impl Qcow2 {
         )?;
         self.refcount_table[bi as usize] = b;
         Ok(b)
+    }
+
+    /// Moves the refcount table to a larger one at the end of the file
+    /// that has an entry `bi`.  The new table, and the refcount blocks
+    /// that count it (and themselves), are written and synced before the
+    /// header points at them; the old table is freed after that, so a
+    /// crash leaves at worst a leak.
+    fn grow_refcount_table(&mut self, bi: u64) -> Result<(), DiskError> {
+        let cs = self.cs();
+        let old_offset = self.refcount_table_offset;
+        let old_clusters = (self.refcount_table.len() as u64 * 8).div_ceil(cs);
+        let mut clusters = old_clusters.max(1);
+        while clusters * cs / 8 <= bi {
+            clusters *= 2;
+        }
+        if clusters * cs > header::MAX_REFTABLE_BYTES {
+            return Err(DiskError::Full {
+                path: self.path.clone(),
+                what: "refcount table",
+            });
+        }
+        let mut table = self.refcount_table.clone();
+        table.resize((clusters * cs / 8) as usize, 0);
+        let start = self.next_free;
+        for _ in 0..clusters {
+            self.alloc_cluster()?;
+        }
+        // Count the new table's clusters; a range without a block gets a
+        // new one, which is counted in turn.
+        let mut todo: Vec<u64> = (0..clusters).map(|i| start + i * cs).collect();
+        let mut blocks: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        let mut i = 0;
+        while i < todo.len() {
+            let host = todo[i];
+            i += 1;
+            let (rb, at) = self.refcount_slot(host);
+            let at = at as usize;
+            if let Some(b) = blocks.iter_mut().find(|b| b.0 == rb) {
+                b.2[at..at + 2].copy_from_slice(&1u16.to_be_bytes());
+                continue;
+            }
+            let Some(&e) = table.get(rb as usize) else {
+                return Err(DiskError::Full {
+                    path: self.path.clone(),
+                    what: "refcount table",
+                });
+            };
+            if e != 0 {
+                if e & REFTABLE_RESERVED != 0 || e < cs {
+                    return Err(self.corrupt("refcount block offset", e));
+                }
+                // Not referenced until the header moves: at worst a leak.
+                write_full(&self.file, &self.path, &1u16.to_be_bytes(), e + at as u64)?;
+                continue;
+            }
+            let b = self.alloc_cluster()?;
+            let mut content = vec![0u8; cs as usize];
+            content[at..at + 2].copy_from_slice(&1u16.to_be_bytes());
+            table[rb as usize] = b;
+            blocks.push((rb, b, content));
+            todo.push(b);
+        }
+        for (_, b, content) in &blocks {
+            write_full(&self.file, &self.path, content, *b)?;
+        }
+        let mut bytes = vec![0u8; table.len() * 8];
+        for (c, e) in bytes.chunks_exact_mut(8).zip(&table) {
+            c.copy_from_slice(&e.to_be_bytes());
+        }
+        write_full(&self.file, &self.path, &bytes, start)?;
+        sync(&self.file, &self.path)?;
+        // refcount_table_offset and refcount_table_clusters, in one write.
+        let mut h = [0u8; 12];
+        h[..8].copy_from_slice(&start.to_be_bytes());
+        h[8..].copy_from_slice(&(clusters as u32).to_be_bytes());
+        write_full(&self.file, &self.path, &h, 48)?;
+        sync(&self.file, &self.path)?;
+        self.refcount_table = table;
+        self.refcount_table_offset = start;
+        self.unref_range(old_offset, old_clusters * cs)
     }
 
     /// Where the refcount of the cluster at `host` lives.

@@ -350,3 +350,27 @@ fn l2_cache_evicts_and_reloads() {
     drop(q);
     assert_eq!(check(&p), clean());
 }
+
+#[test]
+fn the_refcount_table_grows_for_small_clusters() {
+    let d = TempDir::new("grow");
+    let p = d.path("small.qcow2");
+    // 512-byte clusters: a refcount block counts 256 clusters and one
+    // table cluster 64 blocks, i.e. 8 MiB of file.
+    header::create_with(&new_file(&p), &p, 64 * MIB, None, 9).unwrap();
+    let mut q = open_rw(&p, None);
+    let data = pattern(256 * 1024, 0x3c);
+    for i in 0..48u64 {
+        q.write_at(&data, i * 256 * 1024 + 100).unwrap();
+    }
+    assert!(q.refcount_table.len() > 64, "the table grew");
+    assert!(q.refcount_table_offset > 2 * 512);
+    drop(q);
+    assert_eq!(check(&p), clean());
+    let mut q = Qcow2::open(File::open(&p).unwrap(), &p, None, false).unwrap();
+    let mut b = vec![0u8; data.len()];
+    for i in [0u64, 17, 47] {
+        q.read_at(&mut b, i * 256 * 1024 + 100).unwrap();
+        assert!(b == data, "chunk {i}");
+    }
+}
