@@ -341,24 +341,48 @@ impl Qcow2 {
 
     fn read_inner(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
         let cs = self.cs();
+        // Data clusters that follow each other in the file are read with
+        // one pread: (host offset, start in buf, length).
+        let mut run: Option<(u64, usize, usize)> = None;
         let mut done = 0;
         while done < buf.len() {
             let v = offset + done as u64;
             let in_cl = v & (cs - 1);
             let n = ((cs - in_cl) as usize).min(buf.len() - done);
+            let mapping = self.lookup(v)?;
+            if let Mapping::Data(h) = mapping {
+                match run {
+                    Some((rh, rs, rl)) if rh + rl as u64 == h + in_cl => {
+                        run = Some((rh, rs, rl + n))
+                    }
+                    _ => {
+                        if let Some((rh, rs, rl)) = run {
+                            read_full(&self.file, &self.path, &mut buf[rs..rs + rl], rh)?;
+                        }
+                        run = Some((h + in_cl, done, n));
+                    }
+                }
+                done += n;
+                continue;
+            }
+            if let Some((rh, rs, rl)) = run.take() {
+                read_full(&self.file, &self.path, &mut buf[rs..rs + rl], rh)?;
+            }
             let seg = &mut buf[done..done + n];
-            match self.lookup(v)? {
+            match mapping {
                 Mapping::Unallocated => Self::read_backing(&mut self.backing, seg, v)?,
-                Mapping::Zero(_) => seg.fill(0),
-                Mapping::Data(h) => read_full(&self.file, &self.path, seg, h + in_cl)?,
                 Mapping::Compressed(e) => {
                     let c = self
                         .inflate
                         .cluster(&self.file, &self.path, e, self.cluster_bits)?;
                     seg.copy_from_slice(&c[in_cl as usize..in_cl as usize + n]);
                 }
+                _ => seg.fill(0),
             }
             done += n;
+        }
+        if let Some((rh, rs, rl)) = run {
+            read_full(&self.file, &self.path, &mut buf[rs..rs + rl], rh)?;
         }
         Ok(())
     }
