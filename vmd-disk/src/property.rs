@@ -85,13 +85,14 @@ fn compressed_cluster_reads_and_rewrites() {
 
 /// One mutation: a byte, a u16, a u32 or a u64 of an edgy value at a
 /// place that matters.
-fn mutate(f: &File, rng: &mut Rng, len: u64) {
+fn mutate(f: &File, rng: &mut Rng, len: u64, l2: u64) {
     let targets = [
         rng.below(112),         // the header
         CS + rng.below(64),     // the L1 table
         2 * CS + rng.below(32), // the refcount table
         3 * CS + rng.below(64), // the refcount block
-        rng.below(len.max(1)),  // anywhere: L2 tables, data, compressed
+        l2 + rng.below(16) * 8, // the first L2 table's used entries
+        rng.below(len.max(1)),  // anywhere: data, compressed data
     ];
     let at = targets[rng.below(targets.len() as u64) as usize];
     let v = rng.edgy_u64();
@@ -142,12 +143,15 @@ fn mutated_qcow2_images_never_panic() {
     let d = TempDir::new("property");
     let (p, bp) = seed_image(&d);
     let pristine = std::fs::read(&p).unwrap();
+    let l1 = u64::from_be_bytes(pristine[CS as usize..CS as usize + 8].try_into().unwrap());
+    let l2 = l1 & 0x00ff_ffff_ffff_fe00;
+    assert_ne!(l2, 0);
     for seed in 0..cases {
         std::fs::write(&p, &pristine).unwrap();
         let mut rng = Rng::new(seed);
         let f = OpenOptions::new().write(true).open(&p).unwrap();
         for _ in 0..1 + rng.below(4) {
-            mutate(&f, &mut rng, pristine.len() as u64);
+            mutate(&f, &mut rng, pristine.len() as u64, l2);
         }
         drop(f);
         let r = catch_unwind(AssertUnwindSafe(|| exercise(&p, &bp, &mut rng)));
