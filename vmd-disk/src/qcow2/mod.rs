@@ -21,7 +21,7 @@
 //! disk.  A crash can then leave a cluster counted but unreferenced (a
 //! leak, which `qemu-img check` reports and `-r leaks` repairs) but never a
 //! reference to garbage or to a cluster with refcount 0.  So, for each
-//! write request and each L2 table it touches ([`Qcow2::commit`]):
+//! write request and each L2 table it touches (`Qcow2::commit`):
 //!
 //! 1. the data clusters (whole clusters, copy-on-write done) are written;
 //! 2. their refcounts are set to 1, allocating a refcount block when the
@@ -52,6 +52,10 @@
 //! reading and refused for writing (their clusters are shared, which vmd
 //! ignores to the snapshots' loss).  Unknown autoclear feature bits are
 //! cleared when an image is opened for writing, as the format asks.
+//!
+//! Unlike vmd, the images of a chain need not share a cluster size, and a
+//! backing file may be raw (named so by the backing format extension, or
+//! probed): each layer is just a [`DiskImage`] to the one above.
 
 mod header;
 
