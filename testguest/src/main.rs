@@ -1,0 +1,43 @@
+//! A freestanding test guest for vmd's (and QEMU's) devices.
+//!
+//! Booted by vmd as its `boot` kernel (ELF64, 32-bit entry as OpenBSD's
+//! boot loader ABI has it) or by SeaBIOS from a disk whose boot sector
+//! loads it (see boot.rs).  Its CPL0 part only sets up the machine and drops
+//! to CPL 3 with IOPL 3, where everything else runs: on hosts whose KVM
+//! emulates CPL0 code, the drivers' loops then run natively.  It reports
+//! on COM1, one result per line, and is driven by a script (script.rs).
+#![no_std]
+#![no_main]
+// The drivers land step by step; what they will use is already here.
+#![allow(dead_code)]
+
+mod arch;
+mod boot;
+mod mem;
+#[macro_use]
+mod serial;
+mod pci;
+
+use core::panic::PanicInfo;
+
+#[no_mangle]
+extern "C" fn testguest_main(boot_kind: u64, _script: u64) {
+    serial::Com1::init();
+    println!(
+        "testguest: boot={} cpl={}",
+        if boot_kind == boot::BOOT_DISK {
+            "disk"
+        } else {
+            "elf"
+        },
+        arch::cpl(),
+    );
+    pci::print_all();
+    println!("done");
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    println!("FATAL panic: {info}");
+    arch::halt()
+}
