@@ -233,7 +233,15 @@ set_gate:
     movq %r8, 8(%rdi)
     ret
 
+/* BSS (minus the stacks) is cleared here, natively: a disk boot loads
+   only the file's bytes. */
 user_start:
+    leaq __bss_zero_start(%rip), %rdi
+    leaq __bss_zero_end(%rip), %rcx
+    subq %rdi, %rcx
+    xorl %eax, %eax
+    cld
+    rep stosb
     movq %r15, %rdi
     movq %r14, %rsi
     call testguest_main
@@ -308,6 +316,10 @@ isr_common:
     leaq exc_cr2(%rip), %rsi
     call kputs
     movq %cr2, %rax
+    call kputhex
+    leaq exc_rsp(%rip), %rsi
+    call kputs
+    movq 40(%rsp), %rax
     call kputhex
     movb $10, %al
     call kputc
@@ -398,6 +410,8 @@ exc_cs:
     .asciz " cs "
 exc_fl:
     .asciz " rflags "
+exc_rsp:
+    .asciz " rsp "
 exc_cr2:
     .asciz " cr2 "
 hexdigits:
@@ -456,13 +470,17 @@ boot_pd:
     .set pde, pde + 1
     .endr
 
-    .section .bss
+    /* Zero-filled in the file: the disk loader does not clear BSS. */
+    .section .data
     .balign 4096
 idt:
-    .skip 4096
+    .fill 4096, 1, 0
     .globl irq_counts
 irq_counts:
-    .skip 128
+    .fill 16, 8, 0
+
+    /* Not cleared by user_start: the stacks in use while it runs. */
+    .section .bss.boot, "aw", @nobits
     .balign 16
     .skip 16384
 boot_kstack_top:

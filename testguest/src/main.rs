@@ -8,20 +8,27 @@
 //! on COM1, one result per line, and is driven by a script (script.rs).
 #![no_std]
 #![no_main]
-// The drivers land step by step; what they will use is already here.
-#![allow(dead_code)]
 
 mod arch;
 mod boot;
 mod mem;
 #[macro_use]
 mod serial;
+mod blk;
+mod dma;
+mod hostile;
+mod irq;
 mod pci;
+mod rng;
+mod script;
+mod timer;
+mod virtio;
+mod vmmci;
 
 use core::panic::PanicInfo;
 
 #[no_mangle]
-extern "C" fn testguest_main(boot_kind: u64, _script: u64) {
+extern "C" fn testguest_main(boot_kind: u64, script_addr: u64) {
     serial::Com1::init();
     println!(
         "testguest: boot={} cpl={}",
@@ -32,7 +39,12 @@ extern "C" fn testguest_main(boot_kind: u64, _script: u64) {
         },
         arch::cpl(),
     );
-    pci::print_all();
+    let script = match boot_kind {
+        boot::BOOT_DISK => script::Script::at(script_addr),
+        boot::BOOT_ELF => script::Script::from_disk(),
+        _ => None,
+    };
+    script.unwrap_or_else(script::Script::default_script).run();
     println!("done");
 }
 
