@@ -38,6 +38,7 @@ build: deps
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
+	cd testguest && $(CARGO) fmt -- --check
 
 lint: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

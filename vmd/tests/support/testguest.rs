@@ -225,13 +225,65 @@ impl Qemu {
     }
 }
 
-/// The guest's result lines: everything but timings (`timing:` lines),
-/// which differ from run to run, and the banner.
+/// The guest's result lines, which must be the same under any VMM:
+/// everything but the banner, timings (`timing:`) and notes (`note:`, such
+/// as which IRQ line or BAR kind a device has).
 pub fn results(transcript: &str) -> Vec<String> {
     transcript
         .lines()
         .map(|l| l.trim_end_matches('\r'))
-        .filter(|l| !l.starts_with("timing:") && !l.starts_with("testguest:"))
+        .filter(|l| {
+            !l.starts_with("timing:") && !l.starts_with("testguest:") && !l.starts_with("note:")
+        })
         .map(str::to_string)
         .collect()
+}
+
+/// A scratch file removed when dropped.
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(tag: &str) -> TempFile {
+        TempFile(
+            std::env::temp_dir().join(format!("vmd-testguest-{}-{tag}.img", std::process::id())),
+        )
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs `qemu-io -f raw -c <cmd> <image>`; its output, or why it failed
+/// (qemu-io reports a pattern mismatch on stdout and still exits 0).
+pub fn qemu_io(image: &Path, cmd: &str) -> Result<String, String> {
+    let out = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", cmd])
+        .arg(image)
+        .output()
+        .map_err(|e| format!("qemu-io: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() || text.contains("failed") || text.contains("error") {
+        return Err(format!("qemu-io -c {cmd:?}: {}", text.trim()));
+    }
+    Ok(text)
+}
+
+/// The arguments giving QEMU a modern-only virtio-blk on `disk` (the boot
+/// disk, so SeaBIOS boots the guest from it) and a modern-only virtio-rng.
+pub fn qemu_devices(disk: &Path) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!("file={},if=none,id=d0,format=raw", disk.display()),
+        "-device".into(),
+        "virtio-blk-pci,drive=d0,disable-legacy=on,serial=testguest-disk".into(),
+        "-device".into(),
+        "virtio-rng-pci,disable-legacy=on".into(),
+    ]
 }
