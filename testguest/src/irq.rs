@@ -41,6 +41,32 @@ fn pit_100hz() {
     outb(0x40, (11932u16 >> 8) as u8);
 }
 
+/// `irq-timer`: ten ticks of the PIT at 100 Hz arrive through the PIC;
+/// how long they took is a note (it depends on the host).
+pub fn cmd_irq_timer() {
+    pic_init();
+    pit_100hz();
+    unmask(0);
+    let start = irq_count(0);
+    let t0 = crate::arch::rdtsc();
+    let deadline = crate::timer::deadline_ms(3000);
+    while irq_count(0) - start < 10 && !crate::timer::passed(deadline) {
+        let c = irq_count(0);
+        wait_for_interrupt();
+        if irq_count(0) != c {
+            unmask(0);
+        }
+    }
+    let ticks = irq_count(0) - start;
+    let ns = crate::timer::ns(t0, crate::arch::rdtsc());
+    mask_all();
+    if ticks < 10 {
+        return println!("irq-timer: error: {ticks} ticks in 3 s");
+    }
+    println!("note: irq-timer 10 ticks in {} ms", ns / 1_000_000);
+    println!("irq-timer: ok");
+}
+
 /// `irq-rng`: an entropy request completed through the device's INTx
 /// line: the interrupt arrives, the ISR shows a queue interrupt, the used
 /// ring has the buffer.

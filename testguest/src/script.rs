@@ -1,13 +1,32 @@
 //! The script: one command a line, from the script sector the boot sector
 //! loaded (disk boot), or from LBA 1 of the first virtio-blk disk (ELF
-//! boot); `pci` when there is none.  Each command releases its DMA memory
+//! boot); `pci` and `irq-timer` when
+//! there is none.  Each command releases its DMA memory
 //! and resets its device when it ends.
+//!
+//! The sector starts with `#testguest` and a newline; then, one a line
+//! (`#` starts a comment; numbers take 0x and k/M/G):
+//!
+//! - `pci` — every function on bus 0.
+//! - `irq-timer` — ten PIT ticks through the PIC (interrupt delivery).
+//! - `rng`, `irq-rng` — entropy, polled or completed through INTx.
+//! - `blk-info`, `blk-id`, `blk-flush`.
+//! - `blk-read-pattern OFF LEN BYTE`, `blk-write-pattern OFF LEN BYTE`,
+//!   `blk-read-sum OFF LEN` (FNV-1a of the range).
+//! - `blk-bench read4k|write4k|seqread1m N [DEPTH]`.
+//! - `vmmci-ack [reset]`, `vmmci-ignore` — wait for vmmci commands for
+//!   ever; acknowledge shutdown and reboot, then halt (or, with `reset`,
+//!   reset the machine on reboot as a real guest would), or ignore them.
+//! - `hostile-chain loop|oob|oversize|wild-idx [blk|rng]`.
+//! - `halt` — stop here (no `done`).
+//!
+//! After the last command the guest prints `done` and halts.
 use crate::blk::{self, Bench, Blk};
 use crate::hostile::{self, Kind, Target};
 use crate::{dma, irq, pci, rng, vmmci};
 
 pub const MAGIC: &[u8] = b"#testguest\n";
-const DEFAULT: &[u8] = b"pci\n";
+const DEFAULT: &[u8] = b"pci\nirq-timer\n";
 
 /// Up to one sector of script.
 pub struct Script {
@@ -35,7 +54,8 @@ impl Script {
         Script::from(s)
     }
 
-    /// LBA 1 of the first virtio-blk disk.
+    /// LBA 1 of the first virtio-blk disk (vmd passes a kernel no command
+/// line).
     pub fn from_disk() -> Option<Script> {
         let m = dma::mark();
         let s = (|| {
@@ -96,6 +116,7 @@ fn run_line(line: &str) {
         "pci" => pci::print_all(),
         "rng" => rng::cmd_rng(),
         "irq-rng" => irq::cmd_irq_rng(),
+        "irq-timer" => irq::cmd_irq_timer(),
         "blk-info" => blk::cmd_info(),
         "blk-id" => blk::cmd_id(),
         "blk-flush" => blk::cmd_flush(),
@@ -126,8 +147,12 @@ fn run_line(line: &str) {
                 _ => bad(),
             }
         }
-        "vmmci-ack" => vmmci::cmd_vmmci(true),
-        "vmmci-ignore" => vmmci::cmd_vmmci(false),
+        "vmmci-ack" => match args[0] {
+            None => vmmci::cmd_vmmci(true, false),
+            Some("reset") => vmmci::cmd_vmmci(true, true),
+            _ => bad(),
+        },
+        "vmmci-ignore" => vmmci::cmd_vmmci(false, false),
         "hostile-chain" => {
             let kind = match args[0] {
                 Some("loop") => Kind::Loop,

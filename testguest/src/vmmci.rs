@@ -17,8 +17,10 @@ const CMD_REBOOT: u32 = 2;
 const CMD_SYNCRTC: u32 = 3;
 
 /// `vmmci-ack` (ack = true) or `vmmci-ignore`: waits for commands for
-/// ever; with ack, answers shutdown and reboot and then halts.
-pub fn cmd_vmmci(ack: bool) {
+/// ever; with ack, answers shutdown and reboot and then halts, or with
+/// `reset` resets the machine on reboot (KBC pulse, then port 0xcf9) as a
+/// rebooting guest would.
+pub fn cmd_vmmci(ack: bool, reset: bool) {
     let name = if ack { "vmmci-ack" } else { "vmmci-ignore" };
     let Some(f) = pci::find(VENDOR, DEVICE, 0) else {
         return println!("{name}: error: no vmmci device");
@@ -59,6 +61,13 @@ pub fn cmd_vmmci(ack: bool) {
             }
             r.w32(0x14, cmd);
             println!("{name}: {what} (acked)");
+            if cmd == CMD_REBOOT && reset {
+                println!("{name}: resetting");
+                crate::arch::outb(0x64, 0xfe);
+                crate::arch::outb(0xcf9, 0x06);
+                timer::delay_ms(100);
+                println!("{name}: error: still running after a reset request");
+            }
             if cmd == CMD_SHUTDOWN || cmd == CMD_REBOOT {
                 println!("{name}: halting");
                 crate::arch::halt();
