@@ -39,6 +39,10 @@ extern "C" fn testguest_main(boot_kind: u64, script_addr: u64) {
         },
         arch::cpl(),
     );
+    if boot_kind == boot::BOOT_ELF {
+        dma::limit_from_bootargs();
+    }
+    println!("note: device memory 0x{:x}-0x{:x}", dma::BASE, dma::end());
     let script = match boot_kind {
         boot::BOOT_DISK => script::Script::at(script_addr),
         boot::BOOT_ELF => script::Script::from_disk(),

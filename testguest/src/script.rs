@@ -55,7 +55,7 @@ impl Script {
     }
 
     /// LBA 1 of the first virtio-blk disk (vmd passes a kernel no command
-/// line).
+    /// line).
     pub fn from_disk() -> Option<Script> {
         let m = dma::mark();
         let s = (|| {
