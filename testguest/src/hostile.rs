@@ -3,6 +3,7 @@
 //! work again once reset.
 use crate::blk::{Blk, S_OK, T_IN};
 use crate::rng::Rng;
+use crate::scsi::{Done, Scsi};
 use crate::virtio::{Transport, Virtqueue, D_NEXT, D_WRITE, S_NEEDS_RESET};
 use crate::{dma, timer};
 
@@ -22,6 +23,17 @@ pub enum Kind {
 pub enum Target {
     Rng,
     Blk,
+    Scsi,
+}
+
+/// Request header and status lengths of the request-shaped chains: a
+/// virtio-blk header and status byte, or a virtio-scsi command request
+/// (LUN 0, TEST UNIT READY) and response.
+fn shape(t: Target) -> (u32, u32) {
+    match t {
+        Target::Scsi => (51, 108),
+        _ => (16, 1),
+    }
 }
 
 fn kind_name(k: Kind) -> &'static str {
@@ -33,20 +45,44 @@ fn kind_name(k: Kind) -> &'static str {
     }
 }
 
+/// A request-shaped chain at descriptor 0 with `data` where the device
+/// writes: virtio-blk has header, data, status; virtio-scsi has request,
+/// response, data in; virtio-rng just the buffer.
+fn request(q: &Virtqueue, t: Target, hdr: (u64, u32), data: (u64, u32), status: (u64, u32)) {
+    match t {
+        Target::Rng => q.set_desc(0, data.0, data.1, D_WRITE, 0),
+        Target::Blk => {
+            q.set_desc(0, hdr.0, hdr.1, D_NEXT, 1);
+            q.set_desc(1, data.0, data.1, D_WRITE | D_NEXT, 2);
+            q.set_desc(2, status.0, status.1, D_WRITE, 0);
+        }
+        Target::Scsi => {
+            q.set_desc(0, hdr.0, hdr.1, D_NEXT, 1);
+            q.set_desc(1, status.0, status.1, D_WRITE | D_NEXT, 2);
+            q.set_desc(2, data.0, data.1, D_WRITE, 0);
+        }
+    }
+}
+
 /// Builds the chain in `q` and kicks it.
 fn submit(q: &mut Virtqueue, kind: Kind, target: Target) {
     let buf = dma::alloc(4096, 4096);
-    let hdr = dma::alloc(16, 16);
-    let status = dma::alloc(1, 1);
-    dma::write32(hdr, T_IN);
+    let hdr = dma::alloc(64, 64);
+    let status = dma::alloc(128, 64);
+    let (hl, sl) = shape(target);
+    if target == Target::Scsi {
+        dma::write8(hdr, 1);
+    } else {
+        dma::write32(hdr, T_IN);
+    }
     let far = 1u64 << 40;
     match (kind, target) {
         (Kind::Loop, Target::Rng) => {
             q.set_desc(0, buf, 16, D_WRITE | D_NEXT, 1);
             q.set_desc(1, buf + 16, 16, D_WRITE | D_NEXT, 0);
         }
-        (Kind::Loop, Target::Blk) => {
-            q.set_desc(0, hdr, 16, D_NEXT, 1);
+        (Kind::Loop, _) => {
+            q.set_desc(0, hdr, hl, D_NEXT, 1);
             q.set_desc(1, buf, 512, D_WRITE | D_NEXT, 2);
             q.set_desc(2, buf + 512, 512, D_WRITE | D_NEXT, 1);
         }
@@ -55,22 +91,10 @@ fn submit(q: &mut Virtqueue, kind: Kind, target: Target) {
                 Kind::Oob => (far, 4096),
                 _ => (buf, 0xffff_f000),
             };
-            if t == Target::Rng {
-                q.set_desc(0, addr, len, D_WRITE, 0);
-            } else {
-                q.set_desc(0, hdr, 16, D_NEXT, 1);
-                q.set_desc(1, addr, len, D_WRITE | D_NEXT, 2);
-                q.set_desc(2, status, 1, D_WRITE, 0);
-            }
+            request(q, t, (hdr, hl), (addr, len), (status, sl));
         }
         (Kind::WildIdx, t) => {
-            if t == Target::Rng {
-                q.set_desc(0, buf, 16, D_WRITE, 0);
-            } else {
-                q.set_desc(0, hdr, 16, D_NEXT, 1);
-                q.set_desc(1, buf, 512, D_WRITE | D_NEXT, 2);
-                q.set_desc(2, status, 1, D_WRITE, 0);
-            }
+            request(q, t, (hdr, hl), (buf, 512), (status, sl));
         }
     }
     if let Kind::WildIdx = kind {
@@ -101,7 +125,11 @@ fn outcome(t: &Transport, q: &mut Virtqueue) -> &'static str {
 
 /// `hostile-chain loop|oob|oversize|wild-idx [rng|blk]`.
 pub fn cmd_hostile(kind: Kind, target: Target) {
-    let tname = if target == Target::Rng { "rng" } else { "blk" };
+    let tname = match target {
+        Target::Rng => "rng",
+        Target::Blk => "blk",
+        Target::Scsi => "scsi",
+    };
     let name = kind_name(kind);
     let seen = match target {
         Target::Rng => match Rng::open() {
@@ -118,6 +146,13 @@ pub fn cmd_hostile(kind: Kind, target: Target) {
             }
             Err(e) => return println!("hostile-chain {name} {tname}: error: {e}"),
         },
+        Target::Scsi => match Scsi::open() {
+            Ok(mut d) => {
+                submit(&mut d.q, kind, target);
+                outcome(&d.t, &mut d.q)
+            }
+            Err(e) => return println!("hostile-chain {name} {tname}: error: {e}"),
+        },
     };
     println!("hostile-chain {name} {tname}: {seen}");
     // The devices above were reset when dropped; open again and use it.
@@ -130,6 +165,9 @@ pub fn cmd_hostile(kind: Kind, target: Target) {
             let buf = dma::alloc(512, 512);
             (b.request(T_IN, 0, buf, 512) == S_OK).then_some(512)
         }),
+        Target::Scsi => Scsi::open()
+            .ok()
+            .and_then(|mut d| matches!(d.ready(), Done::Status { response: 0, .. }).then_some(0)),
     };
     match works {
         Some(_) => println!("hostile-chain {name} {tname}: works after reset"),

@@ -21,6 +21,7 @@ mod irq;
 mod pci;
 mod rng;
 mod script;
+mod scsi;
 mod timer;
 mod virtio;
 mod vmmci;

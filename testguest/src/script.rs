@@ -17,13 +17,15 @@
 //! - `vmmci-ack [reset]`, `vmmci-ignore` — wait for vmmci commands for
 //!   ever; acknowledge shutdown and reboot, then halt (or, with `reset`,
 //!   reset the machine on reboot as a real guest would), or ignore them.
-//! - `hostile-chain loop|oob|oversize|wild-idx [blk|rng]`.
+//! - `scsi-info` (device type, blocks, block size), `scsi-read-sum LBA
+//!   COUNT` (READ(10) of 2048-byte blocks, FNV-1a): target 0, LUN 0.
+//! - `hostile-chain loop|oob|oversize|wild-idx [blk|rng|scsi]`.
 //! - `halt` — stop here (no `done`).
 //!
 //! After the last command the guest prints `done` and halts.
 use crate::blk::{self, Bench, Blk};
 use crate::hostile::{self, Kind, Target};
-use crate::{dma, irq, pci, rng, vmmci};
+use crate::{dma, irq, pci, rng, scsi, vmmci};
 
 pub const MAGIC: &[u8] = b"#testguest\n";
 const DEFAULT: &[u8] = b"pci\nirq-timer\n";
@@ -130,6 +132,11 @@ fn run_line(line: &str) {
             }
             _ => bad(),
         },
+        "scsi-info" => scsi::cmd_info(),
+        "scsi-read-sum" => match (n(0), n(1)) {
+            (Some(lba), Some(count)) => scsi::cmd_read_sum(lba, count),
+            _ => bad(),
+        },
         "blk-read-sum" => match (n(0), n(1)) {
             (Some(off), Some(len)) => blk::cmd_read_sum(off, len),
             _ => bad(),
@@ -164,6 +171,7 @@ fn run_line(line: &str) {
             let target = match args[1] {
                 None | Some("blk") => Target::Blk,
                 Some("rng") => Target::Rng,
+                Some("scsi") => Target::Scsi,
                 _ => return bad(),
             };
             hostile::cmd_hostile(kind, target)

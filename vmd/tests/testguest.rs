@@ -1,8 +1,9 @@
 //! The project's own test guest (testguest/): booted as vmd's `boot`
 //! kernel in our VM process, and from a disk by SeaBIOS under QEMU with
-//! QEMU's virtio devices (modern-only, capabilities in an MMIO BAR), whose
-//! transcripts are checked and whose disk writes are verified with
-//! `qemu-io`.
+//! QEMU's virtio devices (modern-only, capabilities in an MMIO BAR:
+//! virtio-blk, virtio-rng, virtio-scsi with a CD-ROM), whose transcripts
+//! are checked against what the test put on the disks and whose disk
+//! writes are verified with `qemu-io`.
 //!
 //! Needs /dev/kvm, the guest (`make testguest`) and, for the QEMU tests,
 //! qemu-system-x86 and qemu-utils; each test is reported as ignored with
@@ -88,14 +89,15 @@ fn run_qemu(
     tag: &str,
     script: &str,
     prepare: &[&str],
-    timeout: Duration,
+    cdrom: Option<&std::path::Path>,
 ) -> Result<(String, TempFile), Failed> {
     let disk = TempFile::new(tag);
     write_boot_disk(&disk.0, script, 32 * MB)?;
     for cmd in prepare {
         qemu_io(&disk.0, cmd)?;
     }
-    let text = Qemu::start(&qemu_devices(&disk.0))?.wait_line("done", timeout)?;
+    let text =
+        Qemu::start(&qemu_devices(&disk.0, cdrom))?.wait_line("done", Duration::from_secs(60))?;
     Ok((text, disk))
 }
 
@@ -116,13 +118,15 @@ fn expect_lines(text: &str, want: &[String]) -> Result<(), Failed> {
 fn qemu_rng_and_blk() -> Result<(), Failed> {
     let script = "blk-info\nrng\nblk-read-pattern 4M 64k 0xa5\nblk-read-pattern 8M 4k 0x3c\n\
                   blk-read-pattern 12M 8k 0\nblk-read-pattern 4M 4k 0x5a\n\
-                  blk-write-pattern 5M 64k 0x5a\nblk-flush\nblk-id\n";
+                  blk-write-pattern 5M 64k 0x5a\nblk-flush\nblk-id\nblk-read-sum 0 1M\n";
     let (text, disk) = run_qemu(
         "blk",
         script,
         &["write -P 0xa5 4M 64k", "write -P 0x3c 8M 4k"],
-        Duration::from_secs(60),
+        None,
     )?;
+    let image = std::fs::read(&disk.0).map_err(|e| format!("{}: {e}", disk.0.display()))?;
+    let boot_area = &image[..MB as usize];
     let want: Vec<String> = [
         format!("blk-info: sectors {} flush 1 ro 0", 32 * MB / 512),
         "rng: ok".into(),
@@ -133,6 +137,7 @@ fn qemu_rng_and_blk() -> Result<(), Failed> {
         "blk-write-pattern: off 0x500000 len 0x10000 byte 0x5a: ok".into(),
         "blk-flush: ok".into(),
         "blk-id: \"testguest-disk\"".into(),
+        format!("blk-read-sum: off 0x0 len 0x100000: fnv {}", fnv(boot_area)),
         "done".into(),
     ]
     .into();
@@ -155,7 +160,7 @@ fn qemu_irq_hostile_bench() -> Result<(), Failed> {
     let script = "irq-rng\nhostile-chain loop rng\nhostile-chain loop blk\n\
                   hostile-chain oversize blk\nhostile-chain wild-idx blk\nhostile-chain oob rng\n\
                   blk-bench read4k 300 8\nblk-bench write4k 300 8\nblk-bench seqread1m 16 2\n";
-    let (text, _disk) = run_qemu("irq", script, &[], Duration::from_secs(60))?;
+    let (text, _disk) = run_qemu("irq", script, &[], None)?;
     let got = results(&text);
     let oob = got
         .iter()
@@ -196,6 +201,41 @@ fn qemu_irq_hostile_bench() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Under QEMU: a CD-ROM through virtio-scsi: INQUIRY and READ CAPACITY,
+/// READ(10) sums checked against the image, a read past the end ending in
+/// CHECK CONDITION / ILLEGAL REQUEST (LBA out of range), and hostile
+/// chains on its request queue.
+fn qemu_scsi_cdrom() -> Result<(), Failed> {
+    let iso = TempFile::new("cdrom");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..2 * MB)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&iso.0, &data).map_err(|e| format!("{}: {e}", iso.0.display()))?;
+    let script = "scsi-info\nscsi-read-sum 0 16\nscsi-read-sum 1000 24\nscsi-read-sum 1022 4\n\
+                  hostile-chain loop scsi\nhostile-chain wild-idx scsi\n";
+    let (text, _disk) = run_qemu("scsi", script, &[], Some(&iso.0))?;
+    let blocks = |a: usize, n: usize| fnv(&data[a * 2048..(a + n) * 2048]);
+    let want = [
+        "scsi-info: type 5 removable 1 blocks 1024 block size 2048".to_string(),
+        format!("scsi-read-sum: lba 0 count 16: fnv {}", blocks(0, 16)),
+        format!("scsi-read-sum: lba 1000 count 24: fnv {}", blocks(1000, 24)),
+        "scsi-read-sum: lba 1022 count 4: at 1022: check condition, sense key 0x5 asc 0x21 ascq 0x00"
+            .into(),
+        "hostile-chain loop scsi: needs-reset".into(),
+        "hostile-chain loop scsi: works after reset".into(),
+        "hostile-chain wild-idx scsi: needs-reset".into(),
+        "hostile-chain wild-idx scsi: works after reset".into(),
+        "done".into(),
+    ];
+    expect_lines(&text, &want)
+}
+
 fn main() {
     let args = Arguments::from_args();
     let vmm = support::missing_vmm();
@@ -216,6 +256,10 @@ fn main() {
                 "qemu_disk_boot_irq_hostile_chains_bench",
                 qemu_irq_hostile_bench,
             ),
+            need_qemu.clone(),
+        ),
+        (
+            Trial::test("qemu_disk_boot_scsi_cdrom", qemu_scsi_cdrom),
             need_qemu,
         ),
     ];

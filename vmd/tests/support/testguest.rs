@@ -239,6 +239,16 @@ pub fn results(transcript: &str) -> Vec<String> {
         .collect()
 }
 
+/// FNV-1a (64-bit), as the guest's `*-read-sum` commands print it.
+pub fn fnv(data: &[u8]) -> String {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
 /// A scratch file removed when dropped.
 pub struct TempFile(pub PathBuf);
 
@@ -276,14 +286,29 @@ pub fn qemu_io(image: &Path, cmd: &str) -> Result<String, String> {
 }
 
 /// The arguments giving QEMU a modern-only virtio-blk on `disk` (the boot
-/// disk, so SeaBIOS boots the guest from it) and a modern-only virtio-rng.
-pub fn qemu_devices(disk: &Path) -> Vec<String> {
-    vec![
+/// disk, so SeaBIOS boots the guest from it), a modern-only virtio-rng
+/// and, with `cdrom`, a modern-only virtio-scsi with a CD-ROM.
+pub fn qemu_devices(disk: &Path, cdrom: Option<&Path>) -> Vec<String> {
+    let mut v = vec![
         "-drive".into(),
         format!("file={},if=none,id=d0,format=raw", disk.display()),
         "-device".into(),
         "virtio-blk-pci,drive=d0,disable-legacy=on,serial=testguest-disk".into(),
         "-device".into(),
         "virtio-rng-pci,disable-legacy=on".into(),
-    ]
+    ];
+    if let Some(iso) = cdrom {
+        v.extend([
+            "-device".into(),
+            "virtio-scsi-pci,disable-legacy=on,id=scsi0".into(),
+            "-drive".into(),
+            format!(
+                "file={},if=none,id=cd0,media=cdrom,format=raw,readonly=on",
+                iso.display()
+            ),
+            "-device".into(),
+            "scsi-cd,drive=cd0,bus=scsi0.0".into(),
+        ]);
+    }
+    v
 }
