@@ -93,15 +93,6 @@ pub fn cpl() -> u16 {
     cs & 3
 }
 
-/// IOPL from RFLAGS.
-#[allow(dead_code)]
-pub fn iopl() -> u64 {
-    let f: u64;
-    // SAFETY: pushfq/pop only touch the stack slot they use.
-    unsafe { asm!("pushfq", "pop {0}", out(reg) f, options(nomem, preserves_flags)) }
-    (f >> 12) & 3
-}
-
 /// Stops the guest for good: CLI at CPL 3 faults, and the #GP handler
 /// (boot.rs) takes it as the request to halt with interrupts off.
 pub fn halt() -> ! {

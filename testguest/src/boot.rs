@@ -1,9 +1,11 @@
 //! The CPL0 part: the entries (vmd's ELF boot in 32-bit compatibility mode,
 //! and the boot sector SeaBIOS loads from a disk), the GDT, TSS, IDT and
-//! static identity page tables, the interrupt stubs, and the drop to CPL 3
-//! with the I/O
-//! permission bitmap allowing every port (IOPL 3 does not reach CPL 3 on
-//! every host: kvm-pvm keeps it 0).
+//! static identity page tables, the interrupt stubs, and the drop to CPL 3.
+//! Port I/O at CPL 3 goes through the TSS's I/O permission bitmap, which
+//! allows every port: kvm-pvm keeps IOPL at 0 for user mode whatever the
+//! guest asks.  Software interrupts do not reach this IDT there either,
+//! so the two requests to CPL0 are faults: HLT (wait for an interrupt)
+//! and CLI (halt for good) at CPL 3 raise #GP with IOPL 0 on any host.
 //!
 //! Everything here is assembly on purpose: on hosts whose KVM emulates CPL0
 //! code instruction by instruction (about 1 µs each, and no SSE), the less
@@ -204,11 +206,12 @@ entry64:
     jnz 2b
     lidt idt_ptr(%rip)
 
-    /* CPL 3, IOPL 3, interrupts off. */
+    /* CPL 3, interrupts off, IOPL 0 on every host: port access comes from
+       the TSS's bitmap, and CLI must fault (it is the halt request). */
     pushq $0x33
     leaq boot_ustack_top(%rip), %rax
     pushq %rax
-    pushq $0x3002
+    pushq $0x0002
     pushq $0x2b
     leaq user_start(%rip), %rax
     pushq %rax
