@@ -21,9 +21,14 @@ use core::arch::global_asm;
 pub const BOOT_ELF: u64 = 0;
 pub const BOOT_DISK: u64 = 1;
 
+/// Where the boot sector put the payload sectors, and how much.
+pub const PAYLOAD_ADDR: u64 = 0x70000;
+pub const PAYLOAD_LEN: u64 = 0x10000;
+
 // The boot sector: SeaBIOS loads it at 0x7c00 and jumps to it in real mode
-// with the drive in DL.  It reads the script sector (LBA 1) to 0x7e00 and
-// the image (LBA 2 on) to __image_start with int 13h extended reads, then
+// with the drive in DL.  It reads the script sector (LBA 1) to 0x7e00, the
+// payload (LBA 1536-1663) to 0x70000 and the image (LBA 2 on) to
+// __image_start with int 13h extended reads, then
 // enters long mode directly (PAE, the image's own page tables, LME, PE|PG)
 // and jumps to entry64.
 global_asm!(
@@ -45,6 +50,13 @@ boot16_go:
     movw $0x7e00, dap_off
     movw $0, dap_seg
     movl $1, dap_lba
+    call boot16_read
+    /* The payload: 64 KiB at LBA 1536 (768 KiB) to 0x70000, for tests of
+       what the firmware's int 13h reads (boot-payload). */
+    movw $128, dap_count
+    movw $0, dap_off
+    movw $0x7000, dap_seg
+    movl $1536, dap_lba
     call boot16_read
     movw $__image_seg, dap_seg
     movl $2, dap_lba

@@ -28,8 +28,12 @@ mod vmmci;
 
 use core::panic::PanicInfo;
 
+/// How this boot started (boot::BOOT_ELF or boot::BOOT_DISK).
+pub static BOOT_KIND: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 #[no_mangle]
 extern "C" fn testguest_main(boot_kind: u64, script_addr: u64) {
+    BOOT_KIND.store(boot_kind, core::sync::atomic::Ordering::Relaxed);
     serial::Com1::init();
     println!(
         "testguest: boot={} cpl={}",

@@ -8,6 +8,8 @@
 //! (`#` starts a comment; numbers take 0x and k/M/G):
 //!
 //! - `pci` — every function on bus 0.
+//! - `boot-payload` — FNV-1a of the 64 KiB at LBA 1536 that the boot
+//!   sector read through the firmware's int 13h (disk boot only).
 //! - `irq-timer` — ten PIT ticks through the PIC (interrupt delivery).
 //! - `rng`, `irq-rng` — entropy, polled or completed through INTx.
 //! - `blk-info`, `blk-id`, `blk-flush`.
@@ -116,6 +118,7 @@ fn run_line(line: &str) {
     let bad = || println!("error: bad arguments: {line}");
     match cmd {
         "pci" => pci::print_all(),
+        "boot-payload" => boot_payload(),
         "rng" => rng::cmd_rng(),
         "irq-rng" => irq::cmd_irq_rng(),
         "irq-timer" => irq::cmd_irq_timer(),
@@ -179,4 +182,18 @@ fn run_line(line: &str) {
         "halt" => crate::arch::halt(),
         _ => println!("error: unknown command {cmd:?}"),
     }
+}
+
+fn boot_payload() {
+    use crate::boot::{BOOT_DISK, PAYLOAD_ADDR, PAYLOAD_LEN};
+    if crate::BOOT_KIND.load(core::sync::atomic::Ordering::Relaxed) != BOOT_DISK {
+        return println!("boot-payload: error: not booted from a disk");
+    }
+    // SAFETY: the boot sector read the payload to [PAYLOAD_ADDR,
+    // +PAYLOAD_LEN), below the DMA window and above the image (link.ld
+    // asserts it), which nothing else uses.
+    let p = unsafe { core::slice::from_raw_parts(PAYLOAD_ADDR as *const u8, PAYLOAD_LEN as usize) };
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    crate::blk::fnv(&mut h, p);
+    println!("boot-payload: fnv {h:016x}");
 }

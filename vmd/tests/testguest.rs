@@ -96,8 +96,8 @@ fn run_qemu(
     for cmd in prepare {
         qemu_io(&disk.0, cmd)?;
     }
-    let text =
-        Qemu::start(&qemu_devices(&disk.0, cdrom))?.wait_line("done", Duration::from_secs(60))?;
+    let text = Qemu::start(&qemu_devices(&disk.0, "raw", cdrom))?
+        .wait_line("done", Duration::from_secs(60))?;
     Ok((text, disk))
 }
 
@@ -236,6 +236,73 @@ fn qemu_scsi_cdrom() -> Result<(), Failed> {
     expect_lines(&text, &want)
 }
 
+/// Under QEMU, from a qcow2 image whose boot sector and guest live in a
+/// base two levels down: the payload the boot sector reads through
+/// SeaBIOS's int 13h (partly overwritten in the middle layer) and data in
+/// each layer read back by the guest through virtio-blk; the guest's write
+/// lands in the top layer, `qemu-io` reads it back and `qemu-img check`
+/// finds nothing wrong.
+fn qemu_qcow2_chain() -> Result<(), Failed> {
+    let script = "boot-payload\nblk-read-pattern 2M 64k 0x77\nblk-read-pattern 3M 4k 0x33\n\
+                  blk-read-pattern 3M 4k 0x77\nblk-write-pattern 4M 64k 0x5a\nblk-flush\n";
+    let elf = std::fs::read(elf_path()).map_err(|e| format!("{}: {e}", elf_path().display()))?;
+    let mut raw_disk = boot_disk(&elf, script, 32 * MB)?;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let (p0, plen) = (PAYLOAD_OFFSET as usize, PAYLOAD_LEN as usize);
+    for b in &mut raw_disk[p0..p0 + plen] {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let raw = TempFile::new("chain-raw");
+    let (base, mid, top) = (
+        TempFile::new("chain-base"),
+        TempFile::new("chain-mid"),
+        TempFile::new("chain-top"),
+    );
+    std::fs::write(&raw.0, &raw_disk).map_err(|e| format!("{}: {e}", raw.0.display()))?;
+    let p = |t: &TempFile| t.0.display().to_string();
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&base)])?;
+    for (over, under) in [(&mid, &base), (&top, &mid)] {
+        qemu_img(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            &p(under),
+            "-F",
+            "qcow2",
+            &p(over),
+        ])?;
+    }
+    qemu_io_fmt(&mid.0, "qcow2", "write -P 0x77 2M 64k")?;
+    qemu_io_fmt(&mid.0, "qcow2", "write -P 0x5a 800k 4k")?;
+    qemu_io_fmt(&top.0, "qcow2", "write -P 0x33 3M 4k")?;
+    let text = Qemu::start(&qemu_devices(&top.0, "qcow2", None))?
+        .wait_line("done", Duration::from_secs(60))?;
+    let mut payload = raw_disk[p0..p0 + plen].to_vec();
+    let at = (800 << 10) - p0;
+    payload[at..at + 4096].fill(0x5a);
+    let want = [
+        format!("boot-payload: fnv {}", fnv(&payload)),
+        "blk-read-pattern: off 0x200000 len 0x10000 byte 0x77: ok".into(),
+        "blk-read-pattern: off 0x300000 len 0x1000 byte 0x33: ok".into(),
+        "blk-read-pattern: off 0x300000 len 0x1000 byte 0x77: mismatch at 0x300000: 0x33".into(),
+        "blk-write-pattern: off 0x400000 len 0x10000 byte 0x5a: ok".into(),
+        "blk-flush: ok".into(),
+        "done".into(),
+    ];
+    expect_lines(&text, &want)?;
+    qemu_io_fmt(&top.0, "qcow2", "read -P 0x5a 4M 64k")?;
+    // The write went to the top layer only.
+    if qemu_io_fmt(&mid.0, "qcow2", "read -P 0x5a 4M 64k").is_ok() {
+        return Err("the guest's write reached the middle layer".into());
+    }
+    qemu_img(&["check", &p(&top)])?;
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     let vmm = support::missing_vmm();
@@ -260,6 +327,10 @@ fn main() {
         ),
         (
             Trial::test("qemu_disk_boot_scsi_cdrom", qemu_scsi_cdrom),
+            need_qemu.clone(),
+        ),
+        (
+            Trial::test("qemu_qcow2_chain_boot", qemu_qcow2_chain),
             need_qemu,
         ),
     ];

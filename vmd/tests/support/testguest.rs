@@ -19,6 +19,10 @@ pub const SCRIPT_MAGIC: &str = "#testguest\n";
 /// Where the boot sector is loaded, and where the image starts.
 const BOOT_SECTOR_ADDR: u64 = 0x7c00;
 const IMAGE_ADDR: u64 = 0x20000;
+/// The payload the boot sector reads through the firmware's int 13h (the
+/// guest's `boot-payload` prints its FNV-1a): 64 KiB at 768 KiB.
+pub const PAYLOAD_OFFSET: u64 = 768 << 10;
+pub const PAYLOAD_LEN: u64 = 64 << 10;
 /// The first byte a test may use for its own data on a boot disk.
 pub const DATA_OFFSET: u64 = 1 << 20;
 
@@ -125,9 +129,9 @@ pub fn boot_disk(elf: &[u8], script: &str, size: u64) -> Result<Vec<u8>, String>
         }
         disk[at..at + data.len()].copy_from_slice(data);
     }
-    if disk.len() as u64 > DATA_OFFSET.min(size) {
+    if disk.len() as u64 > PAYLOAD_OFFSET.min(size) {
         return Err(format!(
-            "guest image of {} bytes does not fit below {DATA_OFFSET}",
+            "guest image of {} bytes does not fit below {PAYLOAD_OFFSET}",
             disk.len()
         ));
     }
@@ -239,6 +243,23 @@ pub fn results(transcript: &str) -> Vec<String> {
         .collect()
 }
 
+/// Runs `qemu-img` with `args`; its output, or why it failed.
+pub fn qemu_img(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .map_err(|e| format!("qemu-img: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        return Err(format!("qemu-img {args:?}: {}", text.trim()));
+    }
+    Ok(text)
+}
+
 /// FNV-1a (64-bit), as the guest's `*-read-sum` commands print it.
 pub fn fnv(data: &[u8]) -> String {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
@@ -269,8 +290,13 @@ impl Drop for TempFile {
 /// Runs `qemu-io -f raw -c <cmd> <image>`; its output, or why it failed
 /// (qemu-io reports a pattern mismatch on stdout and still exits 0).
 pub fn qemu_io(image: &Path, cmd: &str) -> Result<String, String> {
+    qemu_io_fmt(image, "raw", cmd)
+}
+
+/// `qemu-io` on an image of the given format.
+pub fn qemu_io_fmt(image: &Path, format: &str, cmd: &str) -> Result<String, String> {
     let out = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", cmd])
+        .args(["-f", format, "-c", cmd])
         .arg(image)
         .output()
         .map_err(|e| format!("qemu-io: {e}"))?;
@@ -288,10 +314,10 @@ pub fn qemu_io(image: &Path, cmd: &str) -> Result<String, String> {
 /// The arguments giving QEMU a modern-only virtio-blk on `disk` (the boot
 /// disk, so SeaBIOS boots the guest from it), a modern-only virtio-rng
 /// and, with `cdrom`, a modern-only virtio-scsi with a CD-ROM.
-pub fn qemu_devices(disk: &Path, cdrom: Option<&Path>) -> Vec<String> {
+pub fn qemu_devices(disk: &Path, format: &str, cdrom: Option<&Path>) -> Vec<String> {
     let mut v = vec![
         "-drive".into(),
-        format!("file={},if=none,id=d0,format=raw", disk.display()),
+        format!("file={},if=none,id=d0,format={format}", disk.display()),
         "-device".into(),
         "virtio-blk-pci,drive=d0,disable-legacy=on,serial=testguest-disk".into(),
         "-device".into(),
