@@ -245,6 +245,37 @@ pub fn cmd_write_pattern(off: u64, len: u64, byte: u8) {
     );
 }
 
+/// The byte block `i` of a write stream is filled with (1 to 251).
+pub fn stream_byte(i: u64) -> u8 {
+    (i % 251) as u8 + 1
+}
+
+/// `blk-write-stream OFF N [flush]`: N writes of 4 KiB, one at a time,
+/// block i at OFF + 4 KiB * i filled with `stream_byte(i)`; a line for each
+/// one the device completed (and, with flush, flushed), so that a test that
+/// kills the VMM midway knows which writes must read back.
+pub fn cmd_write_stream(off: u64, n: u64, flush: bool) {
+    let cmd = "blk-write-stream";
+    let Some(mut b) = open_or_report(cmd) else {
+        return;
+    };
+    if !range_ok(cmd, &b, off, n.max(1) * 4096) {
+        return;
+    }
+    let buf = dma::alloc(4096, 4096);
+    for i in 0..n {
+        dma::fill(buf, stream_byte(i), 4096);
+        let mut s = b.request(T_OUT, (off + 4096 * i) / 512, buf, 4096);
+        if s == S_OK && flush {
+            s = b.request(T_FLUSH, 0, 0, 0);
+        }
+        if s != S_OK {
+            return println!("{cmd}: block {i}: {}", status_text(s));
+        }
+        println!("{cmd}: wrote {i}");
+    }
+}
+
 /// `blk-flush`.
 pub fn cmd_flush() {
     let Some(mut b) = open_or_report("blk-flush") else {

@@ -15,6 +15,10 @@
 //! - `blk-info`, `blk-id`, `blk-flush`.
 //! - `blk-read-pattern OFF LEN BYTE`, `blk-write-pattern OFF LEN BYTE`,
 //!   `blk-read-sum OFF LEN` (FNV-1a of the range).
+//! - `blk-write-stream OFF N [flush]` — N 4 KiB writes one by one, block i
+//!   filled with (i % 251) + 1, a `wrote i` line after each completion
+//!   (with flush: after each write and its flush), for tests that kill the
+//!   VMM midway.
 //! - `blk-bench read4k|write4k|seqread1m N [DEPTH]`.
 //! - `vmmci-ack [reset]`, `vmmci-ignore` — wait for vmmci commands for
 //!   ever; acknowledge shutdown and reboot, then halt (or, with `reset`,
@@ -138,6 +142,11 @@ fn run_line(line: &str) {
         "scsi-info" => scsi::cmd_info(),
         "scsi-read-sum" => match (n(0), n(1)) {
             (Some(lba), Some(count)) => scsi::cmd_read_sum(lba, count),
+            _ => bad(),
+        },
+        "blk-write-stream" => match (n(0), n(1), args[2]) {
+            (Some(off), Some(count), None) => blk::cmd_write_stream(off, count, false),
+            (Some(off), Some(count), Some("flush")) => blk::cmd_write_stream(off, count, true),
             _ => bad(),
         },
         "blk-read-sum" => match (n(0), n(1)) {

@@ -295,8 +295,15 @@ pub fn qemu_io(image: &Path, cmd: &str) -> Result<String, String> {
 
 /// `qemu-io` on an image of the given format.
 pub fn qemu_io_fmt(image: &Path, format: &str, cmd: &str) -> Result<String, String> {
+    qemu_io_cmds(image, format, &[cmd.to_string()])
+}
+
+/// `qemu-io` running several commands in one process.
+pub fn qemu_io_cmds(image: &Path, format: &str, cmds: &[String]) -> Result<String, String> {
+    let cmd = cmds.join("; ");
     let out = Command::new("qemu-io")
-        .args(["-f", format, "-c", cmd])
+        .args(["-f", format])
+        .args(cmds.iter().flat_map(|c| ["-c", c.as_str()]))
         .arg(image)
         .output()
         .map_err(|e| format!("qemu-io: {e}"))?;
