@@ -623,4 +623,58 @@ mod tests {
         r.v.kick(&r.m, 0);
         assert!(r.a.dev.lock().unwrap().needs_reset());
     }
+
+    /// Random chains, headers and kicks, with resets in between: vioblk
+    /// never panics or hangs.
+    #[test]
+    fn property_random_requests_do_not_panic() {
+        use crate::property::{cases, Rng};
+        cases(
+            "vioblk random requests",
+            0x626c_6b21,
+            200,
+            |r: &mut Rng| {
+                (0..r.below(40) + 1)
+                    .map(|_| (r.next(), r.next(), r.edgy_u64()))
+                    .collect::<Vec<_>>()
+            },
+            |ops| format!("{ops:x?}"),
+            |ops| {
+                let img = disk(32);
+                let mut r = rig(img, "x");
+                for (a, b, c) in ops {
+                    match a % 5 {
+                        0 => {
+                            let mut hdr = [0u8; 16];
+                            hdr[0..4].copy_from_slice(
+                                &[0u32, 1, 4, 8, 77][(b % 5) as usize].to_le_bytes(),
+                            );
+                            hdr[8..16].copy_from_slice(&(c % 40).to_le_bytes());
+                            r.m.mem.write(HDR, &hdr).unwrap();
+                        }
+                        1 => {
+                            let i = (b % 128) as u16;
+                            let addr = [HDR, DATA, STATUS, c % 0x60_0000][(a >> 8) as usize % 4];
+                            r.ring.put_desc(
+                                &r.m,
+                                i,
+                                addr,
+                                (c >> 20) as u32 % 0x3000,
+                                (b >> 16) as u16 & 3,
+                                (b >> 32) as u16 % 130,
+                            );
+                        }
+                        2 => r.ring.publish(&r.m, (b % 130) as u16),
+                        3 => r.v.kick(&r.m, 0),
+                        _ => {
+                            if b % 3 == 0 {
+                                r.ring =
+                                    r.v.bring_up(&r.m, VIRTIO_F_VERSION_1, Ring::new(128, 0x1000));
+                            }
+                        }
+                    }
+                }
+            },
+        );
+    }
 }
