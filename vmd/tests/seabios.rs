@@ -9,6 +9,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{bios_path, Console};
+use vmd::devices::virtio::blk::{BackendError, BlockBackend};
 use vmd::vm::machine::{BootImage, Machine, Outcome, ShutdownRequest, VmConfig};
 use vmm_sys::ExitFlavour;
 
@@ -26,6 +27,7 @@ fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour,
+        disks: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -71,6 +73,7 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour: None,
+        disks: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -129,6 +132,7 @@ fn graceful_stop_without_vmmci() -> Result<(), Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour: None,
+        disks: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -157,6 +161,116 @@ fn graceful_stop_without_vmmci() -> Result<(), Failed> {
     }
 }
 
+/// What the boot sector prints: the second sector of the disk, read
+/// through int 13h, i.e. SeaBIOS's virtio-blk driver and our vioblk.
+const SECTOR1: &str = "vioblk: sector 1 read through SeaBIOS\n";
+
+/// A disk in memory.
+struct MemImage(Vec<u8>);
+
+impl BlockBackend for MemImage {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
+        let o = offset as usize;
+        buf.copy_from_slice(self.0.get(o..o + buf.len()).ok_or("read past the end")?);
+        Ok(())
+    }
+    fn write_at(&mut self, _buf: &[u8], _offset: u64) -> Result<(), BackendError> {
+        Err("read-only".into())
+    }
+    fn flush(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_only(&self) -> bool {
+        true
+    }
+}
+
+/// A 1 MiB disk whose boot sector reads sector 1 with int 13h and prints
+/// it on COM1 (or "E" if the read fails).
+fn boot_disk() -> Result<Vec<u8>, Failed> {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(16)?;
+    let mut print = a.create_label();
+    let mut fail = a.create_label();
+    let mut halt = a.create_label();
+    a.cli()?;
+    a.xor(ax, ax)?;
+    a.mov(ds, ax)?;
+    a.mov(es, ax)?;
+    a.mov(ss, ax)?;
+    a.mov(sp, 0x7c00)?;
+    // int 13h AH=02: one sector, cylinder 0, head 0, sector 2, to 0:8000;
+    // DL still holds the boot drive.
+    a.mov(ax, 0x0201)?;
+    a.mov(cx, 0x0002)?;
+    a.mov(dh, 0)?;
+    a.mov(bx, 0x8000)?;
+    a.int(0x13)?;
+    a.jc(fail)?;
+    a.mov(si, 0x8000)?;
+    a.set_label(&mut print)?;
+    a.lodsb()?;
+    a.test(al, al)?;
+    a.jz(halt)?;
+    a.mov(dx, 0x3f8)?;
+    a.out(dx, al)?;
+    a.jmp(print)?;
+    a.set_label(&mut fail)?;
+    a.mov(al, i32::from(b'E'))?;
+    a.mov(dx, 0x3f8)?;
+    a.out(dx, al)?;
+    a.set_label(&mut halt)?;
+    a.hlt()?;
+    a.jmp(halt)?;
+    let code = a.assemble(0x7c00)?;
+    let mut disk = vec![0u8; 1 << 20];
+    disk[..code.len()].copy_from_slice(&code);
+    disk[510] = 0x55;
+    disk[511] = 0xaa;
+    disk[512..512 + SECTOR1.len()].copy_from_slice(SECTOR1.as_bytes());
+    Ok(disk)
+}
+
+/// SeaBIOS finds our vioblk through its virtio 1.x capabilities in the
+/// I/O BAR, boots its boot sector and serves its int 13h read.
+fn seabios_boots_from_vioblk() -> Result<(), Failed> {
+    let image =
+        std::fs::read(bios_path()).map_err(|e| format!("{}: {e}", bios_path().display()))?;
+    let console = Console::default();
+    let vmm = Arc::new(vmm_sys::Vmm::open()?);
+    let cfg = VmConfig {
+        name: "vioblk".into(),
+        memory: 64 << 20,
+        boot: BootImage::Bios(image),
+        console_out: Box::new(console.clone()),
+        console_in: None,
+        flavour: None,
+        disks: vec![Box::new(MemImage(boot_disk()?))],
+    };
+    let machine = Machine::new(vmm, cfg)?;
+    let control = machine.control();
+    let runner = std::thread::spawn(move || machine.run());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done =
+        |t: &str| t.contains(SECTOR1) || t.contains("No bootable device") || t.ends_with('E');
+    while Instant::now() < deadline && !done(&console.text()) && !runner.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    control.stop();
+    let outcome = runner.join().map_err(|_| "VM thread panicked")?;
+    let text = console.text();
+    if let Err(e) = outcome {
+        return Err(format!("VM failed: {e}; console:\n{text}").into());
+    }
+    if !text.contains(SECTOR1) {
+        return Err(format!("the boot sector did not print sector 1; console:\n{text}").into());
+    }
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     let skip = support::missing_vmm().or_else(support::missing_bios);
@@ -171,6 +285,7 @@ fn main() {
             boot_seabios(Some(ExitFlavour::Svm)).map(|_| ())
         }),
         Trial::test("seabios_pause_unpause", pause_unpause_seabios),
+        Trial::test("seabios_boots_from_vioblk", seabios_boots_from_vioblk),
         Trial::test(
             "seabios_graceful_stop_without_vmmci_ends_at_once",
             graceful_stop_without_vmmci,

@@ -11,6 +11,8 @@ use super::vcpu::{run_loop, LoopEnd, Vcpu, VcpuControl, WriteBack};
 use crate::devices::bus::{MmioBus, PioBus, SharedMmio, SharedPio};
 use crate::devices::irq::Timer;
 use crate::devices::ns8250::Ns8250;
+use crate::devices::virtio::blk::{BlockBackend, Vioblk};
+use crate::devices::virtio::transport::VirtioPciIds;
 use crate::devices::virtio::vmmci::{Vmmci, VmmciCmd};
 use crate::event::{EventLoop, Waker};
 use crate::x86::MmioError;
@@ -48,6 +50,9 @@ pub struct VmConfig {
     pub console_in: Option<OwnedFd>,
     /// Exit flavour to request from the shim; None = the host's.
     pub flavour: Option<ExitFlavour>,
+    /// Disks served by vioblk inside this process, in slot order after
+    /// viornd (until vioblk has its device process).
+    pub disks: Vec<Box<dyn BlockBackend>>,
 }
 
 /// How a VM ended without error.
@@ -234,7 +239,12 @@ impl Machine {
 
         let platform = Platform::build(
             PlatformConfig::host(mem.clone(), ranges.to_vec(), cfg.console_out),
-            |_| Ok(()),
+            |slots| {
+                for image in cfg.disks {
+                    slots.attach_virtio(VirtioPciIds::BLOCK, Vioblk::new(image, ""))?;
+                }
+                Ok(())
+            },
         )?;
         let events = EventLoop::new().map_err(|e| VmError::Setup(format!("event loop: {e}")))?;
         let vcpu = VcpuControl::new(vmm.clone(), id, 0);

@@ -13,7 +13,9 @@ use crate::devices::mc146818::{self, Mc146818, WallClock};
 use crate::devices::ns8250::{self, Ns8250};
 use crate::devices::pci::{self, PciBus, PciDeviceConfig, PciDeviceInfo, PciError};
 use crate::devices::virtio::rng::Viornd;
-use crate::devices::virtio::transport::{self as virtio, VirtioPci, VirtioPciIds};
+use crate::devices::virtio::transport::{
+    self as virtio, AttachedVirtio, VirtioDevice, VirtioPci, VirtioPciIds,
+};
 use crate::devices::virtio::vmmci::{self, Vmmci};
 use crate::vm::guest_memory::VmMemory;
 use crate::vm::memmap;
@@ -82,6 +84,19 @@ pub struct PciSlots<'a> {
 }
 
 impl PciSlots<'_> {
+    /// Adds a virtio 1.x device (vmd's `virtio_dev_init` and its BAR and
+    /// capabilities) over the VM's memory, its line level-triggered.
+    pub fn attach_virtio<D: VirtioDevice + 'static>(
+        &mut self,
+        ids: VirtioPciIds,
+        dev: D,
+    ) -> Result<AttachedVirtio<D>, PlatformError> {
+        let mem = VmMemory::new(self.mem).map_err(PlatformError::Device)?;
+        let a = virtio::attach(self.bus, ids, dev, mem, self.lines.clone())?;
+        self.pic.set_elcr(a.irq, true);
+        Ok(a)
+    }
+
     /// Adds a device in the next slot; its interrupt line, if it needs
     /// one, is marked level-triggered in the ELCR, as vmd does.
     pub fn add_device(&mut self, c: &PciDeviceConfig) -> Result<PciDeviceInfo, PciError> {

@@ -11,6 +11,7 @@
 //! are rust-vmm's `virtio-queue` behind [`queue::VirtQueue`], which checks
 //! every chain a driver offers and turns a hostile one into an error the
 //! transport answers with DEVICE_NEEDS_RESET.
+pub mod blk;
 pub mod queue;
 pub mod rng;
 pub mod transport;
