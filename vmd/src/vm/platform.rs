@@ -91,7 +91,7 @@ impl PciSlots<'_> {
         ids: VirtioPciIds,
         dev: D,
     ) -> Result<AttachedVirtio<D>, PlatformError> {
-        let mem = VmMemory::new(self.mem).map_err(PlatformError::Device)?;
+        let mem = VmMemory::new(self.mem)?;
         let a = virtio::attach(self.bus, ids, dev, mem, self.lines.clone())?;
         self.pic.set_elcr(a.irq, true);
         Ok(a)
