@@ -9,7 +9,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{bios_path, Console};
-use vmd::devices::virtio::blk::{BackendError, BlockBackend};
+use vmd::devices::virtio::blk::{DiskError, DiskImage};
 use vmd::vm::machine::{BootImage, Machine, Outcome, ShutdownRequest, VmConfig};
 use vmm_sys::ExitFlavour;
 
@@ -168,16 +168,25 @@ const SECTOR1: &str = "vioblk: sector 1 read through SeaBIOS\n";
 /// A disk in memory.
 struct MemImage(Vec<u8>);
 
-impl BlockBackend for MemImage {
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
+impl DiskImage for MemImage {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
         let o = offset as usize;
-        buf.copy_from_slice(self.0.get(o..o + buf.len()).ok_or("read past the end")?);
+        let size = self.0.len() as u64;
+        let src = self.0.get(o..o + buf.len()).ok_or(DiskError::OutOfRange {
+            path: "memimage".into(),
+            offset,
+            len: buf.len() as u64,
+            size,
+        })?;
+        buf.copy_from_slice(src);
         Ok(())
     }
-    fn write_at(&mut self, _buf: &[u8], _offset: u64) -> Result<(), BackendError> {
-        Err("read-only".into())
+    fn write_at(&mut self, _buf: &[u8], _offset: u64) -> Result<(), DiskError> {
+        Err(DiskError::ReadOnly {
+            path: "memimage".into(),
+        })
     }
-    fn flush(&mut self) -> Result<(), BackendError> {
+    fn flush(&mut self) -> Result<(), DiskError> {
         Ok(())
     }
     fn size(&self) -> u64 {
@@ -186,52 +195,6 @@ impl BlockBackend for MemImage {
     fn read_only(&self) -> bool {
         true
     }
-}
-
-/// A 1 MiB disk whose boot sector reads sector 1 with int 13h and prints
-/// it on COM1 (or "E" if the read fails).
-fn boot_disk() -> Result<Vec<u8>, Failed> {
-    use iced_x86::code_asm::*;
-    let mut a = CodeAssembler::new(16)?;
-    let mut print = a.create_label();
-    let mut fail = a.create_label();
-    let mut halt = a.create_label();
-    a.cli()?;
-    a.xor(ax, ax)?;
-    a.mov(ds, ax)?;
-    a.mov(es, ax)?;
-    a.mov(ss, ax)?;
-    a.mov(sp, 0x7c00)?;
-    // int 13h AH=02: one sector, cylinder 0, head 0, sector 2, to 0:8000;
-    // DL still holds the boot drive.
-    a.mov(ax, 0x0201)?;
-    a.mov(cx, 0x0002)?;
-    a.mov(dh, 0)?;
-    a.mov(bx, 0x8000)?;
-    a.int(0x13)?;
-    a.jc(fail)?;
-    a.mov(si, 0x8000)?;
-    a.set_label(&mut print)?;
-    a.lodsb()?;
-    a.test(al, al)?;
-    a.jz(halt)?;
-    a.mov(dx, 0x3f8)?;
-    a.out(dx, al)?;
-    a.jmp(print)?;
-    a.set_label(&mut fail)?;
-    a.mov(al, i32::from(b'E'))?;
-    a.mov(dx, 0x3f8)?;
-    a.out(dx, al)?;
-    a.set_label(&mut halt)?;
-    a.hlt()?;
-    a.jmp(halt)?;
-    let code = a.assemble(0x7c00)?;
-    let mut disk = vec![0u8; 1 << 20];
-    disk[..code.len()].copy_from_slice(&code);
-    disk[510] = 0x55;
-    disk[511] = 0xaa;
-    disk[512..512 + SECTOR1.len()].copy_from_slice(SECTOR1.as_bytes());
-    Ok(disk)
 }
 
 /// SeaBIOS finds our vioblk through its virtio 1.x capabilities in the
@@ -248,7 +211,7 @@ fn seabios_boots_from_vioblk() -> Result<(), Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour: None,
-        disks: vec![Box::new(MemImage(boot_disk()?))],
+        disks: vec![Box::new(MemImage(support::int13_boot_disk(SECTOR1)?))],
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();

@@ -494,27 +494,36 @@ impl Parent {
                 Ok(_) => log::warn!("{name}: cdrom {c} is not attached: no vioscsi yet"),
             }
         }
-        // Disks, the ISO and interfaces are checked but not attached
-        // yet: vioblk, vioscsi and vionet come in later issues.
-        for d in &vm.params.disks {
-            let opened = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&d.path)
-                .or_else(|_| File::open(&d.path));
-            let f = match opened {
-                Ok(f) => f,
+        // Each disk and its backing chain, opened here and sent on as
+        // descriptors (START_VM_DISK): the VM side never opens a path.
+        let mut disk_fds: Vec<(DiskFd, OwnedFd)> = Vec::new();
+        let mut bases = Vec::new();
+        for (index, d) in vm.params.disks.iter().enumerate() {
+            let chain = match super::disks::open(d) {
+                Ok(c) => c,
                 Err(e) => {
                     log::warn!("config_setvm: can't open disk {}: {e}", d.path);
-                    return Err(VMD_DISK_MISSING);
+                    return Err(match e {
+                        vmd_disk::DiskError::Locked { .. } => libc::EBUSY,
+                        vmd_disk::DiskError::Io { op: "open", .. }
+                        | vmd_disk::DiskError::MissingBacking { .. } => VMD_DISK_MISSING,
+                        _ => VMD_DISK_INVALID,
+                    });
                 }
             };
             let rw = registry::ACCESS_READ | registry::ACCESS_WRITE;
-            if !access(&f, VMOP_CREATE_DISK, rw) {
+            if !access(&chain[0].file, VMOP_CREATE_DISK, rw) {
                 log::warn!("vm \"{name}\" unable to access disk {}", d.path);
                 return Err(libc::EPERM);
             }
-            log::warn!("{name}: disk {} is not attached: no vioblk yet", d.path);
+            bases.push(chain.len() as u32 - 1);
+            for (base, c) in chain.into_iter().enumerate() {
+                let at = DiskFd {
+                    index: index as u32,
+                    base: base as u32,
+                };
+                disk_fds.push((at, OwnedFd::from(c.file)));
+            }
         }
         if !vm.params.interfaces.is_empty() {
             log::warn!(
@@ -543,12 +552,18 @@ impl Parent {
             .map_err(|e| errno_of(&e))?;
         let mut params = vm.params.clone();
         params.id = vm.id;
+        for (d, n) in params.disks.iter_mut().zip(bases) {
+            d.bases = n;
+        }
         send(
             &mut self.vmm,
             Message::StartVmRequest(params),
             vm.id,
             vec![kernel],
         );
+        for (at, fd) in disk_fds {
+            send(&mut self.vmm, Message::StartVmDisk(at), vm.id, vec![fd]);
+        }
         send(
             &mut self.vmm,
             Message::StartVmEnd,

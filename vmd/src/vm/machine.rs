@@ -11,7 +11,7 @@ use super::vcpu::{run_loop, LoopEnd, Vcpu, VcpuControl, WriteBack};
 use crate::devices::bus::{MmioBus, PioBus, SharedMmio, SharedPio};
 use crate::devices::irq::Timer;
 use crate::devices::ns8250::Ns8250;
-use crate::devices::virtio::blk::{BlockBackend, Vioblk};
+use crate::devices::virtio::blk::{DiskImage, Vioblk};
 use crate::devices::virtio::transport::VirtioPciIds;
 use crate::devices::virtio::vmmci::{Vmmci, VmmciCmd};
 use crate::event::{EventLoop, Waker};
@@ -52,7 +52,7 @@ pub struct VmConfig {
     pub flavour: Option<ExitFlavour>,
     /// Disks served by vioblk inside this process, in slot order after
     /// viornd (until vioblk has its device process).
-    pub disks: Vec<Box<dyn BlockBackend>>,
+    pub disks: Vec<Box<dyn DiskImage>>,
 }
 
 /// How a VM ended without error.
