@@ -143,6 +143,7 @@ pub fn main(_args: &Args, user: &User) -> i32 {
             console_out,
             console_in,
             flavour: None,
+            boot_device: params.boot_device,
             disks: Vec::new(),
         },
     ) {
