@@ -643,6 +643,113 @@ fn garbage_on_the_socket() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The privsep child of vmd `parent` whose command name is `vmd: <title>`.
+fn child_named(parent: i32, title: &str) -> Result<i32, Failed> {
+    let want = format!("vmd: {title}");
+    for e in std::fs::read_dir("/proc")? {
+        let Ok(pid) = e?.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse::<i32>().ok());
+        if comm.trim_end() == want && ppid == Some(parent) {
+            return Ok(pid);
+        }
+    }
+    Err(format!("no {want} child of {parent}").into())
+}
+
+/// A /proc/<pid>/status field in kB.
+fn status_kb(pid: i32, key: &str) -> Result<u64, Failed> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| format!("no {key} in /proc/{pid}/status").into())
+}
+
+/// A client that sends GET_INFO requests without end and never reads the
+/// answers: the control process stays small, other clients are answered
+/// meanwhile, and the flooding client is dropped with a log line.
+fn client_that_never_reads() -> Result<(), Failed> {
+    use std::io::Write;
+    let dir = daemon::temp_dir("vmd-test", "flood-log")?;
+    let log = dir.join("vmd.log");
+    // Disabled VMs make each answer a list.
+    let mut conf = String::new();
+    for i in 0..20 {
+        conf.push_str(&format!(
+            "vm \"flood{i:02}\" {{\n\tdisable\n\tmemory 32M\n\tboot \"{}\"\n}}\n",
+            bios_path().display()
+        ));
+    }
+    let d = Daemon::start_logged("flood", &conf, &log)?;
+    let control = child_named(d.child.id() as i32, "control")?;
+    let flood = UnixStream::connect(&d.socket)?;
+    flood.set_nonblocking(true)?;
+    // One GET_INFO request as it goes on the wire.
+    let one = {
+        use std::io::Read;
+        let (mut a, b) = ImsgChannel::pair()?;
+        a.send(&Message::GetInfoVmRequest(None))?;
+        let mut buf = [0u8; 256];
+        let n = b.socket().read(&mut buf)?;
+        buf[..n].to_vec()
+    };
+    let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 256).collect();
+    let start = Instant::now();
+    let mut dropped = false;
+    let mut peak = 0;
+    let mut answered = Vec::new();
+    while start.elapsed() < Duration::from_secs(6) {
+        match (&flood).write(&batch) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(_) => {
+                dropped = true;
+                break;
+            }
+        }
+        peak = peak.max(status_kb(control, "VmRSS:")?);
+        if answered.len() < 3 && start.elapsed() > Duration::from_secs(answered.len() as u64) {
+            let t = Instant::now();
+            let n = match info(&d) {
+                Ok(v) => v.len(),
+                Err(e) => {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    return Err(format!("GET_INFO during the flood: {e:?}; log:\n{text}").into());
+                }
+            };
+            answered.push((n, t.elapsed()));
+        }
+    }
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let after = info(&d).map(|v| v.len());
+    let _ = std::fs::remove_dir_all(&dir);
+    if peak > 64 << 10 {
+        return Err(format!("the control process grew to {peak} kB").into());
+    }
+    if answered
+        .iter()
+        .any(|(n, t)| *n != 20 || *t > Duration::from_secs(2))
+    {
+        return Err(format!("other clients during the flood: {answered:?}").into());
+    }
+    if after? != 20 {
+        return Err("no answer after the flood".into());
+    }
+    if !dropped || !text.contains("control: dropping client of uid 0") {
+        return Err(format!("the flooding client was not dropped; log:\n{text}").into());
+    }
+    d.stop()
+}
+
 fn check_bad_conf() -> Result<(), Failed> {
     let dir = std::env::temp_dir().join(format!("vmd-test-{}-n", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -681,6 +788,11 @@ fn main() {
         Trial::test(
             "daemon_drops_clients_sending_garbage",
             garbage_on_the_socket,
+        )
+        .with_ignored_flag(skip.is_some()),
+        Trial::test(
+            "daemon_bounds_a_client_that_never_reads",
+            client_that_never_reads,
         )
         .with_ignored_flag(skip.is_some()),
         // vmd -n needs neither root nor vmm(4).

@@ -19,7 +19,7 @@ use super::args::Args;
 use super::events::{self, Signals};
 use super::{logging, privsep, NO_PEER};
 use crate::proc::msg::*;
-use crate::proc::{peer_credentials, ImsgChannel, ImsgType, Message, PeerCred};
+use crate::proc::{peer_credentials, ImsgChannel, ImsgError, ImsgType, Message, PeerCred};
 
 struct Client {
     id: u32,
@@ -28,6 +28,8 @@ struct Client {
     /// Asked to wait; the VM id comes with the response.
     wait_requested: bool,
     waiting_for: Option<u32>,
+    /// Requests forwarded to the parent and not answered yet.
+    inflight: u32,
 }
 
 /// What a client other than root may send (§3.5).
@@ -58,6 +60,14 @@ pub fn control_init(path: &Path) -> std::io::Result<UnixListener> {
     l.set_nonblocking(true)?;
     Ok(l)
 }
+
+/// Requests of one client the parent has not answered yet, at most: a
+/// client that sends faster than it reads is not read from while it has
+/// this many, so the answers it has not read cannot pile up in the parent
+/// and here (vmctl sends one request at a time).
+pub const MAX_INFLIGHT: u32 = 16;
+/// Bytes queued for a client, at most; a client over it is dropped.
+pub const CLIENT_MAX_QUEUED: usize = 1 << 20;
 
 /// The control process; the exit status.
 pub fn main(_args: &Args, user: &User) -> i32 {
@@ -115,15 +125,19 @@ pub fn main(_args: &Args, user: &User) -> i32 {
                 if next_id == NO_PEER || next_id == IMSG_AGENTX_PEERID {
                     next_id = 1;
                 }
+                let mut chan = ImsgChannel::new(sock);
+                chan.set_max_queued(CLIENT_MAX_QUEUED);
                 clients.push(Client {
                     id,
-                    chan: ImsgChannel::new(sock),
+                    chan,
                     cred,
                     wait_requested: false,
                     waiting_for: None,
+                    inflight: 0,
                 });
             }
         }
+        let mut closed = Vec::new();
         if ready[2].write {
             let _ = parent.flush();
         }
@@ -131,49 +145,60 @@ pub fn main(_args: &Args, user: &User) -> i32 {
             match events::drain(&mut parent) {
                 Ok(msgs) => {
                     for r in msgs {
-                        dispatch_parent(&mut clients, r);
+                        if let Some(gone) = dispatch_parent(&mut clients, r) {
+                            closed.push(gone);
+                        }
                     }
                 }
                 Err(e) => {
-                    if !matches!(e, crate::proc::ImsgError::Closed) {
+                    if !matches!(e, ImsgError::Closed) {
                         log::warn!("control: parent: {e}");
                     }
                     return 0;
                 }
             }
         }
-        let mut closed = Vec::new();
         for (k, c) in clients.iter_mut().enumerate() {
+            if closed.contains(&c.id) {
+                continue;
+            }
             let r = ready.get(3 + k).copied().unwrap_or_default();
             if r.write && c.chan.flush().is_err() {
                 closed.push(c.id);
                 continue;
             }
-            if !r.read {
-                continue;
-            }
-            match events::drain(&mut c.chan) {
-                Ok(msgs) => {
-                    for m in msgs {
-                        if !dispatch_client(c, &mut parent, m) {
-                            closed.push(c.id);
-                            break;
-                        }
-                    }
+            if let Err(e) = serve(c, &mut parent, r.read) {
+                // A malformed or oversized message, or one too many
+                // unread bytes either way, drops this client only; the
+                // daemon and the other clients carry on.
+                if !matches!(e, ImsgError::Closed) {
+                    log::warn!("control: dropping client of uid {}: {e}", c.cred.uid);
                 }
-                Err(e) => {
-                    // A malformed or oversized message drops this client
-                    // only; the daemon and the other clients carry on.
-                    if !matches!(e, crate::proc::ImsgError::Closed) {
-                        log::warn!("control: dropping client of uid {}: {e}", c.cred.uid);
-                    }
-                    closed.push(c.id);
-                }
+                closed.push(c.id);
             }
         }
         clients.retain(|c| !closed.contains(&c.id));
         let _ = parent.flush();
     }
+}
+
+/// Reads from a client (when poll said so) and handles what it sent, as
+/// far as [`MAX_INFLIGHT`] allows; the rest stays buffered in its channel
+/// (which bounds it) until the parent answers.  `Err`: drop the client.
+fn serve(c: &mut Client, parent: &mut ImsgChannel, readable: bool) -> Result<(), ImsgError> {
+    if readable {
+        c.chan.fill()?;
+    }
+    while c.inflight < MAX_INFLIGHT {
+        let Some(imsg) = c.chan.get()? else {
+            break;
+        };
+        let r = crate::proc::Received::try_from(imsg)?;
+        if !dispatch_client(c, parent, r) {
+            return Err(ImsgError::Closed);
+        }
+    }
+    Ok(())
 }
 
 /// One request from a client; false closes the connection.
@@ -234,30 +259,51 @@ fn dispatch_client(c: &mut Client, parent: &mut ImsgChannel, r: crate::proc::Rec
         log::warn!("control: cannot forward to parent: {e}");
         return false;
     }
+    c.inflight += 1;
     true
 }
 
-/// An answer from the parent, for the client it names.
-fn dispatch_parent(clients: &mut [Client], r: crate::proc::Received) {
+/// An answer from the parent, for the client it names; the id of a
+/// client to drop, when it cannot take the answer.
+fn dispatch_parent(clients: &mut [Client], r: crate::proc::Received) -> Option<u32> {
     if let Message::TerminateVmEvent(ref vmr) = r.msg {
+        let mut gone = None;
         for c in clients.iter_mut().filter(|c| c.waiting_for == Some(vmr.id)) {
             c.waiting_for = None;
-            let _ = events::post(&mut c.chan, &r.msg, 0, Vec::new());
+            if let Err(e) = events::post(&mut c.chan, &r.msg, 0, Vec::new()) {
+                gone = gone.or(drop_client(c, e));
+            }
         }
-        return;
+        return gone;
     }
     let Some(c) = clients.iter_mut().find(|c| c.id == r.peerid) else {
         log::debug!("control: {} for a gone client", r.msg.imsg_type().name());
-        return;
+        return None;
     };
+    // Every request gets one answer but GET_INFO, whose list ends with
+    // its GET_INFO_VM_END_DATA.
+    if !matches!(r.msg, Message::GetInfoVmData(_)) {
+        c.inflight = c.inflight.saturating_sub(1);
+    }
     if let Message::TerminateVmResponse(ref vmr) = r.msg {
         if c.wait_requested {
             c.wait_requested = false;
             if vmr.result == 0 {
                 c.waiting_for = Some(vmr.id);
-                return;
+                return None;
             }
         }
     }
-    let _ = events::post(&mut c.chan, &r.msg, 0, r.fds);
+    match events::post(&mut c.chan, &r.msg, 0, r.fds) {
+        Ok(()) => None,
+        Err(e) => drop_client(c, e),
+    }
+}
+
+/// A client whose answer could not be sent: its id, to be dropped.
+fn drop_client(c: &Client, e: ImsgError) -> Option<u32> {
+    if !matches!(e, ImsgError::Closed) {
+        log::warn!("control: dropping client of uid {}: {e}", c.cred.uid);
+    }
+    Some(c.id)
 }
