@@ -36,11 +36,49 @@ impl Daemon {
     }
 
     fn spawn(name: &str, conf: &str, stderr: Stdio) -> Result<Daemon, Failed> {
+        Self::spawn_with(name, conf, stderr, None)
+    }
+
+    /// With vmd's stderr in `log`, under `prlimit --nofile=<soft>:<hard>`.
+    fn start_limited(
+        name: &str,
+        conf: &str,
+        log: &Path,
+        nofile: (u32, u32),
+    ) -> Result<Daemon, Failed> {
+        let stderr = Stdio::from(std::fs::File::create(log)?);
+        Self::spawn_with(name, conf, stderr, Some(nofile))
+    }
+
+    fn spawn_with(
+        name: &str,
+        conf: &str,
+        stderr: Stdio,
+        nofile: Option<(u32, u32)>,
+    ) -> Result<Daemon, Failed> {
         let dir = daemon::temp_dir("vmd-test", name)?;
         let socket = dir.join("vmd.sock");
         let cfg = dir.join("vm.conf");
         std::fs::write(&cfg, conf)?;
-        let child = daemon::command(&cfg, &socket).stderr(stderr).spawn()?;
+        let mut cmd = daemon::command(&cfg, &socket);
+        if let Some((soft, hard)) = nofile {
+            // The same command, run by prlimit(1) with that limit.
+            let mut limited = Command::new("prlimit");
+            limited
+                .arg(format!("--nofile={soft}:{hard}"))
+                .arg("--")
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => limited.env(k, v),
+                    None => limited.env_remove(k),
+                };
+            }
+            limited.stdin(Stdio::null());
+            cmd = limited;
+        }
+        let child = cmd.stderr(stderr).spawn()?;
         let d = Daemon { child, dir, socket };
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(&d.socket).is_err() {
@@ -750,6 +788,69 @@ fn client_that_never_reads() -> Result<(), Failed> {
     d.stop()
 }
 
+/// CPU time of a process so far, in clock ticks (utime + stime).
+fn cpu_ticks(pid: i32) -> Result<u64, Failed> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let f: Vec<&str> = stat[stat.rfind(')').ok_or("stat")? + 2..]
+        .split_whitespace()
+        .collect();
+    // Fields 14 and 15 of stat(5), counted after the command name.
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+/// The soft limit of open files of a process (/proc/<pid>/limits).
+fn nofile_soft(pid: i32) -> Result<u64, Failed> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| "no Max open files".into())
+}
+
+/// More clients than the control process has descriptors: it pauses
+/// accepting and says so instead of spinning, and accepts again once
+/// clients leave.  At start, vmd raises its soft limit to the hard one.
+fn out_of_descriptors() -> Result<(), Failed> {
+    let dir = daemon::temp_dir("vmd-test", "emfile-log")?;
+    let log = dir.join("vmd.log");
+    let d = Daemon::start_limited("emfile", "", &log, (64, 64))?;
+    let control = child_named(d.child.id() as i32, "control")?;
+    let mut conns = Vec::new();
+    for _ in 0..80 {
+        conns.push(UnixStream::connect(&d.socket)?);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(control)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(control)? - before;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    drop(conns);
+    let after = info(&d);
+    let raised = {
+        let e = Daemon::start_limited("emfile-raise", "", &dir.join("raise.log"), (64, 4096))?;
+        let control = child_named(e.child.id() as i32, "control")?;
+        let soft = nofile_soft(control);
+        e.stop()?;
+        soft?
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    // 2 s at 100 ticks a second: a spinning process spends about 200.
+    if spent > 40 {
+        return Err(
+            format!("the control process spent {spent} ticks in 2 s at its fd limit").into(),
+        );
+    }
+    if !text.contains("control_accept: ") || !text.contains("not accepting connections for 1 s") {
+        return Err(format!("nothing logged at the fd limit; log:\n{text}").into());
+    }
+    after.map_err(|e| format!("no answer once the clients left: {e:?}"))?;
+    if raised != 4096 {
+        return Err(format!("soft limit {raised} with 64:4096, want 4096").into());
+    }
+    d.stop()
+}
+
 fn check_bad_conf() -> Result<(), Failed> {
     let dir = std::env::temp_dir().join(format!("vmd-test-{}-n", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -768,6 +869,16 @@ fn check_bad_conf() -> Result<(), Failed> {
         return Err(format!("vmd -n: {:?}, stderr {err:?}, want {want:?}", out.status).into());
     }
     Ok(())
+}
+
+/// Why not, if prlimit(1) (util-linux) is missing.
+fn missing_prlimit() -> Option<String> {
+    Command::new("prlimit")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_err()
+        .then(|| "needs prlimit(1) from util-linux".to_string())
 }
 
 fn main() {
@@ -795,13 +906,15 @@ fn main() {
             client_that_never_reads,
         )
         .with_ignored_flag(skip.is_some()),
+        Trial::test("daemon_out_of_descriptors", out_of_descriptors)
+            .with_ignored_flag(skip.is_some() || missing_prlimit().is_some()),
         // vmd -n needs neither root nor vmm(4).
         Trial::test("daemon_check_bad_config", check_bad_conf),
     ];
     let tests = tests
         .into_iter()
-        .map(|t| match &skip {
-            Some(why) if t.has_ignored_flag() => t.with_kind(why.clone()),
+        .map(|t| match skip.clone().or_else(missing_prlimit) {
+            Some(why) if t.has_ignored_flag() => t.with_kind(why),
             _ => t,
         })
         .collect();

@@ -12,6 +12,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::unistd::User;
 
@@ -96,20 +97,28 @@ pub fn main(_args: &Args, user: &User) -> i32 {
     };
     let mut clients: Vec<Client> = Vec::new();
     let mut next_id: u32 = 1;
+    let mut accept = AcceptPause::default();
     loop {
+        let listening = accept.until.is_none();
         let ready = {
-            let mut fds = vec![
-                (signals.fd(), false),
-                (listener.as_fd(), false),
-                (parent.as_fd(), parent.pending()),
-            ];
+            let mut fds = vec![(signals.fd(), false), (parent.as_fd(), parent.pending())];
             fds.extend(clients.iter().map(|c| (c.chan.as_fd(), c.chan.pending())));
-            events::wait(&fds, None)
+            if listening {
+                fds.push((listener.as_fd(), false));
+            }
+            events::wait(&fds, accept.until)
         };
         // The parent ends us by closing the socket.
         let _ = signals.take();
-        if ready[1].read {
-            while let Ok((sock, _)) = listener.accept() {
+        if listening && ready.last().is_some_and(|r| r.read) {
+            loop {
+                let sock = match listener.accept() {
+                    Ok((sock, _)) => sock,
+                    Err(e) => {
+                        accept.failed(&e);
+                        break;
+                    }
+                };
                 let cred = match peer_credentials(&sock) {
                     Ok(c) => c,
                     Err(e) => {
@@ -137,11 +146,12 @@ pub fn main(_args: &Args, user: &User) -> i32 {
                 });
             }
         }
+        accept.expire(Instant::now());
         let mut closed = Vec::new();
-        if ready[2].write {
+        if ready[1].write {
             let _ = parent.flush();
         }
-        if ready[2].read {
+        if ready[1].read {
             match events::drain(&mut parent) {
                 Ok(msgs) => {
                     for r in msgs {
@@ -162,7 +172,7 @@ pub fn main(_args: &Args, user: &User) -> i32 {
             if closed.contains(&c.id) {
                 continue;
             }
-            let r = ready.get(3 + k).copied().unwrap_or_default();
+            let r = ready.get(2 + k).copied().unwrap_or_default();
             if r.write && c.chan.flush().is_err() {
                 closed.push(c.id);
                 continue;
@@ -177,8 +187,53 @@ pub fn main(_args: &Args, user: &User) -> i32 {
                 closed.push(c.id);
             }
         }
+        if !closed.is_empty() {
+            // A descriptor is free again: no need to wait out the pause.
+            accept.until = None;
+        }
         clients.retain(|c| !closed.contains(&c.id));
         let _ = parent.flush();
+    }
+}
+
+/// How long accepting pauses when the process is out of descriptors.
+pub const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+/// The shortest time between two "out of descriptors" log lines.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// control.c's answer to EMFILE and ENFILE in accept(2): the connection
+/// stays in the listen queue and poll would report the socket readable
+/// again at once, so accepting pauses for [`ACCEPT_PAUSE`] (or until a
+/// client leaves), and it is logged.
+#[derive(Debug, Default)]
+struct AcceptPause {
+    until: Option<Instant>,
+    logged: Option<Instant>,
+}
+
+impl AcceptPause {
+    fn failed(&mut self, e: &std::io::Error) {
+        let now = Instant::now();
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => {
+                self.until = Some(now + ACCEPT_PAUSE);
+                if !matches!(self.logged, Some(t) if now.duration_since(t) < ACCEPT_LOG_INTERVAL) {
+                    self.logged = Some(now);
+                    log::warn!(
+                        "control_accept: {e}: not accepting connections for {} s",
+                        ACCEPT_PAUSE.as_secs()
+                    );
+                }
+            }
+            Some(libc::EAGAIN | libc::EINTR | libc::ECONNABORTED) => {}
+            _ => log::warn!("control_accept: accept: {e}"),
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        if self.until.is_some_and(|t| t <= now) {
+            self.until = None;
+        }
     }
 }
 

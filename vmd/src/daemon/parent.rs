@@ -43,6 +43,7 @@ pub fn main(args: Args, _user: User) -> i32 {
         eprint!("{out}");
         return code;
     }
+    raise_nofile();
     let mut args = args;
     // daemon(3) changes to /: a relative -f would name another file after.
     if let Some(f) = args.conffile.take() {
@@ -235,6 +236,22 @@ fn open_tty(owner: &VmopOwner) -> nix::Result<Tty> {
         slave: pty.slave,
         name,
     })
+}
+
+/// The soft limit of open files up to the hard one, before the children
+/// are started (they inherit it): each client of the control process and
+/// each VM's files take descriptors, and the soft limit is often 1024 or
+/// less where the hard one is far higher.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => log::debug!("raised the open files limit from {soft} to {hard}"),
+            Err(e) => log::debug!("cannot raise the open files limit from {soft} to {hard}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => log::debug!("getrlimit: {e}"),
+    }
 }
 
 /// Online CPUs: how many VMs start at once without `staggered start`.
