@@ -851,6 +851,97 @@ fn out_of_descriptors() -> Result<(), Failed> {
     d.stop()
 }
 
+/// A second vmd on the same socket is refused with a clear message and
+/// leaves the first one and its VMs alone; a disk image another VM has
+/// open for writing is refused (locked); a stale socket does not stop vmd.
+fn second_vmd_and_shared_disks() -> Result<(), Failed> {
+    let dir = daemon::temp_dir("vmd-test", "second-disk")?;
+    let disk = dir.join("shared.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20])?;
+    let vm = |name: &str, extra: &str| {
+        format!(
+            "vm \"{name}\" {{\n{extra}\tmemory 32M\n\tboot \"{}\"\n\tdisk \"{}\"\n}}\n",
+            bios_path().display(),
+            disk.display()
+        )
+    };
+    let conf = vm("first", "") + &vm("second", "\tdisable\n");
+    let log = dir.join("vmd.log");
+    let d = Daemon::start_logged("second", &conf, &log)?;
+    let first = wait_info(&d, "first", "running", running)?.unwrap();
+    let result = (|| -> Result<(), Failed> {
+        match request(
+            &d,
+            &Message::StartVmRequest(VmopCreateParams {
+                name: "second".into(),
+                ..Default::default()
+            }),
+            Vec::new(),
+        )? {
+            Message::StartVmResponse(r) if r.result == libc::EBUSY => {}
+            other => return Err(format!("second vm on a locked disk: {other:?}").into()),
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let want = format!(
+            "disk {} is in use by another vm or program (locked)",
+            disk.display()
+        );
+        if !text.contains(&want) {
+            return Err(format!("no {want:?} in the log:\n{text}").into());
+        }
+        // Another vmd -d with the same socket (and so the same pid file).
+        let mut cmd = daemon::command(&d.dir.join("vm.conf"), &d.socket);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut other = cmd.spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = other.try_wait()? {
+                break st;
+            }
+            if Instant::now() > deadline {
+                daemon::end(&mut other);
+                return Err("a second vmd on the same socket kept running".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut other.stderr.take().unwrap(), &mut err)?;
+        let pid = d.child.id();
+        if status.code() != Some(1) || !err.contains(&format!("vmd is already running (pid {pid}"))
+        {
+            return Err(format!("second vmd: {status}, stderr {err:?}").into());
+        }
+        let now = vm_info(&d, "first")?.ok_or("first is gone")?;
+        if now.creator_pid != first.creator_pid || info(&d)?.len() != 2 {
+            return Err(format!("the first vmd was disturbed: {now:?}").into());
+        }
+        Ok(())
+    })();
+    let stopped = d.stop();
+    result?;
+    stopped?;
+    // A socket left behind by a vmd that is gone: a new one starts.
+    let socket = dir.join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket)?);
+    let cfg = dir.join("again.conf");
+    std::fs::write(&cfg, vm("again", ""))?;
+    let mut again = daemon::command(&cfg, &socket)
+        .stderr(Stdio::from(std::fs::File::create(dir.join("again.log"))?))
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&socket).is_err() {
+        if Instant::now() > deadline || again.try_wait()?.is_some() {
+            daemon::end(&mut again);
+            let text = std::fs::read_to_string(dir.join("again.log")).unwrap_or_default();
+            return Err(format!("vmd did not start over a stale socket:\n{text}").into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon::stop(&mut again)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 fn check_bad_conf() -> Result<(), Failed> {
     let dir = std::env::temp_dir().join(format!("vmd-test-{}-n", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -908,6 +999,11 @@ fn main() {
         .with_ignored_flag(skip.is_some()),
         Trial::test("daemon_out_of_descriptors", out_of_descriptors)
             .with_ignored_flag(skip.is_some() || missing_prlimit().is_some()),
+        Trial::test(
+            "daemon_refuses_a_second_vmd_and_shared_disks",
+            second_vmd_and_shared_disks,
+        )
+        .with_ignored_flag(skip.is_some()),
         // vmd -n needs neither root nor vmm(4).
         Trial::test("daemon_check_bad_config", check_bad_conf),
     ];

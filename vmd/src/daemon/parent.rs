@@ -33,6 +33,8 @@ struct Parent {
     vmm_fd: OwnedFd,
     stagger: Stagger,
     socket: PathBuf,
+    /// Locked for as long as this vmd runs (see [`lock_pidfile`]).
+    pidfile: (PathBuf, File),
 }
 
 /// The parent; the exit status.
@@ -44,6 +46,13 @@ pub fn main(args: Args, _user: User) -> i32 {
         return code;
     }
     raise_nofile();
+    // Before anything else: a second vmd would remove the first one's
+    // socket and start every VM again.
+    let socket = super::socket_path();
+    let pidfile = match lock_pidfile(&socket) {
+        Ok(f) => f,
+        Err(e) => logging::fatalx(&e),
+    };
     let mut args = args;
     // daemon(3) changes to /: a relative -f would name another file after.
     if let Some(f) = args.conffile.take() {
@@ -71,6 +80,8 @@ pub fn main(args: Args, _user: User) -> i32 {
     }
     privsep::set_title("parent");
     logging::procinit("parent");
+    // Our pid as the daemon, for whoever reads the file.
+    write_pid(&pidfile);
     let mut children = Vec::new();
     let mut chans = Vec::new();
     for title in ["control", "vmm", "priv"] {
@@ -113,7 +124,8 @@ pub fn main(args: Args, _user: User) -> i32 {
         children,
         vmm_fd,
         stagger: Stagger::new(None, 1),
-        socket: super::socket_path(),
+        socket,
+        pidfile,
     };
     if !p.configure() {
         p.kill_children();
@@ -251,6 +263,74 @@ fn raise_nofile() {
         },
         Ok(_) => {}
         Err(e) => log::debug!("getrlimit: {e}"),
+    }
+}
+
+/// The pid file of the vmd whose control socket is `socket`: next to it,
+/// named as it with `.pid` (`/var/run/vmd.pid`).
+pub fn pidfile_path(socket: &Path) -> PathBuf {
+    socket.with_extension("pid")
+}
+
+/// Refuses to go on when another vmd runs on the same socket: its pid
+/// file is locked, or (a vmd that keeps none) its socket answers.  The
+/// lock (flock, released when this process ends) is held from here on;
+/// the error says what to do.
+fn lock_pidfile(socket: &Path) -> Result<(PathBuf, File), String> {
+    use std::io::Read;
+    let path = pidfile_path(socket);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Err(e) = rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        return Err(if e == rustix::io::Errno::WOULDBLOCK {
+            format!(
+                "vmd is already running (pid {}, {} is locked)",
+                pid.trim(),
+                path.display()
+            )
+        } else {
+            format!("{}: lock: {e}", path.display())
+        });
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(format!(
+            "control socket {} is in use: is another vmd running?",
+            socket.display()
+        ));
+    }
+    Ok((path, f))
+}
+
+fn write_pid((path, f): &(PathBuf, File)) {
+    use std::io::Write;
+    let mut w: &File = f;
+    let written = f
+        .set_len(0)
+        .and_then(|_| w.write_all(format!("{}\n", std::process::id()).as_bytes()));
+    if let Err(e) = written {
+        log::warn!("{}: {e}", path.display());
+    }
+}
+
+/// Locks a disk image opened read-write for one VM (O_EXLOCK in vmd): a
+/// second VM, or a second vmd, gets an error naming the file instead of
+/// writing the same image.  The lock goes with the open file, and so with
+/// the descriptor a disk process gets.
+fn lock_disk(f: &File, path: &str) -> Result<(), String> {
+    use rustix::fs::{flock, FlockOperation};
+    match flock(f, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(format!(
+            "disk {path} is in use by another vm or program (locked)"
+        )),
+        Err(e) => Err(format!("disk {path}: lock: {e}")),
     }
 }
 
@@ -511,13 +591,14 @@ impl Parent {
         }
         // Disks, the ISO and interfaces are checked but not attached
         // yet: vioblk, vioscsi and vionet come in later issues.
+        let mut disk_files = Vec::new();
         for d in &vm.params.disks {
-            let opened = std::fs::OpenOptions::new()
+            let rw = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .open(&d.path)
-                .or_else(|_| File::open(&d.path));
-            let f = match opened {
+                .open(&d.path);
+            let writable = rw.is_ok();
+            let f = match rw.or_else(|_| File::open(&d.path)) {
                 Ok(f) => f,
                 Err(e) => {
                     log::warn!("config_setvm: can't open disk {}: {e}", d.path);
@@ -529,7 +610,14 @@ impl Parent {
                 log::warn!("vm \"{name}\" unable to access disk {}", d.path);
                 return Err(libc::EPERM);
             }
+            if writable {
+                lock_disk(&f, &d.path).map_err(|e| {
+                    log::warn!("vm \"{name}\": {e}");
+                    libc::EBUSY
+                })?;
+            }
             log::warn!("{name}: disk {} is not attached: no vioblk yet", d.path);
+            disk_files.push(f);
         }
         if !vm.params.interfaces.is_empty() {
             log::warn!(
@@ -550,6 +638,8 @@ impl Parent {
             self.reg.vms[i].tty = Some(tty);
         }
         let vm = &mut self.reg.vms[i];
+        // Held, with their locks, while the VM runs.
+        vm.disk_files = disk_files;
         let pty = vm
             .tty
             .as_ref()
@@ -869,6 +959,7 @@ impl Parent {
             self.reg.remove(0);
         }
         self.kill_children();
+        let _ = std::fs::remove_file(&self.pidfile.0);
         log::warn!("terminating");
         std::process::exit(0)
     }

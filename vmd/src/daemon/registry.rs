@@ -64,6 +64,8 @@ pub struct Vm {
     pub kernel_path: Option<String>,
     pub from_config: bool,
     pub tty: Option<Tty>,
+    /// The disk images opened for the running VM, locked when writable.
+    pub disk_files: Vec<std::fs::File>,
     pub start_tv: Option<Instant>,
     pub start_limit: u32,
 }
@@ -457,6 +459,7 @@ impl Registry {
             kernel_path: None,
             from_config: false,
             tty: None,
+            disk_files: Vec::new(),
             start_tv: None,
             start_limit: 0,
         });
@@ -511,6 +514,8 @@ impl Registry {
         vm.state &= !(VM_STATE_RUNNING | VM_STATE_SHUTDOWN | VM_STATE_PAUSED);
         vm.params.ncpus = vm.ncpus_config;
         vm.pid = -1;
+        // Unlocked now: a restart opens and locks them again.
+        vm.disk_files.clear();
         if !keeptty {
             vm.tty = None;
             vm.uid = 0;
