@@ -7,6 +7,7 @@
 //! in [`crate::start`].  Warnings are written to `err` as they arise.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 
 use vmd::config::compat::{fmt_scaled, scan_scaled, strtonum};
 use vmd::config::{BootDevice, DiskFormat, VMM_MAX_NAME_LEN, VMM_MAX_VM_MEM_SIZE};
@@ -297,7 +298,12 @@ pub fn parse_disktype(s: &str) -> (DiskFormat, String) {
         return (DiskFormat::Qcow2, p.to_string());
     }
     let mut magic = [0u8; 4];
-    if let Ok(mut f) = std::fs::File::open(s) {
+    // O_NONBLOCK: opening a FIFO must not hang vmctl.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(s);
+    if let Ok(mut f) = opened {
         if f.read_exact(&mut magic).is_ok() && &magic == b"QFI\xfb" {
             return (DiskFormat::Qcow2, s.to_string());
         }

@@ -3,6 +3,9 @@
 //! it opens itself so that vmd boots only what the user can read.
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use std::io::Write;
 
 use vmd::config::{
@@ -143,11 +146,21 @@ fn open_kernel(path: &str) -> Result<File, Fail> {
     if path.len() >= PATH_MAX {
         return Err(Fail::errx("kernel name too long"));
     }
-    let f = File::open(path).map_err(|e| Fail::io(format!("cannot open kernel '{path}'"), &e))?;
+    // O_NONBLOCK until the type is known: open(2) of a FIFO would wait
+    // for a writer.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| Fail::io(format!("cannot open kernel '{path}'"), &e))?;
     let meta = f.metadata().map_err(|e| Fail::io("fstat kernel", &e))?;
     if !meta.is_file() {
         return Err(Fail::errx("kernel must be a regular file"));
     }
+    // vmd reads the descriptor, whose status flags it shares.
+    let fl = fcntl(&f, FcntlArg::F_GETFL).map_err(|e| Fail::err("fcntl kernel", e as i32))?;
+    let fl = OFlag::from_bits_truncate(fl) & !OFlag::O_NONBLOCK;
+    fcntl(&f, FcntlArg::F_SETFL(fl)).map_err(|e| Fail::err("fcntl kernel", e as i32))?;
     Ok(f)
 }
 
@@ -266,6 +279,18 @@ mod tests {
         assert_eq!(p.kernel, a.boot);
 
         a.boot = Some(dir.path(""));
+        assert_eq!(
+            run(&a).0.unwrap_err(),
+            Fail::errx("kernel must be a regular file")
+        );
+        // A FIFO: refused at once, not waited on.
+        let fifo = dir.path("fifo");
+        nix::unistd::mkfifo(
+            fifo.as_str(),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        a.boot = Some(fifo);
         assert_eq!(
             run(&a).0.unwrap_err(),
             Fail::errx("kernel must be a regular file")

@@ -8,6 +8,7 @@
 mod support;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::bios_path;
 use support::daemon::{self, read_tty, vmd_user};
-use vmd::config::{VMOP_CREATE_DISK, VMOP_CREATE_INSTANCE, VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY};
+use vmd::config::{
+    VMOP_CREATE_CDROM, VMOP_CREATE_DISK, VMOP_CREATE_INSTANCE, VMOP_CREATE_KERNEL,
+    VMOP_CREATE_MEMORY,
+};
 use vmd::proc::msg::*;
 use vmd::proc::{ImsgChannel, Message};
 
@@ -942,6 +946,87 @@ fn second_vmd_and_shared_disks() -> Result<(), Failed> {
     Ok(())
 }
 
+/// A FIFO as a CD-ROM, a disk or a boot image: each start is refused at
+/// once with vmd's error for it, and vmd answers everyone meanwhile (open
+/// of a FIFO used to block the parent until a writer came).
+fn fifo_as_vm_files() -> Result<(), Failed> {
+    let dir = daemon::temp_dir("vmd-test", "fifo-files")?;
+    let fifo = dir.join("f");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644))?;
+    let fifo_s = fifo.display().to_string();
+    let conf = format!(
+        "vm \"tmpl\" {{\n\tdisable\n\tmemory 32M\n\tboot \"{b}\"\n\
+         \tallow instance {{ cdrom, disk }}\n}}\n\
+         vm \"fifoboot\" {{\n\tdisable\n\tmemory 32M\n\tboot \"{fifo_s}\"\n}}\n",
+        b = bios_path().display()
+    );
+    let d = Daemon::start("fifo", &conf)?;
+    let result = (|| -> Result<(), Failed> {
+        let start = |p: VmopCreateParams, fds| -> Result<i32, Failed> {
+            let t = Instant::now();
+            let m = request(&d, &Message::StartVmRequest(p), fds)?;
+            if t.elapsed() > Duration::from_secs(5) {
+                return Err(format!("answered after {:?}", t.elapsed()).into());
+            }
+            match m {
+                Message::StartVmResponse(r) => Ok(r.result),
+                other => Err(format!("{other:?}").into()),
+            }
+        };
+        // vmctl start -t tmpl -r <fifo> x
+        let cdrom = start(
+            VmopCreateParams {
+                name: "x".into(),
+                flags: VMOP_CREATE_INSTANCE | VMOP_CREATE_CDROM,
+                cdrom: Some(fifo_s.clone()),
+                instance: Some("tmpl".into()),
+                ..Default::default()
+            },
+            Vec::new(),
+        )?;
+        // vmctl start -t tmpl -d <fifo> y
+        let disk = start(
+            VmopCreateParams {
+                name: "y".into(),
+                flags: VMOP_CREATE_INSTANCE | VMOP_CREATE_DISK,
+                disks: vec![VmDisk {
+                    path: fifo_s.clone(),
+                    format: vmd::config::DiskFormat::Raw,
+                    bases: 0,
+                }],
+                instance: Some("tmpl".into()),
+                ..Default::default()
+            },
+            Vec::new(),
+        )?;
+        // vmctl start fifoboot
+        let boot = start(
+            VmopCreateParams {
+                name: "fifoboot".into(),
+                ..Default::default()
+            },
+            Vec::new(),
+        )?;
+        let got = (cdrom, disk, boot);
+        if got != (VMD_CDROM_INVALID, VMD_DISK_MISSING, libc::EINVAL) {
+            return Err(format!("cdrom, disk, boot image: {got:?}").into());
+        }
+        if info(&d)?.len() != 2 {
+            return Err("refused instances stayed registered".into());
+        }
+        Ok(())
+    })();
+    // Unblock a parent stuck in open(2), so that it can be stopped.
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo);
+    let stopped = d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    stopped
+}
+
 fn check_bad_conf() -> Result<(), Failed> {
     let dir = std::env::temp_dir().join(format!("vmd-test-{}-n", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -1004,6 +1089,8 @@ fn main() {
             second_vmd_and_shared_disks,
         )
         .with_ignored_flag(skip.is_some()),
+        Trial::test("daemon_fifo_as_cdrom_disk_or_boot_image", fifo_as_vm_files)
+            .with_ignored_flag(skip.is_some()),
         // vmd -n needs neither root nor vmm(4).
         Trial::test("daemon_check_bad_config", check_bad_conf),
     ];

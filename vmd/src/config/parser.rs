@@ -7,6 +7,7 @@
 //! shifted since the last error, and recovery drops tokens up to the next
 //! newline, after which the rest of a broken block is read as top-level
 //! lines.
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::compat::{self, errno_of, ether_aton, fmt_scaled, realpath, scan_scaled, strerror};
@@ -174,7 +175,11 @@ impl<'a> Parser<'a> {
             1 => DiskFormat::Raw,
             _ => {
                 let mut magic = [0u8; 4];
-                let qcow = std::fs::File::open(&path)
+                // O_NONBLOCK: a FIFO must not hang the parse in open(2).
+                let qcow = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)
                     .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
                     .is_ok()
                     && &magic == b"QFI\xfb";

@@ -52,6 +52,7 @@ pub mod privproc;
 pub mod privsep;
 pub mod registry;
 pub mod stagger;
+pub mod vmfiles;
 pub mod vmm;
 pub mod vmproc;
 

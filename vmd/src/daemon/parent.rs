@@ -15,6 +15,7 @@ use super::args::{child_flags, Args};
 use super::events::{self, Signals};
 use super::registry::{self, FileAccess, RegisterError, Registry, SystemGroups, Tty};
 use super::stagger::Stagger;
+use super::vmfiles::{self, VmFile};
 use super::{logging, privsep, strerror, NO_PEER};
 use crate::config::{self, BootDevice, GlobalConfig, Registration};
 use crate::proc::msg::*;
@@ -319,21 +320,6 @@ fn write_pid((path, f): &(PathBuf, File)) {
     }
 }
 
-/// Locks a disk image opened read-write for one VM (O_EXLOCK in vmd): a
-/// second VM, or a second vmd, gets an error naming the file instead of
-/// writing the same image.  The lock goes with the open file, and so with
-/// the descriptor a disk process gets.
-fn lock_disk(f: &File, path: &str) -> Result<(), String> {
-    use rustix::fs::{flock, FlockOperation};
-    match flock(f, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(format!(
-            "disk {path} is in use by another vm or program (locked)"
-        )),
-        Err(e) => Err(format!("disk {path}: lock: {e}")),
-    }
-}
-
 /// Online CPUs: how many VMs start at once without `staggered start`.
 fn ncpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -534,11 +520,14 @@ impl Parent {
         }
         let vm = &self.reg.vms[i];
         let name = &vm.params.name;
-        // vm_checkaccess on what vmd opens itself, for the VM's user.
+        // vm_checkaccess on what vmd opens itself, for the VM's user (a
+        // disk may be a block device; vmfiles::open checked the types).
         let access = |f: &File, kind: u32, amode: u32| {
             f.metadata().is_ok_and(|m| {
+                let mut fa = FileAccess::of(&m);
+                fa.regular = vmfiles::type_allowed(&m.file_type(), VmFile::Disk);
                 registry::checkaccess(
-                    &FileAccess::of(&m),
+                    &fa,
                     vm.params.checkaccess & kind != 0,
                     uid,
                     amode,
@@ -551,16 +540,16 @@ impl Parent {
             k.try_clone().map_err(|e| errno_of(&e))?
         } else {
             let (file, path) = if let Some(path) = &vm.kernel_path {
-                let f = File::open(path).map_err(|e| {
-                    log::warn!("config_setvm: can't open kernel or BIOS boot image {path}: {e}");
-                    errno_of(&e)
+                let f = vmfiles::open(path, VmFile::Boot, false).map_err(|e| {
+                    log::warn!("config_setvm: can't open kernel or BIOS {e}");
+                    e.errno()
                 })?;
                 (f, path.as_str())
             } else {
                 let bios = [super::VM_DEFAULT_BIOS, super::LINUX_DEFAULT_BIOS]
                     .into_iter()
                     .take(if cfg!(target_os = "linux") { 2 } else { 1 })
-                    .find_map(|p| File::open(p).ok().map(|f| (f, p)));
+                    .find_map(|p| vmfiles::open(p, VmFile::Boot, false).ok().map(|f| (f, p)));
                 match bios {
                     Some(b) => b,
                     None => {
@@ -576,12 +565,15 @@ impl Parent {
             OwnedFd::from(file)
         };
         if let Some(c) = &vm.params.cdrom {
-            match File::open(c) {
+            match vmfiles::open(c, VmFile::Cdrom, false) {
+                Err(e @ vmfiles::OpenError::Type { .. }) => {
+                    log::warn!("config_setvm: {e}");
+                    return Err(VMD_CDROM_INVALID);
+                }
                 Err(e) => {
-                    log::warn!("config_setvm: can't open cdrom {c}: {e}");
+                    log::warn!("config_setvm: can't open {e}");
                     return Err(VMD_CDROM_MISSING);
                 }
-                Ok(f) if !f.metadata().is_ok_and(|m| m.is_file()) => return Err(VMD_CDROM_INVALID),
                 Ok(f) if !access(&f, config::VMOP_CREATE_CDROM, registry::ACCESS_READ) => {
                     log::warn!("vm \"{name}\" no read access to cdrom {c}");
                     return Err(libc::EPERM);
@@ -593,15 +585,17 @@ impl Parent {
         // yet: vioblk, vioscsi and vionet come in later issues.
         let mut disk_files = Vec::new();
         for d in &vm.params.disks {
-            let rw = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&d.path);
+            let rw = vmfiles::open(&d.path, VmFile::Disk, true);
             let writable = rw.is_ok();
-            let f = match rw.or_else(|_| File::open(&d.path)) {
+            let opened = match rw {
+                Err(e @ vmfiles::OpenError::Type { .. }) => Err(e),
+                Ok(f) => Ok(f),
+                Err(_) => vmfiles::open(&d.path, VmFile::Disk, false),
+            };
+            let f = match opened {
                 Ok(f) => f,
                 Err(e) => {
-                    log::warn!("config_setvm: can't open disk {}: {e}", d.path);
+                    log::warn!("config_setvm: can't open {e}");
                     return Err(VMD_DISK_MISSING);
                 }
             };
@@ -611,7 +605,7 @@ impl Parent {
                 return Err(libc::EPERM);
             }
             if writable {
-                lock_disk(&f, &d.path).map_err(|e| {
+                vmfiles::lock_disk(&f, &d.path).map_err(|e| {
                     log::warn!("vm \"{name}\": {e}");
                     libc::EBUSY
                 })?;
