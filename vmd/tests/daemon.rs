@@ -1027,6 +1027,52 @@ fn fifo_as_vm_files() -> Result<(), Failed> {
     stopped
 }
 
+/// Boot images are looked at before they are read: /dev/zero as the
+/// descriptor and a 3 GiB sparse file are refused at once (EINVAL,
+/// EFBIG), where the VM process used to read them into memory.
+fn boot_image_limits() -> Result<(), Failed> {
+    let dir = daemon::temp_dir("vmd-test", "bootimg-files")?;
+    let big = dir.join("big.bin");
+    std::fs::File::create(&big)?.set_len(3 << 30)?;
+    let d = Daemon::start("bootimg", "")?;
+    let result = (|| -> Result<(), Failed> {
+        let mut got = Vec::new();
+        for image in [Path::new("/dev/zero"), &big] {
+            let t = Instant::now();
+            let params = VmopCreateParams {
+                name: "img".into(),
+                flags: VMOP_CREATE_KERNEL | VMOP_CREATE_MEMORY,
+                memory: 4 << 30,
+                kernel: Some(image.display().to_string()),
+                ..Default::default()
+            };
+            let fd = std::fs::File::open(image)?;
+            let m = request(&d, &Message::StartVmRequest(params), vec![fd.into()])?;
+            match m {
+                Message::StartVmResponse(r) if t.elapsed() < Duration::from_secs(5) => {
+                    got.push(r.result)
+                }
+                other => {
+                    return Err(
+                        format!("{}: {other:?} after {:?}", image.display(), t.elapsed()).into(),
+                    )
+                }
+            }
+        }
+        if got != [libc::EINVAL, libc::EFBIG] {
+            return Err(format!("/dev/zero, 3 GiB: {got:?}").into());
+        }
+        if !info(&d)?.is_empty() {
+            return Err("a refused vm stayed registered".into());
+        }
+        Ok(())
+    })();
+    let stopped = d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    stopped
+}
+
 fn check_bad_conf() -> Result<(), Failed> {
     let dir = std::env::temp_dir().join(format!("vmd-test-{}-n", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -1090,6 +1136,8 @@ fn main() {
         )
         .with_ignored_flag(skip.is_some()),
         Trial::test("daemon_fifo_as_cdrom_disk_or_boot_image", fifo_as_vm_files)
+            .with_ignored_flag(skip.is_some()),
+        Trial::test("daemon_boot_image_type_and_size", boot_image_limits)
             .with_ignored_flag(skip.is_some()),
         // vmd -n needs neither root nor vmm(4).
         Trial::test("daemon_check_bad_config", check_bad_conf),

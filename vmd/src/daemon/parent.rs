@@ -535,9 +535,16 @@ impl Parent {
                 )
             })
         };
+        let limit = vmfiles::max_boot_image(vm.params.memory);
         let kernel: OwnedFd = if let Some(k) = &vm.kernel {
-            // The client's own descriptor: it could read the file.
-            k.try_clone().map_err(|e| errno_of(&e))?
+            // The client's own descriptor: it could read the file.  Not
+            // read here, only looked at, for a prompt answer.
+            let k = File::from(k.try_clone().map_err(|e| errno_of(&e))?);
+            if let Err(e) = vmfiles::check_boot_image(&k, limit) {
+                log::warn!("vm \"{name}\": {e}");
+                return Err(e.errno());
+            }
+            OwnedFd::from(k)
         } else {
             let (file, path) = if let Some(path) = &vm.kernel_path {
                 let f = vmfiles::open(path, VmFile::Boot, false).map_err(|e| {
@@ -561,6 +568,10 @@ impl Parent {
             if !access(&file, config::VMOP_CREATE_KERNEL, registry::ACCESS_READ) {
                 log::warn!("vm \"{name}\" no read access to kernel {path}");
                 return Err(libc::EPERM);
+            }
+            if let Err(e) = vmfiles::check_boot_image(&file, limit) {
+                log::warn!("vm \"{name}\": {path}: {e}");
+                return Err(e.errno());
             }
             OwnedFd::from(file)
         };

@@ -129,6 +129,72 @@ pub fn lock_disk(f: &File, path: &str) -> Result<(), String> {
     }
 }
 
+/// The largest boot image a VM of `memory` bytes may be given: none can
+/// be larger than the guest's memory, and a kernel (inflated, when it is
+/// gzip'd) may be 512 MiB at most.
+pub fn max_boot_image(memory: u64) -> u64 {
+    memory.min(crate::vm::boot::elf::MAX_INFLATED)
+}
+
+/// Why a boot image is refused before it is read.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BootImageError {
+    #[error("boot image is {0}, not a regular file")]
+    Type(&'static str),
+    #[error(
+        "boot image of {size} bytes is larger than the {limit} bytes a vm of this memory can load"
+    )]
+    TooLarge { size: u64, limit: u64 },
+    #[error("boot image: {0}")]
+    Stat(String),
+}
+
+impl BootImageError {
+    pub fn errno(&self) -> i32 {
+        match self {
+            BootImageError::Type(_) | BootImageError::Stat(_) => libc::EINVAL,
+            BootImageError::TooLarge { .. } => libc::EFBIG,
+        }
+    }
+}
+
+/// fstat of a boot image (the client's descriptor or vmd's own), before
+/// anything reads it: a regular file of at most `limit` bytes; its size.
+pub fn check_boot_image(f: &File, limit: u64) -> Result<u64, BootImageError> {
+    let m = f
+        .metadata()
+        .map_err(|e| BootImageError::Stat(e.to_string()))?;
+    if !m.file_type().is_file() {
+        return Err(BootImageError::Type(kind_of(&m.file_type())));
+    }
+    if m.len() > limit {
+        return Err(BootImageError::TooLarge {
+            size: m.len(),
+            limit,
+        });
+    }
+    Ok(m.len())
+}
+
+/// Reads a boot image checked as [`check_boot_image`] does, from its
+/// start, and never more than `limit` bytes (a file may grow meanwhile).
+pub fn read_boot_image(f: &mut File, limit: u64) -> Result<Vec<u8>, BootImageError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let size = check_boot_image(f, limit)?;
+    let io = |e: std::io::Error| BootImageError::Stat(e.to_string());
+    // The parent keeps its own reference for restarts: start over.
+    f.seek(SeekFrom::Start(0)).map_err(io)?;
+    let mut v = Vec::with_capacity(size as usize);
+    f.take(limit + 1).read_to_end(&mut v).map_err(io)?;
+    if v.len() as u64 > limit {
+        return Err(BootImageError::TooLarge {
+            size: v.len() as u64,
+            limit,
+        });
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +241,45 @@ mod tests {
         );
         drop(f);
         lock_disk(&g, "d.img").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn daemon_vmfiles_boot_image_type_and_size() {
+        let dir = std::env::temp_dir().join(format!("vmd-bootimg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(max_boot_image(64 << 20), 64 << 20);
+        assert_eq!(max_boot_image(8 << 30), 512 << 20);
+        // /dev/zero as a descriptor: refused without a read.
+        let mut zero = File::open("/dev/zero").unwrap();
+        let e = read_boot_image(&mut zero, 1 << 20).unwrap_err();
+        assert_eq!(e, BootImageError::Type("a character device"));
+        assert_eq!(e.errno(), libc::EINVAL);
+        // A 3 GiB sparse file: refused on its size alone.
+        let big = dir.join("big");
+        let f = File::create(&big).unwrap();
+        f.set_len(3 << 30).unwrap();
+        let mut f = File::open(&big).unwrap();
+        let e = read_boot_image(&mut f, max_boot_image(8 << 30)).unwrap_err();
+        assert_eq!(
+            e,
+            BootImageError::TooLarge {
+                size: 3 << 30,
+                limit: 512 << 20
+            }
+        );
+        assert_eq!(e.errno(), libc::EFBIG);
+        // One that fits is read whole, from its start.
+        let small = dir.join("small");
+        std::fs::write(&small, b"0123456789").unwrap();
+        let mut f = File::open(&small).unwrap();
+        std::io::Read::read_exact(&mut f, &mut [0u8; 4]).unwrap();
+        assert_eq!(read_boot_image(&mut f, 10).unwrap(), b"0123456789");
+        assert!(matches!(
+            read_boot_image(&mut f, 9),
+            Err(BootImageError::TooLarge { size: 10, limit: 9 })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
