@@ -381,6 +381,13 @@ impl Registry {
         uid: u32,
         groups: &dyn Groups,
     ) -> Result<usize, (RegisterError, Option<OwnedFd>)> {
+        // Ids come from vmd alone (vmd's vm_register(..., 0, ...)): an
+        // id in a request names an existing VM, it never picks the id of
+        // a new one, which would squat the id vmd gives the next VM.
+        if vmc.id != 0 && self.by_id(vmc.id).is_none() {
+            log::warn!("vm_register: no vm with id {}", vmc.id);
+            return Err((RegisterError::Failed(libc::ENOENT), kernel));
+        }
         let parent = match self.instance(&mut vmc, kernel.is_some(), uid, groups) {
             Ok(p) => p,
             Err(e) => return Err((RegisterError::Failed(e), kernel)),
@@ -432,15 +439,11 @@ impl Registry {
                 nic.lladdr = [0xfe, 0xe1, 0xbb, 0xd0 | ((i as u8 + 1) & 0xf), r[0], r[1]];
             }
         }
-        let id = if vmc.id != 0 {
-            vmc.id
-        } else {
-            match self.claimid(&vmc.name, uid) {
-                Some(id) => id,
-                None => {
-                    log::warn!("too many vms");
-                    return fail(libc::EINVAL, kernel);
-                }
+        let id = match self.claimid(&vmc.name, uid) {
+            Some(id) => id,
+            None => {
+                log::warn!("too many vms");
+                return fail(libc::EINVAL, kernel);
             }
         };
         log::debug!("vm_register: registering vm {id}");
@@ -720,6 +723,51 @@ mod tests {
             }),
             Some(0)
         );
+    }
+
+    /// An id in a request names an existing VM; new VMs get theirs from
+    /// the registry, so a user's request cannot take the id of the VM
+    /// root starts next.
+    #[test]
+    fn daemon_registry_ids_from_the_daemon_only() {
+        let mut r = Registry::new();
+        let five = VmopOwner { uid: 5, gid: None };
+        let t = template(&mut r, "tmpl", five, VMOP_CREATE_DISK, None);
+        assert_eq!(r.vms[t].id, 1);
+        // The user asks for id 2, free so far: refused, not squatted.
+        let squat = VmopCreateParams {
+            id: 2,
+            ..instance_of("tmpl", "squat", 5)
+        };
+        assert_eq!(refused(&mut r, squat, None), libc::ENOENT);
+        let plain = VmopCreateParams {
+            id: 7,
+            ..params("seven")
+        };
+        assert_eq!(refused(&mut r, plain, None), libc::ENOENT);
+        // Root's next VM gets 2, the user's instance 3.
+        let i = r.register(params("root"), None, 0, &NoGroups).unwrap();
+        assert_eq!(r.vms[i].id, 2);
+        let i = r
+            .register(instance_of("tmpl", "mine", 5), None, 5, &NoGroups)
+            .unwrap();
+        assert_eq!(r.vms[i].id, 3);
+        // An existing id is that VM (vmctl start 2), whatever the name.
+        let again = VmopCreateParams {
+            id: 2,
+            ..Default::default()
+        };
+        assert!(matches!(
+            r.register(again, None, 0, &NoGroups),
+            Err((RegisterError::Exists(1), None))
+        ));
+        // An instance may not take an existing id either.
+        let taken = VmopCreateParams {
+            id: 2,
+            ..instance_of("tmpl", "other", 5)
+        };
+        assert_eq!(refused(&mut r, taken, None), EPROCLIM);
+        assert_eq!(r.vms.len(), 3);
     }
 
     #[test]
