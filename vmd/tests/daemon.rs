@@ -1073,6 +1073,40 @@ fn boot_image_limits() -> Result<(), Failed> {
     stopped
 }
 
+/// `vmctl load` of a file that includes itself, of /dev/zero or of a
+/// FIFO: refused at once, and vmd goes on answering.
+fn load_of_endless_files() -> Result<(), Failed> {
+    let dir = daemon::temp_dir("vmd-test", "load-files")?;
+    let me = dir.join("self.conf");
+    std::fs::write(&me, format!("include \"{}\"\n", me.display()))?;
+    let fifo = dir.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    let d = Daemon::start("load", "")?;
+    let result = (|| -> Result<(), Failed> {
+        for f in [me.as_path(), Path::new("/dev/zero"), &fifo] {
+            let t = Instant::now();
+            match request(&d, &Message::Load(f.display().to_string()), Vec::new())? {
+                Message::CtlFail(_) if t.elapsed() < Duration::from_secs(5) => {}
+                other => {
+                    return Err(
+                        format!("load {}: {other:?} after {:?}", f.display(), t.elapsed()).into(),
+                    )
+                }
+            }
+        }
+        info(&d)?;
+        Ok(())
+    })();
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo);
+    let stopped = d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    stopped
+}
+
 fn check_bad_conf() -> Result<(), Failed> {
     let dir = std::env::temp_dir().join(format!("vmd-test-{}-n", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -1138,6 +1172,8 @@ fn main() {
         Trial::test("daemon_fifo_as_cdrom_disk_or_boot_image", fifo_as_vm_files)
             .with_ignored_flag(skip.is_some()),
         Trial::test("daemon_boot_image_type_and_size", boot_image_limits)
+            .with_ignored_flag(skip.is_some()),
+        Trial::test("daemon_load_of_endless_files", load_of_endless_files)
             .with_ignored_flag(skip.is_some()),
         // vmd -n needs neither root nor vmm(4).
         Trial::test("daemon_check_bad_config", check_bad_conf),

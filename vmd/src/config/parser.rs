@@ -12,7 +12,7 @@ use std::path::Path;
 
 use super::compat::{self, errno_of, ether_aton, fmt_scaled, realpath, scan_scaled, strerror};
 use super::grammar::{self, Act, Action, N, PRODS, T};
-use super::lexer::{Lexer, Token, Value};
+use super::lexer::{Lexer, PushError, Token, Value};
 use super::{
     BootDevice, Config, Disk, DiskFormat, Interface, Ipv4Prefix, Ipv6Prefix, Level, Owner,
     ParseOptions, ParseOutcome, Registration, StaggeredStart, Switch, Vm, AGENTX_MASTER_PATH,
@@ -263,8 +263,14 @@ impl<'a> Parser<'a> {
             }
             Act::Include => {
                 let name = s(2);
-                if self.lx.pushfile(cstr(&name)).is_err() {
-                    return self.err(format!("failed to include file {}", lossy(&name)));
+                match self.lx.pushfile(cstr(&name)) {
+                    Ok(()) => {}
+                    Err(PushError::Io(_)) => {
+                        return self.err(format!("failed to include file {}", lossy(&name)));
+                    }
+                    Err(e) => {
+                        return self.err(format!("failed to include file {}: {e}", lossy(&name)));
+                    }
                 }
                 self.lx.lungetc(i32::from(b'\n'));
                 Ok(Value::None)
@@ -819,6 +825,17 @@ pub(crate) fn parse(src: Source<'_>, opts: ParseOptions<'_>) -> ParseOutcome {
         let name = match src {
             Source::File(path) => path.display().to_string(),
             Source::Text(name, _) => name.to_string(),
+        };
+        let e = match e {
+            PushError::Io(e) => e,
+            other => {
+                p.warn(format!("failed to open {name}: {other}"));
+                return ParseOutcome {
+                    config: p.config,
+                    messages: p.lx.log,
+                    ok: false,
+                };
+            }
         };
         let errno = errno_of(&e);
         if errno == compat::ENOENT && p.opts.default_file {

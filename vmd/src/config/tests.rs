@@ -341,6 +341,80 @@ fn include_reads_another_file() {
     );
 }
 
+/// `include` of itself, of a file that includes it back, of devices and
+/// FIFOs, too deep or too large: an error naming the file, at once,
+/// instead of a parse that never ends.
+#[test]
+fn include_loops_devices_and_endless_files() {
+    let d = TempDir::new("include-loop");
+    let me = d.path().join("self.conf");
+    let me = me.display().to_string();
+    std::fs::write(&me, format!("include \"{me}\"\n")).unwrap();
+    let (out, code) = check(&me, &[]);
+    assert_eq!(
+        (out.as_str(), code),
+        (
+            format!("{me}:1: failed to include file {me}: include loop\n").as_str(),
+            1
+        )
+    );
+    // a includes b includes a.
+    let a = d.path().join("a.conf").display().to_string();
+    let b = d.file("b.conf", format!("include \"{a}\"\n").as_bytes());
+    std::fs::write(&a, format!("include \"{b}\"\n")).unwrap();
+    let (out, code) = check(&a, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(&format!("failed to include file {a}: include loop")),
+        "{out}"
+    );
+    // The same file twice, one after the other, is no loop.
+    let leaf = d.file("leaf.conf", b"# nothing\n");
+    ok(&format!("include \"{leaf}\"\ninclude \"{leaf}\"\n"));
+    // Devices and FIFOs: not regular files (and a FIFO does not block).
+    let fifo = d.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for dev in ["/dev/zero", "/dev/urandom", fifo.to_str().unwrap()] {
+        assert_eq!(
+            fails(&format!("include \"{dev}\"\n")),
+            [format!(
+                "vm.conf:1: failed to include file {dev}: not a regular file"
+            )]
+        );
+        let (out, code) = check(dev, &[]);
+        assert_eq!(
+            (out, code),
+            (format!("failed to open {dev}: not a regular file\n"), 1)
+        );
+    }
+    // A file over the size bound.
+    let big = d.path().join("big.conf");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(lexer::MAX_CONF_SIZE + 1).unwrap();
+    let (out, code) = check(&big, &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("file larger than 4194304 bytes"), "{out}");
+    // A chain of includes deeper than the bound.
+    let n = lexer::MAX_INCLUDE_DEPTH + 1;
+    for i in 0..n {
+        let next = if i + 1 < n {
+            format!(
+                "include \"{}\"\n",
+                d.path().join(format!("{}.conf", i + 1)).display()
+            )
+        } else {
+            String::new()
+        };
+        std::fs::write(d.path().join(format!("{i}.conf")), next).unwrap();
+    }
+    let (out, code) = check(d.path().join("0.conf"), &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("includes nested deeper than 16"), "{out}");
+    std::fs::remove_file(d.path().join(format!("{}.conf", n - 1))).unwrap();
+    std::fs::write(d.path().join(format!("{}.conf", n - 2)), "").unwrap();
+    assert_eq!(check(d.path().join("0.conf"), &[]).1, 0);
+}
+
 #[test]
 fn include_of_a_missing_file() {
     assert_eq!(
