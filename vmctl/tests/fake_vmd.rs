@@ -209,14 +209,19 @@ fn stop_answers() {
     );
 }
 
+/// `stop -a -w` stops every running VM at once, on a connection each: the
+/// fake vmd answers none of the requests before it has all of them (as a
+/// slow guest would keep vmctl waiting), and answers the last one first;
+/// vmctl prints the lines in the list's order.
 #[test]
-fn stop_all_stops_each_running_vm_by_name() {
-    let vmd = FakeVmd::new(|ch| {
-        let mut seen = vec![serve_info(ch, &three_vms())];
-        for id in [1, 3] {
-            seen.push(recv(ch).msg);
-            send(ch, Message::TerminateVmEvent(result(0, id, "")));
-        }
+fn stop_all_stops_each_running_vm_by_name_at_once() {
+    let vmd = FakeVmd::with_clients(|a| {
+        let mut seen = vec![serve_info(&mut a.next(), &three_vms())];
+        let (mut web, mut db) = (a.next(), a.next());
+        seen.push(recv(&mut web).msg);
+        seen.push(recv(&mut db).msg);
+        send(&mut db, Message::TerminateVmEvent(result(0, 3, "")));
+        send(&mut web, Message::TerminateVmEvent(result(0, 1, "")));
         seen
     });
     let (seen, r) = vmd.run(&["stop", "-aw"]);

@@ -70,30 +70,42 @@ pub struct FakeVmd<T> {
     thread: JoinHandle<T>,
 }
 
+/// The fake vmd's listening socket: the next connection of vmctl.
+pub struct Accept(UnixListener);
+
+impl Accept {
+    pub fn next(&mut self) -> ImsgChannel {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            match self.0.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "vmctl never connected");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        ImsgChannel::new(stream)
+    }
+}
+
 impl<T: Send + 'static> FakeVmd<T> {
     pub fn new(script: impl FnOnce(&mut ImsgChannel) -> T + Send + 'static) -> FakeVmd<T> {
+        Self::with_clients(move |a| script(&mut a.next()))
+    }
+
+    /// A fake vmd whose script accepts vmctl's connections itself.
+    pub fn with_clients(script: impl FnOnce(&mut Accept) -> T + Send + 'static) -> FakeVmd<T> {
         let dir = TempDir::new();
         let socket = dir.path("vmd.sock");
         let listener = UnixListener::bind(&socket).unwrap();
         listener.set_nonblocking(true).unwrap();
-        let thread = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let stream = loop {
-                match listener.accept() {
-                    Ok((s, _)) => break s,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        assert!(Instant::now() < deadline, "vmctl never connected");
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => panic!("accept: {e}"),
-                }
-            };
-            stream.set_nonblocking(false).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(20)))
-                .unwrap();
-            script(&mut ImsgChannel::new(stream))
-        });
+        let thread = std::thread::spawn(move || script(&mut Accept(listener)));
         FakeVmd {
             _dir: dir,
             socket,

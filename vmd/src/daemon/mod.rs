@@ -76,6 +76,9 @@ pub const VM_KILL_TIMEOUT_SEC: u64 = 10;
 /// (not built yet) the guest cannot be asked, so the VM process ends the
 /// VM after this many seconds (a reset from the guest ends it earlier).
 pub const VM_SHUTDOWN_TIMEOUT_SEC: u64 = 30;
+/// How long the parent waits for its children after SIGTERM before it
+/// kills them (the vmm process needs [`VM_KILL_TIMEOUT_SEC`] for its VMs).
+pub const CHILD_KILL_TIMEOUT_SEC: u64 = VM_KILL_TIMEOUT_SEC + 5;
 /// The peer id of messages that answer no client (C's `(uint32_t)-1`).
 pub const NO_PEER: u32 = u32::MAX;
 
@@ -146,5 +149,38 @@ pub fn main() -> i32 {
         Some("vmm") => vmm::main(&args, &user),
         Some("priv") => privproc::main(&args, &user),
         Some(_) => logging::fatalx("invalid process name"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A service manager's stop timeout must cover `vmctl stop -a -w`
+    /// (all VMs at once: a graceful stop ends a VM within
+    /// VM_SHUTDOWN_TIMEOUT_SEC, a forced one within VM_KILL_TIMEOUT_SEC)
+    /// and then vmd's own end after SIGTERM; the systemd unit and the rc.d
+    /// script say the same.
+    #[test]
+    fn daemon_stop_timeouts_of_the_unit_and_rc_script() {
+        let etc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc");
+        let unit = std::fs::read_to_string(etc.join("vmd.service")).unwrap();
+        let rc = std::fs::read_to_string(etc.join("rc.d/vmd")).unwrap();
+        let value = |text: &str, key: &str| -> Option<String> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().trim_matches('"').to_string())
+        };
+        let unit_secs: u64 = value(&unit, "TimeoutStopSec=")
+            .and_then(|v| v.strip_suffix('s')?.parse().ok())
+            .expect("TimeoutStopSec=<n>s in vmd.service");
+        let rc_secs: u64 = value(&rc, "daemon_timeout=")
+            .and_then(|v| v.parse().ok())
+            .expect("daemon_timeout in rc.d/vmd");
+        let vms = super::VM_SHUTDOWN_TIMEOUT_SEC.max(super::VM_KILL_TIMEOUT_SEC);
+        let need = vms + super::CHILD_KILL_TIMEOUT_SEC;
+        assert_eq!(unit_secs, rc_secs, "the unit and the rc.d script disagree");
+        assert!(
+            unit_secs >= need,
+            "{unit_secs} s < the {need} s vmd may take to stop"
+        );
     }
 }

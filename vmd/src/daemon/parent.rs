@@ -942,7 +942,7 @@ impl Parent {
         for c in [&mut self.control, &mut self.vmm, &mut self.privc] {
             let _ = c.socket().shutdown(std::net::Shutdown::Both);
         }
-        let deadline = Instant::now() + Duration::from_secs(super::VM_KILL_TIMEOUT_SEC + 5);
+        let deadline = Instant::now() + Duration::from_secs(super::CHILD_KILL_TIMEOUT_SEC);
         for (_, child) in self.children.iter_mut() {
             while Instant::now() < deadline {
                 if !matches!(child.try_wait(), Ok(None)) {
