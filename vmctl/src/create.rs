@@ -8,6 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
 
 use vmd::config::DiskFormat;
 
@@ -19,9 +20,10 @@ const MIB: u64 = 1024 * 1024;
 const BUFLEN: usize = 64 * 1024;
 
 /// The error for what needs qcow2 support.
-fn qcow2_missing(path: &str) -> Fail {
+fn qcow2_missing(path: &Path) -> Fail {
     Fail::errx(format!(
-        "{path}: qcow2 disk images are not supported yet (raw only)"
+        "{}: qcow2 disk images are not supported yet (raw only)",
+        path.display()
     ))
 }
 
@@ -41,7 +43,7 @@ pub fn run(c: &CreateArgs, verbose: bool, err: &mut dyn Write) -> Result<i32, Fa
             cmd: crate::args::lookup("create")?,
             before: Some(format!(
                 "could not create {}: missing size argument",
-                c.disk
+                c.disk.display()
             )),
         });
     }
@@ -55,7 +57,7 @@ pub fn run(c: &CreateArgs, verbose: bool, err: &mut dyn Write) -> Result<i32, Fa
 
 /// `virtio_raw_create`: a new sparse file of `size` bytes, mode 0600;
 /// never overwrites.
-pub fn create_raw(path: &str, size: u64) -> std::io::Result<()> {
+pub fn create_raw(path: &Path, size: u64) -> std::io::Result<()> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -71,8 +73,8 @@ pub fn create_raw(path: &str, size: u64) -> std::io::Result<()> {
 }
 
 /// `ctl_convert` for raw images.
-fn convert(input: &str, c: &CreateArgs, verbose: bool, err: &mut dyn Write) -> Result<i32, Fail> {
-    let (src_format, src_path) = parse_disktype(input);
+fn convert(input: &Path, c: &CreateArgs, verbose: bool, err: &mut dyn Write) -> Result<i32, Fail> {
+    let (src_format, src_path) = parse_disktype(input.as_os_str());
     if src_format == DiskFormat::Qcow2 {
         return Err(qcow2_missing(&src_path));
     }
@@ -149,7 +151,7 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn args(disk: &str, size: u64) -> CreateArgs {
-        let (format, disk) = parse_disktype(disk);
+        let (format, disk) = parse_disktype(disk.as_ref());
         CreateArgs {
             disk,
             format,
@@ -216,10 +218,10 @@ mod tests {
             Err(Fail::errx("conflicting -b and -i arguments"))
         );
         let q = d.path("a.qcow2");
-        assert_eq!(run_create(&args(&q, MIB)).0, Err(qcow2_missing(&q)));
+        assert_eq!(run_create(&args(&q, MIB)).0, Err(qcow2_missing(q.as_ref())));
         let mut c = args(&q, 0);
-        c.base = Some(p.clone());
-        assert_eq!(run_create(&c).0, Err(qcow2_missing(&q)));
+        c.base = Some(p.clone().into());
+        assert_eq!(run_create(&c).0, Err(qcow2_missing(q.as_ref())));
         assert!(!std::path::Path::new(&q).exists());
         let missing = d.path("nodir/x.img");
         assert_eq!(
@@ -241,7 +243,7 @@ mod tests {
 
         let dst = d.path("dst.img");
         let mut c = args(&dst, 0);
-        c.input = Some(src.clone());
+        c.input = Some(src.clone().into());
         let (r, w) = run_create(&c);
         assert_eq!(r, Ok(0));
         assert_eq!(
@@ -254,20 +256,20 @@ mod tests {
         assert!(out[data.len()..].iter().all(|&b| b == 0));
 
         let mut c = args(&d.path("big.img"), 2 * MIB);
-        c.input = Some(src.clone());
+        c.input = Some(src.clone().into());
         let (r, w) = run_create(&c);
         assert_eq!((r, w.as_str()), (Ok(0), "vmctl: raw imagefile created\n"));
         assert_eq!(std::fs::metadata(d.path("big.img")).unwrap().len(), 2 * MIB);
 
         std::fs::write(&src, vec![1u8; (MIB + 1) as usize]).unwrap();
         let mut c = args(&d.path("small.img"), MIB);
-        c.input = Some(src);
+        c.input = Some(src.into());
         assert_eq!(
             run_create(&c).0,
             Err(Fail::errx("size cannot be smaller than input disk size"))
         );
         let mut c = args(&d.path("x.img"), MIB);
-        c.input = Some(d.path("absent.img"));
+        c.input = Some(d.path("absent.img").into());
         assert_eq!(
             run_create(&c).0,
             Err(Fail::errx("failed to open source image file"))

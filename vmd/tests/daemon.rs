@@ -1107,6 +1107,31 @@ fn load_of_endless_files() -> Result<(), Failed> {
     stopped
 }
 
+/// vmd -n with a macro value and a file name that are not UTF-8: read
+/// byte for byte, no panic.
+fn non_utf8_arguments() -> Result<(), Failed> {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let dir = daemon::temp_dir("vmd-test", "bytes")?;
+    let mut name = dir.clone().into_os_string().into_vec();
+    name.extend_from_slice(b"/vm\xff.conf");
+    let conf = PathBuf::from(OsString::from_vec(name));
+    std::fs::write(&conf, "vm \"a\" {\n\tmemory 64M\n\tdisable\n}\n")?;
+    let out = Command::new(env!("CARGO_BIN_EXE_vmd"))
+        .arg("-n")
+        .arg(OsString::from_vec(b"-Dm=\xff".to_vec()))
+        .arg("-f")
+        .arg(&conf)
+        .env("VMD_USER", vmd_user())
+        .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() != Some(0) || err != "warning: macro 'm' not used\nconfiguration OK\n" {
+        return Err(format!("vmd -n: {:?}, stderr {err:?}", out.status).into());
+    }
+    Ok(())
+}
+
 fn check_bad_conf() -> Result<(), Failed> {
     let dir = std::env::temp_dir().join(format!("vmd-test-{}-n", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -1177,6 +1202,7 @@ fn main() {
             .with_ignored_flag(skip.is_some()),
         // vmd -n needs neither root nor vmm(4).
         Trial::test("daemon_check_bad_config", check_bad_conf),
+        Trial::test("daemon_non_utf8_arguments", non_utf8_arguments),
     ];
     let tests = tests
         .into_iter()

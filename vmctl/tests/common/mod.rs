@@ -49,6 +49,12 @@ pub struct Run {
 }
 
 pub fn vmctl(socket: &Path, args: &[&str]) -> Run {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    vmctl_os(socket, &args)
+}
+
+/// [`vmctl`] with arguments that need not be UTF-8.
+pub fn vmctl_os(socket: &Path, args: &[&std::ffi::OsStr]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_vmctl"))
         .args(args)
         .env("VMD_SOCKET", socket)
@@ -57,8 +63,8 @@ pub fn vmctl(socket: &Path, args: &[&str]) -> Run {
         .expect("run vmctl");
     Run {
         status: out.status.code().expect("exit status"),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

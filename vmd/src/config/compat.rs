@@ -13,6 +13,7 @@ pub(crate) const EISDIR: i32 = 21;
 pub(crate) const EINVAL: i32 = 22;
 pub(crate) const ERANGE: i32 = 34;
 pub(crate) const ELOOP: i32 = 62;
+pub(crate) const EILSEQ: i32 = 84;
 pub(crate) const ENAMETOOLONG: i32 = 63;
 
 /// OpenBSD's PATH_MAX.
@@ -32,6 +33,7 @@ pub(crate) fn strerror(errno: i32) -> String {
         ERANGE => "Result too large".into(),
         ELOOP => "Too many levels of symbolic links".into(),
         ENAMETOOLONG => "File name too long".into(),
+        EILSEQ => "Illegal byte sequence".into(),
         n => format!("Unknown error: {n}"),
     }
 }
@@ -75,7 +77,9 @@ pub(crate) fn realpath(path: &[u8]) -> Result<String, i32> {
     if bytes.len() >= PATH_MAX {
         return Err(ENAMETOOLONG);
     }
-    Ok(String::from_utf8_lossy(bytes).into_owned())
+    // The path travels to the VM's processes as UTF-8: one that is not
+    // would be mangled into another name, so it is refused.
+    String::from_utf8(bytes.to_vec()).map_err(|_| EILSEQ)
 }
 
 /// isspace(3) in the C locale (includes \v, unlike `u8::is_ascii_whitespace`).

@@ -181,7 +181,7 @@ fn char_token(c: i32) -> T {
 }
 
 impl Lexer {
-    pub fn new(defines: &[(String, String)]) -> Lexer {
+    pub fn new(defines: &[(Vec<u8>, Vec<u8>)]) -> Lexer {
         let mut lx = Lexer {
             files: Vec::new(),
             expanding: false,
@@ -191,7 +191,7 @@ impl Lexer {
             errors: 0,
         };
         for (name, val) in defines {
-            lx.symset(name.as_bytes(), val.as_bytes(), true);
+            lx.symset(name, val, true);
         }
         lx
     }

@@ -364,7 +364,7 @@ pub enum Registration {
 pub struct ParseOptions<'a> {
     /// `-D name=value` macros; the first definition of a name wins and the
     /// file cannot redefine it.
-    pub defines: &'a [(String, String)],
+    pub defines: &'a [(Vec<u8>, Vec<u8>)],
     /// `vmd -n`: switches and VMs are not registered (no debug lines).
     pub noaction: bool,
     /// The path is the built-in default (/etc/vm.conf): a missing file is
@@ -377,7 +377,7 @@ pub struct ParseOptions<'a> {
 }
 
 impl<'a> ParseOptions<'a> {
-    pub fn new(defines: &'a [(String, String)]) -> Self {
+    pub fn new(defines: &'a [(Vec<u8>, Vec<u8>)]) -> Self {
         ParseOptions {
             defines,
             noaction: false,
@@ -436,7 +436,7 @@ pub fn parse_str_with(name: &str, text: &str, opts: ParseOptions<'_>) -> ParseOu
 /// messages vmd prints (errors and warnings, in order).
 pub fn parse_file(
     path: impl AsRef<Path>,
-    defines: &[(String, String)],
+    defines: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<Config, Vec<ConfigError>> {
     parse_with(path.as_ref(), ParseOptions::new(defines)).into_result()
 }
@@ -445,23 +445,23 @@ pub fn parse_file(
 pub fn parse_str(
     name: &str,
     text: &str,
-    defines: &[(String, String)],
+    defines: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<Config, Vec<ConfigError>> {
     parse_str_with(name, text, ParseOptions::new(defines)).into_result()
 }
 
 /// `-D name=value` as vmd's `cmdline_symset` splits it (at the last `=`);
 /// `None` is vmd's `could not parse macro definition <arg>`.
-pub fn parse_define(arg: &str) -> Option<(String, String)> {
-    let i = arg.rfind('=')?;
-    Some((arg[..i].to_string(), arg[i + 1..].to_string()))
+pub fn parse_define(arg: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let i = arg.iter().rposition(|&c| c == b'=')?;
+    Some((arg[..i].to_vec(), arg[i + 1..].to_vec()))
 }
 
 /// `vmd -n [-v] [-D ...] [-f file]`: what it prints on stderr and its exit
 /// status. `path` `None` is the default /etc/vm.conf.
 pub fn check_verbose(
     path: Option<&Path>,
-    defines: &[(String, String)],
+    defines: &[(Vec<u8>, Vec<u8>)],
     verbose: u32,
 ) -> (String, i32) {
     let mut opts = ParseOptions::new(defines);
@@ -482,6 +482,6 @@ pub fn check_verbose(
 }
 
 /// `vmd -n -f path`: its stderr and exit status.
-pub fn check(path: impl AsRef<Path>, defines: &[(String, String)]) -> (String, i32) {
+pub fn check(path: impl AsRef<Path>, defines: &[(Vec<u8>, Vec<u8>)]) -> (String, i32) {
     check_verbose(Some(path.as_ref()), defines, 0)
 }

@@ -25,14 +25,14 @@ impl Resolver for Names {
     }
 }
 
-fn opts(defines: &[(String, String)]) -> ParseOptions<'_> {
+fn opts(defines: &[(Vec<u8>, Vec<u8>)]) -> ParseOptions<'_> {
     let mut o = ParseOptions::new(defines);
     o.noaction = true;
     o.resolver = &Names;
     o
 }
 
-fn outcome_d(text: &str, defines: &[(String, String)]) -> ParseOutcome {
+fn outcome_d(text: &str, defines: &[(Vec<u8>, Vec<u8>)]) -> ParseOutcome {
     parse_str_with("vm.conf", text, opts(defines))
 }
 
@@ -61,9 +61,9 @@ fn ok(text: &str) -> Config {
     o.config
 }
 
-fn defs(d: &[(&str, &str)]) -> Vec<(String, String)> {
+fn defs(d: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
     d.iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .map(|(a, b)| (a.as_bytes().to_vec(), b.as_bytes().to_vec()))
         .collect()
 }
 
@@ -1154,6 +1154,30 @@ fn disk_not_found() {
     );
 }
 
+/// A disk whose real path is not UTF-8 is refused (it would reach vmd's
+/// processes as another name), not mangled.
+#[test]
+fn disk_path_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = TempDir::new("disk-bytes");
+    let dir = std::fs::canonicalize(d.path()).unwrap();
+    let mut img = dir.as_os_str().as_bytes().to_vec();
+    img.extend_from_slice(b"/d\xff.img");
+    std::fs::write(std::ffi::OsStr::from_bytes(&img), b"").unwrap();
+    let conf = dir.join("vm.conf");
+    let mut text = b"vm \"a\" {\n\tdisk \"".to_vec();
+    text.extend_from_slice(&img);
+    text.extend_from_slice(b"\"\n}\n");
+    std::fs::write(&conf, text).unwrap();
+    let (out, code) = check(&conf, &[]);
+    let shown = String::from_utf8_lossy(&img).into_owned();
+    assert_eq!(code, 1);
+    assert!(
+        out.starts_with(&format!("disk {shown}: Illegal byte sequence\n")),
+        "{out}"
+    );
+}
+
 #[test]
 fn too_many_disks() {
     let d = TempDir::new("disks");
@@ -1476,9 +1500,20 @@ fn parse_file_returns_the_config_or_the_messages() {
 
 #[test]
 fn parse_define_splits_at_the_last_equals_sign() {
-    assert_eq!(parse_define("a=b=c"), Some(("a=b".into(), "c".into())));
-    assert_eq!(parse_define("mem=1G"), Some(("mem".into(), "1G".into())));
-    assert_eq!(parse_define("novalue"), None);
+    assert_eq!(
+        parse_define(b"a=b=c"),
+        Some((b"a=b".to_vec(), b"c".to_vec()))
+    );
+    assert_eq!(
+        parse_define(b"mem=1G"),
+        Some((b"mem".to_vec(), b"1G".to_vec()))
+    );
+    assert_eq!(parse_define(b"novalue"), None);
+    // Bytes as given: a value need not be UTF-8.
+    assert_eq!(
+        parse_define(b"a=\xff"),
+        Some((b"a".to_vec(), b"\xff".to_vec()))
+    );
 }
 
 #[test]

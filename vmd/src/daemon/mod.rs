@@ -96,9 +96,11 @@ pub fn socket_path() -> PathBuf {
 
 /// The unprivileged user's name.
 pub fn user_name() -> String {
-    std::env::var(ENV_USER)
-        .ok()
+    // Not UTF-8: no such user, said with the name as near as it prints
+    // (not silently _vmd instead).
+    std::env::var_os(ENV_USER)
         .filter(|s| !s.is_empty())
+        .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| VMD_USER.to_string())
 }
 
@@ -114,8 +116,10 @@ pub fn strerror(errno: i32) -> String {
 
 /// vmd's `main`: the exit status.
 pub fn main() -> i32 {
-    let argv: Vec<String> = std::env::args().collect();
-    let args = match args::parse(&argv[1..]) {
+    // Bytes, not UTF-8: std::env::args() would panic on a file name that
+    // is not.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = match args::parse(argv.get(1..).unwrap_or_default()) {
         Ok(a) => a,
         Err(args::ArgsError::Usage) => {
             eprintln!("{}", args::usage());
@@ -130,7 +134,7 @@ pub fn main() -> i32 {
     let debug = args.debug || args.noaction;
     logging::init(debug, args.verbose, "vmd");
     for bad in &args.bad_defines {
-        log::warn!("could not parse macro definition {bad}");
+        log::warn!("could not parse macro definition {}", bad.to_string_lossy());
     }
     let launch_vm = args.vm_fd.is_some();
     if !args.noaction && !launch_vm && !nix::unistd::geteuid().is_root() {
