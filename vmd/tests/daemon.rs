@@ -1116,7 +1116,10 @@ fn non_utf8_arguments() -> Result<(), Failed> {
     let mut name = dir.clone().into_os_string().into_vec();
     name.extend_from_slice(b"/vm\xff.conf");
     let conf = PathBuf::from(OsString::from_vec(name));
-    std::fs::write(&conf, "vm \"a\" {\n\tmemory 64M\n\tdisable\n}\n")?;
+    std::fs::write(
+        &conf,
+        "vm \"a\" {\n\tmemory 64M\n\tdisable\n\tboot \"/dev/null\"\n}\n",
+    )?;
     let out = Command::new(env!("CARGO_BIN_EXE_vmd"))
         .arg("-n")
         .arg(OsString::from_vec(b"-Dm=\xff".to_vec()))
@@ -1130,6 +1133,89 @@ fn non_utf8_arguments() -> Result<(), Failed> {
         return Err(format!("vmd -n: {:?}, stderr {err:?}", out.status).into());
     }
     Ok(())
+}
+
+/// A template with no boot image, disk or CD-ROM: vmd -n passes it, and
+/// so vmd starts with it (it used to stop at startup).
+fn check_agrees_with_startup() -> Result<(), Failed> {
+    let conf = "vm \"tmpl\" {\n\tdisable\n\tmemory 64M\n\tallow instance { disk }\n}\n";
+    let dir = daemon::temp_dir("vmd-test", "n-agrees")?;
+    let file = dir.join("vm.conf");
+    std::fs::write(&file, conf)?;
+    let out = Command::new(env!("CARGO_BIN_EXE_vmd"))
+        .arg("-n")
+        .arg("-f")
+        .arg(&file)
+        .env("VMD_USER", vmd_user())
+        .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() != Some(0) || err != "configuration OK\n" {
+        return Err(format!("vmd -n: {:?}, stderr {err:?}", out.status).into());
+    }
+    let d = Daemon::start("n-agrees-d", conf)?;
+    let tmpl = vm_info(&d, "tmpl")?.ok_or("the template is not registered")?;
+    if tmpl.state != VM_STATE_DISABLED {
+        return Err(format!("tmpl: {tmpl:?}").into());
+    }
+    d.stop()
+}
+
+/// What vmd used to keep to its debug log, or word wrongly: a VM process
+/// killed by someone's signal, a control process left unchrooted, a boot
+/// image too small to be one.
+fn said_in_the_log() -> Result<(), Failed> {
+    let dir = daemon::temp_dir("vmd-test", "said-log")?;
+    let log = dir.join("vmd.log");
+    let tiny = dir.join("tiny.bin");
+    std::fs::write(&tiny, b"012345678")?;
+    let conf = format!(
+        "vm \"victim\" {{\n\tmemory 32M\n\tboot \"{}\"\n}}\n",
+        bios_path().display()
+    );
+    let d = Daemon::start_logged("said", &conf, &log)?;
+    let result = (|| -> Result<(), Failed> {
+        let v = wait_info(&d, "victim", "running", running)?.unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(v.creator_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        wait_info(&d, "victim", "stopped", |i| {
+            i.is_some_and(|i| i.state & VM_STATE_RUNNING == 0)
+        })?;
+        let params = VmopCreateParams {
+            name: "tiny".into(),
+            flags: VMOP_CREATE_KERNEL,
+            kernel: Some(tiny.display().to_string()),
+            ..Default::default()
+        };
+        let fd = std::fs::File::open(&tiny)?;
+        match request(&d, &Message::StartVmRequest(params), vec![fd.into()])? {
+            Message::StartVmResponse(r) if r.result == libc::ENOEXEC => {}
+            other => return Err(format!("a 9-byte boot image: {other:?}").into()),
+        }
+        let text = std::fs::read_to_string(&log)?;
+        let mut want = vec![
+            format!(
+                "vm {}: vm process {} killed by SIGKILL",
+                v.id, v.creator_pid
+            ),
+            "boot image of 9 bytes is not a BIOS or kernel image".to_string(),
+        ];
+        if !Path::new("/var/empty").is_dir() {
+            want.push("/var/empty does not exist: not chrooted".into());
+        }
+        for w in want {
+            if !text.contains(&w) {
+                return Err(format!("no {w:?} in the log:\n{text}").into());
+            }
+        }
+        Ok(())
+    })();
+    let stopped = d.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    stopped
 }
 
 fn check_bad_conf() -> Result<(), Failed> {
@@ -1200,9 +1286,15 @@ fn main() {
             .with_ignored_flag(skip.is_some()),
         Trial::test("daemon_load_of_endless_files", load_of_endless_files)
             .with_ignored_flag(skip.is_some()),
+        Trial::test("daemon_says_what_it_used_to_keep_quiet", said_in_the_log)
+            .with_ignored_flag(skip.is_some()),
         // vmd -n needs neither root nor vmm(4).
         Trial::test("daemon_check_bad_config", check_bad_conf),
         Trial::test("daemon_non_utf8_arguments", non_utf8_arguments),
+        Trial::test(
+            "daemon_check_agrees_with_startup",
+            check_agrees_with_startup,
+        ),
     ];
     let tests = tests
         .into_iter()

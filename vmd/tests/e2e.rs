@@ -733,7 +733,7 @@ fn check_config() -> Result<(), Failed> {
         }
         std::fs::write(
             dir.join("good.conf"),
-            "vm \"a\" {\n\tmemory 64M\n\tdisable\n}\n",
+            "vm \"a\" {\n\tmemory 64M\n\tdisable\n\tboot \"/dev/null\"\n}\n",
         )?;
         let out = run("good.conf")?;
         if out.status != Some(0) || out.stderr != "configuration OK\n" {

@@ -371,8 +371,8 @@ pub struct ParseOptions<'a> {
     /// not worth a warning.
     pub default_file: bool,
     pub resolver: &'a dyn Resolver,
-    /// vmd's `vm_register`, called at the end of each `vm` block when not
-    /// `noaction`; `None` registers every block.
+    /// vmd's `vm_register`, called at the end of each `vm` block (with
+    /// `noaction`, only its refusals count); `None` registers every block.
     pub register: Option<&'a mut dyn FnMut(&Vm) -> Registration>,
 }
 
@@ -464,9 +464,21 @@ pub fn check_verbose(
     defines: &[(Vec<u8>, Vec<u8>)],
     verbose: u32,
 ) -> (String, i32) {
+    check_with(path, defines, verbose, None)
+}
+
+/// [`check_verbose`] with vmd's `vm_register` checks (`register`), as
+/// `vmd -n` runs it: what would stop vmd at startup fails the check too.
+pub fn check_with<'a>(
+    path: Option<&Path>,
+    defines: &'a [(Vec<u8>, Vec<u8>)],
+    verbose: u32,
+    register: Option<&'a mut dyn FnMut(&Vm) -> Registration>,
+) -> (String, i32) {
     let mut opts = ParseOptions::new(defines);
     opts.noaction = true;
     opts.default_file = path.is_none();
+    opts.register = register;
     let outcome = parse_with(path.unwrap_or(Path::new(VMD_CONF)), opts);
     let mut out = String::new();
     for line in outcome.lines(verbose) {

@@ -668,6 +668,14 @@ impl<'a> Parser<'a> {
         let loc = vm.location.clone();
         let state = if vm.disabled { "disabled" } else { "enabled" };
         if self.opts.noaction {
+            // vmd -n: no registration, but what vm_register would refuse
+            // is an error here too, so that a file vmd -n passes does not
+            // stop vmd at startup.
+            if let Some(f) = self.opts.register.as_mut() {
+                if let Registration::Failed(e) = f(&vm) {
+                    return self.err(format!("vm \"{}\" failed: {e}", vm.name));
+                }
+            }
             self.config.vms.push(vm);
             return Ok(Value::None);
         }

@@ -84,7 +84,7 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         Ok(l) => l,
         Err(e) => logging::fatal(&format!("control_init: {}", path.display()), e),
     };
-    if let Err(e) = privsep::drop_privileges(user, Some(Path::new("/var/empty"))) {
+    if let Err(e) = privsep::drop_privileges(user, Some(Path::new(super::PRIVSEP_CHROOT))) {
         logging::fatal("control: cannot drop privileges", e);
     }
     // The parent sets the socket's owner (`socket owner`) once it exists.

@@ -62,6 +62,8 @@ use std::path::PathBuf;
 pub const SOCKET_NAME: &str = "/var/run/vmd.sock";
 /// `VMD_USER`.
 pub const VMD_USER: &str = "_vmd";
+/// The control process's root directory (proc.c's default chroot).
+pub const PRIVSEP_CHROOT: &str = "/var/empty";
 /// `VM_DEFAULT_BIOS`.
 pub const VM_DEFAULT_BIOS: &str = "/etc/firmware/vmm-bios";
 /// Where Debian and Ubuntu install SeaBIOS, the firmware OpenBSD ships as

@@ -41,8 +41,24 @@ struct Parent {
 /// The parent; the exit status.
 pub fn main(args: Args, _user: User) -> i32 {
     if args.noaction {
-        let (out, code) =
-            config::check_verbose(args.conffile.as_deref(), &args.defines, args.verbose);
+        // The registry's checks on a registry of its own: vmd -n fails
+        // where vmd would fail to start (a VM with nothing to boot).
+        let mut reg = Registry::new();
+        let mut hook = |vm: &config::Vm| -> Registration {
+            match reg.register_config(registry::params_from_config(vm), &SystemGroups) {
+                Ok(_) => Registration::Registered,
+                Err((RegisterError::Exists(_), _)) => {
+                    Registration::AlreadyExists { running: false }
+                }
+                Err((RegisterError::Failed(e), _)) => Registration::Failed(strerror(e)),
+            }
+        };
+        let (out, code) = config::check_with(
+            args.conffile.as_deref(),
+            &args.defines,
+            args.verbose,
+            Some(&mut hook),
+        );
         eprint!("{out}");
         return code;
     }
@@ -372,7 +388,7 @@ impl Parent {
         let reg = &mut self.reg;
         let mut hook = |vm: &config::Vm| -> Registration {
             let params = registry::params_from_config(vm);
-            match reg.register(params, None, 0, &SystemGroups) {
+            match reg.register_config(params, &SystemGroups) {
                 Ok(i) => {
                     let v = &mut reg.vms[i];
                     v.state |= if vm.disabled {

@@ -376,10 +376,34 @@ impl Registry {
     /// VM of that name or id is `Exists` (if `uid` may use it).
     pub fn register(
         &mut self,
+        vmc: VmopCreateParams,
+        kernel: Option<OwnedFd>,
+        uid: u32,
+        groups: &dyn Groups,
+    ) -> Result<usize, (RegisterError, Option<OwnedFd>)> {
+        self.register_as(vmc, kernel, uid, groups, false)
+    }
+
+    /// [`Registry::register`] of a vm.conf `vm` block (by root).  A block
+    /// needs no boot image, disk or CD-ROM: without `boot` the VM starts
+    /// the default BIOS (vm.conf.5), and a template's instances bring
+    /// their own disks; `vmd -n` passes such a file, so vmd must start
+    /// with it.
+    pub fn register_config(
+        &mut self,
+        vmc: VmopCreateParams,
+        groups: &dyn Groups,
+    ) -> Result<usize, (RegisterError, Option<OwnedFd>)> {
+        self.register_as(vmc, None, 0, groups, true)
+    }
+
+    fn register_as(
+        &mut self,
         mut vmc: VmopCreateParams,
         kernel: Option<OwnedFd>,
         uid: u32,
         groups: &dyn Groups,
+        from_config: bool,
     ) -> Result<usize, (RegisterError, Option<OwnedFd>)> {
         // Ids come from vmd alone (vmd's vm_register(..., 0, ...)): an
         // id in a request names an existing VM, it never picks the id of
@@ -405,7 +429,7 @@ impl Registry {
             log::warn!("permission denied");
             return fail(libc::EPERM, kernel);
         }
-        if vmc.flags == 0 {
+        if vmc.flags == 0 && !from_config {
             log::warn!("invalid configuration, no devices");
             return fail(VMD_DISK_MISSING, kernel);
         }
@@ -421,7 +445,10 @@ impl Registry {
             Some("invalid number of disks")
         } else if vmc.interfaces.len() > VM_MAX_NICS_PER_VM {
             Some("invalid number of interfaces")
-        } else if vmc.flags & VMOP_CREATE_KERNEL == 0 && vmc.disks.is_empty() && vmc.cdrom.is_none()
+        } else if !from_config
+            && vmc.flags & VMOP_CREATE_KERNEL == 0
+            && vmc.disks.is_empty()
+            && vmc.cdrom.is_none()
         {
             Some("no kernel or disk/cdrom specified")
         } else if !valid_name(&vmc.name) {
@@ -723,6 +750,37 @@ mod tests {
             }),
             Some(0)
         );
+    }
+
+    /// A vm.conf block with nothing to boot starts the default BIOS (a
+    /// template's instances bring their own disks); a client's request
+    /// with nothing is refused as vmd refuses it.
+    #[test]
+    fn daemon_registry_config_vm_without_devices() {
+        let mut r = Registry::new();
+        let bare = VmopCreateParams {
+            name: "tmpl".into(),
+            flags: VMOP_CREATE_MEMORY,
+            memory: 64 << 20,
+            ..Default::default()
+        };
+        let i = r.register_config(bare.clone(), &NoGroups).unwrap();
+        assert_eq!(r.vms[i].params.name, "tmpl");
+        let empty = VmopCreateParams {
+            name: "empty".into(),
+            ..Default::default()
+        };
+        r.register_config(empty.clone(), &NoGroups).unwrap();
+        let by_client = VmopCreateParams {
+            name: "other".into(),
+            ..bare
+        };
+        assert_eq!(refused(&mut r, by_client, None), libc::EINVAL);
+        let empty = VmopCreateParams {
+            name: "none".into(),
+            ..empty
+        };
+        assert_eq!(refused(&mut r, empty, None), VMD_DISK_MISSING);
     }
 
     /// An id in a request names an existing VM; new VMs get theirs from

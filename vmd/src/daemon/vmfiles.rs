@@ -145,6 +145,8 @@ pub enum BootImageError {
         "boot image of {size} bytes is larger than the {limit} bytes a vm of this memory can load"
     )]
     TooLarge { size: u64, limit: u64 },
+    #[error("boot image of {0} bytes is not a BIOS or kernel image")]
+    TooSmall(u64),
     #[error("boot image: {0}")]
     Stat(String),
 }
@@ -154,6 +156,7 @@ impl BootImageError {
         match self {
             BootImageError::Type(_) | BootImageError::Stat(_) => libc::EINVAL,
             BootImageError::TooLarge { .. } => libc::EFBIG,
+            BootImageError::TooSmall(_) => libc::ENOEXEC,
         }
     }
 }
@@ -172,6 +175,11 @@ pub fn check_boot_image(f: &File, limit: u64) -> Result<u64, BootImageError> {
             size: m.len(),
             limit,
         });
+    }
+    // Smaller than the least a BIOS holds (an ELF or gzip header is
+    // larger still): no image at all, whatever size limit it is under.
+    if m.len() < crate::vm::boot::bios::MIN_SIZE as u64 {
+        return Err(BootImageError::TooSmall(m.len()));
     }
     Ok(m.len())
 }
@@ -272,14 +280,27 @@ mod tests {
         assert_eq!(e.errno(), libc::EFBIG);
         // One that fits is read whole, from its start.
         let small = dir.join("small");
-        std::fs::write(&small, b"0123456789").unwrap();
+        std::fs::write(&small, b"0123456789abcdef").unwrap();
         let mut f = File::open(&small).unwrap();
         std::io::Read::read_exact(&mut f, &mut [0u8; 4]).unwrap();
-        assert_eq!(read_boot_image(&mut f, 10).unwrap(), b"0123456789");
+        assert_eq!(read_boot_image(&mut f, 16).unwrap(), b"0123456789abcdef");
         assert!(matches!(
-            read_boot_image(&mut f, 9),
-            Err(BootImageError::TooLarge { size: 10, limit: 9 })
+            read_boot_image(&mut f, 15),
+            Err(BootImageError::TooLarge {
+                size: 16,
+                limit: 15
+            })
         ));
+        // Nine bytes are no image at all, not one that does not fit.
+        std::fs::write(&small, b"012345678").unwrap();
+        let e = read_boot_image(&mut File::open(&small).unwrap(), 1 << 20).unwrap_err();
+        assert_eq!(
+            (e.to_string(), e.errno()),
+            (
+                "boot image of 9 bytes is not a BIOS or kernel image".to_string(),
+                libc::ENOEXEC
+            )
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
