@@ -110,6 +110,8 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         };
         // The parent ends us by closing the socket.
         let _ = signals.take();
+        // Clients accepted below were not polled.
+        let polled = clients.len();
         if listening && ready.last().is_some_and(|r| r.read) {
             loop {
                 let sock = match listener.accept() {
@@ -172,7 +174,11 @@ pub fn main(_args: &Args, user: &User) -> i32 {
             if closed.contains(&c.id) {
                 continue;
             }
-            let r = ready.get(2 + k).copied().unwrap_or_default();
+            let r = if k < polled {
+                ready[2 + k]
+            } else {
+                events::Ready::default()
+            };
             if r.write && c.chan.flush().is_err() {
                 closed.push(c.id);
                 continue;
