@@ -586,6 +586,9 @@ impl Qcow2 {
 
     fn write_inner(&mut self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
         let cs = self.cs();
+        // Allocated clusters that follow each other in the file are
+        // written with one pwrite: (host offset, start in buf, length).
+        let mut run: Option<(u64, usize, usize)> = None;
         let mut done = 0;
         while done < buf.len() {
             let v = offset + done as u64;
@@ -609,9 +612,22 @@ impl Qcow2 {
             };
             let mapping = self.decode(self.l2.slots[slot].table[i2])?;
             if let Mapping::Data(h) = mapping {
-                write_full(&self.file, &self.path, data, h + in_cl)?;
+                match run {
+                    Some((rh, rs, rl)) if rh + rl as u64 == h + in_cl => {
+                        run = Some((rh, rs, rl + n))
+                    }
+                    _ => {
+                        if let Some((rh, rs, rl)) = run {
+                            write_full(&self.file, &self.path, &buf[rs..rs + rl], rh)?;
+                        }
+                        run = Some((h + in_cl, done, n));
+                    }
+                }
                 done += n;
                 continue;
+            }
+            if let Some((rh, rs, rl)) = run.take() {
+                write_full(&self.file, &self.path, &buf[rs..rs + rl], rh)?;
             }
             let (target, fresh) = match mapping {
                 Mapping::Zero(Some(h)) => (h, false),
@@ -649,6 +665,9 @@ impl Qcow2 {
             // this image's L2 cache, so `slot` holds.
             self.l2.set(slot, i2, target | COPIED);
             done += n;
+        }
+        if let Some((rh, rs, rl)) = run {
+            write_full(&self.file, &self.path, &buf[rs..rs + rl], rh)?;
         }
         Ok(())
     }
