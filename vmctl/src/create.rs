@@ -103,17 +103,22 @@ pub fn run(c: &CreateArgs, verbose: bool, err: &mut dyn Write) -> Result<i32, Fa
 /// equal.  A relative base name is found, as vmd will find it, next to
 /// the new image.
 fn base_size(disk: &str, base: &str, size: u64) -> Result<u64, Fail> {
+    // vmctl reads the base relative to its working directory; a name
+    // that vmd will then look for elsewhere makes an image that does not
+    // start, so the name is looked up where vmd will look.
     let path = vmd_disk::resolve_backing(disk, base);
-    let f = File::open(&path).map_err(|e| Fail::io("failed to open base image", &e))?;
+    let unreadable = || Fail::errx("failure to read base image header");
+    let f = File::open(&path).map_err(|_| unreadable())?;
     let name = path.to_string_lossy();
     let h = match vmd_disk::qcow2::Header::read(&f, &name) {
         Ok(h) => h,
         Err(DiskError::NotQcow2 { .. }) => {
             return Err(Fail::errx("base image is not a qcow2 file"))
         }
-        Err(DiskError::Io { source, .. }) => {
-            return Err(Fail::io("failed to read base image", &source))
-        }
+        Err(DiskError::Io { .. })
+        | Err(DiskError::BadHeader {
+            field: "file size", ..
+        }) => return Err(unreadable()),
         Err(e) => return Err(Fail::errx(e.to_string())),
     };
     if size != 0 && size != h.size {
@@ -347,9 +352,7 @@ mod tests {
         c.base = Some((d.path("absent.qcow2")).into());
         assert_eq!(
             run_create(&c).0,
-            Err(Fail::errx(
-                "failed to open base image: No such file or directory"
-            ))
+            Err(Fail::errx("failure to read base image header"))
         );
         let base = d.path("base.qcow2");
         assert_eq!(run_create(&args(&base, 2 * MIB)).0, Ok(0));
