@@ -34,6 +34,7 @@ fn boot_elf_in_vmd() -> Result<String, Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour: None,
+        boot_device: Default::default(),
         disks: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;

@@ -16,7 +16,9 @@ use std::os::fd::OwnedFd;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use vmd_disk::{ChainFile, DiskError, DiskImage, Format};
 use vmd_proto::config::DiskFormat;
-use vmd_proto::msg::{DiskFd, VmDisk};
+use vmd_proto::msg::{DiskFd, VmDisk, VMD_DISK_INVALID, VMD_DISK_MISSING};
+
+use super::vmfiles::{self, VmFile};
 
 /// vm.conf's format, or the parser's probe.
 pub fn format_of(f: DiskFormat) -> Format {
@@ -26,24 +28,91 @@ pub fn format_of(f: DiskFormat) -> Format {
     }
 }
 
-/// The parent's half for one disk: the image and its backing files, top
-/// first.  Read-write and locked; read-only when the image cannot be
-/// opened for writing (a read-only file or file system), as vmd falls
-/// back.  A disk another VM holds is [`DiskError::Locked`].
-pub fn open(d: &VmDisk) -> Result<Vec<ChainFile>, DiskError> {
-    let format = Some(format_of(d.format));
-    match vmd_disk::open_chain(&d.path, format, true) {
-        Err(DiskError::Io {
-            op: "open", source, ..
-        }) if matches!(
-            source.raw_os_error(),
-            Some(libc::EACCES | libc::EROFS | libc::EPERM)
-        ) =>
-        {
-            log::debug!("disk {}: read-only ({source})", d.path);
-            vmd_disk::open_chain(&d.path, format, false)
+/// Why the parent could not open a disk.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenDiskError {
+    #[error("{0}")]
+    File(#[from] vmfiles::OpenError),
+    #[error("{0}")]
+    Locked(String),
+    #[error("{0}")]
+    Image(#[from] DiskError),
+}
+
+impl OpenDiskError {
+    /// What `config_setvm` answers: EBUSY for a disk another VM holds,
+    /// VMD_DISK_MISSING for a file that cannot be opened or is no disk
+    /// (the image or a backing file), VMD_DISK_INVALID for an image
+    /// vioblk cannot serve.
+    pub fn errno(&self) -> i32 {
+        match self {
+            OpenDiskError::Locked(_) => libc::EBUSY,
+            OpenDiskError::File(_) | OpenDiskError::Image(DiskError::MissingBacking { .. }) => {
+                VMD_DISK_MISSING
+            }
+            OpenDiskError::Image(_) => VMD_DISK_INVALID,
         }
-        r => r,
+    }
+}
+
+/// The parent's half for one disk: the image and its backing files, top
+/// first, each opened without blocking and only if it is a regular file
+/// or a block device ([`vmfiles::open`]).  The image read-write and
+/// locked, or read-only when it cannot be opened for writing, as vmd
+/// falls back; backing files read-only, found by the names in the qcow2
+/// headers relative to each image's directory, at most
+/// [`vmd_disk::MAX_CHAIN`] files.
+pub fn open(d: &VmDisk) -> Result<Vec<ChainFile>, OpenDiskError> {
+    let (file, writable) = match vmfiles::open(&d.path, VmFile::Disk, true) {
+        Ok(f) => (f, true),
+        Err(e @ vmfiles::OpenError::Type { .. }) => return Err(e.into()),
+        Err(_) => (vmfiles::open(&d.path, VmFile::Disk, false)?, false),
+    };
+    if writable {
+        vmfiles::lock_disk(&file, &d.path).map_err(OpenDiskError::Locked)?;
+    }
+    let mut chain = vec![ChainFile {
+        path: d.path.clone(),
+        file,
+        format: format_of(d.format),
+    }];
+    loop {
+        let top = chain.last().expect("chain is never empty");
+        if top.format != Format::Qcow2 {
+            return Ok(chain);
+        }
+        let Some(b) = vmd_disk::qcow2::backing_file(&top.file, &top.path)? else {
+            return Ok(chain);
+        };
+        if chain.len() == vmd_disk::MAX_CHAIN {
+            return Err(DiskError::ChainTooLong {
+                path: d.path.clone(),
+            }
+            .into());
+        }
+        let bpath = b.path.to_string_lossy().into_owned();
+        let file = match vmfiles::open(&bpath, VmFile::Disk, false) {
+            Ok(f) => f,
+            Err(vmfiles::OpenError::Open { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(DiskError::MissingBacking {
+                    path: top.path.clone(),
+                    name: b.name,
+                }
+                .into())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let format = match b.format {
+            Some(f) => f,
+            None => vmd_disk::probe(&file, &bpath)?,
+        };
+        chain.push(ChainFile {
+            path: bpath,
+            file,
+            format,
+        });
     }
 }
 
@@ -185,7 +254,8 @@ mod tests {
         let chain = open(&vd).unwrap();
         assert_eq!(chain.len(), 3);
         // Locked: a second VM cannot have it.
-        assert!(matches!(open(&vd), Err(DiskError::Locked { .. })));
+        let e = open(&vd).unwrap_err();
+        assert_eq!(e.errno(), libc::EBUSY, "{e}");
         let mut got = Received::default();
         for (i, c) in chain.into_iter().enumerate().rev() {
             got.add(
