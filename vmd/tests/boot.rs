@@ -110,6 +110,8 @@ fn run_vm(
         flavour,
         boot_device: Default::default(),
         disks: Vec::new(),
+        disk_files: Vec::new(),
+        devices: None,
     };
     let mut machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     if let Some((base, len, dev)) = dev {

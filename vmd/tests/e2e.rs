@@ -309,6 +309,16 @@ fn parent_of(pid: i32) -> Option<i32> {
         .ok()
 }
 
+/// The children of a process (Linux's /proc).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| parent_of(p) == Some(pid))
+        .collect()
+}
+
 /// One row of `vmctl status`.
 #[derive(Debug, Clone, PartialEq)]
 struct Row {
@@ -839,6 +849,43 @@ fn disk_scenario(d: &mut Vmd, vmd_pid: i32, bios: &str) -> Result<(), Failed> {
     let out = d.vmctl(&["start", "-b", bios, "-m", "64M", "-d", "top.qcow2", "third"])?;
     if out.status == Some(0) {
         return Err("a second vm started on a disk another vm writes".into());
+    }
+
+    // Each VM process serves its disk from a device process of its own
+    // (vmd -X, era B); on Linux, where /proc shows it, killing that
+    // process ends its VM with an error, and only that VM.
+    if cfg!(target_os = "linux") {
+        let vm_pid: i32 = second.pid.parse()?;
+        let kids = children_of(vm_pid);
+        let [dev] = kids[..] else {
+            return Err(format!("vm process {vm_pid} has children {kids:?}, not one").into());
+        };
+        let cmdline = std::fs::read(format!("/proc/{dev}/cmdline"))?;
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.windows(2).any(|w| w[0] == "-t" && w[1] == "d") {
+            return Err(format!("child {dev} of the vm is not vioblk's: {args:?}").into());
+        }
+        kill(Pid::from_raw(dev), Signal::SIGKILL)?;
+        wait_gone(vm_pid)?;
+        d.wait_status("second stopped", |rows| {
+            row(rows, "second").is_none_or(|r| r.pid == "-")
+        })?;
+        let log = d.log();
+        for l in log
+            .lines()
+            .filter(|l| l.contains("vioblk") || l.contains("second"))
+        {
+            eprintln!("vmd: {l}");
+        }
+        if !log.contains("vioblk: device process") || !log.contains("died") {
+            return Err("no word of the dead device process in vmd's log".into());
+        }
+        let rows = d.status(&[], 0)?;
+        let chain = row(&rows, "chain").ok_or("chain gone")?;
+        check_running(chain, vmd_pid, None, "running")?;
     }
     d.stop()
 }

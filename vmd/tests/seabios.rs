@@ -30,6 +30,8 @@ fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
         flavour,
         boot_device: Default::default(),
         disks: Vec::new(),
+        disk_files: Vec::new(),
+        devices: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -77,6 +79,8 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
         flavour: None,
         boot_device: Default::default(),
         disks: Vec::new(),
+        disk_files: Vec::new(),
+        devices: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -137,6 +141,8 @@ fn graceful_stop_without_vmmci() -> Result<(), Failed> {
         flavour: None,
         boot_device: Default::default(),
         disks: Vec::new(),
+        disk_files: Vec::new(),
+        devices: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -241,6 +247,8 @@ fn boot_from_vioblk(boot_device: BootDevice) -> Result<String, Failed> {
         flavour: None,
         boot_device,
         disks: vec![Box::new(MemImage(support::int13_boot_disk(SECTOR1)?))],
+        disk_files: Vec::new(),
+        devices: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();

@@ -36,6 +36,8 @@ fn boot_elf_in_vmd() -> Result<String, Failed> {
         flavour: None,
         boot_device: Default::default(),
         disks: Vec::new(),
+        disk_files: Vec::new(),
+        devices: None,
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();

@@ -85,6 +85,8 @@ fn main() {
         flavour: None,
         boot_device: Default::default(),
         disks: Vec::new(),
+        disk_files: Vec::new(),
+        devices: None,
     };
     let vmm = match vmm_sys::Vmm::open() {
         Ok(v) => Arc::new(v),

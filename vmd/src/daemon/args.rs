@@ -1,7 +1,7 @@
 //! vmd's command line, parsed as getopt(3) with vmd's option string
 //! `D:P:V:X:df:i:j:nt:vp:` (reference §3.1).  The internal flags `-X`,
 //! `-t`, `-i`, `-j` and `-p` (device processes, inherited vmm/psp fds) are
-//! accepted and checked, for the device processes to come.
+//! accepted and checked; `-X` needs `-t`.
 //!
 //! Arguments are bytes (`OsString`), not UTF-8: a file name or a macro
 //! value may be any bytes but NUL, as in C.
@@ -28,7 +28,8 @@ pub struct Args {
     pub title: Option<String>,
     /// `-V fd`: a VM process.
     pub vm_fd: Option<i32>,
-    /// `-X fd`: a device process (not built yet).
+    /// `-X fd`: a device process (always 0: the sync socket is its
+    /// standard input, as `-V`'s is).
     pub dev_fd: Option<i32>,
     /// `-t n|d|s`.
     pub dev_type: Option<char>,
@@ -125,10 +126,8 @@ pub fn parse(argv: &[OsString]) -> Result<Args, ArgsError> {
     if i < argv.len() {
         return Err(ArgsError::Usage);
     }
-    if a.dev_fd.is_some() {
-        return Err(ArgsError::Fatal(
-            "device processes are not implemented yet".into(),
-        ));
+    if a.dev_fd.is_some() && a.dev_type.is_none() {
+        return Err(ArgsError::Fatal("missing device type".into()));
     }
     Ok(a)
 }

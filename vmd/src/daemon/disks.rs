@@ -156,31 +156,48 @@ impl Received {
             .collect()
     }
 
-    /// The chains as [`ChainFile`]s, one per disk in `disks` order, top
-    /// first; whether each top was opened for writing.  The top's format
-    /// is the configured one, each backing file's is probed (qcow2 or
-    /// raw).
-    pub fn chains(self, disks: &[VmDisk]) -> Result<Vec<(Vec<ChainFile>, bool)>, DiskFdError> {
-        let mut per: Vec<Vec<(u32, OwnedFd)>> = disks.iter().map(|_| Vec::new()).collect();
+    /// The descriptors of each disk in `disks` order, top first, checked
+    /// for gaps and length (for a device process, which builds the image
+    /// itself).
+    pub fn per_disk(self, disks: &[VmDisk]) -> Result<Vec<Vec<OwnedFd>>, DiskFdError> {
+        let mut per: Vec<Vec<OwnedFd>> = disks.iter().map(|_| Vec::new()).collect();
         for ((index, base), fd) in self.fds {
-            per.get_mut(index as usize)
-                .ok_or(DiskFdError::NoSuchDisk { index })?
-                .push((base, fd));
+            let files = per
+                .get_mut(index as usize)
+                .ok_or(DiskFdError::NoSuchDisk { index })?;
+            // The map is ordered: a position out of turn is a gap.
+            if base as usize != files.len() {
+                return Err(DiskFdError::Missing {
+                    index: index as usize,
+                    base: files.len(),
+                });
+            }
+            files.push(fd);
         }
-        let mut out = Vec::new();
-        for (index, (d, files)) in disks.iter().zip(per).enumerate() {
+        for (index, files) in per.iter().enumerate() {
+            if files.is_empty() {
+                return Err(DiskFdError::Missing { index, base: 0 });
+            }
             if files.len() > vmd_disk::MAX_CHAIN {
                 return Err(DiskFdError::TooMany {
                     index,
                     n: files.len(),
                 });
             }
+        }
+        Ok(per)
+    }
+
+    /// The chains as [`ChainFile`]s, one per disk in `disks` order, top
+    /// first; whether each top was opened for writing.  The top's format
+    /// is the configured one, each backing file's is probed (qcow2 or
+    /// raw).
+    pub fn chains(self, disks: &[VmDisk]) -> Result<Vec<(Vec<ChainFile>, bool)>, DiskFdError> {
+        let mut out = Vec::new();
+        for (index, (d, files)) in disks.iter().zip(self.per_disk(disks)?).enumerate() {
             let mut chain = Vec::new();
             let mut writable = false;
-            for (i, (base, fd)) in files.into_iter().enumerate() {
-                if base as usize != i {
-                    return Err(DiskFdError::Missing { index, base: i });
-                }
+            for (i, fd) in files.into_iter().enumerate() {
                 let file = File::from(fd);
                 let (path, format) = if i == 0 {
                     let fl = fcntl(&file, FcntlArg::F_GETFL)
@@ -193,9 +210,6 @@ impl Received {
                     (path, format)
                 };
                 chain.push(ChainFile { path, file, format });
-            }
-            if chain.is_empty() {
-                return Err(DiskFdError::Missing { index, base: 0 });
             }
             out.push((chain, writable));
         }

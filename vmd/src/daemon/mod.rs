@@ -12,6 +12,7 @@
 //! | `-P vmm` | starts one VM process per guest, reaps them | [`vmm`] | `_vmd`, chroot `/` (unveil: only vmd's binary, on OpenBSD) |
 //! | `-P priv` | network configuration (taps, bridges): a stub until the network issue | [`privproc`] | root, chroot to `_vmd`'s home when it exists |
 //! | `-V 0` | one VM process per guest, exec'd by vmm | [`vmproc`] | `_vmd` (inherited from vmm) |
+//! | `-X 0 -t d -p vm` | one per vioblk device, exec'd by its VM process | [`devproc`] | `_vmd` (inherited from the VM) |
 //!
 //! **The socket to the parent** is the child's standard input.  OpenBSD
 //! dups it to descriptor 3; std's `Command` can place a descriptor only on
@@ -40,11 +41,13 @@
 //! | `VMD_SOCKET` | the control socket instead of `/var/run/vmd.sock` |
 //! | `VMD_USER` | the unprivileged user instead of `_vmd` (e.g. `nobody`) |
 //! | `VMD_NO_PRIVDROP=1` | test mode: no chroot, setuid or setgid in any process |
+//! | `VMD_INPROCESS_DEVICES=1` | vioblk inside the VM process, not in a device process (for comparisons) |
 //!
 //! Logging goes through the `log` facade: to syslog (daemon facility)
 //! unless `-d` or `-n`, then to stderr ([`logging`]).
 pub mod args;
 pub mod control;
+pub mod devproc;
 pub mod disks;
 pub mod events;
 pub mod logging;
@@ -83,6 +86,9 @@ pub const NO_PEER: u32 = u32::MAX;
 
 pub const ENV_USER: &str = "VMD_USER";
 pub const ENV_NO_PRIVDROP: &str = "VMD_NO_PRIVDROP";
+/// `VMD_INPROCESS_DEVICES=1`: vioblk in the VM process instead of a
+/// device process of its own (for comparisons; not vmd's design).
+pub const ENV_INPROCESS_DEVICES: &str = "VMD_INPROCESS_DEVICES";
 
 /// The unprivileged user's name.
 pub fn user_name() -> String {
@@ -127,7 +133,8 @@ pub fn main() -> i32 {
         log::warn!("could not parse macro definition {}", bad.to_string_lossy());
     }
     let launch_vm = args.vm_fd.is_some();
-    if !args.noaction && !launch_vm && !nix::unistd::geteuid().is_root() {
+    let device = args.dev_fd.is_some();
+    if !args.noaction && !launch_vm && !device && !nix::unistd::geteuid().is_root() {
         logging::fatalx("need root privileges");
     }
     let user = match nix::unistd::User::from_name(&user_name()) {
@@ -136,6 +143,9 @@ pub fn main() -> i32 {
     };
     if launch_vm {
         return vmproc::main(&args, &user);
+    }
+    if args.dev_fd.is_some() {
+        return devproc::main(&args, &user);
     }
     match args.title.as_deref() {
         None => parent::main(args, user),

@@ -30,8 +30,9 @@ use std::time::Duration;
 
 use nix::unistd::User;
 
-use super::args::Args;
+use super::args::{child_flags, Args};
 use super::{logging, privsep, vmfiles};
+use crate::vm::devproc::{DeviceProcesses, DiskFiles};
 use crate::vm::machine::{BootImage, Control, Machine, Outcome, VmConfig};
 use vmd_proto::msg::{VmopCreateParams, VmopResult, VMD_DISK_INVALID};
 use vmd_proto::{ImsgChannel, Message};
@@ -48,7 +49,7 @@ fn fail(chan: &mut ImsgChannel, id: u32, errno: i32, msg: &str) -> i32 {
 }
 
 /// The VM process; the exit status.
-pub fn main(_args: &Args, user: &User) -> i32 {
+pub fn main(args: &Args, user: &User) -> i32 {
     let mut chan = match privsep::parent_channel() {
         Ok(c) => c,
         Err(e) => logging::fatal("invalid vm fd", e),
@@ -96,15 +97,57 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         }
     }
 
-    let disks = match disk_fds.images(&params.disks) {
-        Ok(d) => d,
-        Err(e) => {
+    // vioblk runs in a device process per disk (era B), unless
+    // VMD_INPROCESS_DEVICES asks for this process (for comparisons).
+    let in_process = std::env::var(super::ENV_INPROCESS_DEVICES).is_ok_and(|v| v == "1");
+    let (disks, disk_files) = if in_process {
+        match disk_fds.images(&params.disks) {
+            Ok(d) => (d, Vec::new()),
+            Err(e) => {
+                return fail(
+                    &mut chan,
+                    params.id,
+                    VMD_DISK_INVALID,
+                    &format!("{name}: {e}"),
+                )
+            }
+        }
+    } else {
+        match disk_fds.per_disk(&params.disks) {
+            Ok(per) => (
+                Vec::new(),
+                params
+                    .disks
+                    .iter()
+                    .cloned()
+                    .zip(per)
+                    .map(|(disk, files)| DiskFiles { disk, files })
+                    .collect(),
+            ),
+            Err(e) => {
+                return fail(
+                    &mut chan,
+                    params.id,
+                    VMD_DISK_INVALID,
+                    &format!("{name}: {e}"),
+                )
+            }
+        }
+    };
+    let devices = match (std::env::current_exe(), vmm_fd.try_clone()) {
+        (Ok(exe), Ok(vmm_fd)) => Some(DeviceProcesses {
+            exe,
+            vmm_fd,
+            flags: child_flags(args),
+        }),
+        (Err(e), _) | (_, Err(e)) => {
+            let errno = e.raw_os_error().unwrap_or(libc::EIO);
             return fail(
                 &mut chan,
                 params.id,
-                VMD_DISK_INVALID,
-                &format!("{name}: {e}"),
-            )
+                errno,
+                &format!("{name}: device processes: {e}"),
+            );
         }
     };
     let Some(kernel) = kernel else {
@@ -153,6 +196,8 @@ pub fn main(_args: &Args, user: &User) -> i32 {
             flavour: None,
             boot_device: params.boot_device,
             disks,
+            disk_files,
+            devices,
         },
     ) {
         Ok(m) => m,

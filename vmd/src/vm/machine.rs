@@ -13,9 +13,10 @@ use crate::devices::fw_cfg::BootDevice;
 use crate::devices::irq::Timer;
 use crate::devices::ns8250::Ns8250;
 use crate::devices::virtio::blk::{DiskImage, Vioblk};
-use crate::devices::virtio::transport::VirtioPciIds;
+use crate::devices::virtio::transport::{add_virtio_bar, VirtioPciIds};
 use crate::devices::virtio::vmmci::{Vmmci, VmmciCmd};
 use crate::event::{EventLoop, Waker};
+use crate::vm::devproc::{proxy, DevSetup, DeviceProcesses, DiskFiles, MemRange};
 use crate::x86::MmioError;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -56,6 +57,11 @@ pub struct VmConfig {
     /// Disks served by vioblk inside this process, in slot order after
     /// viornd (until vioblk has its device process).
     pub disks: Vec<Box<dyn DiskImage>>,
+    /// Disks served by vioblk device processes (`vmd -X`), after `disks`;
+    /// needs `devices`.
+    pub disk_files: Vec<DiskFiles>,
+    /// How to start device processes; None: no device processes.
+    pub devices: Option<DeviceProcesses>,
 }
 
 /// How a VM ended without error.
@@ -79,6 +85,9 @@ pub enum VmError {
     Platform(#[from] PlatformError),
     #[error("{0}")]
     Setup(String),
+    /// A device process died or failed.
+    #[error("{0}")]
+    Device(String),
 }
 
 impl VmError {
@@ -89,6 +98,7 @@ impl VmError {
             VmError::Exit(e) => e.errno(),
             VmError::Load(_) => libc::ENOEXEC,
             VmError::Platform(_) | VmError::Setup(_) => libc::EINVAL,
+            VmError::Device(_) => libc::EIO,
         }
     }
 }
@@ -97,6 +107,8 @@ impl VmError {
 /// machine, and the event thread, woken to notice.
 pub struct Control {
     vcpu: Arc<VcpuControl>,
+    /// Why the VM must end with an error (a device process died).
+    failure: Arc<Mutex<Option<String>>>,
     events: Waker,
     event_wakeups: Arc<AtomicU64>,
     vmmci: Arc<Mutex<Vmmci>>,
@@ -242,14 +254,73 @@ impl Machine {
 
         let mut platform_cfg = PlatformConfig::host(mem.clone(), ranges.to_vec(), cfg.console_out);
         platform_cfg.boot_device = cfg.boot_device;
+        let events = EventLoop::new().map_err(|e| VmError::Setup(format!("event loop: {e}")))?;
+        let vcpu = VcpuControl::new(vmm.clone(), id, 0);
+        // A device process that dies ends the VM with its message.
+        let failure: Arc<Mutex<Option<String>>> = Arc::default();
+        let on_death: proxy::OnDeath = {
+            let (failure, vcpu, waker) = (failure.clone(), vcpu.clone(), events.waker());
+            Arc::new(move |msg: String| {
+                failure.lock().unwrap().get_or_insert(msg);
+                vcpu.stop();
+                waker.wake();
+            })
+        };
+        let (disk_files, devices) = (cfg.disk_files, cfg.devices);
         let platform = Platform::build(platform_cfg, |slots| {
             for image in cfg.disks {
                 slots.attach_virtio(VirtioPciIds::BLOCK, Vioblk::new(image, ""))?;
             }
+            for (i, d) in disk_files.into_iter().enumerate() {
+                let dev = devices.as_ref().ok_or_else(|| {
+                    PlatformError::Device("disk files without device processes".into())
+                })?;
+                let bad = |e: &dyn std::fmt::Display| {
+                    PlatformError::Device(format!("vioblk {i} ({}): {e}", d.disk.path))
+                };
+                let info = slots.add_device(&VirtioPciIds::BLOCK.pci_config())?;
+                let irq = info.irq.ok_or(crate::devices::pci::PciError::NoIrqLeft)?;
+                let fds = vmm.memory_fds(id).map_err(|e| bad(&e))?;
+                let mem_ranges = ranges
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| MemRange {
+                        gpa: r.vmr_gpa,
+                        size: r.vmr_size as u64,
+                        kind: r.vmr_type,
+                        has_fd: fds.get(i).is_some_and(Option::is_some),
+                    })
+                    .collect();
+                let payload = vmd_proto::codec::encode(&d.disk).map_err(|e| bad(&e))?;
+                let (proxy, config_len) = proxy::launch(proxy::Launch {
+                    exe: &dev.exe,
+                    flags: &dev.flags,
+                    vmm_fd: dev.vmm_fd.try_clone().map_err(|e| bad(&e))?,
+                    setup: DevSetup {
+                        kind: 'd',
+                        vm_name: cfg.name.clone(),
+                        vm_id: id,
+                        irq,
+                        ranges: mem_ranges,
+                        files: d.files.len() as u32,
+                        payload,
+                    },
+                    mem_fds: fds.into_iter().flatten().collect(),
+                    files: d.files,
+                    lines: slots.lines.clone(),
+                    on_death: on_death.clone(),
+                })
+                .map_err(|e| bad(&e))?;
+                log::debug!("vioblk {i}: device process {}", proxy.pid());
+                add_virtio_bar(
+                    slots.bus,
+                    info.slot,
+                    config_len,
+                    Arc::new(Mutex::new(proxy)),
+                )?;
+            }
             Ok(())
         })?;
-        let events = EventLoop::new().map_err(|e| VmError::Setup(format!("event loop: {e}")))?;
-        let vcpu = VcpuControl::new(vmm.clone(), id, 0);
         {
             // Interrupts: the PIC tells vmm(4) whether one is pending and
             // wakes a halted vCPU.
@@ -299,6 +370,7 @@ impl Machine {
         }
         let control = Arc::new(Control {
             vcpu,
+            failure,
             events: events.waker(),
             event_wakeups: events.wakeup_counter(),
             vmmci: platform.vmmci.clone(),
@@ -369,6 +441,9 @@ impl Machine {
         let r = self.vcpu_loop();
         self.control.stop();
         let _ = events.join();
+        if let Some(msg) = self.control.failure.lock().unwrap().take() {
+            return Err(VmError::Device(msg));
+        }
         r
     }
 

@@ -1,5 +1,6 @@
 //! The VM process: one guest, its vCPU and its devices.
 pub mod boot;
+pub mod devproc;
 pub mod exit;
 pub mod guest_memory;
 pub mod machine;

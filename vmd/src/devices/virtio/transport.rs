@@ -93,7 +93,7 @@ impl VirtioPciIds {
         subsys_id: PCI_PRODUCT_VIRTIO_BLOCK,
     };
 
-    fn pci_config(&self) -> PciDeviceConfig {
+    pub fn pci_config(&self) -> PciDeviceConfig {
         PciDeviceConfig {
             vendor: PCI_VENDOR_QUMRANET,
             device: self.device,
@@ -143,9 +143,27 @@ pub fn attach<D: VirtioDevice + 'static>(
     let irq = info.irq.ok_or(PciError::NoIrqLeft)?;
     let config_len = dev.config_len();
     let shared = Arc::new(Mutex::new(VirtioPci::new(dev, mem, irq, lines)));
-    let bar = bus.add_io_bar(info.slot, shared.clone())?.index;
+    add_virtio_bar(bus, info.slot, config_len, shared.clone())?;
+    Ok(AttachedVirtio {
+        slot: info.slot,
+        irq,
+        dev: shared,
+    })
+}
+
+/// Gives the device in `slot` its I/O BAR, served by `bar` (the device
+/// core, or a proxy to a device process), and the virtio capabilities
+/// COMMON_CFG, DEVICE_CFG (when `config_len` > 0), ISR_CFG and
+/// NOTIFY_CFG in vmd's order.
+pub fn add_virtio_bar(
+    bus: &mut PciBus,
+    slot: u8,
+    config_len: u32,
+    bar: crate::devices::bus::SharedPio,
+) -> Result<(), PciError> {
+    let bar = bus.add_io_bar(slot, bar)?.index;
     bus.add_capability(
-        info.slot,
+        slot,
         &virtio_cap(
             VIRTIO_PCI_CAP_COMMON_CFG,
             bar,
@@ -155,7 +173,7 @@ pub fn attach<D: VirtioDevice + 'static>(
     )?;
     if config_len > 0 {
         bus.add_capability(
-            info.slot,
+            slot,
             &virtio_cap(
                 VIRTIO_PCI_CAP_DEVICE_CFG,
                 bar,
@@ -165,18 +183,14 @@ pub fn attach<D: VirtioDevice + 'static>(
         )?;
     }
     bus.add_capability(
-        info.slot,
+        slot,
         &virtio_cap(VIRTIO_PCI_CAP_ISR_CFG, bar, VIO1_ISR_BAR_OFFSET, 1),
     )?;
     bus.add_capability(
-        info.slot,
+        slot,
         &virtio_cap(VIRTIO_PCI_CAP_NOTIFY_CFG, bar, VIO1_NOTIFY_BAR_OFFSET, 2),
     )?;
-    Ok(AttachedVirtio {
-        slot: info.slot,
-        irq,
-        dev: shared,
-    })
+    Ok(())
 }
 
 /// The OS-free core of a virtio 1.x PCI device.

@@ -1,0 +1,170 @@
+//! The device process's half: serves one device core over the sync and
+//! async channels until the VM process says SHUTDOWN or goes away.
+//! Generic over the device: whatever [`VirtioDevice`] the process built
+//! from its setup (vioblk from a disk chain, vioscsi from an ISO).
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::devices::bus::PioDevice;
+use crate::devices::irq::IrqLines;
+use crate::devices::virtio::transport::{VirtioDevice, VirtioPci};
+use crate::vm::guest_memory::VmMemory;
+use vmd_proto::{ImsgChannel, ImsgError};
+
+/// The device's interrupt line as seen from the device process: while a
+/// register access is being served, the line's new state is kept for the
+/// answer; otherwise (after a kick) it goes to the VM on the async
+/// channel.
+struct Lines {
+    async_tx: Mutex<ImsgChannel>,
+    /// Some while a sync request is served: the state to answer with.
+    capture: Mutex<Option<i8>>,
+}
+
+impl Lines {
+    fn set(&self, irq: u8, state: i8) {
+        let mut c = self.capture.lock().unwrap();
+        if let Some(s) = c.as_mut() {
+            *s = state;
+            return;
+        }
+        drop(c);
+        let m = ViodevMsg {
+            type_: VIODEV_MSG_KICK,
+            irq,
+            state,
+            ..Default::default()
+        };
+        let mut tx = self.async_tx.lock().unwrap();
+        let sent = tx
+            .compose(IMSG_DEVOP_MSG, 0, 0, &m.to_bytes(), Vec::new())
+            .and_then(|_| tx.flush());
+        if let Err(e) = sent {
+            log::debug!("device: interrupt not sent: {e}");
+        }
+    }
+}
+
+impl IrqLines for Lines {
+    fn assert_irq(&self, irq: u8) {
+        self.set(irq, INTR_STATE_ASSERT);
+    }
+    fn deassert_irq(&self, irq: u8) {
+        self.set(irq, INTR_STATE_DEASSERT);
+    }
+}
+
+/// Serves `dev` on line `irq` over guest memory `mem`: answers READY
+/// (with the device configuration's length), then register accesses on
+/// `sync` and kicks on `async_sock`.  Returns when the VM process shuts
+/// the device down or closes a socket.
+pub fn serve<D: VirtioDevice>(
+    dev: D,
+    irq: u8,
+    mem: VmMemory,
+    mut sync: ImsgChannel,
+    async_sock: UnixStream,
+) -> Result<(), DevProcError> {
+    let async_rx_sock = async_sock.try_clone().map_err(|source| DevProcError::Io {
+        what: "socket",
+        source,
+    })?;
+    let lines = Arc::new(Lines {
+        async_tx: Mutex::new(ImsgChannel::new(async_sock)),
+        capture: Mutex::new(None),
+    });
+    let config_len = dev.config_len();
+    let mut pci = VirtioPci::new(dev, mem, irq, lines.clone());
+    let mut async_rx = ImsgChannel::new(async_rx_sock);
+    let reply = |sync: &mut ImsgChannel, m: ViodevMsg| -> Result<(), DevProcError> {
+        sync.compose(IMSG_DEVOP_MSG, 0, 0, &m.to_bytes(), Vec::new())?;
+        sync.flush()?;
+        Ok(())
+    };
+    reply(
+        &mut sync,
+        ViodevMsg {
+            type_: VIODEV_MSG_READY,
+            data: config_len,
+            data_valid: true,
+            ..Default::default()
+        },
+    )?;
+    let closed = |e: &DevProcError| matches!(e, DevProcError::Imsg(ImsgError::Closed));
+    loop {
+        let ready = crate::event::poll(
+            &[
+                (sync.socket().as_fd(), false),
+                (async_rx.socket().as_fd(), false),
+            ],
+            None,
+        );
+        if ready[0].read {
+            match drain(&mut sync) {
+                Ok(msgs) => {
+                    for m in msgs {
+                        let answer = match m.type_ {
+                            VIODEV_MSG_IO_READ | VIODEV_MSG_IO_WRITE => {
+                                *lines.capture.lock().unwrap() = Some(INTR_STATE_NOOP);
+                                let data = if m.type_ == VIODEV_MSG_IO_READ {
+                                    pci.pio_read(m.reg, m.io_sz)
+                                } else {
+                                    pci.pio_write(m.reg, m.io_sz, m.data);
+                                    0
+                                };
+                                let state = lines.capture.lock().unwrap().take();
+                                ViodevMsg {
+                                    type_: m.type_,
+                                    reg: m.reg,
+                                    io_sz: m.io_sz,
+                                    irq,
+                                    state: state.unwrap_or(INTR_STATE_NOOP),
+                                    data,
+                                    data_valid: m.type_ == VIODEV_MSG_IO_READ,
+                                    ..Default::default()
+                                }
+                            }
+                            t => {
+                                log::debug!("device: unexpected message {t} on sync channel");
+                                ViodevMsg::of_type(VIODEV_MSG_ERROR)
+                            }
+                        };
+                        reply(&mut sync, answer)?;
+                    }
+                }
+                Err(e) if closed(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        if ready[1].read {
+            match drain(&mut async_rx) {
+                Ok(msgs) => {
+                    for m in msgs {
+                        match m.type_ {
+                            VIODEV_MSG_KICK => pci.notify(m.data as u16),
+                            VIODEV_MSG_SHUTDOWN => return Ok(()),
+                            t => log::debug!("device: unexpected message {t} on async channel"),
+                        }
+                    }
+                }
+                Err(e) if closed(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// One read, then every complete viodev message.
+fn drain(chan: &mut ImsgChannel) -> Result<Vec<ViodevMsg>, DevProcError> {
+    chan.fill()?;
+    let mut out = Vec::new();
+    while let Some(m) = chan.get()? {
+        if m.type_() != IMSG_DEVOP_MSG {
+            return Err(DevProcError::BadType(m.type_()));
+        }
+        out.push(ViodevMsg::from_bytes(&m.data)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,277 @@
+//! The VM process's half of a device process (vmd's `virtio_dev_launch`
+//! and `virtio_pci_io`): starts `vmd -X`, sends it its setup, and serves
+//! the device's I/O BAR by forwarding each access over the sync channel.
+//! A thread reads the async channel: interrupts the device raises or
+//! lowers on its own, and the end of the socket, which means the device
+//! process died.
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::devices::bus::{all_ones, PioDevice};
+use crate::devices::irq::IrqLines;
+use vmd_proto::{ImsgChannel, ImsgError};
+
+/// What the VM process does when a device process dies: end the VM with
+/// this message.
+pub type OnDeath = Arc<dyn Fn(String) + Send + Sync>;
+
+/// How long a device process may take to map memory and open its files.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What [`launch`] needs.
+pub struct Launch<'a> {
+    /// vmd's binary (the VM process's own).
+    pub exe: &'a Path,
+    /// `-d`, `-v` as the VM process has them.
+    pub flags: &'a [String],
+    /// A descriptor of vmm(4) for the device process.
+    pub vmm_fd: OwnedFd,
+    pub setup: DevSetup,
+    /// One per range with `has_fd`, in order.
+    pub mem_fds: Vec<OwnedFd>,
+    /// The device's files (`setup.files` of them).
+    pub files: Vec<OwnedFd>,
+    pub lines: Arc<dyn IrqLines>,
+    pub on_death: OnDeath,
+}
+
+/// The device's I/O BAR in the VM process.
+pub struct Proxy {
+    name: String,
+    irq: u8,
+    lines: Arc<dyn IrqLines>,
+    sync: ImsgChannel,
+    async_tx: ImsgChannel,
+    on_death: OnDeath,
+    /// Set once the device failed (its death reported once) or the VM
+    /// shuts it down.
+    done: Arc<AtomicBool>,
+    pid: u32,
+    /// Register accesses forwarded (for the benchmark's notes).
+    rpcs: u64,
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> DevProcError {
+    move |source| DevProcError::Io { what, source }
+}
+
+fn send(chan: &mut ImsgChannel, m: &ViodevMsg) -> Result<(), DevProcError> {
+    chan.compose(IMSG_DEVOP_MSG, 0, 0, &m.to_bytes(), Vec::new())?;
+    chan.flush()?;
+    Ok(())
+}
+
+/// The next viodev message on a blocking channel.
+pub fn recv(chan: &mut ImsgChannel) -> Result<ViodevMsg, DevProcError> {
+    loop {
+        if let Some(m) = chan.get()? {
+            if m.type_() != IMSG_DEVOP_MSG {
+                return Err(DevProcError::BadType(m.type_()));
+            }
+            return ViodevMsg::from_bytes(&m.data);
+        }
+        if chan.fill()? == 0 {
+            return Err(DevProcError::Imsg(ImsgError::Io(
+                std::io::ErrorKind::WouldBlock.into(),
+            )));
+        }
+    }
+}
+
+/// Starts a device process and waits until it is ready; the proxy for its
+/// BAR and the length of its device configuration.
+pub fn launch(l: Launch<'_>) -> Result<(Proxy, u32), DevProcError> {
+    let name = kind_name(l.setup.kind).to_string();
+    let (ours, theirs) = UnixStream::pair().map_err(io("socketpair"))?;
+    let (async_ours, async_theirs) = UnixStream::pair().map_err(io("socketpair"))?;
+    let mut cmd = Command::new(l.exe);
+    cmd.args(["-X", "0", "-t", &l.setup.kind.to_string(), "-p"])
+        .arg(&l.setup.vm_name)
+        .args(l.flags)
+        .stdin(Stdio::from(OwnedFd::from(theirs)));
+    let mut child = cmd.spawn().map_err(io("exec device process"))?;
+    let pid = child.id();
+    let mut sync = ImsgChannel::new(ours);
+    let mut fds = vec![l.vmm_fd, OwnedFd::from(async_theirs)];
+    fds.extend(l.mem_fds);
+    fds.extend(l.files);
+    let payload = vmd_proto::codec::encode(&l.setup)?;
+    let ready = (|| {
+        sync.compose(IMSG_DEVOP_SETUP, 0, 0, &payload, fds)?;
+        sync.flush()?;
+        sync.socket()
+            .set_read_timeout(Some(SETUP_TIMEOUT))
+            .map_err(io("socket timeout"))?;
+        let m = recv(&mut sync)?;
+        sync.socket()
+            .set_read_timeout(None)
+            .map_err(io("socket timeout"))?;
+        match m.type_ {
+            VIODEV_MSG_READY => Ok(m.data),
+            t => Err(DevProcError::Setup(format!(
+                "{name}: device process answered {t} instead of ready"
+            ))),
+        }
+    })();
+    let config_len = match ready {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = child.kill();
+            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            return Err(DevProcError::Setup(format!(
+                "{name}: device process {pid} failed to start ({status}): {e}"
+            )));
+        }
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let async_rx = async_ours.try_clone().map_err(io("socket"))?;
+    {
+        let (lines, irq, on_death, done, name) = (
+            l.lines.clone(),
+            l.setup.irq,
+            l.on_death.clone(),
+            done.clone(),
+            name.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("{}-async", kind_name(l.setup.kind)))
+            .spawn(move || async_reader(async_rx, child, lines, irq, on_death, done, name))
+            .map_err(io("thread"))?;
+    }
+    Ok((
+        Proxy {
+            name,
+            irq: l.setup.irq,
+            lines: l.lines,
+            sync,
+            async_tx: ImsgChannel::new(async_ours),
+            on_death: l.on_death,
+            done,
+            pid,
+            rpcs: 0,
+        },
+        config_len,
+    ))
+}
+
+/// The device kind's name in messages.
+pub fn kind_name(kind: char) -> &'static str {
+    match kind {
+        'd' => "vioblk",
+        's' => "vioscsi",
+        'n' => "vionet",
+        _ => "virtio device",
+    }
+}
+
+fn apply(lines: &dyn IrqLines, irq: u8, state: i8) {
+    match state {
+        INTR_STATE_ASSERT => lines.assert_irq(irq),
+        INTR_STATE_DEASSERT => lines.deassert_irq(irq),
+        _ => {}
+    }
+}
+
+/// The async channel, device → VM: interrupts, then the end.
+fn async_reader(
+    sock: UnixStream,
+    mut child: Child,
+    lines: Arc<dyn IrqLines>,
+    irq: u8,
+    on_death: OnDeath,
+    done: Arc<AtomicBool>,
+    name: String,
+) {
+    let mut chan = ImsgChannel::new(sock);
+    let why = loop {
+        match recv(&mut chan) {
+            Ok(m) if m.type_ == VIODEV_MSG_KICK || m.type_ == VIODEV_MSG_IO_WRITE => {
+                apply(&*lines, irq, m.state)
+            }
+            Ok(m) => log::debug!("{name}: unexpected message {} on async channel", m.type_),
+            Err(e) => break e,
+        }
+    };
+    let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+    if !done.swap(true, Ordering::SeqCst) {
+        let msg = match why {
+            DevProcError::Imsg(ImsgError::Closed) => {
+                format!("{name}: device process {} died ({status})", child.id())
+            }
+            e => format!("{name}: device process {}: {e} ({status})", child.id()),
+        };
+        on_death(msg);
+    } else {
+        log::debug!("{name}: device process ended ({status})");
+    }
+}
+
+impl Proxy {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// How many register accesses went over the sync channel.
+    pub fn rpcs(&self) -> u64 {
+        self.rpcs
+    }
+
+    fn failed(&mut self, e: DevProcError) {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            (self.on_death)(format!("{}: device process {}: {e}", self.name, self.pid));
+        }
+    }
+
+    /// One register access as an RPC; the answer's data.
+    fn rpc(&mut self, type_: u8, reg: u16, size: u8, data: u32) -> Option<u32> {
+        if self.done.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.rpcs += 1;
+        let m = ViodevMsg {
+            type_,
+            reg,
+            io_sz: size,
+            irq: self.irq,
+            data,
+            data_valid: type_ == VIODEV_MSG_IO_WRITE,
+            ..Default::default()
+        };
+        let r = send(&mut self.sync, &m).and_then(|_| recv(&mut self.sync));
+        match r {
+            Ok(a) => {
+                apply(&*self.lines, self.irq, a.state);
+                Some(a.data)
+            }
+            Err(e) => {
+                self.failed(e);
+                None
+            }
+        }
+    }
+}
+
+impl PioDevice for Proxy {
+    fn pio_read(&mut self, offset: u16, size: u8) -> u32 {
+        self.rpc(VIODEV_MSG_IO_READ, offset, size, 0)
+            .unwrap_or_else(|| all_ones(size))
+    }
+
+    fn pio_write(&mut self, offset: u16, size: u8, value: u32) {
+        self.rpc(VIODEV_MSG_IO_WRITE, offset, size, value);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if !self.done.swap(true, Ordering::SeqCst) {
+            let _ = send(&mut self.async_tx, &ViodevMsg::of_type(VIODEV_MSG_SHUTDOWN));
+        }
+    }
+}
