@@ -112,9 +112,14 @@ pub fn print_all() {
 }
 
 /// Turns on I/O and memory decoding and bus mastering.
+/// Turns on I/O, memory and bus mastering.  The status half is written
+/// back as read, as OpenBSD's drivers do: vmd's PCI emulation (ours too)
+/// stores a 32-bit write whole, so writing 0 there would clear the
+/// "capabilities list" bit before the capabilities are walked (on real
+/// hardware and QEMU the bits are read-only or write-1-to-clear).
 pub fn enable(b: Bdf) {
-    let cmd = read32(b, 4);
-    write32(b, 4, (cmd & 0xffff) | 0x7);
+    let cmd_status = read32(b, 4);
+    write32(b, 4, cmd_status | 0x7);
 }
 
 /// A BAR: I/O port base, or a memory address (64-bit BARs combined).

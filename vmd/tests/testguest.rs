@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::Console;
 use testguest_support::*;
+use vmd::vm::devproc::{DeviceProcesses, DiskFiles};
 use vmd::vm::machine::{BootImage, Machine, Outcome, VmConfig};
+use vmd_proto::config::DiskFormat;
+use vmd_proto::msg::VmDisk;
 
 const MB: u64 = 1 << 20;
 
@@ -358,15 +361,143 @@ fn qemu_kill_mid_write_stream() -> Result<(), Failed> {
     }
 }
 
+/// The benchmark's script: 4 KiB random reads one at a time (every
+/// request a notify and an ISR read: the register round trips show) and
+/// eight deep, and 4 KiB writes eight deep.
+const BENCH_SCRIPT: &str =
+    "blk-bench read4k 3000 1\nblk-bench read4k 3000 8\nblk-bench write4k 2000 8\n";
+
+/// Boots SeaBIOS with the guest's boot disk (raw, `script` at LBA 1),
+/// vioblk in the VM process or (`devproc`) in a device process `vmd -X`;
+/// the console once the guest prints `done`.
+fn bench_run(elf: &[u8], script: &str, devproc: bool) -> Result<String, Failed> {
+    use std::os::fd::OwnedFd;
+    let bios = std::fs::read(support::bios_path())?;
+    let disk = TempFile::new(if devproc {
+        "bench-devproc"
+    } else {
+        "bench-inproc"
+    });
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&disk.0)?;
+    // Booted from the disk by SeaBIOS, as under QEMU.
+    std::os::unix::fs::FileExt::write_all_at(&f, &boot_disk(elf, script, 80 * MB)?, 0)?;
+    let console = Console::default();
+    let vmm = Arc::new(vmm_sys::Vmm::open()?);
+    let mut cfg = VmConfig {
+        name: "bench".into(),
+        memory: 64 * MB,
+        boot: BootImage::Bios(bios),
+        console_out: Box::new(console.clone()),
+        console_in: None,
+        flavour: None,
+        boot_device: Default::default(),
+        disks: Vec::new(),
+        disk_files: Vec::new(),
+        devices: None,
+    };
+    let path = disk.0.display().to_string();
+    if devproc {
+        cfg.devices = Some(DeviceProcesses {
+            exe: env!("CARGO_BIN_EXE_vmd").into(),
+            vmm_fd: vmm_sys::Vmm::open_device()?,
+            flags: Vec::new(),
+        });
+        cfg.disk_files = vec![DiskFiles {
+            disk: VmDisk {
+                path,
+                format: DiskFormat::Raw,
+                bases: 0,
+            },
+            files: vec![OwnedFd::from(f)],
+        }];
+    } else {
+        cfg.disks = vec![vmd_disk::open_files(
+            vec![vmd_disk::ChainFile {
+                path,
+                file: f,
+                format: vmd_disk::Format::Raw,
+            }],
+            true,
+        )?];
+    }
+    let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
+    let control = machine.control();
+    let runner = std::thread::spawn(move || machine.run());
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline && !runner.is_finished() {
+        let t = console.text();
+        if t.lines().any(|l| l == "done") || t.contains("FATAL") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    control.stop();
+    let outcome = runner.join().map_err(|_| "VM thread panicked")?;
+    let text = console.text();
+    match outcome {
+        Ok(Outcome::Halted) => Ok(text),
+        Ok(o) => Err(format!("VM ended with {o:?}; console:\n{text}").into()),
+        Err(e) => Err(format!("VM failed: {e}; console:\n{text}").into()),
+    }
+}
+
+/// vioblk in the VM process and in its own device process, same guest,
+/// same image: every benchmark completes in both, and the figures are
+/// printed side by side (`cargo test -p vmd --test testguest -- bench
+/// --nocapture`); no timing is asserted.
+fn blk_bench_in_and_out_of_process() -> Result<(), Failed> {
+    let elf = std::fs::read(elf_path()).map_err(|e| format!("{}: {e}", elf_path().display()))?;
+    let mut figures = Vec::new();
+    for devproc in [false, true] {
+        let text = bench_run(&elf, BENCH_SCRIPT, devproc)?;
+        let ok = results(&text)
+            .iter()
+            .filter(|l| l.starts_with("blk-bench") && l.ends_with(": ok"))
+            .count();
+        let timings: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("timing: blk-bench"))
+            .map(str::to_string)
+            .collect();
+        if ok != 3 || timings.len() != 3 || text.contains(" iops 0 ") {
+            return Err(format!("want 3 completed benchmarks; console:\n{text}").into());
+        }
+        let how = if devproc {
+            "device process"
+        } else {
+            "in process"
+        };
+        figures.extend(timings.into_iter().map(|t| format!("{how}: {t}")));
+    }
+    for f in &figures {
+        eprintln!("{f}");
+    }
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     let vmm = support::missing_vmm();
     let guest = missing_guest();
     let need_vmd = vmm.clone().or(guest.clone());
     let need_qemu = vmm.or(guest).or(missing_qemu());
+    // The device process drops privileges to vmd's user.
+    std::env::set_var("VMD_USER", support::daemon::vmd_user());
     let tests = vec![
         (
             Trial::test("elf_boots_to_cpl3_in_vmd", elf_boots_to_cpl3),
+            need_vmd.clone(),
+        ),
+        (
+            Trial::test(
+                "vmd_blk_bench_in_and_out_of_process",
+                blk_bench_in_and_out_of_process,
+            ),
             need_vmd,
         ),
         (
