@@ -101,6 +101,24 @@ pub fn serve<D: VirtioDevice>(
             ],
             None,
         );
+        // Kicks first: a kick the VM sent before a register access
+        // is in its socket by the time the access is, and is served
+        // before it, as it would be in one process.
+        if ready[1].read {
+            match drain(&mut async_rx) {
+                Ok(msgs) => {
+                    for m in msgs {
+                        match m.type_ {
+                            VIODEV_MSG_KICK => pci.notify(m.data as u16),
+                            VIODEV_MSG_SHUTDOWN => return Ok(()),
+                            t => log::debug!("device: unexpected message {t} on async channel"),
+                        }
+                    }
+                }
+                Err(e) if closed(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
         if ready[0].read {
             match drain(&mut sync) {
                 Ok(msgs) => {
@@ -132,21 +150,6 @@ pub fn serve<D: VirtioDevice>(
                             }
                         };
                         reply(&mut sync, answer)?;
-                    }
-                }
-                Err(e) if closed(&e) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-        if ready[1].read {
-            match drain(&mut async_rx) {
-                Ok(msgs) => {
-                    for m in msgs {
-                        match m.type_ {
-                            VIODEV_MSG_KICK => pci.notify(m.data as u16),
-                            VIODEV_MSG_SHUTDOWN => return Ok(()),
-                            t => log::debug!("device: unexpected message {t} on async channel"),
-                        }
                     }
                 }
                 Err(e) if closed(&e) => return Ok(()),

@@ -9,8 +9,11 @@
 //!   so that an ISR read that lowers the line is seen by the vCPU before
 //!   it goes on;
 //! - the **async** channel: queue notifications (KICK, one-way: the
-//!   driver needs no answer to a notify write), the interrupts the device
-//!   raises or lowers on its own (after a kick), and SHUTDOWN.
+//!   driver needs no answer to a notify write, so a notify costs one
+//!   message instead of vmd's round trip), the interrupts the device
+//!   raises or lowers on its own (after a kick), and SHUTDOWN.  The
+//!   device process serves its async channel before its sync one, so a
+//!   kick is served before any register access the vCPU made after it.
 //!
 //! The child gets, with its setup message, vmm(4)'s descriptor, the
 //! async socket, the guest memory's descriptors (mapped there with
