@@ -368,15 +368,16 @@ const BENCH_SCRIPT: &str =
     "blk-bench read4k 3000 1\nblk-bench read4k 3000 8\nblk-bench write4k 2000 8\n";
 
 /// Boots SeaBIOS with the guest's boot disk (raw, `script` at LBA 1),
-/// vioblk in the VM process or (`devproc`) in a device process `vmd -X`;
-/// the console once the guest prints `done`.
-fn bench_run(elf: &[u8], script: &str, devproc: bool) -> Result<String, Failed> {
+/// vioblk in the VM process (`devproc` None) or in a device process
+/// `vmd -X` (Some(whether notify writes go one way)); the console once
+/// the guest prints `done`.
+fn bench_run(elf: &[u8], script: &str, devproc: Option<bool>) -> Result<String, Failed> {
     use std::os::fd::OwnedFd;
     let bios = std::fs::read(support::bios_path())?;
-    let disk = TempFile::new(if devproc {
-        "bench-devproc"
-    } else {
-        "bench-inproc"
+    let disk = TempFile::new(match devproc {
+        None => "bench-inproc",
+        Some(false) => "bench-devproc-sync",
+        Some(true) => "bench-devproc-kick",
     });
     let f = std::fs::File::options()
         .read(true)
@@ -401,11 +402,12 @@ fn bench_run(elf: &[u8], script: &str, devproc: bool) -> Result<String, Failed> 
         devices: None,
     };
     let path = disk.0.display().to_string();
-    if devproc {
+    if let Some(one_way_kicks) = devproc {
         cfg.devices = Some(DeviceProcesses {
             exe: env!("CARGO_BIN_EXE_vmd").into(),
             vmm_fd: vmm_sys::Vmm::open_device()?,
             flags: Vec::new(),
+            one_way_kicks,
         });
         cfg.disk_files = vec![DiskFiles {
             disk: VmDisk {
@@ -446,14 +448,15 @@ fn bench_run(elf: &[u8], script: &str, devproc: bool) -> Result<String, Failed> 
     }
 }
 
-/// vioblk in the VM process and in its own device process, same guest,
-/// same image: every benchmark completes in both, and the figures are
+/// vioblk in the VM process and in its own device process (notify as a
+/// round trip, as vmd, and one way), same guest, same image: every
+/// benchmark completes in each, and the figures are
 /// printed side by side (`cargo test -p vmd --test testguest -- bench
 /// --nocapture`); no timing is asserted.
 fn blk_bench_in_and_out_of_process() -> Result<(), Failed> {
     let elf = std::fs::read(elf_path()).map_err(|e| format!("{}: {e}", elf_path().display()))?;
     let mut figures = Vec::new();
-    for devproc in [false, true] {
+    for devproc in [None, Some(false), Some(true)] {
         let text = bench_run(&elf, BENCH_SCRIPT, devproc)?;
         let ok = results(&text)
             .iter()
@@ -467,10 +470,10 @@ fn blk_bench_in_and_out_of_process() -> Result<(), Failed> {
         if ok != 3 || timings.len() != 3 || text.contains(" iops 0 ") {
             return Err(format!("want 3 completed benchmarks; console:\n{text}").into());
         }
-        let how = if devproc {
-            "device process"
-        } else {
-            "in process"
+        let how = match devproc {
+            None => "in process",
+            Some(false) => "device process, notify round trip",
+            Some(true) => "device process, one-way kick",
         };
         figures.extend(timings.into_iter().map(|t| format!("{how}: {t}")));
     }

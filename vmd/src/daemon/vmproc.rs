@@ -139,6 +139,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
             exe,
             vmm_fd,
             flags: child_flags(args),
+            one_way_kicks: true,
         }),
         (Err(e), _) | (_, Err(e)) => {
             let errno = e.raw_os_error().unwrap_or(libc::EIO);

@@ -275,49 +275,31 @@ impl Machine {
                 let dev = devices.as_ref().ok_or_else(|| {
                     PlatformError::Device("disk files without device processes".into())
                 })?;
-                let bad = |e: &dyn std::fmt::Display| {
+                let payload = vmd_proto::codec::encode(&d.disk).map_err(|e| {
                     PlatformError::Device(format!("vioblk {i} ({}): {e}", d.disk.path))
-                };
-                let info = slots.add_device(&VirtioPciIds::BLOCK.pci_config())?;
-                let irq = info.irq.ok_or(crate::devices::pci::PciError::NoIrqLeft)?;
-                let fds = vmm.memory_fds(id).map_err(|e| bad(&e))?;
-                let mem_ranges = ranges
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| MemRange {
-                        gpa: r.vmr_gpa,
-                        size: r.vmr_size as u64,
-                        kind: r.vmr_type,
-                        has_fd: fds.get(i).is_some_and(Option::is_some),
-                    })
-                    .collect();
-                let payload = vmd_proto::codec::encode(&d.disk).map_err(|e| bad(&e))?;
-                let (proxy, config_len) = proxy::launch(proxy::Launch {
-                    exe: &dev.exe,
-                    flags: &dev.flags,
-                    vmm_fd: dev.vmm_fd.try_clone().map_err(|e| bad(&e))?,
-                    setup: DevSetup {
-                        kind: 'd',
-                        vm_name: cfg.name.clone(),
+                })?;
+                let pid = attach_device_process(
+                    slots,
+                    &DeviceSpec {
+                        vmm: &vmm,
                         vm_id: id,
-                        irq,
-                        ranges: mem_ranges,
-                        files: d.files.len() as u32,
-                        payload,
+                        vm_name: &cfg.name,
+                        ranges,
+                        dev,
+                        on_death: &on_death,
                     },
-                    mem_fds: fds.into_iter().flatten().collect(),
-                    files: d.files,
-                    lines: slots.lines.clone(),
-                    on_death: on_death.clone(),
-                })
-                .map_err(|e| bad(&e))?;
-                log::debug!("vioblk {i}: device process {}", proxy.pid());
-                add_virtio_bar(
-                    slots.bus,
-                    info.slot,
-                    config_len,
-                    Arc::new(Mutex::new(proxy)),
-                )?;
+                    VirtioPciIds::BLOCK,
+                    'd',
+                    payload,
+                    d.files,
+                )
+                .map_err(|e| match e {
+                    PlatformError::Device(m) => {
+                        PlatformError::Device(format!("vioblk {i} ({}): {m}", d.disk.path))
+                    }
+                    e => e,
+                })?;
+                log::debug!("vioblk {i}: device process {pid}");
             }
             Ok(())
         })?;
@@ -484,6 +466,74 @@ impl Drop for Machine {
     fn drop(&mut self) {
         let _ = self.vmm.terminate(self.id);
     }
+}
+
+/// What every device process of a VM shares.
+struct DeviceSpec<'a> {
+    vmm: &'a Vmm,
+    vm_id: u32,
+    vm_name: &'a str,
+    ranges: &'a [vm_mem_range],
+    dev: &'a DeviceProcesses,
+    on_death: &'a proxy::OnDeath,
+}
+
+/// Adds a virtio device served by a device process of kind `kind` (`d`
+/// vioblk, `s` vioscsi, ...): the next slot and line, the process
+/// started with the guest memory's descriptors, `payload` (what the kind
+/// needs to know) and `files`, and its BAR forwarded to it.  The
+/// device process's pid.
+fn attach_device_process(
+    slots: &mut crate::vm::platform::PciSlots<'_>,
+    spec: &DeviceSpec<'_>,
+    ids: VirtioPciIds,
+    kind: char,
+    payload: Vec<u8>,
+    files: Vec<OwnedFd>,
+) -> Result<u32, PlatformError> {
+    let bad = |e: &dyn std::fmt::Display| PlatformError::Device(e.to_string());
+    let info = slots.add_device(&ids.pci_config())?;
+    let irq = info.irq.ok_or(crate::devices::pci::PciError::NoIrqLeft)?;
+    let fds = spec.vmm.memory_fds(spec.vm_id).map_err(|e| bad(&e))?;
+    let ranges = spec
+        .ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| MemRange {
+            gpa: r.vmr_gpa,
+            size: r.vmr_size as u64,
+            kind: r.vmr_type,
+            has_fd: fds.get(i).is_some_and(Option::is_some),
+        })
+        .collect();
+    let (proxy, config_len) = proxy::launch(proxy::Launch {
+        exe: &spec.dev.exe,
+        flags: &spec.dev.flags,
+        vmm_fd: spec.dev.vmm_fd.try_clone().map_err(|e| bad(&e))?,
+        setup: DevSetup {
+            kind,
+            vm_name: spec.vm_name.to_string(),
+            vm_id: spec.vm_id,
+            irq,
+            ranges,
+            files: files.len() as u32,
+            payload,
+        },
+        mem_fds: fds.into_iter().flatten().collect(),
+        files,
+        lines: slots.lines.clone(),
+        on_death: spec.on_death.clone(),
+        one_way_kicks: spec.dev.one_way_kicks,
+    })
+    .map_err(|e| bad(&e))?;
+    let pid = proxy.pid();
+    add_virtio_bar(
+        slots.bus,
+        info.slot,
+        config_len,
+        Arc::new(Mutex::new(proxy)),
+    )?;
+    Ok(pid)
 }
 
 /// The device side of `vcpu_exit` in the VM process (visible to the `vm`

@@ -28,6 +28,8 @@
 //! If a device process dies, its sockets close: the VM process notices
 //! and ends the VM with an error naming the device, as vmd does.
 pub mod device;
+#[cfg(test)]
+mod proto_tests;
 pub mod proxy;
 
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,9 @@ pub struct DeviceProcesses {
     pub vmm_fd: std::os::fd::OwnedFd,
     /// `-d`, `-v` to pass on.
     pub flags: Vec<String>,
+    /// Notify writes go one way (KICK on the async channel) instead of
+    /// as a register round trip (vmd's way, kept for comparisons).
+    pub one_way_kicks: bool,
 }
 
 /// A disk for a vioblk device process: its configuration and its chain's

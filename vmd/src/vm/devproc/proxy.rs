@@ -39,6 +39,8 @@ pub struct Launch<'a> {
     pub files: Vec<OwnedFd>,
     pub lines: Arc<dyn IrqLines>,
     pub on_death: OnDeath,
+    /// Notify writes as one-way KICKs (false: round trips, as vmd).
+    pub one_way_kicks: bool,
 }
 
 /// The device's I/O BAR in the VM process.
@@ -57,6 +59,7 @@ pub struct Proxy {
     /// sent one way.
     rpcs: u64,
     kicks: u64,
+    one_way_kicks: bool,
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> DevProcError {
@@ -158,6 +161,7 @@ pub fn launch(l: Launch<'_>) -> Result<(Proxy, u32), DevProcError> {
             pid,
             rpcs: 0,
             kicks: 0,
+            one_way_kicks: l.one_way_kicks,
         },
         config_len,
     ))
@@ -275,7 +279,7 @@ impl PioDevice for Proxy {
         // A notify write needs no answer (virtio: the device may serve
         // the queue whenever it likes): one message on the async channel
         // instead of a round trip; the device raises the line when done.
-        if offset & 0xff00 == crate::devices::virtio::VIO1_NOTIFY_BAR_OFFSET {
+        if self.one_way_kicks && offset & 0xff00 == crate::devices::virtio::VIO1_NOTIFY_BAR_OFFSET {
             if self.done.load(Ordering::SeqCst) {
                 return;
             }
