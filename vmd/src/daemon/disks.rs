@@ -4,11 +4,14 @@
 //! The parent opens each disk image, read-write with vmd's exclusive lock
 //! (or read-only when it may not write it), and for qcow2 each backing
 //! file read-only, following the names in the headers relative to each
-//! image's directory (vmd-disk's `open_chain`, at most
-//! [`vmd_disk::MAX_CHAIN`] files).  Every file travels on as its own
-//! `START_VM_DISK` (disk index, position in the chain) to the vmm
-//! process and from there to the VM process, which builds the image from
-//! the descriptors alone ([`images`]): it never opens a path.
+//! image's directory (vmd-disk's `backing_file`, at most
+//! [`vmd_disk::MAX_CHAIN`] files), each through [`vmfiles::open`].
+//! Every file travels on as its own `START_VM_DISK` (disk index,
+//! position in the chain) to the vmm process and from there to the VM
+//! process, which hands each disk's descriptors to its vioblk device
+//! process ([`Received::per_disk`]); the image is built from the
+//! descriptors alone ([`Received::images`]): nothing past the parent
+//! opens a path.
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::OwnedFd;
