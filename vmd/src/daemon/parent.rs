@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use nix::unistd::User;
 
 use super::args::{child_flags, Args};
-use super::events::{self, Signals};
+use super::events;
 use super::registry::{self, FileAccess, RegisterError, Registry, SystemGroups, Tty};
 use super::stagger::Stagger;
 use super::vmfiles::{self, VmFile};
 use super::{logging, privsep, strerror, NO_PEER};
 use crate::config::{self, Registration};
+use crate::event::EventLoop;
 use vmd_proto::config::{BootDevice, GlobalConfig, VMOP_CREATE_CDROM, VMOP_CREATE_CPU};
 use vmd_proto::config::{VMOP_CREATE_DISK, VMOP_CREATE_KERNEL};
 use vmd_proto::msg::*;
@@ -118,7 +119,7 @@ pub fn main(args: Args, _user: User) -> i32 {
     let vmm = chans.pop().unwrap();
     let control = chans.pop().unwrap();
     log::info!("startup");
-    let signals = match Signals::new(&[
+    let mut ev = match EventLoop::with_signals(&[
         libc::SIGHUP,
         libc::SIGTERM,
         libc::SIGINT,
@@ -153,14 +154,13 @@ pub fn main(args: Args, _user: User) -> i32 {
     loop {
         let ready = {
             let fds = [
-                (signals.fd(), false),
                 (p.control.as_fd(), p.control.pending()),
                 (p.vmm.as_fd(), p.vmm.pending()),
                 (p.privc.as_fd(), p.privc.pending()),
             ];
-            events::wait(&fds, p.stagger.deadline())
+            ev.wait(&fds, p.stagger.deadline()).0
         };
-        for s in signals.take() {
+        for s in ev.take_signals() {
             match s {
                 libc::SIGHUP => {
                     log::info!("vmd_sighdlr: reload requested with SIGHUP");
@@ -172,11 +172,11 @@ pub fn main(args: Args, _user: User) -> i32 {
                 _ => {}
             }
         }
-        for (k, name) in [(1, "control"), (2, "vmm"), (3, "priv")] {
+        for (k, name) in [(0, "control"), (1, "vmm"), (2, "priv")] {
             let r = ready[k];
             let chan = match k {
-                1 => &mut p.control,
-                2 => &mut p.vmm,
+                0 => &mut p.control,
+                1 => &mut p.vmm,
                 _ => &mut p.privc,
             };
             if r.write {
@@ -189,8 +189,8 @@ pub fn main(args: Args, _user: User) -> i32 {
                 Ok(msgs) => {
                     for m in msgs {
                         match k {
-                            1 => p.dispatch_control(m),
-                            2 => p.dispatch_vmm(m),
+                            0 => p.dispatch_control(m),
+                            1 => p.dispatch_vmm(m),
                             _ => log::debug!("parent: {} from priv", m.msg.imsg_type().name()),
                         }
                     }

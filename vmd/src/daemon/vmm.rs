@@ -30,8 +30,9 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Pid, User};
 
 use super::args::{child_flags, Args};
-use super::events::{self, Signals};
+use super::events;
 use super::{logging, privsep, NO_PEER};
+use crate::event::EventLoop;
 use vmd_proto::msg::*;
 use vmd_proto::{ImsgChannel, Message};
 
@@ -84,7 +85,12 @@ pub fn main(args: &Args, user: &User) -> i32 {
     if let Err(e) = vmm_sys::unveil(None, None) {
         logging::fatal("unveil lock", e);
     }
-    let signals = match Signals::new(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
+    let mut ev = match EventLoop::with_signals(&[
+        libc::SIGCHLD,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+    ]) {
         Ok(s) => s,
         Err(e) => logging::fatal("signals", e),
     };
@@ -100,25 +106,22 @@ pub fn main(args: &Args, user: &User) -> i32 {
     loop {
         let deadline = events::earliest(vmm.vms.iter().map(|v| v.kill_at));
         let ready = {
-            let mut fds = vec![
-                (signals.fd(), false),
-                (vmm.parent.as_fd(), vmm.parent.pending()),
-            ];
+            let mut fds = vec![(vmm.parent.as_fd(), vmm.parent.pending())];
             for v in &vmm.vms {
                 if let Some(c) = &v.chan {
                     fds.push((c.as_fd(), c.pending()));
                 }
             }
-            events::wait(&fds, deadline)
+            ev.wait(&fds, deadline).0
         };
         // The parent ends us by closing the socket; SIGTERM is ignored.
-        if signals.take().contains(&libc::SIGCHLD) {
+        if ev.take_signals().contains(&libc::SIGCHLD) {
             vmm.reap();
         }
-        if ready[1].write {
+        if ready[0].write {
             let _ = vmm.parent.flush();
         }
-        if ready[1].read {
+        if ready[0].read {
             match events::drain(&mut vmm.parent) {
                 Ok(msgs) => {
                     for r in msgs {
@@ -134,7 +137,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
                 }
             }
         }
-        let mut k = 2;
+        let mut k = 1;
         let mut from_vms = Vec::new();
         for v in vmm.vms.iter_mut() {
             let Some(c) = v.chan.as_mut() else { continue };
