@@ -3,10 +3,10 @@
 # machine: they install what they need first.
 
 CARGO ?= cargo
-DEBIAN_PACKAGES = libclang-dev qemu-system-x86 seabios mandoc jq
+DEBIAN_PACKAGES = libclang-dev qemu-system-x86 qemu-utils seabios mandoc jq
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all deps assets build test lint fmt-check unit regress demo bench-exits bench-boot bindings check-openbsd clean
+.PHONY: all deps assets testguest build test lint fmt-check unit regress demo bench-exits bench-boot bench-idle bindings check-openbsd clean
 .PHONY: install install-check man-lint
 
 all: build
@@ -28,19 +28,26 @@ deps:
 assets:
 	sh scripts/fetch-assets.sh
 
+# The freestanding test guest (testguest/, its own workspace and flags)
+# that vmd's tests boot, in target/testguest/testguest.
+testguest:
+	CARGO="$(CARGO)" sh scripts/build-testguest.sh
+
 build: deps
 	$(CARGO) build --workspace --all-targets
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
+	cd testguest && $(CARGO) fmt -- --check
 
 lint: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	CARGO="$(CARGO)" sh scripts/build-testguest.sh --clippy
 
 # Every test of the workspace (unit tests, the ABI and bindings tests, the
 # regress suite).  Tests that need /dev/kvm report themselves as skipped
 # where it is missing.
-unit: deps assets
+unit: deps assets testguest
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --workspace --no-fail-fast
 else
@@ -66,6 +73,12 @@ bench-exits: deps
 bench-boot: deps assets
 	$(CARGO) build --release -p vmd
 	python3 scripts/bench-boot.py
+
+# Idle wake-ups per second of each thread of a VM sitting in SeaBIOS's
+# "No bootable device" HLT loop (the PIT ticks at 18.2 Hz).
+bench-idle: deps assets
+	$(CARGO) build --release -p vmd --bin vmrun
+	sh scripts/idle-wakeups.sh target/release/vmrun 5
 
 bindings: deps
 	sh scripts/update-bindings.sh

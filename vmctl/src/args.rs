@@ -8,9 +8,9 @@
 
 use std::io::{Read, Write};
 
-use vmd::config::compat::{fmt_scaled, scan_scaled, strtonum};
-use vmd::config::{BootDevice, DiskFormat, VMM_MAX_NAME_LEN, VMM_MAX_VM_MEM_SIZE};
-use vmd::proc::msg::{CONFIG_ALL, CONFIG_SWITCHES, CONFIG_VMS, VMOP_FORCE, VMOP_WAIT};
+use vmd_proto::compat::{self, fmt_scaled, scan_scaled, strtonum};
+use vmd_proto::config::{BootDevice, DiskFormat, VMM_MAX_NAME_LEN, VMM_MAX_VM_MEM_SIZE};
+use vmd_proto::msg::{CONFIG_ALL, CONFIG_SWITCHES, CONFIG_VMS, VMOP_FORCE, VMOP_WAIT};
 
 use crate::fail::{warnx, Fail};
 use crate::getopt::Getopt;
@@ -263,8 +263,13 @@ fn vmid_or_fail(word: &str, err: &mut dyn Write) -> Result<Target, Fail> {
 pub fn parse_size(word: &str, what: &str, err: &mut dyn Write) -> Result<u64, Fail> {
     const MIB: i64 = 1024 * 1024;
     let val = scan_scaled(word.as_bytes()).map_err(|e| {
-        // scan_scaled reports OpenBSD's EINVAL or ERANGE.
-        let errno = if e == 34 { libc::ERANGE } else { libc::EINVAL };
+        // scan_scaled reports OpenBSD's EINVAL or ERANGE; the message
+        // wants the host's.
+        let errno = if e == compat::ERANGE {
+            libc::ERANGE
+        } else {
+            libc::EINVAL
+        };
         Fail::err(format!("invalid {what} size: {word}"), errno)
     })?;
     if val < MIB {

@@ -16,11 +16,11 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
-use vmd::proc::msg::{
+use vmd_proto::msg::{
     VmopId, VmopInfoResult, VmopResult, VMD_BIOS_MISSING, VMD_CDROM_INVALID, VMD_CDROM_MISSING,
     VMD_DISK_MISSING, VMD_PARENT_INVALID, VMD_VM_STOP_INVALID, VMOP_FORCE, VMOP_WAIT,
 };
-use vmd::proc::Message;
+use vmd_proto::Message;
 
 use crate::args::{Action, StartArgs, Target};
 use crate::console;

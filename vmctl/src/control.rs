@@ -1,12 +1,12 @@
 //! The connection to vmd's control socket (main.c `vmmaction`): connect,
 //! send one request, read the answers.  The socket is vmd's
-//! ([`vmd::daemon::socket_path`]: `/var/run/vmd.sock`, or `$VMD_SOCKET`).
+//! ([`vmd_proto::socket_path`]: `/var/run/vmd.sock`, or `$VMD_SOCKET`).
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use vmd::proc::{ImsgChannel, ImsgError, Message};
+use vmd_proto::{ImsgChannel, ImsgError, Message};
 
 use crate::fail::Fail;
 

@@ -1,8 +1,8 @@
 //! What vmctl prints about VMs: the `status` table (vmctl.c
 //! `print_vm_info`) and its columns.
 
-use vmd::config::compat::fmt_scaled;
-use vmd::proc::msg::{
+use vmd_proto::compat::fmt_scaled;
+use vmd_proto::msg::{
     VmopInfoResult, VM_STATE_DISABLED, VM_STATE_PAUSED, VM_STATE_RUNNING, VM_STATE_SHUTDOWN,
     VM_STATE_WAITING,
 };

@@ -11,6 +11,10 @@
 //! - [`create`]: `vmctl create`, disk images without vmd.
 //! - [`console`]: `vmctl console`, cu or vmctl's own terminal client.
 //! - [`fail`]: messages, usage texts, exit status.
+//!
+//! Its messages and configuration types are [`vmd_proto`]'s: vmctl links
+//! nothing of vmd's VM machine.
+#![forbid(unsafe_code)]
 
 pub mod args;
 pub mod commands;
@@ -45,7 +49,7 @@ fn run_inner(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> Resul
     match inv.action {
         Action::Create(c) => create::run(&c, inv.verbose, err),
         action => {
-            let mut ctl = control::Control::connect(&vmd::daemon::socket_path())?;
+            let mut ctl = control::Control::connect(&vmd_proto::socket_path())?;
             commands::run(action, &mut ctl, out, err)
         }
     }

@@ -1,4 +1,5 @@
 //! vmctl(8).
+#![forbid(unsafe_code)]
 use std::io::Write;
 
 fn main() {

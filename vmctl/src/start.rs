@@ -5,12 +5,12 @@
 use std::fs::File;
 use std::io::Write;
 
-use vmd::config::{
+use vmd_proto::config::{
     Interface, VMIFF_LOCAL, VMIFF_UP, VMM_MAX_NAME_LEN, VMOP_CREATE_CDROM, VMOP_CREATE_DISK,
     VMOP_CREATE_INSTANCE, VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY, VMOP_CREATE_NETWORK,
     VM_DEFAULT_MEMORY, VM_MAX_DISKS_PER_VM, VM_MAX_NICS_PER_VM, VM_NAME_MAX,
 };
-use vmd::proc::msg::{VmDisk, VmopCreateParams};
+use vmd_proto::msg::{VmDisk, VmopCreateParams};
 
 use crate::args::{StartArgs, LOCAL_NIC, PATH_MAX};
 use crate::fail::{warnx, Fail};
@@ -156,7 +156,7 @@ mod tests {
     use super::*;
     use crate::args::Target;
     use crate::testdir::Dir;
-    use vmd::config::DiskFormat;
+    use vmd_proto::config::DiskFormat;
 
     fn run(a: &StartArgs) -> (Result<(VmopCreateParams, Option<File>), Fail>, String) {
         let mut err = Vec::new();

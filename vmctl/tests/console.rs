@@ -15,7 +15,7 @@ use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, PtyMaster};
 use nix::sys::termios::{tcgetattr, LocalFlags};
-use vmd::proc::msg::VM_STATE_RUNNING;
+use vmd_proto::msg::VM_STATE_RUNNING;
 
 use common::{info, serve_info, FakeVmd};
 

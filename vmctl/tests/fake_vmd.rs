@@ -9,13 +9,13 @@ use std::path::Path;
 
 use common::{info, recv, result, send, serve_info, vmctl, FakeVmd, TempDir};
 
-use vmd::config::{DiskFormat, VMIFF_LOCAL, VMIFF_UP, VMOP_CREATE_DISK, VMOP_CREATE_KERNEL};
-use vmd::config::{VMOP_CREATE_MEMORY, VMOP_CREATE_NETWORK};
-use vmd::proc::msg::{
+use vmd_proto::config::{DiskFormat, VMIFF_LOCAL, VMIFF_UP, VMOP_CREATE_DISK, VMOP_CREATE_KERNEL};
+use vmd_proto::config::{VMOP_CREATE_MEMORY, VMOP_CREATE_NETWORK};
+use vmd_proto::msg::{
     VmopId, VmopInfoResult, CONFIG_VMS, VMD_BIOS_MISSING, VMOP_FORCE, VMOP_WAIT, VM_STATE_DISABLED,
     VM_STATE_PAUSED, VM_STATE_RUNNING,
 };
-use vmd::proc::Message;
+use vmd_proto::Message;
 
 const HEADER: &str = "   ID   PID VCPUS  MAXMEM  CURMEM     TTY        OWNER    STATE NAME\n";
 

@@ -1,5 +1,5 @@
 //! End to end: the vmd daemon in a temporary root, driven over its
-//! control socket with vmd::proc messages, as vmctl drives it.  vmd runs
+//! control socket with vmd_proto messages, as vmctl drives it.  vmd runs
 //! with `-d`, its own socket (VMD_SOCKET), and `nobody` as its
 //! unprivileged user when `_vmd` does not exist (VMD_USER); privileges
 //! are really dropped.  Needs root, /dev/kvm (or /dev/vmm) and SeaBIOS
@@ -15,9 +15,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::bios_path;
 use support::daemon::{self, read_tty, vmd_user};
-use vmd::config::{VMOP_CREATE_DISK, VMOP_CREATE_INSTANCE, VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY};
-use vmd::proc::msg::*;
-use vmd::proc::{ImsgChannel, Message};
+use vmd_proto::config::{
+    VMOP_CREATE_DISK, VMOP_CREATE_INSTANCE, VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY,
+};
+use vmd_proto::msg::*;
+use vmd_proto::{ImsgChannel, Message};
 
 struct Daemon {
     child: Child,
@@ -217,7 +219,7 @@ fn instance_client(socket: &str) -> Result<String, Failed> {
     let mut p = start("inst2", Some("tmpl"), VMOP_CREATE_KERNEL | VMOP_CREATE_DISK);
     p.disks = vec![VmDisk {
         path: "/tmp/inst2.img".into(),
-        format: vmd::config::DiskFormat::Raw,
+        format: vmd_proto::config::DiskFormat::Raw,
         bases: 0,
     }];
     let m = ask(Message::StartVmRequest(p), vec![bios()?])?;

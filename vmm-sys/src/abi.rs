@@ -9,6 +9,9 @@
     dead_code
 )]
 #![allow(clippy::all)]
+// bindgen's bitfield accessors are generated code: they carry no SAFETY
+// comments, and the bindings test keeps them equal to the header.
+#![allow(clippy::undocumented_unsafe_blocks)]
 
 include!(env!("VMM_SYS_BINDINGS"));
 

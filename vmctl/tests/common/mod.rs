@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vmd::proc::msg::{VmopInfoResult, VmopResult};
-use vmd::proc::{ImsgChannel, Message, Received};
+use vmd_proto::msg::{VmopInfoResult, VmopResult};
+use vmd_proto::{ImsgChannel, Message, Received};
 
 /// A scratch directory, removed on drop.
 pub struct TempDir(pub PathBuf);

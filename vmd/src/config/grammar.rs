@@ -15,6 +15,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::OnceLock;
 
+// `allow instance` flags are VMOP_CREATE_* bits.
+use vmd_proto::config::{
+    VMOP_CREATE_CDROM, VMOP_CREATE_DISK, VMOP_CREATE_INSTANCE, VMOP_CREATE_KERNEL,
+    VMOP_CREATE_MEMORY, VMOP_CREATE_NETWORK,
+};
+
 /// Terminals. `Error` is yacc's `error` token; `LexError` is the `ERROR`
 /// token the lexer returns after it reported a problem; `OtherChar` stands
 /// for every single character the grammar does not use ('(', '-', '$', ...).
@@ -200,14 +206,6 @@ const fn r(lhs: N, rhs: &'static [Sym], act: Act) -> Prod {
 
 use Sym::N as n;
 use Sym::T as t;
-
-/// VMOP_CREATE_* bits (vmd.h), also used for `allow instance` flags.
-pub(crate) const VMOP_CREATE_KERNEL: u32 = 0x02;
-pub(crate) const VMOP_CREATE_MEMORY: u32 = 0x04;
-pub(crate) const VMOP_CREATE_NETWORK: u32 = 0x08;
-pub(crate) const VMOP_CREATE_DISK: u32 = 0x10;
-pub(crate) const VMOP_CREATE_CDROM: u32 = 0x20;
-pub(crate) const VMOP_CREATE_INSTANCE: u32 = 0x40;
 
 #[rustfmt::skip]
 pub(crate) static PRODS: &[Prod] = &[

@@ -4,7 +4,8 @@
 //! squeezing that reads the underlying file, the fake newline at the first
 //! end of file, and the error paths (`findeol`) that eat the rest of a line
 //! and hand the parser an `ERROR` token.
-use super::compat::{isalnum, isdigit, ispunct, isspace, strtonum};
+use vmd_proto::compat::{isalnum, isdigit, ispunct, isspace, strtonum};
+
 use super::grammar::T;
 use super::{ConfigError, Level, Location, Message};
 

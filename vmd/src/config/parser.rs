@@ -9,16 +9,20 @@
 //! lines.
 use std::path::Path;
 
-use super::compat::{self, errno_of, ether_aton, fmt_scaled, realpath, scan_scaled, strerror};
+use vmd_proto::compat::{fmt_scaled, isspace, scan_scaled, strtonum, ENOENT};
+use vmd_proto::config::{
+    BootDevice, DiskFormat, Interface, Ipv4Prefix, Ipv6Prefix, Owner, StaggeredStart, IF_NAMESIZE,
+    RT_TABLEID_MAX, VMIFF_LOCAL, VMIFF_LOCKED, VMIFF_RDOMAIN, VMIFF_UP, VMM_MAX_NAME_LEN,
+    VMM_MAX_VM_MEM_SIZE, VMOP_CREATE_CDROM, VMOP_CREATE_DISK, VMOP_CREATE_INSTANCE,
+    VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY, VMOP_CREATE_NETWORK, VM_MAX_DISKS_PER_VM,
+    VM_MAX_NICS_PER_VM, VM_NAME_MAX,
+};
+
+use super::compat::{self, errno_of, ether_aton, realpath, strerror};
 use super::grammar::{self, Act, Action, N, PRODS, T};
 use super::lexer::{Lexer, Token, Value};
 use super::{
-    BootDevice, Config, Disk, DiskFormat, Interface, Ipv4Prefix, Ipv6Prefix, Level, Owner,
-    ParseOptions, ParseOutcome, Registration, StaggeredStart, Switch, Vm, AGENTX_MASTER_PATH,
-    IF_NAMESIZE, RT_TABLEID_MAX, VMIFF_LOCAL, VMIFF_LOCKED, VMIFF_RDOMAIN, VMIFF_UP,
-    VMM_MAX_NAME_LEN, VMM_MAX_VM_MEM_SIZE, VMOP_CREATE_CDROM, VMOP_CREATE_DISK,
-    VMOP_CREATE_INSTANCE, VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY, VMOP_CREATE_NETWORK,
-    VM_MAX_DISKS_PER_VM, VM_MAX_NICS_PER_VM, VM_NAME_MAX,
+    Config, Disk, Level, ParseOptions, ParseOutcome, Registration, Switch, Vm, AGENTX_MASTER_PATH,
 };
 
 pub(crate) enum Source<'a> {
@@ -68,7 +72,7 @@ fn getiftype(name: &[u8]) -> Option<&[u8]> {
     if span == 0 || span >= name.len() || span >= IF_NAMESIZE - 1 {
         return None;
     }
-    compat::strtonum(&name[span..], 0, i64::from(u32::MAX)).ok()?;
+    strtonum(&name[span..], 0, i64::from(u32::MAX)).ok()?;
     Some(&name[..span])
 }
 
@@ -266,7 +270,7 @@ impl<'a> Parser<'a> {
             }
             Act::Varset => {
                 let name = s(1);
-                if name.iter().skip(1).any(|&c| compat::isspace(i32::from(c))) {
+                if name.iter().skip(1).any(|&c| isspace(i32::from(c))) {
                     return self.err("macro name cannot contain whitespace".into());
                 }
                 self.lx.symset(cstr(&name), cstr(&s(3)), false);
@@ -816,7 +820,7 @@ pub(crate) fn parse(src: Source<'_>, opts: ParseOptions<'_>) -> ParseOutcome {
             Source::Text(name, _) => name.to_string(),
         };
         let errno = errno_of(&e);
-        if errno == compat::ENOENT && p.opts.default_file {
+        if errno == ENOENT && p.opts.default_file {
             p.debug(format!("{name}: missing"));
             return ParseOutcome {
                 config: p.config,
@@ -825,7 +829,7 @@ pub(crate) fn parse(src: Source<'_>, opts: ParseOptions<'_>) -> ParseOutcome {
             };
         }
         p.warn(format!("failed to open {name}: {}", strerror(errno)));
-        let ok = errno == compat::ENOENT;
+        let ok = errno == ENOENT;
         return ParseOutcome {
             config: p.config,
             messages: p.lx.log,

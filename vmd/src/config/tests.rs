@@ -3,6 +3,8 @@
 //! §2.5) rebuilt from their descriptions.
 use std::path::{Path, PathBuf};
 
+use vmd_proto::config::*;
+
 use super::*;
 
 /// Names for `owner`: alice=1000, bob=1001; staff=50, wheel=0.

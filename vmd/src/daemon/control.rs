@@ -18,8 +18,9 @@ use nix::unistd::User;
 use super::args::Args;
 use super::events::{self, Signals};
 use super::{logging, privsep, NO_PEER};
-use crate::proc::msg::*;
-use crate::proc::{peer_credentials, ImsgChannel, ImsgType, Message, PeerCred};
+use crate::proc::{peer_credentials, PeerCred};
+use vmd_proto::msg::*;
+use vmd_proto::{ImsgChannel, ImsgType, Message};
 
 struct Client {
     id: u32,
@@ -68,7 +69,7 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         Err(e) => logging::fatal("control: parent socket", e),
     };
     let _ = parent.socket().set_nonblocking(true);
-    let path = super::socket_path();
+    let path = vmd_proto::socket_path();
     let listener = match control_init(&path) {
         Ok(l) => l,
         Err(e) => logging::fatal(&format!("control_init: {}", path.display()), e),
@@ -135,7 +136,7 @@ pub fn main(_args: &Args, user: &User) -> i32 {
                     }
                 }
                 Err(e) => {
-                    if !matches!(e, crate::proc::ImsgError::Closed) {
+                    if !matches!(e, vmd_proto::ImsgError::Closed) {
                         log::warn!("control: parent: {e}");
                     }
                     return 0;
@@ -164,7 +165,7 @@ pub fn main(_args: &Args, user: &User) -> i32 {
                 Err(e) => {
                     // A malformed or oversized message drops this client
                     // only; the daemon and the other clients carry on.
-                    if !matches!(e, crate::proc::ImsgError::Closed) {
+                    if !matches!(e, vmd_proto::ImsgError::Closed) {
                         log::warn!("control: dropping client of uid {}: {e}", c.cred.uid);
                     }
                     closed.push(c.id);
@@ -177,7 +178,7 @@ pub fn main(_args: &Args, user: &User) -> i32 {
 }
 
 /// One request from a client; false closes the connection.
-fn dispatch_client(c: &mut Client, parent: &mut ImsgChannel, r: crate::proc::Received) -> bool {
+fn dispatch_client(c: &mut Client, parent: &mut ImsgChannel, r: vmd_proto::Received) -> bool {
     let t = r.msg.imsg_type();
     if c.cred.uid != 0 && !allowed_for_user(t) {
         log::warn!("denied request {} from uid {}", t as u32, c.cred.uid);
@@ -238,7 +239,7 @@ fn dispatch_client(c: &mut Client, parent: &mut ImsgChannel, r: crate::proc::Rec
 }
 
 /// An answer from the parent, for the client it names.
-fn dispatch_parent(clients: &mut [Client], r: crate::proc::Received) {
+fn dispatch_parent(clients: &mut [Client], r: vmd_proto::Received) {
     if let Message::TerminateVmEvent(ref vmr) = r.msg {
         for c in clients.iter_mut().filter(|c| c.waiting_for == Some(vmr.id)) {
             c.waiting_for = None;

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::proc::{ImsgChannel, ImsgError, Message, Received};
+use vmd_proto::{ImsgChannel, ImsgError, Message, Received};
 
 /// Signals turned into a readable descriptor (libevent's signal events).
 pub struct Signals {

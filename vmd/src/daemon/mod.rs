@@ -55,10 +55,6 @@ pub mod stagger;
 pub mod vmm;
 pub mod vmproc;
 
-use std::path::PathBuf;
-
-/// `SOCKET_NAME`.
-pub const SOCKET_NAME: &str = "/var/run/vmd.sock";
 /// `VMD_USER`.
 pub const VMD_USER: &str = "_vmd";
 /// `VM_DEFAULT_BIOS`.
@@ -78,17 +74,8 @@ pub const VM_SHUTDOWN_TIMEOUT_SEC: u64 = 30;
 /// The peer id of messages that answer no client (C's `(uint32_t)-1`).
 pub const NO_PEER: u32 = u32::MAX;
 
-pub const ENV_SOCKET: &str = "VMD_SOCKET";
 pub const ENV_USER: &str = "VMD_USER";
 pub const ENV_NO_PRIVDROP: &str = "VMD_NO_PRIVDROP";
-
-/// The control socket's path.
-pub fn socket_path() -> PathBuf {
-    std::env::var_os(ENV_SOCKET)
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(SOCKET_NAME))
-}
 
 /// The unprivileged user's name.
 pub fn user_name() -> String {

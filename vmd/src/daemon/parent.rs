@@ -16,9 +16,11 @@ use super::events::{self, Signals};
 use super::registry::{self, FileAccess, RegisterError, Registry, SystemGroups, Tty};
 use super::stagger::Stagger;
 use super::{logging, privsep, strerror, NO_PEER};
-use crate::config::{self, BootDevice, GlobalConfig, Registration};
-use crate::proc::msg::*;
-use crate::proc::{ImsgChannel, Message, Received};
+use crate::config::{self, Registration};
+use vmd_proto::config::{BootDevice, GlobalConfig, VMOP_CREATE_CDROM, VMOP_CREATE_CPU};
+use vmd_proto::config::{VMOP_CREATE_DISK, VMOP_CREATE_KERNEL};
+use vmd_proto::msg::*;
+use vmd_proto::{ImsgChannel, Message, Received};
 
 struct Parent {
     args: Args,
@@ -112,7 +114,7 @@ pub fn main(args: Args, _user: User) -> i32 {
         children,
         vmm_fd,
         stagger: Stagger::new(None, 1),
-        socket: super::socket_path(),
+        socket: vmd_proto::socket_path(),
     };
     if !p.configure() {
         p.kill_children();
@@ -472,7 +474,7 @@ impl Parent {
                     }
                 }
             };
-            if !access(&file, config::VMOP_CREATE_KERNEL, registry::ACCESS_READ) {
+            if !access(&file, VMOP_CREATE_KERNEL, registry::ACCESS_READ) {
                 log::warn!("vm \"{name}\" no read access to kernel {path}");
                 return Err(libc::EPERM);
             }
@@ -485,7 +487,7 @@ impl Parent {
                     return Err(VMD_CDROM_MISSING);
                 }
                 Ok(f) if !f.metadata().is_ok_and(|m| m.is_file()) => return Err(VMD_CDROM_INVALID),
-                Ok(f) if !access(&f, config::VMOP_CREATE_CDROM, registry::ACCESS_READ) => {
+                Ok(f) if !access(&f, VMOP_CREATE_CDROM, registry::ACCESS_READ) => {
                     log::warn!("vm \"{name}\" no read access to cdrom {c}");
                     return Err(libc::EPERM);
                 }
@@ -508,7 +510,7 @@ impl Parent {
                 }
             };
             let rw = registry::ACCESS_READ | registry::ACCESS_WRITE;
-            if !access(&f, config::VMOP_CREATE_DISK, rw) {
+            if !access(&f, VMOP_CREATE_DISK, rw) {
                 log::warn!("vm \"{name}\" unable to access disk {}", d.path);
                 return Err(libc::EPERM);
             }
@@ -583,11 +585,11 @@ impl Parent {
                             return self
                                 .answer(Message::StartVmResponse(result(libc::EALREADY, 0)), peer);
                         }
-                        if flags & !(config::VMOP_CREATE_KERNEL | config::VMOP_CREATE_CPU) != 0 {
+                        if flags & !(VMOP_CREATE_KERNEL | VMOP_CREATE_CPU) != 0 {
                             return self
                                 .answer(Message::StartVmResponse(result(libc::EALREADY, 0)), peer);
                         }
-                        if flags & config::VMOP_CREATE_CPU != 0 {
+                        if flags & VMOP_CREATE_CPU != 0 {
                             if ncpus == 0 || ncpus > registry::VMM_MAX_VCPUS_PER_VM {
                                 return self.answer(
                                     Message::StartVmResponse(result(libc::EINVAL, 0)),

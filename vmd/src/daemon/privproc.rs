@@ -10,7 +10,7 @@ use nix::unistd::User;
 use super::args::Args;
 use super::events::{self, Signals};
 use super::{logging, privsep};
-use crate::proc::Message;
+use vmd_proto::Message;
 
 pub fn main(_args: &Args, user: &User) -> i32 {
     privsep::set_title("priv");

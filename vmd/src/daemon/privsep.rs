@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 
 use nix::unistd::{Gid, Uid, User};
 
-use crate::proc::ImsgChannel;
+use vmd_proto::ImsgChannel;
 
 /// Starts `vmd <args>` with one end of a new socket pair as its standard
 /// input; returns the child and the (non-blocking) other end.

@@ -6,11 +6,12 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use crate::config::{self, BootDevice, VMOP_CREATE_CDROM, VMOP_CREATE_CPU, VMOP_CREATE_DISK};
-use crate::config::{VMM_MAX_NAME_LEN, VM_MAX_NICS_PER_VM};
-use crate::config::{VMOP_CREATE_INSTANCE, VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY};
-use crate::config::{VMOP_CREATE_NETWORK, VM_DEFAULT_MEMORY, VM_MAX_DISKS_PER_VM};
-use crate::proc::msg::*;
+use crate::config;
+use vmd_proto::config::{BootDevice, VMOP_CREATE_CDROM, VMOP_CREATE_CPU, VMOP_CREATE_DISK};
+use vmd_proto::config::{VMM_MAX_NAME_LEN, VM_MAX_NICS_PER_VM};
+use vmd_proto::config::{VMOP_CREATE_INSTANCE, VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY};
+use vmd_proto::config::{VMOP_CREATE_NETWORK, VM_DEFAULT_MEMORY, VM_MAX_DISKS_PER_VM};
+use vmd_proto::msg::*;
 
 /// vmd answers an instance whose name is taken with EPROCLIM; Linux has
 /// no such errno, EEXIST says the same.
@@ -794,7 +795,7 @@ mod tests {
     fn disk(path: &str) -> VmDisk {
         VmDisk {
             path: path.into(),
-            format: config::DiskFormat::Raw,
+            format: vmd_proto::config::DiskFormat::Raw,
             bases: 0,
         }
     }
@@ -877,7 +878,7 @@ mod tests {
         let allowed = VMOP_CREATE_DISK | VMOP_CREATE_MEMORY;
         let t = template(&mut r, "tmpl", five, allowed, None);
         r.vms[t].params.disks = vec![disk("/vm/tmpl.img")];
-        r.vms[t].params.interfaces = vec![config::Interface::default()];
+        r.vms[t].params.interfaces = vec![vmd_proto::config::Interface::default()];
         template(&mut r, "booted", five, allowed, Some("/bsd"));
         template(&mut r, "nodisk", five, VMOP_CREATE_MEMORY, None);
         let n = r.vms.len();

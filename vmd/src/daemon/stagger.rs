@@ -9,8 +9,9 @@
 use std::time::{Duration, Instant};
 
 use super::registry::Registry;
-use crate::config::{StaggeredStart, VMD_DEFAULT_STAGGERED_START_DELAY};
-use crate::proc::msg::VM_STATE_WAITING;
+use crate::config::VMD_DEFAULT_STAGGERED_START_DELAY;
+use vmd_proto::config::StaggeredStart;
+use vmd_proto::msg::VM_STATE_WAITING;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stagger {
@@ -91,8 +92,8 @@ impl Stagger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::VMOP_CREATE_KERNEL;
-    use crate::proc::msg::{VmopCreateParams, VM_STATE_DISABLED, VM_STATE_RUNNING};
+    use vmd_proto::config::VMOP_CREATE_KERNEL;
+    use vmd_proto::msg::{VmopCreateParams, VM_STATE_DISABLED, VM_STATE_RUNNING};
 
     struct AnyGroups;
     impl super::super::registry::Groups for AnyGroups {

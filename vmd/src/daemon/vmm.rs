@@ -32,8 +32,8 @@ use nix::unistd::{Pid, User};
 use super::args::{child_flags, Args};
 use super::events::{self, Signals};
 use super::{logging, privsep, NO_PEER};
-use crate::proc::msg::*;
-use crate::proc::{ImsgChannel, Message};
+use vmd_proto::msg::*;
+use vmd_proto::{ImsgChannel, Message};
 
 struct VmProc {
     id: u32,
@@ -126,7 +126,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
                     }
                 }
                 Err(e) => {
-                    if !matches!(e, crate::proc::ImsgError::Closed) {
+                    if !matches!(e, vmd_proto::ImsgError::Closed) {
                         log::warn!("vmm: parent: {e}");
                     }
                     vmm.shutdown();
@@ -147,7 +147,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
                 match events::drain(c) {
                     Ok(msgs) => from_vms.extend(msgs.into_iter().map(|m| (v.id, m))),
                     Err(e) => {
-                        if !matches!(e, crate::proc::ImsgError::Closed) {
+                        if !matches!(e, vmd_proto::ImsgError::Closed) {
                             log::warn!("vmm: dropping the channel of vm {}: {e}", v.id);
                         }
                         v.chan = None;
@@ -181,7 +181,7 @@ impl Vmm {
         self.vms.iter().position(|v| v.id == id)
     }
 
-    fn dispatch_parent(&mut self, mut r: crate::proc::Received) {
+    fn dispatch_parent(&mut self, mut r: vmd_proto::Received) {
         let peerid = r.peerid;
         match r.msg {
             Message::ReceiveVmmFd => {
@@ -362,7 +362,7 @@ impl Vmm {
         }
     }
 
-    fn dispatch_vm(&mut self, id: u32, r: crate::proc::Received) {
+    fn dispatch_vm(&mut self, id: u32, r: vmd_proto::Received) {
         match r.msg {
             Message::StartVmResponse(mut res) => {
                 let Some(i) = self.find(id) else { return };

@@ -31,9 +31,9 @@ use nix::unistd::User;
 
 use super::args::Args;
 use super::{logging, privsep};
-use crate::proc::msg::{VmopCreateParams, VmopResult};
-use crate::proc::{ImsgChannel, Message};
 use crate::vm::machine::{BootImage, Control, Machine, Outcome, VmConfig};
+use vmd_proto::msg::{VmopCreateParams, VmopResult};
+use vmd_proto::{ImsgChannel, Message};
 
 fn fail(chan: &mut ImsgChannel, id: u32, errno: i32, msg: &str) -> i32 {
     log::warn!("{msg}");
@@ -203,7 +203,7 @@ fn dispatch_vmm(mut chan: ImsgChannel, control: Arc<Control>, shutdown: Arc<Atom
         let r = match chan.recv() {
             Ok(r) => r,
             Err(e) => {
-                if !matches!(e, crate::proc::ImsgError::Closed) {
+                if !matches!(e, vmd_proto::ImsgError::Closed) {
                     log::warn!("vm {id}: vmm channel: {e}");
                 }
                 control.stop();

@@ -14,18 +14,11 @@ pub const PCI_MMIO_BAR_END: u64 = 0xFFDF_FFFF;
 /// The BIOS copy that ends at 4 GiB (era B: 2 MiB).
 pub const BIOS_AREA: u64 = 2 * MB;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MemMapError {
     /// Zero bytes, more than 128 GiB, or not enough for the low ranges.
+    #[error("invalid memory size {0} bytes")]
     BadSize(u64),
-}
-
-impl std::fmt::Display for MemMapError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MemMapError::BadSize(n) => write!(f, "invalid memory size {n} bytes"),
-        }
-    }
 }
 
 fn range(gpa: u64, size: u64, ty: u32) -> vm_mem_range {

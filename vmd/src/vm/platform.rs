@@ -39,6 +39,8 @@ pub enum PlatformError {
     #[error("pci: {0}")]
     Pci(#[from] PciError),
     #[error("{0}")]
+    Memory(#[from] crate::vm::guest_memory::VmMemoryError),
+    #[error("{0}")]
     Device(String),
 }
 
@@ -89,7 +91,7 @@ impl PciSlots<'_> {
         ids: VirtioPciIds,
         dev: D,
     ) -> Result<AttachedVirtio<D>, PlatformError> {
-        let mem = VmMemory::new(self.mem).map_err(PlatformError::Device)?;
+        let mem = VmMemory::new(self.mem)?;
         let a = virtio::attach(self.bus, ids, dev, mem, self.lines.clone())?;
         self.pic.set_elcr(a.irq, true);
         Ok(a)
@@ -170,7 +172,7 @@ impl<W: Write + Send + 'static> Platform<W> {
         pci::attach(&mut pio, &mut mmio, &pci)?;
         // vmd's virtio_init: viornd first, then what the caller adds
         // (NICs, disks, cdrom), vmmci last; every line level-triggered.
-        let vm_mem = VmMemory::new(&cfg.mem).map_err(PlatformError::Device)?;
+        let vm_mem = VmMemory::new(&cfg.mem)?;
         let (viornd, vmmci) = {
             let mut bus = pci.lock().unwrap();
             let rng = virtio::attach(

@@ -34,7 +34,6 @@ use super::mmu::{translate_gva, Access, TranslateError};
 use super::regs::*;
 use super::{GuestRam, MmioAccess};
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
-use std::fmt;
 use vmm_sys::abi::{
     vcpu_reg_state, vm_exit, VCPU_REGS_CS, VCPU_REGS_LDTR, VCPU_REGS_RAX, VCPU_REGS_RCX,
     VCPU_REGS_RDI, VCPU_REGS_RFLAGS, VCPU_REGS_RIP, VCPU_REGS_RSI, VCPU_REGS_RSP, VCPU_REGS_SS,
@@ -60,27 +59,39 @@ pub struct Emulated {
 }
 
 /// Why an MMIO-assist exit could not be completed; the VM ends with it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MmioError {
     /// `vee_insn_len` is 0 or more than 15.
+    #[error("invalid instruction length {len} at rip=0x{rip:x}")]
     InsnLength { rip: u64, len: u8 },
     /// The instruction bytes at CS:RIP could not be translated.
+    #[error("cannot fetch the instruction at rip=0x{rip:x} (gva 0x{gva:x}): {error}")]
     Fetch {
         rip: u64,
         gva: u64,
         error: TranslateError,
     },
     /// The instruction bytes are not in guest RAM.
+    #[error("instruction at rip=0x{rip:x} (gva 0x{gva:x}, gpa 0x{gpa:x}) is not in guest RAM")]
     FetchNotRam { rip: u64, gva: u64, gpa: u64 },
     /// iced-x86 cannot decode the bytes.
+    #[error("undecodable instruction at rip=0x{rip:x}: bytes {}", hex(bytes))]
     Undecodable { rip: u64, bytes: Vec<u8> },
     /// A valid instruction this emulator does not handle.
+    #[error(
+        "unsupported MMIO instruction {what} at rip=0x{rip:x}: bytes {}",
+        hex(bytes)
+    )]
     Unsupported {
         rip: u64,
         bytes: Vec<u8>,
         what: String,
     },
     /// A memory operand's linear address does not translate.
+    #[error(
+        "page fault at gva 0x{gva:x} emulating rip=0x{rip:x} (bytes {}): {error}",
+        hex(bytes)
+    )]
     PageFault {
         rip: u64,
         bytes: Vec<u8>,
@@ -88,8 +99,10 @@ pub enum MmioError {
         error: TranslateError,
     },
     /// Neither RAM nor an MMIO device is at the operand's address.
+    #[error("invalid MMIO address: rip=0x{rip:x} gva=0x{gva:x} gpa=0x{gpa:x}")]
     InvalidAddress { rip: u64, gva: u64, gpa: u64 },
     /// MOV Sreg with a selector the CPU would fault on.
+    #[error("cannot load selector 0x{selector:x} at rip=0x{rip:x}: {reason}")]
     Segment {
         rip: u64,
         selector: u16,
@@ -97,6 +110,10 @@ pub enum MmioError {
     },
     /// A string I/O exit whose instruction is not the INS/OUTS the exit
     /// describes (see [`crate::x86::pio`]).
+    #[error(
+        "cannot emulate string I/O at rip=0x{rip:x}: {what} (bytes {})",
+        hex(bytes)
+    )]
     StringIo {
         rip: u64,
         bytes: Vec<u8>,
@@ -138,63 +155,6 @@ pub fn hex(bytes: &[u8]) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
-
-impl fmt::Display for MmioError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MmioError::InsnLength { rip, len } => {
-                write!(f, "invalid instruction length {len} at rip=0x{rip:x}")
-            }
-            MmioError::Fetch { rip, gva, error } => write!(
-                f,
-                "cannot fetch the instruction at rip=0x{rip:x} (gva 0x{gva:x}): {error}"
-            ),
-            MmioError::FetchNotRam { rip, gva, gpa } => write!(
-                f,
-                "instruction at rip=0x{rip:x} (gva 0x{gva:x}, gpa 0x{gpa:x}) is not in guest RAM"
-            ),
-            MmioError::Undecodable { rip, bytes } => write!(
-                f,
-                "undecodable instruction at rip=0x{rip:x}: bytes {}",
-                hex(bytes)
-            ),
-            MmioError::Unsupported { rip, bytes, what } => write!(
-                f,
-                "unsupported MMIO instruction {what} at rip=0x{rip:x}: bytes {}",
-                hex(bytes)
-            ),
-            MmioError::PageFault {
-                rip,
-                bytes,
-                gva,
-                error,
-            } => write!(
-                f,
-                "page fault at gva 0x{gva:x} emulating rip=0x{rip:x} (bytes {}): {error}",
-                hex(bytes)
-            ),
-            MmioError::InvalidAddress { rip, gva, gpa } => write!(
-                f,
-                "invalid MMIO address: rip=0x{rip:x} gva=0x{gva:x} gpa=0x{gpa:x}"
-            ),
-            MmioError::Segment {
-                rip,
-                selector,
-                reason,
-            } => write!(
-                f,
-                "cannot load selector 0x{selector:x} at rip=0x{rip:x}: {reason}"
-            ),
-            MmioError::StringIo { rip, bytes, what } => write!(
-                f,
-                "cannot emulate string I/O at rip=0x{rip:x}: {what} (bytes {})",
-                hex(bytes)
-            ),
-        }
-    }
-}
-
-impl std::error::Error for MmioError {}
 
 type Result<T> = std::result::Result<T, MmioError>;
 

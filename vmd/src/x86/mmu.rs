@@ -20,7 +20,6 @@
 //! only when it changes, so that a concurrent update of the rest of the
 //! entry by another vCPU is not overwritten.
 use super::GuestRam;
-use std::fmt;
 use vmm_sys::abi::{vcpu_reg_state, VCPU_REGS_CR0, VCPU_REGS_CR3, VCPU_REGS_CR4, VCPU_REGS_EFER};
 
 pub(crate) const CR0_PE: u64 = 1 << 0;
@@ -57,17 +56,22 @@ pub enum Access {
 
 /// Why a translation failed.  `level` counts from the leaf: 1 is the page
 /// table, 2 the page directory, 3 the PDPT, 4 the PML4, 5 the PML5.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TranslateError {
     /// An entry on the walk is not present (vmd: EFAULT).
+    #[error("gva 0x{gva:x} not present (level {level} entry)")]
     NotPresent { gva: u64, level: u8 },
     /// A write to a page that is read-only for this access (vmd: EPERM).
+    #[error("write to read-only gva 0x{gva:x}")]
     ReadOnly { gva: u64 },
     /// A CPL 3 access to a supervisor page (vmd: EPERM).
+    #[error("user access to supervisor gva 0x{gva:x}")]
     Supervisor { gva: u64 },
     /// A fetch from a page with XD set while EFER.NXE is on.
+    #[error("fetch from no-execute gva 0x{gva:x}")]
     NoExecute { gva: u64 },
     /// A paging structure lies outside guest RAM.
+    #[error("page table for gva 0x{gva:x} at gpa 0x{gpa:x} is not guest RAM")]
     TableNotInRam { gva: u64, gpa: u64 },
 }
 
@@ -82,27 +86,6 @@ impl TranslateError {
         }
     }
 }
-
-impl fmt::Display for TranslateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TranslateError::NotPresent { gva, level } => {
-                write!(f, "gva 0x{gva:x} not present (level {level} entry)")
-            }
-            TranslateError::ReadOnly { gva } => write!(f, "write to read-only gva 0x{gva:x}"),
-            TranslateError::Supervisor { gva } => {
-                write!(f, "user access to supervisor gva 0x{gva:x}")
-            }
-            TranslateError::NoExecute { gva } => write!(f, "fetch from no-execute gva 0x{gva:x}"),
-            TranslateError::TableNotInRam { gva, gpa } => write!(
-                f,
-                "page table for gva 0x{gva:x} at gpa 0x{gpa:x} is not guest RAM"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for TranslateError {}
 
 /// One entry read during a walk, kept for the Accessed/Dirty update.
 #[derive(Clone, Copy)]

@@ -44,7 +44,7 @@ pub fn load(
     ranges: &[vm_mem_range],
     boot: &LinuxBoot,
 ) -> Result<vcpu_reg_state, LoadError> {
-    let vm = VmMemory::new(mem).map_err(LoadError::Memory)?;
+    let vm = VmMemory::new(mem).map_err(|e| LoadError::Memory(e.to_string()))?;
     let loaded = BzImage::load(
         vm.mmap(),
         None,

@@ -11,43 +11,23 @@ mod property_tests;
 
 use vmm_sys::GuestMemory;
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The image does not fit where it must go.
+    #[error("{what} of {size} bytes does not fit (limit {limit} bytes)")]
     Size {
         what: &'static str,
         size: usize,
         limit: usize,
     },
     /// Not a format this loader understands.
+    #[error("{0}")]
     Format(String),
     /// Writing guest memory failed.
+    #[error("guest memory: {0}")]
     Memory(String),
-    Io(std::io::Error),
-}
-
-impl std::fmt::Display for LoadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LoadError::Size { what, size, limit } => {
-                write!(
-                    f,
-                    "{what} of {size} bytes does not fit (limit {limit} bytes)"
-                )
-            }
-            LoadError::Format(m) => write!(f, "{m}"),
-            LoadError::Memory(m) => write!(f, "guest memory: {m}"),
-            LoadError::Io(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for LoadError {}
-
-impl From<std::io::Error> for LoadError {
-    fn from(e: std::io::Error) -> Self {
-        LoadError::Io(e)
-    }
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 pub(crate) fn write(mem: &GuestMemory, gpa: u64, bytes: &[u8]) -> Result<(), LoadError> {

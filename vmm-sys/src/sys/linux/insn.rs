@@ -61,10 +61,13 @@ impl Window {
         let la = code_linear(sregs, bits, ip);
         let hi = 15 + mmu::read_linear(mem, sregs, la, &mut bytes[15..]);
         // Backward: the part in ip's own page first, then the page before.
+        // With ip at the start of a page the part in its own page is empty
+        // and all 15 bytes come from the page before (an OUT or store that
+        // ends on the boundary); nothing lies before linear 0.
         let in_page = ((la & 0xfff) as usize).min(15);
         let mut lo = 15;
-        if in_page > 0
-            && mmu::read_linear(
+        if in_page == 0
+            || mmu::read_linear(
                 mem,
                 sregs,
                 la - in_page as u64,
@@ -73,8 +76,10 @@ impl Window {
         {
             lo = 15 - in_page;
             let rest = 15 - in_page;
-            if rest > 0 && mmu::read_linear(mem, sregs, la - 15, &mut bytes[..rest]) == rest {
-                lo = 0;
+            if let Some(start) = la.checked_sub(15) {
+                if rest > 0 && mmu::read_linear(mem, sregs, start, &mut bytes[..rest]) == rest {
+                    lo = 0;
+                }
             }
         }
         Window {
@@ -261,14 +266,34 @@ pub fn written_gpas(
         let la = um.virtual_address(0, |reg, _, _| reg_value(reg, r, s, bits));
         let Some(la) = la else { continue };
         let la = if bits == 64 { la } else { la & 0xffff_ffff };
-        if let Some(gpa) = mmu::translate(mem, s, la) {
-            // iced reports a REP string operand as of unknown size: one
-            // element is what each of KVM's exits covers.
-            let size = match um.memory_size().size() {
-                0 => i.memory_size().size(),
-                n => n,
-            };
-            out.push((gpa, size));
+        // iced reports a REP string operand as of unknown size: one
+        // element is what each of KVM's exits covers.
+        let size = match um.memory_size().size() {
+            0 => i.memory_size().size(),
+            n => n,
+        };
+        let Some(gpa) = mmu::translate(mem, s, la) else {
+            continue;
+        };
+        out.push((gpa, size));
+        // A write across a page boundary goes to two pages that need not
+        // be adjacent in guest-physical memory: KVM handles each page's
+        // part on its own, so report the second part at its own GPA.
+        let first = 0x1000 - (la & 0xfff) as usize;
+        if size > first {
+            let next = la.wrapping_add(first as u64);
+            let next = if bits == 64 { next } else { next & 0xffff_ffff };
+            match mmu::translate(mem, s, next) {
+                Some(g2) if g2 == gpa + first as u64 => {}
+                Some(g2) => {
+                    out.pop();
+                    out.extend([(gpa, first), (g2, size - first)]);
+                }
+                None => {
+                    out.pop();
+                    out.push((gpa, first));
+                }
+            }
         }
     }
     out
@@ -316,8 +341,15 @@ pub fn undo_side_effects(i: &Instruction, after: &kvm_regs, bits: u32) -> kvm_re
         }
         iced_x86::Mnemonic::Push | iced_x86::Mnemonic::Pop => {
             // PUSH moved RSP down, POP (to an MMIO operand) up.
+            // The stack pointer is SP, ESP or RSP after the code size (as
+            // iced assumes for written_gpas; SS.B is not consulted): a
+            // real-mode PUSH with SP=0 leaves SP=0xfffe, not 0x1_0000.
             let delta = i.stack_pointer_increment() as i64 as u64;
-            let smask = if bits == 64 { u64::MAX } else { 0xffff_ffff };
+            let smask = match bits {
+                64 => u64::MAX,
+                32 => 0xffff_ffff,
+                _ => 0xffff,
+            };
             let sp = r.rsp.wrapping_sub(delta);
             r.rsp = (r.rsp & !smask) | (sp & smask);
         }
@@ -488,3 +520,6 @@ pub fn undo_string_out(i: &Instruction, after: &kvm_regs, bits: u32, count: u64)
     }
     r
 }
+
+#[cfg(test)]
+mod tests;

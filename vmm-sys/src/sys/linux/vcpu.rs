@@ -39,7 +39,7 @@ pub(crate) struct Vcpu {
     id: u32,
     inner: Mutex<Inner>,
     /// The vCPU's kvm_run page, for `immediate_exit` from other threads.
-    run_page: *mut kvm_run,
+    run_page: RunPage,
     raw_fd: RawFd,
     /// vmm(4)'s `vc_intr`: set and cleared by VMM_IOC_INTR.
     intr: AtomicBool,
@@ -49,12 +49,25 @@ pub(crate) struct Vcpu {
     running: Mutex<Option<libc::pthread_t>>,
 }
 
-// SAFETY: run_page points into the kvm_run mapping owned by the VcpuFd in
-// `inner`; it lives as long as the Vcpu, and other threads only store the
-// one-byte `immediate_exit` flag through it, which KVM reads racily by design.
-unsafe impl Send for Vcpu {}
-// SAFETY: as above.
-unsafe impl Sync for Vcpu {}
+/// The one thing other threads may do to a vCPU's `kvm_run` page: set
+/// `immediate_exit`.  The page is the mapping owned by the `VcpuFd` in the
+/// same `Vcpu`, so it lives as long as this does.
+struct RunPage(*mut kvm_run);
+
+// SAFETY: the pointer is only used for a volatile one-byte store of
+// `immediate_exit`, which KVM reads racily by design, and only through a
+// live `&Vcpu`, whose VcpuFd keeps the mapping; it is never used on drop.
+unsafe impl Send for RunPage {}
+// SAFETY: as above; concurrent stores of the same byte value are benign.
+unsafe impl Sync for RunPage {}
+
+impl RunPage {
+    fn set_immediate_exit(&self) {
+        // SAFETY: self.0 is the live kvm_run mapping (see the Send impl);
+        // a volatile byte store is what KVM expects from another thread.
+        unsafe { std::ptr::write_volatile(&mut (*self.0).immediate_exit, 1) };
+    }
+}
 
 /// What vmm(4) register state there is beside KVM's `kvm_sync_regs`:
 /// refreshed by READREGS, WRITEREGS and RESETCPU.
@@ -129,7 +142,7 @@ impl Vcpu {
                 cached,
                 ram_writes: None,
             }),
-            run_page,
+            run_page: RunPage(run_page),
             raw_fd,
             intr: AtomicBool::new(false),
             terminate: AtomicBool::new(false),
@@ -150,9 +163,7 @@ impl Vcpu {
     fn kick(&self) {
         let running = self.running.lock().unwrap();
         if let Some(thread) = *running {
-            // SAFETY: run_page is the live kvm_run mapping (see the Send
-            // impl); a volatile byte store is what KVM expects.
-            unsafe { std::ptr::write_volatile(&mut (*self.run_page).immediate_exit, 1) };
+            self.run_page.set_immediate_exit();
             kick::kick(thread);
         }
     }

@@ -1,0 +1,401 @@
+//! The project's own test guest (testguest/): booted as vmd's `boot`
+//! kernel in our VM process, and from a disk by SeaBIOS under QEMU with
+//! QEMU's virtio devices (modern-only, capabilities in an MMIO BAR:
+//! virtio-blk, virtio-rng, virtio-scsi with a CD-ROM), whose transcripts
+//! are checked against what the test put on the disks and whose disk
+//! writes are verified with `qemu-io`.
+//!
+//! Needs /dev/kvm, the guest (`make testguest`) and, for the QEMU tests,
+//! qemu-system-x86 and qemu-utils; each test is reported as ignored with
+//! the reason where something is missing.
+mod support;
+// Its own file, so that the other tests' crates do not compile it.
+#[path = "support/testguest.rs"]
+mod testguest_support;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::Console;
+use testguest_support::*;
+use vmd::vm::machine::{BootImage, Machine, Outcome, VmConfig};
+
+const MB: u64 = 1 << 20;
+
+/// Boots the guest ELF as vmd's `boot` image until it prints `done`.
+fn boot_elf_in_vmd() -> Result<String, Failed> {
+    let elf = std::fs::read(elf_path()).map_err(|e| format!("{}: {e}", elf_path().display()))?;
+    let console = Console::default();
+    let vmm = Arc::new(vmm_sys::Vmm::open()?);
+    let cfg = VmConfig {
+        name: "testguest".into(),
+        memory: 64 * MB,
+        boot: BootImage::Kernel(elf),
+        console_out: Box::new(console.clone()),
+        console_in: None,
+        flavour: None,
+        disks: Vec::new(),
+    };
+    let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
+    let control = machine.control();
+    let runner = std::thread::spawn(move || machine.run());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && !runner.is_finished() {
+        let t = console.text();
+        if t.lines().any(|l| l == "done") || t.contains("FATAL") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    control.stop();
+    let outcome = runner.join().map_err(|_| "VM thread panicked")?;
+    let text = console.text();
+    match outcome {
+        Ok(Outcome::Halted) => {}
+        Ok(o) => return Err(format!("VM ended with {o:?}; console:\n{text}").into()),
+        Err(e) => return Err(format!("VM failed: {e}; console:\n{text}").into()),
+    }
+    Ok(text)
+}
+
+/// The ELF path: vmd's loader, the 32-bit entry, our own GDT/IDT/TSS and
+/// page tables, CPL 3, PCI enumeration (only the host bridge in our VM so
+/// far), and timer interrupts (the default script, there being no disk).
+fn elf_boots_to_cpl3() -> Result<(), Failed> {
+    let text = boot_elf_in_vmd()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let want_first = "testguest: boot=elf cpl=3";
+    if lines.first() != Some(&want_first) {
+        return Err(format!("first line is not {want_first:?}; console:\n{text}").into());
+    }
+    let bridge = "pci 00.0 0b5d:0666 class 060000 ";
+    if !lines.iter().any(|l| l.starts_with(bridge)) {
+        return Err(format!("no line {bridge:?}; console:\n{text}").into());
+    }
+    // PIT ticks through the PIC, to the guest's IDT, at CPL0 in HLT.
+    if !lines.contains(&"irq-timer: ok") {
+        return Err(format!("no timer interrupts; console:\n{text}").into());
+    }
+    if lines.last() != Some(&"done") {
+        return Err(format!("the guest did not finish with done; console:\n{text}").into());
+    }
+    Ok(())
+}
+
+/// Boots the guest under QEMU from a fresh boot disk with `script`, after
+/// `prepare` (qemu-io writes) ran on the image; returns the transcript
+/// and the image (for checks after the run).
+fn run_qemu(
+    tag: &str,
+    script: &str,
+    prepare: &[&str],
+    cdrom: Option<&std::path::Path>,
+) -> Result<(String, TempFile), Failed> {
+    let disk = TempFile::new(tag);
+    write_boot_disk(&disk.0, script, 32 * MB)?;
+    for cmd in prepare {
+        qemu_io(&disk.0, cmd)?;
+    }
+    let text = Qemu::start(&qemu_devices(&disk.0, "raw", cdrom))?
+        .wait_line("done", Duration::from_secs(60))?;
+    Ok((text, disk))
+}
+
+fn expect_lines(text: &str, want: &[String]) -> Result<(), Failed> {
+    let got = results(text);
+    if got != want {
+        return Err(format!(
+            "result lines differ\n got: {got:#?}\nwant: {want:#?}\ntranscript:\n{text}"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Under QEMU (capabilities in a memory BAR): entropy, reads of patterns
+/// qemu-io wrote, a guest write that qemu-io then verifies, flush, get-id,
+/// and a read that must (and does) report a mismatch.
+fn qemu_rng_and_blk() -> Result<(), Failed> {
+    let script = "blk-info\nrng\nblk-read-pattern 4M 64k 0xa5\nblk-read-pattern 8M 4k 0x3c\n\
+                  blk-read-pattern 12M 8k 0\nblk-read-pattern 4M 4k 0x5a\n\
+                  blk-write-pattern 5M 64k 0x5a\nblk-flush\nblk-id\nblk-read-sum 0 1M\n";
+    let (text, disk) = run_qemu(
+        "blk",
+        script,
+        &["write -P 0xa5 4M 64k", "write -P 0x3c 8M 4k"],
+        None,
+    )?;
+    let image = std::fs::read(&disk.0).map_err(|e| format!("{}: {e}", disk.0.display()))?;
+    let boot_area = &image[..MB as usize];
+    let want: Vec<String> = [
+        format!("blk-info: sectors {} flush 1 ro 0", 32 * MB / 512),
+        "rng: ok".into(),
+        "blk-read-pattern: off 0x400000 len 0x10000 byte 0xa5: ok".into(),
+        "blk-read-pattern: off 0x800000 len 0x1000 byte 0x3c: ok".into(),
+        "blk-read-pattern: off 0xc00000 len 0x2000 byte 0x00: ok".into(),
+        "blk-read-pattern: off 0x400000 len 0x1000 byte 0x5a: mismatch at 0x400000: 0xa5".into(),
+        "blk-write-pattern: off 0x500000 len 0x10000 byte 0x5a: ok".into(),
+        "blk-flush: ok".into(),
+        "blk-id: \"testguest-disk\"".into(),
+        format!("blk-read-sum: off 0x0 len 0x100000: fnv {}", fnv(boot_area)),
+        "done".into(),
+    ]
+    .into();
+    expect_lines(&text, &want)?;
+    if !text.contains("note: blk-info registers in memory space") {
+        return Err(format!("QEMU's registers should be in a memory BAR:\n{text}").into());
+    }
+    qemu_io(&disk.0, "read -P 0x5a 5M 64k")?;
+    // The check itself can fail: the bytes around the write are not 0x5a.
+    if qemu_io(&disk.0, "read -P 0x5a 6M 4k").is_ok() {
+        return Err("qemu-io found 0x5a where the guest wrote nothing".into());
+    }
+    Ok(())
+}
+
+/// Under QEMU: an entropy request completed through INTx and the PIC,
+/// hostile descriptor chains (QEMU marks the device NEEDS_RESET; reset, it
+/// works again), and the benchmark in miniature.
+fn qemu_irq_hostile_bench() -> Result<(), Failed> {
+    let script = "irq-rng\nhostile-chain loop rng\nhostile-chain loop blk\n\
+                  hostile-chain oversize blk\nhostile-chain wild-idx blk\nhostile-chain oob rng\n\
+                  blk-bench read4k 300 8\nblk-bench write4k 300 8\nblk-bench seqread1m 16 2\n";
+    let (text, _disk) = run_qemu("irq", script, &[], None)?;
+    let got = results(&text);
+    let oob = got
+        .iter()
+        .find(|l| l.starts_with("hostile-chain oob rng: ") && !l.ends_with("works after reset"))
+        .cloned()
+        .unwrap_or_default();
+    let mut want: Vec<String> = vec!["irq-rng: ok".into()];
+    for (k, t) in [
+        ("loop", "rng"),
+        ("loop", "blk"),
+        ("oversize", "blk"),
+        ("wild-idx", "blk"),
+    ] {
+        want.push(format!("hostile-chain {k} {t}: needs-reset"));
+        want.push(format!("hostile-chain {k} {t}: works after reset"));
+    }
+    // What QEMU does with an out-of-range buffer differs by version; the
+    // device must answer somehow and work after a reset.
+    if oob.ends_with("no answer") || oob.is_empty() {
+        return Err(format!("no answer to an out-of-range buffer:\n{text}").into());
+    }
+    want.push(oob);
+    want.push("hostile-chain oob rng: works after reset".into());
+    want.extend([
+        "blk-bench read4k n 300 depth 8: ok".into(),
+        "blk-bench write4k n 300 depth 8: ok".into(),
+        "blk-bench seqread1m n 16 depth 2: ok".into(),
+        "done".into(),
+    ]);
+    expect_lines(&text, &want)?;
+    let timings = text
+        .lines()
+        .filter(|l| l.starts_with("timing: blk-bench"))
+        .count();
+    if timings != 3 || text.contains(" iops 0 ") {
+        return Err(format!("want 3 non-zero timing lines:\n{text}").into());
+    }
+    Ok(())
+}
+
+/// Under QEMU: a CD-ROM through virtio-scsi: INQUIRY and READ CAPACITY,
+/// READ(10) sums checked against the image, a read past the end ending in
+/// CHECK CONDITION / ILLEGAL REQUEST (LBA out of range), and hostile
+/// chains on its request queue.
+fn qemu_scsi_cdrom() -> Result<(), Failed> {
+    let iso = TempFile::new("cdrom");
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..2 * MB)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&iso.0, &data).map_err(|e| format!("{}: {e}", iso.0.display()))?;
+    let script = "scsi-info\nscsi-read-sum 0 16\nscsi-read-sum 1000 24\nscsi-read-sum 1022 4\n\
+                  hostile-chain loop scsi\nhostile-chain wild-idx scsi\n";
+    let (text, _disk) = run_qemu("scsi", script, &[], Some(&iso.0))?;
+    let blocks = |a: usize, n: usize| fnv(&data[a * 2048..(a + n) * 2048]);
+    let want = [
+        "scsi-info: type 5 removable 1 blocks 1024 block size 2048".to_string(),
+        format!("scsi-read-sum: lba 0 count 16: fnv {}", blocks(0, 16)),
+        format!("scsi-read-sum: lba 1000 count 24: fnv {}", blocks(1000, 24)),
+        "scsi-read-sum: lba 1022 count 4: at 1022: check condition, sense key 0x5 asc 0x21 ascq 0x00"
+            .into(),
+        "hostile-chain loop scsi: needs-reset".into(),
+        "hostile-chain loop scsi: works after reset".into(),
+        "hostile-chain wild-idx scsi: needs-reset".into(),
+        "hostile-chain wild-idx scsi: works after reset".into(),
+        "done".into(),
+    ];
+    expect_lines(&text, &want)
+}
+
+/// Under QEMU, from a qcow2 image whose boot sector and guest live in a
+/// base two levels down: the payload the boot sector reads through
+/// SeaBIOS's int 13h (partly overwritten in the middle layer) and data in
+/// each layer read back by the guest through virtio-blk; the guest's write
+/// lands in the top layer, `qemu-io` reads it back and `qemu-img check`
+/// finds nothing wrong.
+fn qemu_qcow2_chain() -> Result<(), Failed> {
+    let script = "boot-payload\nblk-read-pattern 2M 64k 0x77\nblk-read-pattern 3M 4k 0x33\n\
+                  blk-read-pattern 3M 4k 0x77\nblk-write-pattern 4M 64k 0x5a\nblk-flush\n";
+    let elf = std::fs::read(elf_path()).map_err(|e| format!("{}: {e}", elf_path().display()))?;
+    let mut raw_disk = boot_disk(&elf, script, 32 * MB)?;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let (p0, plen) = (PAYLOAD_OFFSET as usize, PAYLOAD_LEN as usize);
+    for b in &mut raw_disk[p0..p0 + plen] {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let raw = TempFile::new("chain-raw");
+    let (base, mid, top) = (
+        TempFile::new("chain-base"),
+        TempFile::new("chain-mid"),
+        TempFile::new("chain-top"),
+    );
+    std::fs::write(&raw.0, &raw_disk).map_err(|e| format!("{}: {e}", raw.0.display()))?;
+    let p = |t: &TempFile| t.0.display().to_string();
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&base)])?;
+    for (over, under) in [(&mid, &base), (&top, &mid)] {
+        qemu_img(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            &p(under),
+            "-F",
+            "qcow2",
+            &p(over),
+        ])?;
+    }
+    qemu_io_fmt(&mid.0, "qcow2", "write -P 0x77 2M 64k")?;
+    qemu_io_fmt(&mid.0, "qcow2", "write -P 0x5a 800k 4k")?;
+    qemu_io_fmt(&top.0, "qcow2", "write -P 0x33 3M 4k")?;
+    let text = Qemu::start(&qemu_devices(&top.0, "qcow2", None))?
+        .wait_line("done", Duration::from_secs(60))?;
+    let mut payload = raw_disk[p0..p0 + plen].to_vec();
+    let at = (800 << 10) - p0;
+    payload[at..at + 4096].fill(0x5a);
+    let want = [
+        format!("boot-payload: fnv {}", fnv(&payload)),
+        "blk-read-pattern: off 0x200000 len 0x10000 byte 0x77: ok".into(),
+        "blk-read-pattern: off 0x300000 len 0x1000 byte 0x33: ok".into(),
+        "blk-read-pattern: off 0x300000 len 0x1000 byte 0x77: mismatch at 0x300000: 0x33".into(),
+        "blk-write-pattern: off 0x400000 len 0x10000 byte 0x5a: ok".into(),
+        "blk-flush: ok".into(),
+        "done".into(),
+    ];
+    expect_lines(&text, &want)?;
+    qemu_io_fmt(&top.0, "qcow2", "read -P 0x5a 4M 64k")?;
+    // The write went to the top layer only.
+    if qemu_io_fmt(&mid.0, "qcow2", "read -P 0x5a 4M 64k").is_ok() {
+        return Err("the guest's write reached the middle layer".into());
+    }
+    qemu_img(&["check", &p(&top)])?;
+    Ok(())
+}
+
+/// Under QEMU, the crash-consistency pattern of issue 7 with QEMU as the
+/// reference: the guest streams 4 KiB writes to a qcow2 image, each
+/// followed by a FLUSH, and reports each completion; QEMU is killed
+/// (SIGKILL) midway; every write the guest saw complete reads back, and
+/// `qemu-img check` finds no corruption (leaked clusters are allowed, as
+/// after any crash).  Without the flushes QEMU loses them: its qcow2
+/// driver keeps new L2 entries in memory until a flush.
+fn qemu_kill_mid_write_stream() -> Result<(), Failed> {
+    let elf = std::fs::read(elf_path()).map_err(|e| format!("{}: {e}", elf_path().display()))?;
+    let raw = TempFile::new("stream-raw");
+    let img = TempFile::new("stream-qcow2");
+    std::fs::write(
+        &raw.0,
+        boot_disk(&elf, "blk-write-stream 2M 3000 flush\n", 32 * MB)?,
+    )
+    .map_err(|e| format!("{}: {e}", raw.0.display()))?;
+    let p = |t: &TempFile| t.0.display().to_string();
+    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&img)])?;
+    let text = Qemu::start(&qemu_devices(&img.0, "qcow2", None))?
+        .wait_line("blk-write-stream: wrote 200", Duration::from_secs(60))?;
+    let last = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("blk-write-stream: wrote "))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .max()
+        .ok_or("no completed writes")?;
+    if last >= 2999 {
+        return Err(format!("QEMU was not killed midway (last write {last})").into());
+    }
+    let cmds: Vec<String> = (0..=last)
+        .map(|i| {
+            let byte = (i % 251) as u8 + 1;
+            format!("read -P 0x{byte:02x} {} 4k", 2 * MB + 4096 * i)
+        })
+        .collect();
+    qemu_io_cmds(&img.0, "qcow2", &cmds)?;
+    // 0: clean, 3: leaked clusters only; 2 would be corruption.
+    let check = std::process::Command::new("qemu-img")
+        .args(["check", &p(&img)])
+        .output()
+        .map_err(|e| format!("qemu-img check: {e}"))?;
+    match check.status.code() {
+        Some(0) | Some(3) => Ok(()),
+        c => Err(format!(
+            "qemu-img check exit {c:?}: {}",
+            String::from_utf8_lossy(&check.stdout)
+        )
+        .into()),
+    }
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let vmm = support::missing_vmm();
+    let guest = missing_guest();
+    let need_vmd = vmm.clone().or(guest.clone());
+    let need_qemu = vmm.or(guest).or(missing_qemu());
+    let tests = vec![
+        (
+            Trial::test("elf_boots_to_cpl3_in_vmd", elf_boots_to_cpl3),
+            need_vmd,
+        ),
+        (
+            Trial::test("qemu_disk_boot_rng_and_blk", qemu_rng_and_blk),
+            need_qemu.clone(),
+        ),
+        (
+            Trial::test(
+                "qemu_disk_boot_irq_hostile_chains_bench",
+                qemu_irq_hostile_bench,
+            ),
+            need_qemu.clone(),
+        ),
+        (
+            Trial::test("qemu_disk_boot_scsi_cdrom", qemu_scsi_cdrom),
+            need_qemu.clone(),
+        ),
+        (
+            Trial::test("qemu_qcow2_chain_boot", qemu_qcow2_chain),
+            need_qemu.clone(),
+        ),
+        (
+            Trial::test("qemu_kill_mid_write_stream", qemu_kill_mid_write_stream),
+            need_qemu,
+        ),
+    ];
+    let tests = tests
+        .into_iter()
+        .map(|(t, why)| match why {
+            Some(why) => t.with_ignored_flag(true).with_kind(why),
+            None => t,
+        })
+        .collect();
+    libtest_mimic::run(&args, tests).exit();
+}
