@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use support::Console;
 use testguest_support::*;
 use vmd::devices::virtio::blk::{BackendError, BlockBackend};
-use vmd::vm::machine::{BootImage, Machine, Outcome, VmConfig};
+use vmd::vm::machine::{BootImage, Machine, Outcome, ShutdownRequest, VmConfig};
 
 const MB: u64 = 1 << 20;
 
@@ -472,6 +472,89 @@ fn vmd_rng_blk_hostile() -> Result<(), Failed> {
     Ok(())
 }
 
+/// `vmctl stop` without -f, at the VM process (Control::request_shutdown),
+/// of the test guest running its vmmci driver: `vmmci-ack reset` acks the
+/// REBOOT request and resets, so the VM ends at once; `vmmci-ignore`
+/// never answers, so vmmci's 3 s timeout ends it.
+fn vmd_vmmci_stop(answer: bool) -> Result<(), Failed> {
+    let script = if answer {
+        "vmmci-ack reset\n"
+    } else {
+        "vmmci-ignore\n"
+    };
+    let ready = if answer {
+        "vmmci-ack: ready, ack 1"
+    } else {
+        "vmmci-ignore: ready, ack 0"
+    };
+    let elf = std::fs::read(elf_path()).map_err(|e| format!("{}: {e}", elf_path().display()))?;
+    let image = SharedImage(Arc::new(std::sync::Mutex::new(boot_disk(
+        &elf,
+        script,
+        32 * MB,
+    )?)));
+    let bios = std::fs::read(support::bios_path())?;
+    let console = Console::default();
+    let vmm = Arc::new(vmm_sys::Vmm::open()?);
+    let cfg = VmConfig {
+        name: "testguest-vmmci".into(),
+        memory: 64 * MB,
+        boot: BootImage::Bios(bios),
+        console_out: Box::new(console.clone()),
+        console_in: None,
+        flavour: None,
+        disks: vec![Box::new(image)],
+    };
+    let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
+    let control = machine.control();
+    let runner = std::thread::spawn(move || machine.run());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline && !console.text().contains(ready) && !runner.is_finished() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !console.text().contains(ready) {
+        control.stop();
+        let _ = runner.join();
+        return Err(format!("no {ready:?}; console:\n{}", console.text()).into());
+    }
+    let asked = control.request_shutdown();
+    let t0 = Instant::now();
+    while !runner.is_finished() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = t0.elapsed();
+    control.stop();
+    let outcome = runner.join().map_err(|_| "VM thread panicked")?;
+    let text = console.text();
+    if asked != ShutdownRequest::Asked {
+        return Err(format!("request_shutdown: {asked:?}; console:\n{text}").into());
+    }
+    let (want_outcome, ok_time) = if answer {
+        (Outcome::Reboot, took < Duration::from_secs(1))
+    } else {
+        (
+            Outcome::Halted,
+            took >= Duration::from_millis(2900) && took < Duration::from_secs(10),
+        )
+    };
+    match outcome {
+        Ok(o) if o == want_outcome => {}
+        other => return Err(format!("VM ended with {other:?}; console:\n{text}").into()),
+    }
+    if !ok_time {
+        return Err(format!("the VM ended {took:?} after the request; console:\n{text}").into());
+    }
+    let line = if answer {
+        "vmmci-ack: reboot (acked)"
+    } else {
+        "vmmci-ignore: reboot (ignored)"
+    };
+    if !text.contains(line) {
+        return Err(format!("no {line:?}; console:\n{text}").into());
+    }
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     let vmm = support::missing_vmm();
@@ -486,6 +569,16 @@ fn main() {
         ),
         (
             Trial::test("vmd_disk_boot_rng_blk_hostile_chains", vmd_rng_blk_hostile),
+            need_vmd_bios.clone(),
+        ),
+        (
+            Trial::test("vmd_vmmci_stop_of_an_acking_guest", || vmd_vmmci_stop(true)),
+            need_vmd_bios.clone(),
+        ),
+        (
+            Trial::test("vmd_vmmci_stop_of_an_ignoring_guest_times_out", || {
+                vmd_vmmci_stop(false)
+            }),
             need_vmd_bios,
         ),
         (
