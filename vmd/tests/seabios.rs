@@ -9,6 +9,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{bios_path, Console};
+use vmd::devices::fw_cfg::BootDevice;
 use vmd::devices::virtio::blk::{BackendError, BlockBackend};
 use vmd::devices::virtio::vmmci::VmmciCmd;
 use vmd::vm::machine::{BootImage, Machine, Outcome, ShutdownRequest, VmConfig};
@@ -28,6 +29,7 @@ fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour,
+        boot_device: Default::default(),
         disks: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
@@ -74,6 +76,7 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour: None,
+        boot_device: Default::default(),
         disks: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
@@ -133,6 +136,7 @@ fn graceful_stop_without_vmmci() -> Result<(), Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour: None,
+        boot_device: Default::default(),
         disks: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
@@ -336,6 +340,7 @@ fn graceful_stop_with_vmmci(answer: bool) -> Result<(), Failed> {
         console_in: None,
         flavour: None,
         disks: vec![Box::new(MemImage(vmmci_guest(answer)?))],
+        boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -397,6 +402,30 @@ fn graceful_stop_with_vmmci(answer: bool) -> Result<(), Failed> {
 /// SeaBIOS finds our vioblk through its virtio 1.x capabilities in the
 /// I/O BAR, boots its boot sector and serves its int 13h read.
 fn seabios_boots_from_vioblk() -> Result<(), Failed> {
+    let text = boot_from_vioblk(BootDevice::Auto)?;
+    if !text.contains(SECTOR1) {
+        return Err(format!("the boot sector did not print sector 1; console:\n{text}").into());
+    }
+    Ok(())
+}
+
+/// `vmctl start -B` / vm.conf `boot device` reach SeaBIOS through fw_cfg's
+/// `bootorder`: `disk` names the vioblk's slot and boots it; `net` with no
+/// NIC writes no `bootorder` (vmd looks the device up first), so SeaBIOS
+/// falls back to its own order and boots the disk.
+fn seabios_follows_the_boot_device() -> Result<(), Failed> {
+    let text = boot_from_vioblk(BootDevice::Disk)?;
+    if !text.contains(SECTOR1) {
+        return Err(format!("-B disk did not boot the disk; console:\n{text}").into());
+    }
+    let text = boot_from_vioblk(BootDevice::Net)?;
+    if !text.contains(SECTOR1) {
+        return Err(format!("-B net without a NIC did not fall back; console:\n{text}").into());
+    }
+    Ok(())
+}
+
+fn boot_from_vioblk(boot_device: BootDevice) -> Result<String, Failed> {
     let image =
         std::fs::read(bios_path()).map_err(|e| format!("{}: {e}", bios_path().display()))?;
     let console = Console::default();
@@ -408,6 +437,7 @@ fn seabios_boots_from_vioblk() -> Result<(), Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour: None,
+        boot_device,
         disks: vec![Box::new(MemImage(boot_disk()?))],
     };
     let machine = Machine::new(vmm, cfg)?;
@@ -425,10 +455,7 @@ fn seabios_boots_from_vioblk() -> Result<(), Failed> {
     if let Err(e) = outcome {
         return Err(format!("VM failed: {e}; console:\n{text}").into());
     }
-    if !text.contains(SECTOR1) {
-        return Err(format!("the boot sector did not print sector 1; console:\n{text}").into());
-    }
-    Ok(())
+    Ok(text)
 }
 
 fn main() {
@@ -452,6 +479,10 @@ fn main() {
         Trial::test("vmmci_graceful_stop_of_a_silent_guest_times_out", || {
             graceful_stop_with_vmmci(false)
         }),
+        Trial::test(
+            "seabios_follows_the_boot_device",
+            seabios_follows_the_boot_device,
+        ),
         Trial::test(
             "seabios_graceful_stop_without_vmmci_ends_at_once",
             graceful_stop_without_vmmci,

@@ -35,6 +35,7 @@ fn boot_elf_in_vmd() -> Result<String, Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour: None,
+        boot_device: Default::default(),
         disks: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
@@ -412,6 +413,7 @@ fn vmd_rng_blk_hostile() -> Result<(), Failed> {
         console_in: None,
         flavour: None,
         disks: vec![Box::new(image.clone())],
+        boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();
@@ -504,6 +506,7 @@ fn vmd_vmmci_stop(answer: bool) -> Result<(), Failed> {
         console_in: None,
         flavour: None,
         disks: vec![Box::new(image)],
+        boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();
