@@ -16,21 +16,20 @@
 //!   it failed with (and exit).
 //! - vmm → VM: `PAUSE_VM` / `UNPAUSE_VM` (peer id: the client), answered
 //!   with `PAUSE_VM_RESPONSE` / `UNPAUSE_VM_RESPONSE`; `VM_REBOOT`, the
-//!   graceful stop: without a vmmci device the guest cannot be asked, so
-//!   the VM ends after [`super::VM_SHUTDOWN_TIMEOUT_SEC`] (or at the
-//!   guest's next reset); `CTL_VERBOSE`.
+//!   graceful stop: the guest is asked through vmmci and the VM ends at
+//!   its reset or at vmmci's timeout; a guest without a vmmci driver is
+//!   stopped at once; `CTL_VERBOSE`.
 //! - End of file from vmm: the VM stops and the process exits.
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use nix::unistd::User;
 
 use super::args::Args;
 use super::{logging, privsep, vmfiles};
-use crate::vm::machine::{BootImage, Control, Machine, Outcome, VmConfig};
+use crate::vm::machine::{BootImage, Control, Machine, Outcome, ShutdownRequest, VmConfig};
 use vmd_proto::msg::{VmopCreateParams, VmopResult};
 use vmd_proto::{ImsgChannel, Message};
 
@@ -220,19 +219,21 @@ fn dispatch_vmm(mut chan: ImsgChannel, control: Arc<Control>, shutdown: Arc<Atom
                 })))
             }
             Message::VmReboot => {
+                // vmctl stop without -f (vm.c's IMSG_VMDOP_VM_REBOOT): ask
+                // the guest through vmmci; the vmm process treats the reset
+                // that follows as the end.  vmmci's own timeouts (3 s
+                // without an ack, 120 s after one) end a guest that does
+                // not finish, and a guest without a vmmci driver cannot be
+                // asked, so it is stopped at once, as vmd does.
                 if !shutdown.swap(true, Ordering::SeqCst) {
-                    log::info!(
-                        "vm {id}: no vmmci device to ask the guest to shut down; \
-                         stopping the vm in {} seconds",
-                        super::VM_SHUTDOWN_TIMEOUT_SEC
-                    );
-                    let control = control.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("shutdown".into())
-                        .spawn(move || {
-                            std::thread::sleep(Duration::from_secs(super::VM_SHUTDOWN_TIMEOUT_SEC));
-                            control.stop();
-                        });
+                    match control.request_shutdown() {
+                        ShutdownRequest::Asked => {
+                            log::info!("vm {id}: asked the guest to shut down through vmmci")
+                        }
+                        ShutdownRequest::Stopped => log::info!(
+                            "vm {id}: no vmmci driver in the guest to ask; stopping the vm"
+                        ),
+                    }
                 }
                 None
             }
