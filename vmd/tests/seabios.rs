@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{bios_path, Console};
 use vmd::devices::fw_cfg::BootDevice;
-use vmd::devices::virtio::blk::{BackendError, BlockBackend};
+use vmd::devices::virtio::blk::{DiskError, DiskImage};
 use vmd::devices::virtio::vmmci::VmmciCmd;
 use vmd::vm::machine::{BootImage, Machine, Outcome, ShutdownRequest, VmConfig};
 use vmm_sys::ExitFlavour;
@@ -173,16 +173,25 @@ const SECTOR1: &str = "vioblk: sector 1 read through SeaBIOS\n";
 /// A disk in memory.
 struct MemImage(Vec<u8>);
 
-impl BlockBackend for MemImage {
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
+impl DiskImage for MemImage {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
         let o = offset as usize;
-        buf.copy_from_slice(self.0.get(o..o + buf.len()).ok_or("read past the end")?);
+        let size = self.0.len() as u64;
+        let src = self.0.get(o..o + buf.len()).ok_or(DiskError::OutOfRange {
+            path: "memimage".into(),
+            offset,
+            len: buf.len() as u64,
+            size,
+        })?;
+        buf.copy_from_slice(src);
         Ok(())
     }
-    fn write_at(&mut self, _buf: &[u8], _offset: u64) -> Result<(), BackendError> {
-        Err("read-only".into())
+    fn write_at(&mut self, _buf: &[u8], _offset: u64) -> Result<(), DiskError> {
+        Err(DiskError::ReadOnly {
+            path: "memimage".into(),
+        })
     }
-    fn flush(&mut self) -> Result<(), BackendError> {
+    fn flush(&mut self) -> Result<(), DiskError> {
         Ok(())
     }
     fn size(&self) -> u64 {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::Console;
 use testguest_support::*;
-use vmd::devices::virtio::blk::{BackendError, BlockBackend};
+use vmd::devices::virtio::blk::{DiskError, DiskImage};
 use vmd::vm::machine::{BootImage, Machine, Outcome, ShutdownRequest, VmConfig};
 
 const MB: u64 = 1 << 20;
@@ -362,22 +362,36 @@ fn qemu_kill_mid_write_stream() -> Result<(), Failed> {
 #[derive(Clone)]
 struct SharedImage(Arc<std::sync::Mutex<Vec<u8>>>);
 
-impl BlockBackend for SharedImage {
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
+/// A request outside the image.
+fn out_of_range(offset: u64, len: usize, size: usize) -> DiskError {
+    DiskError::OutOfRange {
+        path: "shared image".into(),
+        offset,
+        len: len as u64,
+        size: size as u64,
+    }
+}
+
+impl DiskImage for SharedImage {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
         let d = self.0.lock().unwrap();
         let o = offset as usize;
-        buf.copy_from_slice(d.get(o..o + buf.len()).ok_or("read past the end")?);
+        let src = d
+            .get(o..o + buf.len())
+            .ok_or_else(|| out_of_range(offset, buf.len(), d.len()))?;
+        buf.copy_from_slice(src);
         Ok(())
     }
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), BackendError> {
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
         let mut d = self.0.lock().unwrap();
         let o = offset as usize;
+        let size = d.len();
         d.get_mut(o..o + buf.len())
-            .ok_or("write past the end")?
+            .ok_or_else(|| out_of_range(offset, buf.len(), size))?
             .copy_from_slice(buf);
         Ok(())
     }
-    fn flush(&mut self) -> Result<(), BackendError> {
+    fn flush(&mut self) -> Result<(), DiskError> {
         Ok(())
     }
     fn size(&self) -> u64 {

@@ -45,6 +45,7 @@
 //! unless `-d` or `-n`, then to stderr ([`logging`]).
 pub mod args;
 pub mod control;
+pub mod disks;
 pub mod events;
 pub mod logging;
 pub mod parent;

@@ -610,37 +610,34 @@ impl Parent {
                 Ok(_) => log::warn!("{name}: cdrom {c} is not attached: no vioscsi yet"),
             }
         }
-        // Disks, the ISO and interfaces are checked but not attached
-        // yet: vioblk, vioscsi and vionet come in later issues.
+        // Each disk and its backing chain, opened here and sent on as
+        // descriptors (START_VM_DISK): the VM side never opens a path.
+        let mut disk_fds: Vec<(DiskFd, OwnedFd)> = Vec::new();
         let mut disk_files = Vec::new();
-        for d in &vm.params.disks {
-            let rw = vmfiles::open(&d.path, VmFile::Disk, true);
-            let writable = rw.is_ok();
-            let opened = match rw {
-                Err(e @ vmfiles::OpenError::Type { .. }) => Err(e),
-                Ok(f) => Ok(f),
-                Err(_) => vmfiles::open(&d.path, VmFile::Disk, false),
-            };
-            let f = match opened {
-                Ok(f) => f,
+        let mut bases = Vec::new();
+        for (index, d) in vm.params.disks.iter().enumerate() {
+            let chain = match super::disks::open(d) {
+                Ok(c) => c,
                 Err(e) => {
                     log::warn!("config_setvm: can't open {e}");
-                    return Err(VMD_DISK_MISSING);
+                    return Err(e.errno());
                 }
             };
             let rw = registry::ACCESS_READ | registry::ACCESS_WRITE;
-            if !access(&f, VMOP_CREATE_DISK, rw) {
+            if !access(&chain[0].file, VMOP_CREATE_DISK, rw) {
                 log::warn!("vm \"{name}\" unable to access disk {}", d.path);
                 return Err(libc::EPERM);
             }
-            if writable {
-                vmfiles::lock_disk(&f, &d.path).map_err(|e| {
-                    log::warn!("vm \"{name}\": {e}");
-                    libc::EBUSY
-                })?;
+            // Held, with its lock, while the VM runs.
+            disk_files.push(chain[0].file.try_clone().map_err(|e| errno_of(&e))?);
+            bases.push(chain.len() as u32 - 1);
+            for (base, c) in chain.into_iter().enumerate() {
+                let at = DiskFd {
+                    index: index as u32,
+                    base: base as u32,
+                };
+                disk_fds.push((at, OwnedFd::from(c.file)));
             }
-            log::warn!("{name}: disk {} is not attached: no vioblk yet", d.path);
-            disk_files.push(f);
         }
         if !vm.params.interfaces.is_empty() {
             log::warn!(
@@ -671,12 +668,18 @@ impl Parent {
             .map_err(|e| errno_of(&e))?;
         let mut params = vm.params.clone();
         params.id = vm.id;
+        for (d, n) in params.disks.iter_mut().zip(bases) {
+            d.bases = n;
+        }
         send(
             &mut self.vmm,
             Message::StartVmRequest(params),
             vm.id,
             vec![kernel],
         );
+        for (at, fd) in disk_fds {
+            send(&mut self.vmm, Message::StartVmDisk(at), vm.id, vec![fd]);
+        }
         send(
             &mut self.vmm,
             Message::StartVmEnd,

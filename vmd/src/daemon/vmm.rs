@@ -7,10 +7,11 @@
 //! `RECEIVE_VMM_FD`; each VM process gets a duplicate of it.  On OpenBSD,
 //! as vmm.c, the process also unveils nothing but its own binary (`x`).
 //!
-//! From the parent: `START_VM_REQUEST`(params, boot image fd) then
+//! From the parent: `START_VM_REQUEST`(params, boot image fd), one
+//! `START_VM_DISK`(disk index and chain position, fd) per disk file, then
 //! `START_VM_END`(pty fd) start a VM process (`vmd -V 0`), which is sent
-//! `RECEIVE_VMM_FD`(vmm fd), `START_VM_REQUEST`(params, boot image fd)
-//! and `START_VM_END`(pty fd) in that order; its
+//! `RECEIVE_VMM_FD`(vmm fd), `START_VM_REQUEST`(params, boot image fd),
+//! the `START_VM_DISK`s and `START_VM_END`(pty fd) in that order; its
 //! `START_VM_RESPONSE` goes back with the VM process's pid.
 //! `TERMINATE_VM_REQUEST`(vmop_id, peer id of the client): with
 //! `VMOP_FORCE` SIGTERM, then SIGKILL after [`super::VM_KILL_TIMEOUT_SEC`];
@@ -47,6 +48,14 @@ struct VmProc {
     kill_at: Option<Instant>,
 }
 
+/// A START_VM_REQUEST with its boot image and the disk descriptors that
+/// followed it.
+struct PendingVm {
+    params: VmopCreateParams,
+    kernel: Option<OwnedFd>,
+    disks: Vec<(DiskFd, OwnedFd)>,
+}
+
 struct Vmm {
     parent: ImsgChannel,
     /// vmd's binary, exec'd for each VM (`env->argv0`).
@@ -55,7 +64,7 @@ struct Vmm {
     vmm_fd: Option<OwnedFd>,
     flags: Vec<String>,
     /// START_VM_REQUEST waiting for its START_VM_END.
-    pending: BTreeMap<u32, (VmopCreateParams, Option<OwnedFd>)>,
+    pending: BTreeMap<u32, PendingVm>,
     last_request: Option<u32>,
     vms: Vec<VmProc>,
 }
@@ -198,17 +207,31 @@ impl Vmm {
             }
             Message::StartVmRequest(p) => {
                 let id = p.id;
-                self.pending.insert(id, (p, r.fds.pop()));
+                self.pending.insert(
+                    id,
+                    PendingVm {
+                        params: p,
+                        kernel: r.fds.pop(),
+                        disks: Vec::new(),
+                    },
+                );
                 self.last_request = Some(id);
+            }
+            Message::StartVmDisk(d) => {
+                let id = self.last_request.unwrap_or(peerid);
+                match (self.pending.get_mut(&id), r.fds.pop()) {
+                    (Some(p), Some(fd)) => p.disks.push((d, fd)),
+                    _ => log::warn!("vmm: START_VM_DISK without a request or a descriptor"),
+                }
             }
             Message::StartVmEnd => {
                 let pty = r.fds.pop();
                 let id = self.last_request.take().unwrap_or(peerid);
-                let Some((params, kernel)) = self.pending.remove(&id) else {
+                let Some(p) = self.pending.remove(&id) else {
                     log::warn!("vmm: START_VM_END without a request");
                     return;
                 };
-                if let Err(errno) = self.start_vm(params, kernel, pty) {
+                if let Err(errno) = self.start_vm(p, pty) {
                     self.tell_parent(
                         Message::StartVmResponse(VmopResult {
                             result: errno,
@@ -279,12 +302,12 @@ impl Vmm {
         }
     }
 
-    fn start_vm(
-        &mut self,
-        params: VmopCreateParams,
-        kernel: Option<OwnedFd>,
-        pty: Option<OwnedFd>,
-    ) -> Result<(), i32> {
+    fn start_vm(&mut self, p: PendingVm, pty: Option<OwnedFd>) -> Result<(), i32> {
+        let PendingVm {
+            params,
+            kernel,
+            disks,
+        } = p;
         let id = params.id;
         if self.find(id).is_some() {
             return Err(libc::EALREADY);
@@ -312,6 +335,11 @@ impl Vmm {
                     NO_PEER,
                     kernel.into_iter().collect(),
                 )
+            })
+            .and_then(|_| {
+                disks.into_iter().try_for_each(|(d, fd)| {
+                    events::post(&mut chan, &Message::StartVmDisk(d), NO_PEER, vec![fd])
+                })
             })
             .and_then(|_| {
                 events::post(

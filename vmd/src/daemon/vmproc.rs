@@ -11,7 +11,9 @@
 //!
 //! On the socket (all `vmd::proc` messages):
 //! - vmm → VM: `RECEIVE_VMM_FD`(vmm(4) fd), `START_VM_REQUEST`(create
-//!   params, boot image fd), then `START_VM_END`(pty master fd); VM → vmm:
+//!   params, boot image fd), a `START_VM_DISK`(fd) per file of each
+//!   disk's chain (vioblk builds the image from them), then
+//!   `START_VM_END`(pty master fd); VM → vmm:
 //!   `START_VM_RESPONSE` with result 0 once the VM exists, or the errno
 //!   it failed with (and exit).
 //! - vmm → VM: `PAUSE_VM` / `UNPAUSE_VM` (peer id: the client), answered
@@ -30,7 +32,7 @@ use nix::unistd::User;
 use super::args::Args;
 use super::{logging, privsep, vmfiles};
 use crate::vm::machine::{BootImage, Control, Machine, Outcome, ShutdownRequest, VmConfig};
-use vmd_proto::msg::{VmopCreateParams, VmopResult};
+use vmd_proto::msg::{VmopCreateParams, VmopResult, VMD_DISK_INVALID};
 use vmd_proto::{ImsgChannel, Message};
 
 fn fail(chan: &mut ImsgChannel, id: u32, errno: i32, msg: &str) -> i32 {
@@ -67,10 +69,20 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         },
         Err(e) => logging::fatal("failed to receive vm configuration", e),
     };
-    let pty = match chan.recv() {
-        Ok(mut r) if matches!(r.msg, Message::StartVmEnd) => r.fds.pop(),
-        Ok(r) => logging::fatalx(&format!("unexpected {:?}", r.msg.imsg_type())),
-        Err(e) => logging::fatal("failed to receive vm console", e),
+    // The disks' descriptors, then the console.
+    let mut disk_fds = super::disks::Received::default();
+    let pty = loop {
+        match chan.recv() {
+            Ok(mut r) => match r.msg {
+                Message::StartVmEnd => break r.fds.pop(),
+                Message::StartVmDisk(d) => match r.fds.pop() {
+                    Some(fd) => disk_fds.add(d, fd),
+                    None => logging::fatalx("failed to get disk fd"),
+                },
+                other => logging::fatalx(&format!("unexpected {:?}", other.imsg_type())),
+            },
+            Err(e) => logging::fatal("failed to receive vm console", e),
+        }
     };
     let name = params.name.clone();
     privsep::set_title(&name);
@@ -83,6 +95,17 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         }
     }
 
+    let disks = match disk_fds.images(&params.disks) {
+        Ok(d) => d,
+        Err(e) => {
+            return fail(
+                &mut chan,
+                params.id,
+                VMD_DISK_INVALID,
+                &format!("{name}: {e}"),
+            )
+        }
+    };
     let Some(kernel) = kernel else {
         return fail(&mut chan, params.id, libc::EINVAL, "no boot image");
     };
@@ -128,7 +151,7 @@ pub fn main(_args: &Args, user: &User) -> i32 {
             console_in,
             flavour: None,
             boot_device: params.boot_device,
-            disks: Vec::new(),
+            disks,
         },
     ) {
         Ok(m) => m,

@@ -12,7 +12,7 @@ use crate::devices::bus::{MmioBus, PioBus, SharedMmio, SharedPio};
 use crate::devices::fw_cfg::BootDevice;
 use crate::devices::irq::Timer;
 use crate::devices::ns8250::Ns8250;
-use crate::devices::virtio::blk::{BlockBackend, Vioblk};
+use crate::devices::virtio::blk::{DiskImage, Vioblk};
 use crate::devices::virtio::transport::VirtioPciIds;
 use crate::devices::virtio::vmmci::{Vmmci, VmmciCmd};
 use crate::event::{EventLoop, Waker};
@@ -55,7 +55,7 @@ pub struct VmConfig {
     pub boot_device: BootDevice,
     /// Disks served by vioblk inside this process, in slot order after
     /// viornd (until vioblk has its device process).
-    pub disks: Vec<Box<dyn BlockBackend>>,
+    pub disks: Vec<Box<dyn DiskImage>>,
 }
 
 /// How a VM ended without error.
