@@ -10,7 +10,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 #[path = "../tests/support/testguest.rs"]
-#[allow(dead_code)]
 mod testguest_support;
 
 use std::path::Path;
