@@ -6,7 +6,7 @@ CARGO ?= cargo
 DEBIAN_PACKAGES = libclang-dev qemu-system-x86 qemu-utils seabios mandoc jq
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all deps assets testguest build test lint fmt-check unit regress demo bench-exits bench-boot bench-idle bindings check-openbsd clean
+.PHONY: all deps assets testguest build test lint fmt-check unit regress demo bench-exits bench-boot bench-idle bench-io bindings check-openbsd clean
 .PHONY: install install-check man-lint fuzz fuzz-smoke
 
 all: build
@@ -73,6 +73,11 @@ bench-exits: deps
 bench-boot: deps assets
 	$(CARGO) build --release -p vmd
 	python3 scripts/bench-boot.py
+
+# The test guest's block benchmark under our VM and under QEMU, on a raw
+# and a qcow2 image: medians and ratios (BENCH_ROUNDS, default 5).
+bench-io: deps assets testguest
+	$(CARGO) bench -p vmd --bench io
 
 # Idle wake-ups per second of each thread of a VM sitting in SeaBIOS's
 # "No bootable device" HLT loop (the PIT ticks at 18.2 Hz).

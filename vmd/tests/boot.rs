@@ -108,6 +108,7 @@ fn run_vm(
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour,
+        boot_device: Default::default(),
         disks: Vec::new(),
     };
     let mut machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;

@@ -83,6 +83,7 @@ fn main() {
         console_out: Box::new(stdout),
         console_in: stdin,
         flavour: None,
+        boot_device: Default::default(),
         disks: Vec::new(),
     };
     let vmm = match vmm_sys::Vmm::open() {

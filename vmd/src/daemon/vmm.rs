@@ -7,10 +7,11 @@
 //! `RECEIVE_VMM_FD`; each VM process gets a duplicate of it.  On OpenBSD,
 //! as vmm.c, the process also unveils nothing but its own binary (`x`).
 //!
-//! From the parent: `START_VM_REQUEST`(params, boot image fd) then
+//! From the parent: `START_VM_REQUEST`(params, boot image fd), one
+//! `START_VM_DISK`(disk index and chain position, fd) per disk file, then
 //! `START_VM_END`(pty fd) start a VM process (`vmd -V 0`), which is sent
-//! `RECEIVE_VMM_FD`(vmm fd), `START_VM_REQUEST`(params, boot image fd)
-//! and `START_VM_END`(pty fd) in that order; its
+//! `RECEIVE_VMM_FD`(vmm fd), `START_VM_REQUEST`(params, boot image fd),
+//! the `START_VM_DISK`s and `START_VM_END`(pty fd) in that order; its
 //! `START_VM_RESPONSE` goes back with the VM process's pid.
 //! `TERMINATE_VM_REQUEST`(vmop_id, peer id of the client): with
 //! `VMOP_FORCE` SIGTERM, then SIGKILL after [`super::VM_KILL_TIMEOUT_SEC`];
@@ -30,8 +31,9 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Pid, User};
 
 use super::args::{child_flags, Args};
-use super::events::{self, Signals};
+use super::events;
 use super::{logging, privsep, NO_PEER};
+use crate::event::EventLoop;
 use vmd_proto::msg::*;
 use vmd_proto::{ImsgChannel, Message};
 
@@ -46,6 +48,14 @@ struct VmProc {
     kill_at: Option<Instant>,
 }
 
+/// A START_VM_REQUEST with its boot image and the disk descriptors that
+/// followed it.
+struct PendingVm {
+    params: VmopCreateParams,
+    kernel: Option<OwnedFd>,
+    disks: Vec<(DiskFd, OwnedFd)>,
+}
+
 struct Vmm {
     parent: ImsgChannel,
     /// vmd's binary, exec'd for each VM (`env->argv0`).
@@ -54,7 +64,7 @@ struct Vmm {
     vmm_fd: Option<OwnedFd>,
     flags: Vec<String>,
     /// START_VM_REQUEST waiting for its START_VM_END.
-    pending: BTreeMap<u32, (VmopCreateParams, Option<OwnedFd>)>,
+    pending: BTreeMap<u32, PendingVm>,
     last_request: Option<u32>,
     vms: Vec<VmProc>,
 }
@@ -84,7 +94,12 @@ pub fn main(args: &Args, user: &User) -> i32 {
     if let Err(e) = vmm_sys::unveil(None, None) {
         logging::fatal("unveil lock", e);
     }
-    let signals = match Signals::new(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
+    let mut ev = match EventLoop::with_signals(&[
+        libc::SIGCHLD,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+    ]) {
         Ok(s) => s,
         Err(e) => logging::fatal("signals", e),
     };
@@ -100,25 +115,22 @@ pub fn main(args: &Args, user: &User) -> i32 {
     loop {
         let deadline = events::earliest(vmm.vms.iter().map(|v| v.kill_at));
         let ready = {
-            let mut fds = vec![
-                (signals.fd(), false),
-                (vmm.parent.as_fd(), vmm.parent.pending()),
-            ];
+            let mut fds = vec![(vmm.parent.as_fd(), vmm.parent.pending())];
             for v in &vmm.vms {
                 if let Some(c) = &v.chan {
                     fds.push((c.as_fd(), c.pending()));
                 }
             }
-            events::wait(&fds, deadline)
+            ev.wait(&fds, deadline).0
         };
         // The parent ends us by closing the socket; SIGTERM is ignored.
-        if signals.take().contains(&libc::SIGCHLD) {
+        if ev.take_signals().contains(&libc::SIGCHLD) {
             vmm.reap();
         }
-        if ready[1].write {
+        if ready[0].write {
             let _ = vmm.parent.flush();
         }
-        if ready[1].read {
+        if ready[0].read {
             match events::drain(&mut vmm.parent) {
                 Ok(msgs) => {
                     for r in msgs {
@@ -134,7 +146,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
                 }
             }
         }
-        let mut k = 2;
+        let mut k = 1;
         let mut from_vms = Vec::new();
         for v in vmm.vms.iter_mut() {
             let Some(c) = v.chan.as_mut() else { continue };
@@ -195,17 +207,31 @@ impl Vmm {
             }
             Message::StartVmRequest(p) => {
                 let id = p.id;
-                self.pending.insert(id, (p, r.fds.pop()));
+                self.pending.insert(
+                    id,
+                    PendingVm {
+                        params: p,
+                        kernel: r.fds.pop(),
+                        disks: Vec::new(),
+                    },
+                );
                 self.last_request = Some(id);
+            }
+            Message::StartVmDisk(d) => {
+                let id = self.last_request.unwrap_or(peerid);
+                match (self.pending.get_mut(&id), r.fds.pop()) {
+                    (Some(p), Some(fd)) => p.disks.push((d, fd)),
+                    _ => log::warn!("vmm: START_VM_DISK without a request or a descriptor"),
+                }
             }
             Message::StartVmEnd => {
                 let pty = r.fds.pop();
                 let id = self.last_request.take().unwrap_or(peerid);
-                let Some((params, kernel)) = self.pending.remove(&id) else {
+                let Some(p) = self.pending.remove(&id) else {
                     log::warn!("vmm: START_VM_END without a request");
                     return;
                 };
-                if let Err(errno) = self.start_vm(params, kernel, pty) {
+                if let Err(errno) = self.start_vm(p, pty) {
                     self.tell_parent(
                         Message::StartVmResponse(VmopResult {
                             result: errno,
@@ -276,12 +302,12 @@ impl Vmm {
         }
     }
 
-    fn start_vm(
-        &mut self,
-        params: VmopCreateParams,
-        kernel: Option<OwnedFd>,
-        pty: Option<OwnedFd>,
-    ) -> Result<(), i32> {
+    fn start_vm(&mut self, p: PendingVm, pty: Option<OwnedFd>) -> Result<(), i32> {
+        let PendingVm {
+            params,
+            kernel,
+            disks,
+        } = p;
         let id = params.id;
         if self.find(id).is_some() {
             return Err(libc::EALREADY);
@@ -309,6 +335,11 @@ impl Vmm {
                     NO_PEER,
                     kernel.into_iter().collect(),
                 )
+            })
+            .and_then(|_| {
+                disks.into_iter().try_for_each(|(d, fd)| {
+                    events::post(&mut chan, &Message::StartVmDisk(d), NO_PEER, vec![fd])
+                })
             })
             .and_then(|_| {
                 events::post(
@@ -385,18 +416,24 @@ impl Vmm {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(s) => s,
             };
-            let (pid, mut ret) = match status {
-                WaitStatus::Exited(p, code) => (p, code),
-                WaitStatus::Signaled(p, sig, _) => {
-                    log::debug!("vmm: pid {p} terminated by signal {sig}");
-                    (p, 0)
-                }
+            let (pid, mut ret, signal) = match status {
+                WaitStatus::Exited(p, code) => (p, code, None),
+                WaitStatus::Signaled(p, sig, _) => (p, 0, Some(sig)),
                 _ => continue,
             };
             let Some(i) = self.vms.iter().position(|v| v.pid == pid.as_raw()) else {
                 continue;
             };
             let vm = self.vms.remove(i);
+            if let Some(sig) = signal {
+                // vmd's own SIGTERM and SIGKILL of a forced stop are no
+                // news; anyone else's signal (kill -9, the OOM killer) is.
+                if vm.shutdown {
+                    log::debug!("vmm: vm {} (pid {pid}) terminated by {sig}", vm.id);
+                } else {
+                    log::warn!("vm {}: vm process {pid} killed by {sig}", vm.id);
+                }
+            }
             // The Child is reaped already; dropping it does not wait.
             drop(vm.child);
             if ret == libc::EAGAIN && vm.shutdown {

@@ -11,28 +11,28 @@
 //!
 //! On the socket (all `vmd::proc` messages):
 //! - vmm → VM: `RECEIVE_VMM_FD`(vmm(4) fd), `START_VM_REQUEST`(create
-//!   params, boot image fd), then `START_VM_END`(pty master fd); VM → vmm:
+//!   params, boot image fd), a `START_VM_DISK`(fd) per file of each
+//!   disk's chain (vioblk builds the image from them), then
+//!   `START_VM_END`(pty master fd); VM → vmm:
 //!   `START_VM_RESPONSE` with result 0 once the VM exists, or the errno
 //!   it failed with (and exit).
 //! - vmm → VM: `PAUSE_VM` / `UNPAUSE_VM` (peer id: the client), answered
 //!   with `PAUSE_VM_RESPONSE` / `UNPAUSE_VM_RESPONSE`; `VM_REBOOT`, the
-//!   graceful stop: without a vmmci device the guest cannot be asked, so
-//!   the VM ends after [`super::VM_SHUTDOWN_TIMEOUT_SEC`] (or at the
-//!   guest's next reset); `CTL_VERBOSE`.
+//!   graceful stop: the guest is asked through vmmci and the VM ends at
+//!   its reset or at vmmci's timeout; a guest without a vmmci driver is
+//!   stopped at once; `CTL_VERBOSE`.
 //! - End of file from vmm: the VM stops and the process exits.
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use nix::unistd::User;
 
 use super::args::Args;
-use super::{logging, privsep};
-use crate::vm::machine::{BootImage, Control, Machine, Outcome, VmConfig};
-use vmd_proto::msg::{VmopCreateParams, VmopResult};
+use super::{logging, privsep, vmfiles};
+use crate::vm::machine::{BootImage, Control, Machine, Outcome, ShutdownRequest, VmConfig};
+use vmd_proto::msg::{VmopCreateParams, VmopResult, VMD_DISK_INVALID};
 use vmd_proto::{ImsgChannel, Message};
 
 fn fail(chan: &mut ImsgChannel, id: u32, errno: i32, msg: &str) -> i32 {
@@ -44,15 +44,6 @@ fn fail(chan: &mut ImsgChannel, id: u32, errno: i32, msg: &str) -> i32 {
         ttyname: String::new(),
     }));
     errno
-}
-
-fn read_image(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
-    let mut f = File::from(fd);
-    // The parent keeps its own reference for restarts: start over.
-    f.seek(SeekFrom::Start(0))?;
-    let mut v = Vec::new();
-    f.read_to_end(&mut v)?;
-    Ok(v)
 }
 
 /// The VM process; the exit status.
@@ -78,10 +69,20 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         },
         Err(e) => logging::fatal("failed to receive vm configuration", e),
     };
-    let pty = match chan.recv() {
-        Ok(mut r) if matches!(r.msg, Message::StartVmEnd) => r.fds.pop(),
-        Ok(r) => logging::fatalx(&format!("unexpected {:?}", r.msg.imsg_type())),
-        Err(e) => logging::fatal("failed to receive vm console", e),
+    // The disks' descriptors, then the console.
+    let mut disk_fds = super::disks::Received::default();
+    let pty = loop {
+        match chan.recv() {
+            Ok(mut r) => match r.msg {
+                Message::StartVmEnd => break r.fds.pop(),
+                Message::StartVmDisk(d) => match r.fds.pop() {
+                    Some(fd) => disk_fds.add(d, fd),
+                    None => logging::fatalx("failed to get disk fd"),
+                },
+                other => logging::fatalx(&format!("unexpected {:?}", other.imsg_type())),
+            },
+            Err(e) => logging::fatal("failed to receive vm console", e),
+        }
     };
     let name = params.name.clone();
     privsep::set_title(&name);
@@ -94,20 +95,26 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         }
     }
 
-    let Some(kernel) = kernel else {
-        return fail(&mut chan, params.id, libc::EINVAL, "no boot image");
-    };
-    let image = match read_image(kernel) {
-        Ok(v) => v,
+    let disks = match disk_fds.images(&params.disks) {
+        Ok(d) => d,
         Err(e) => {
-            let errno = e.raw_os_error().unwrap_or(libc::EIO);
             return fail(
                 &mut chan,
                 params.id,
-                errno,
-                &format!("{name}: boot image: {e}"),
-            );
+                VMD_DISK_INVALID,
+                &format!("{name}: {e}"),
+            )
         }
+    };
+    let Some(kernel) = kernel else {
+        return fail(&mut chan, params.id, libc::EINVAL, "no boot image");
+    };
+    // fstat before reading: a descriptor of /dev/zero or of a sparse
+    // file of gigabytes must not grow this process.
+    let limit = vmfiles::max_boot_image(params.memory);
+    let image = match vmfiles::read_boot_image(&mut File::from(kernel), limit) {
+        Ok(v) => v,
+        Err(e) => return fail(&mut chan, params.id, e.errno(), &format!("{name}: {e}")),
     };
     let (console_out, console_in): (Box<dyn std::io::Write + Send>, Option<OwnedFd>) = match pty {
         Some(fd) => {
@@ -143,7 +150,8 @@ pub fn main(_args: &Args, user: &User) -> i32 {
             console_out,
             console_in,
             flavour: None,
-            disks: Vec::new(),
+            boot_device: params.boot_device,
+            disks,
         },
     ) {
         Ok(m) => m,
@@ -234,19 +242,21 @@ fn dispatch_vmm(mut chan: ImsgChannel, control: Arc<Control>, shutdown: Arc<Atom
                 })))
             }
             Message::VmReboot => {
+                // vmctl stop without -f (vm.c's IMSG_VMDOP_VM_REBOOT): ask
+                // the guest through vmmci; the vmm process treats the reset
+                // that follows as the end.  vmmci's own timeouts (3 s
+                // without an ack, 120 s after one) end a guest that does
+                // not finish, and a guest without a vmmci driver cannot be
+                // asked, so it is stopped at once, as vmd does.
                 if !shutdown.swap(true, Ordering::SeqCst) {
-                    log::info!(
-                        "vm {id}: no vmmci device to ask the guest to shut down; \
-                         stopping the vm in {} seconds",
-                        super::VM_SHUTDOWN_TIMEOUT_SEC
-                    );
-                    let control = control.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("shutdown".into())
-                        .spawn(move || {
-                            std::thread::sleep(Duration::from_secs(super::VM_SHUTDOWN_TIMEOUT_SEC));
-                            control.stop();
-                        });
+                    match control.request_shutdown() {
+                        ShutdownRequest::Asked => {
+                            log::info!("vm {id}: asked the guest to shut down through vmmci")
+                        }
+                        ShutdownRequest::Stopped => log::info!(
+                            "vm {id}: no vmmci driver in the guest to ask; stopping the vm"
+                        ),
+                    }
                 }
                 None
             }

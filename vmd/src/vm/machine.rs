@@ -9,9 +9,10 @@ use super::memmap;
 use super::platform::{Platform, PlatformConfig, PlatformError};
 use super::vcpu::{run_loop, LoopEnd, Vcpu, VcpuControl, WriteBack};
 use crate::devices::bus::{MmioBus, PioBus, SharedMmio, SharedPio};
+use crate::devices::fw_cfg::BootDevice;
 use crate::devices::irq::Timer;
 use crate::devices::ns8250::Ns8250;
-use crate::devices::virtio::blk::{BlockBackend, Vioblk};
+use crate::devices::virtio::blk::{DiskImage, Vioblk};
 use crate::devices::virtio::transport::VirtioPciIds;
 use crate::devices::virtio::vmmci::{Vmmci, VmmciCmd};
 use crate::event::{EventLoop, Waker};
@@ -50,9 +51,11 @@ pub struct VmConfig {
     pub console_in: Option<OwnedFd>,
     /// Exit flavour to request from the shim; None = the host's.
     pub flavour: Option<ExitFlavour>,
+    /// What fw_cfg's `bootorder` asks SeaBIOS to boot.
+    pub boot_device: BootDevice,
     /// Disks served by vioblk inside this process, in slot order after
     /// viornd (until vioblk has its device process).
-    pub disks: Vec<Box<dyn BlockBackend>>,
+    pub disks: Vec<Box<dyn DiskImage>>,
 }
 
 /// How a VM ended without error.
@@ -237,15 +240,14 @@ impl Machine {
             ),
         }?;
 
-        let platform = Platform::build(
-            PlatformConfig::host(mem.clone(), ranges.to_vec(), cfg.console_out),
-            |slots| {
-                for image in cfg.disks {
-                    slots.attach_virtio(VirtioPciIds::BLOCK, Vioblk::new(image, ""))?;
-                }
-                Ok(())
-            },
-        )?;
+        let mut platform_cfg = PlatformConfig::host(mem.clone(), ranges.to_vec(), cfg.console_out);
+        platform_cfg.boot_device = cfg.boot_device;
+        let platform = Platform::build(platform_cfg, |slots| {
+            for image in cfg.disks {
+                slots.attach_virtio(VirtioPciIds::BLOCK, Vioblk::new(image, ""))?;
+            }
+            Ok(())
+        })?;
         let events = EventLoop::new().map_err(|e| VmError::Setup(format!("event loop: {e}")))?;
         let vcpu = VcpuControl::new(vmm.clone(), id, 0);
         {
