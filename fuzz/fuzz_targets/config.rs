@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&flags, text)) = data.split_first() else {
         return;
     };
-    let defines = [("ram".to_string(), "512M".to_string())];
+    let defines = [(b"ram".to_vec(), b"512M".to_vec())];
     let mut opts = ParseOptions::new(&defines);
     opts.noaction = flags & 1 != 0;
     opts.resolver = &Names;

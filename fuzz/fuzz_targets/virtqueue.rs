@@ -13,10 +13,11 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 use vmd::devices::bus::PioDevice;
 use vmd::devices::irq::IrqLines;
-use vmd::devices::virtio::blk::{BackendError, BlockBackend, Vioblk};
+use vmd::devices::virtio::blk::Vioblk;
 use vmd::devices::virtio::rng::Viornd;
 use vmd::devices::virtio::transport::{VirtioDevice, VirtioPci};
 use vmd::vm::guest_memory::VmMemory;
+use vmd_disk::{DiskError, DiskImage};
 use vmd_fuzz::Input;
 use vmm_sys::GuestMemory;
 
@@ -37,23 +38,35 @@ impl IrqLines for NoLines {
 /// A 64 KiB disk in memory.
 struct MemDisk(Vec<u8>);
 
-impl BlockBackend for MemDisk {
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
-        let s = usize::try_from(offset)?;
-        let src = self.0.get(s..s.checked_add(buf.len()).ok_or("overflow")?);
-        buf.copy_from_slice(src.ok_or("beyond the disk")?);
+impl MemDisk {
+    fn range(&self, offset: u64, len: usize) -> Result<std::ops::Range<usize>, DiskError> {
+        let bad = || DiskError::OutOfRange {
+            path: "mem".into(),
+            offset,
+            len: len as u64,
+            size: self.0.len() as u64,
+        };
+        let s = usize::try_from(offset).map_err(|_| bad())?;
+        let e = s
+            .checked_add(len)
+            .filter(|&e| e <= self.0.len())
+            .ok_or_else(bad)?;
+        Ok(s..e)
+    }
+}
+
+impl DiskImage for MemDisk {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
+        let r = self.range(offset, buf.len())?;
+        buf.copy_from_slice(&self.0[r]);
         Ok(())
     }
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), BackendError> {
-        let s = usize::try_from(offset)?;
-        let e = s.checked_add(buf.len()).ok_or("overflow")?;
-        self.0
-            .get_mut(s..e)
-            .ok_or("beyond the disk")?
-            .copy_from_slice(buf);
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
+        let r = self.range(offset, buf.len())?;
+        self.0[r].copy_from_slice(buf);
         Ok(())
     }
-    fn flush(&mut self) -> Result<(), BackendError> {
+    fn flush(&mut self) -> Result<(), DiskError> {
         Ok(())
     }
     fn size(&self) -> u64 {

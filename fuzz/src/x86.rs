@@ -280,19 +280,12 @@ pub fn case<'a>(inp: &mut Input<'a>) -> Case<'a> {
 /// RAM (present, writable, user), then up to 32 patches of 8 bytes at
 /// offsets from the input: a broken entry, a descriptor, an operand.
 fn ram(inp: &mut Input, wide: bool, holes: u32) -> Ram {
-    let mut b = vec![0u8; RAM_SIZE as usize];
-    let flags = PG_P | PG_RW | PG_US;
-    if wide {
-        for (i, e) in b.chunks_mut(8).enumerate() {
-            let v = ((i as u64 * 7 + 1) % RAM_PAGES) << 12 | flags;
-            e.copy_from_slice(&v.to_le_bytes());
-        }
-    } else {
-        for (i, e) in b.chunks_mut(4).enumerate() {
-            let v = ((i as u64 * 7 + 1) % RAM_PAGES) << 12 | flags;
-            e.copy_from_slice(&(v as u32).to_le_bytes());
-        }
+    // The two starting images are built once per process: per input it
+    // is one copy.
+    thread_local! {
+        static TEMPLATES: [Vec<u8>; 2] = [template(false), template(true)];
     }
+    let mut b = TEMPLATES.with(|t| t[usize::from(wide)].clone());
     for _ in 0..inp.u8() % 33 {
         let at = (inp.u32() as u64 % RAM_SIZE) as usize;
         let v = inp.u64().to_le_bytes();
@@ -303,6 +296,17 @@ fn ram(inp: &mut Input, wide: bool, holes: u32) -> Ram {
         bytes: RefCell::new(b),
         holes,
     }
+}
+
+fn template(wide: bool) -> Vec<u8> {
+    let mut b = vec![0u8; RAM_SIZE as usize];
+    let flags = PG_P | PG_RW | PG_US;
+    let width = if wide { 8 } else { 4 };
+    for (i, e) in b.chunks_mut(width).enumerate() {
+        let v = ((i as u64 * 7 + 1) % RAM_PAGES) << 12 | flags;
+        e.copy_from_slice(&v.to_le_bytes()[..width]);
+    }
+    b
 }
 
 impl<'a> Case<'a> {
