@@ -149,7 +149,7 @@ fn table(inp: &mut Input) -> vcpu_segment_info {
     let base = if tag & 3 == 0 {
         inp.u64()
     } else {
-        inp.u64() % RAM_SIZE & !7
+        (inp.u64() % RAM_SIZE) & !7
     };
     vcpu_segment_info {
         vsi_sel: inp.u16() & !7,
