@@ -109,6 +109,8 @@ fn run_vm(
         console_in: None,
         flavour,
         disks: Vec::new(),
+        cdrom: None,
+        boot_device: Default::default(),
     };
     let mut machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     if let Some((base, len, dev)) = dev {

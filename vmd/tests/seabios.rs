@@ -28,6 +28,8 @@ fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
         console_in: None,
         flavour,
         disks: Vec::new(),
+        cdrom: None,
+        boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -74,6 +76,8 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
         console_in: None,
         flavour: None,
         disks: Vec::new(),
+        cdrom: None,
+        boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -133,6 +137,8 @@ fn graceful_stop_without_vmmci() -> Result<(), Failed> {
         console_in: None,
         flavour: None,
         disks: Vec::new(),
+        cdrom: None,
+        boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -249,6 +255,8 @@ fn seabios_boots_from_vioblk() -> Result<(), Failed> {
         console_in: None,
         flavour: None,
         disks: vec![Box::new(MemImage(boot_disk()?))],
+        cdrom: None,
+        boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();

@@ -35,6 +35,8 @@ fn boot_elf_in_vmd() -> Result<String, Failed> {
         console_in: None,
         flavour: None,
         disks: Vec::new(),
+        cdrom: None,
+        boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();

@@ -84,6 +84,8 @@ fn main() {
         console_in: stdin,
         flavour: None,
         disks: Vec::new(),
+        cdrom: None,
+        boot_device: Default::default(),
     };
     let vmm = match vmm_sys::Vmm::open() {
         Ok(v) => Arc::new(v),

@@ -480,6 +480,7 @@ impl Parent {
             }
             OwnedFd::from(file)
         };
+        let mut cdrom = None;
         if let Some(c) = &vm.params.cdrom {
             match File::open(c) {
                 Err(e) => {
@@ -491,11 +492,12 @@ impl Parent {
                     log::warn!("vm \"{name}\" no read access to cdrom {c}");
                     return Err(libc::EPERM);
                 }
-                Ok(_) => log::warn!("{name}: cdrom {c} is not attached: no vioscsi yet"),
+                // Opened read-only here, as root; the VM process serves it.
+                Ok(f) => cdrom = Some(OwnedFd::from(f)),
             }
         }
-        // Disks, the ISO and interfaces are checked but not attached
-        // yet: vioblk, vioscsi and vionet come in later issues.
+        // Disks and interfaces are checked but not attached yet: vioblk
+        // and vionet come in later issues.
         for d in &vm.params.disks {
             let opened = std::fs::OpenOptions::new()
                 .read(true)
@@ -549,6 +551,9 @@ impl Parent {
             vm.id,
             vec![kernel],
         );
+        if let Some(fd) = cdrom {
+            send(&mut self.vmm, Message::StartVmCdrom, vm.id, vec![fd]);
+        }
         send(
             &mut self.vmm,
             Message::StartVmEnd,

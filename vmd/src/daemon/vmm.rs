@@ -35,6 +35,13 @@ use super::{logging, privsep, NO_PEER};
 use vmd_proto::msg::*;
 use vmd_proto::{ImsgChannel, Message};
 
+/// A VM start the parent is still sending (`IMSG_VMDOP_START_VM_*`).
+struct PendingStart {
+    params: VmopCreateParams,
+    kernel: Option<OwnedFd>,
+    cdrom: Option<OwnedFd>,
+}
+
 struct VmProc {
     id: u32,
     pid: i32,
@@ -54,7 +61,9 @@ struct Vmm {
     vmm_fd: Option<OwnedFd>,
     flags: Vec<String>,
     /// START_VM_REQUEST waiting for its START_VM_END.
-    pending: BTreeMap<u32, (VmopCreateParams, Option<OwnedFd>)>,
+    /// Start requests waiting for START_VM_END: the parameters, the
+    /// kernel and the ISO.
+    pending: BTreeMap<u32, PendingStart>,
     last_request: Option<u32>,
     vms: Vec<VmProc>,
 }
@@ -195,17 +204,36 @@ impl Vmm {
             }
             Message::StartVmRequest(p) => {
                 let id = p.id;
-                self.pending.insert(id, (p, r.fds.pop()));
+                self.pending.insert(
+                    id,
+                    PendingStart {
+                        params: p,
+                        kernel: r.fds.pop(),
+                        cdrom: None,
+                    },
+                );
                 self.last_request = Some(id);
+            }
+            Message::StartVmCdrom => {
+                let id = self.last_request.unwrap_or(peerid);
+                match (self.pending.get_mut(&id), r.fds.pop()) {
+                    (Some(p), Some(fd)) => p.cdrom = Some(fd),
+                    _ => log::warn!("vmm: START_VM_CDROM without a request or a file"),
+                }
             }
             Message::StartVmEnd => {
                 let pty = r.fds.pop();
                 let id = self.last_request.take().unwrap_or(peerid);
-                let Some((params, kernel)) = self.pending.remove(&id) else {
+                let Some(PendingStart {
+                    params,
+                    kernel,
+                    cdrom,
+                }) = self.pending.remove(&id)
+                else {
                     log::warn!("vmm: START_VM_END without a request");
                     return;
                 };
-                if let Err(errno) = self.start_vm(params, kernel, pty) {
+                if let Err(errno) = self.start_vm(params, kernel, cdrom, pty) {
                     self.tell_parent(
                         Message::StartVmResponse(VmopResult {
                             result: errno,
@@ -280,6 +308,7 @@ impl Vmm {
         &mut self,
         params: VmopCreateParams,
         kernel: Option<OwnedFd>,
+        cdrom: Option<OwnedFd>,
         pty: Option<OwnedFd>,
     ) -> Result<(), i32> {
         let id = params.id;
@@ -309,6 +338,10 @@ impl Vmm {
                     NO_PEER,
                     kernel.into_iter().collect(),
                 )
+            })
+            .and_then(|_| match cdrom {
+                Some(fd) => events::post(&mut chan, &Message::StartVmCdrom, NO_PEER, vec![fd]),
+                None => Ok(()),
             })
             .and_then(|_| {
                 events::post(

@@ -31,6 +31,7 @@ use nix::unistd::User;
 
 use super::args::Args;
 use super::{logging, privsep};
+use crate::devices::virtio::blk::{BackendError, BlockBackend};
 use crate::vm::machine::{BootImage, Control, Machine, Outcome, VmConfig};
 use vmd_proto::msg::{VmopCreateParams, VmopResult};
 use vmd_proto::{ImsgChannel, Message};
@@ -78,10 +79,18 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         },
         Err(e) => logging::fatal("failed to receive vm configuration", e),
     };
-    let pty = match chan.recv() {
-        Ok(mut r) if matches!(r.msg, Message::StartVmEnd) => r.fds.pop(),
-        Ok(r) => logging::fatalx(&format!("unexpected {:?}", r.msg.imsg_type())),
-        Err(e) => logging::fatal("failed to receive vm console", e),
+    // Then the ISO, if there is one, and the console.
+    let mut cdrom = None;
+    let pty = loop {
+        match chan.recv() {
+            Ok(mut r) if matches!(r.msg, Message::StartVmCdrom) => match r.fds.pop() {
+                Some(fd) => cdrom = Some(fd),
+                None => logging::fatalx("failed to get cdrom fd"),
+            },
+            Ok(mut r) if matches!(r.msg, Message::StartVmEnd) => break r.fds.pop(),
+            Ok(r) => logging::fatalx(&format!("unexpected {:?}", r.msg.imsg_type())),
+            Err(e) => logging::fatal("failed to receive vm console", e),
+        }
     };
     let name = params.name.clone();
     privsep::set_title(&name);
@@ -144,6 +153,8 @@ pub fn main(_args: &Args, user: &User) -> i32 {
             console_in,
             flavour: None,
             disks: Vec::new(),
+            cdrom: cdrom.map(|fd| Box::new(IsoImage::new(File::from(fd))) as _),
+            boot_device: boot_device(params.boot_device),
         },
     ) {
         Ok(m) => m,
@@ -265,5 +276,52 @@ fn dispatch_vmm(mut chan: ImsgChannel, control: Arc<Control>, shutdown: Arc<Atom
                 return;
             }
         }
+    }
+}
+
+/// vm.conf's `boot device` as fw_cfg's bootorder names it.
+fn boot_device(b: vmd_proto::config::BootDevice) -> crate::devices::fw_cfg::BootDevice {
+    use crate::devices::fw_cfg::BootDevice as Fw;
+    use vmd_proto::config::BootDevice as Conf;
+    match b {
+        Conf::Auto => Fw::Auto,
+        Conf::Disk => Fw::Disk,
+        Conf::Cdrom => Fw::Cdrom,
+        Conf::Net => Fw::Net,
+    }
+}
+
+/// The ISO the parent opened read-only, read with pread.
+struct IsoImage {
+    file: File,
+    size: u64,
+}
+
+impl IsoImage {
+    fn new(file: File) -> Self {
+        // An unreadable size is an empty drive: the guest sees no medium.
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        IsoImage { file, size }
+    }
+}
+
+impl BlockBackend for IsoImage {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| format!("cdrom read of {} bytes at {offset}: {e}", buf.len()).into())
+    }
+    fn write_at(&mut self, _buf: &[u8], offset: u64) -> Result<(), BackendError> {
+        Err(format!("cdrom write at {offset}: read-only").into())
+    }
+    fn flush(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_only(&self) -> bool {
+        true
     }
 }

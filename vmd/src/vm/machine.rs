@@ -9,9 +9,11 @@ use super::memmap;
 use super::platform::{Platform, PlatformConfig, PlatformError};
 use super::vcpu::{run_loop, LoopEnd, Vcpu, VcpuControl, WriteBack};
 use crate::devices::bus::{MmioBus, PioBus, SharedMmio, SharedPio};
+use crate::devices::fw_cfg::BootDevice;
 use crate::devices::irq::Timer;
 use crate::devices::ns8250::Ns8250;
 use crate::devices::virtio::blk::{BlockBackend, Vioblk};
+use crate::devices::virtio::scsi::Vioscsi;
 use crate::devices::virtio::transport::VirtioPciIds;
 use crate::devices::virtio::vmmci::{Vmmci, VmmciCmd};
 use crate::event::{EventLoop, Waker};
@@ -53,6 +55,12 @@ pub struct VmConfig {
     /// Disks served by vioblk inside this process, in slot order after
     /// viornd (until vioblk has its device process).
     pub disks: Vec<Box<dyn BlockBackend>>,
+    /// The ISO served by vioscsi as a CD-ROM (2048-byte blocks, read
+    /// only), in the slot after the disks; inside this process until
+    /// vioscsi has its device process.
+    pub cdrom: Option<Box<dyn BlockBackend>>,
+    /// What fw_cfg's `bootorder` asks SeaBIOS to boot (`boot device`).
+    pub boot_device: BootDevice,
 }
 
 /// How a VM ended without error.
@@ -237,15 +245,18 @@ impl Machine {
             ),
         }?;
 
-        let platform = Platform::build(
-            PlatformConfig::host(mem.clone(), ranges.to_vec(), cfg.console_out),
-            |slots| {
-                for image in cfg.disks {
-                    slots.attach_virtio(VirtioPciIds::BLOCK, Vioblk::new(image, ""))?;
-                }
-                Ok(())
-            },
-        )?;
+        let mut pcfg = PlatformConfig::host(mem.clone(), ranges.to_vec(), cfg.console_out);
+        pcfg.boot_device = cfg.boot_device;
+        let platform = Platform::build(pcfg, |slots| {
+            // vmd's order (reference §4.3): disks, then the cdrom.
+            for image in cfg.disks {
+                slots.attach_virtio(VirtioPciIds::BLOCK, Vioblk::new(image, ""))?;
+            }
+            if let Some(iso) = cfg.cdrom {
+                slots.attach_virtio(VirtioPciIds::SCSI, Vioscsi::new(iso, "cd0"))?;
+            }
+            Ok(())
+        })?;
         let events = EventLoop::new().map_err(|e| VmError::Setup(format!("event loop: {e}")))?;
         let vcpu = VcpuControl::new(vmm.clone(), id, 0);
         {
