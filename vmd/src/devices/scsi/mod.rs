@@ -21,9 +21,11 @@
 //! the first block), a failing image read is MEDIUM ERROR / UNRECOVERED
 //! READ ERROR (vmd: MEDIUM NOT PRESENT), PREVENT ALLOW sets the lock from
 //! its PREVENT bit (vmd toggles it), GET CONFIGURATION's random-readable
-//! feature carries the block size (vmd puts the last LBA there), REPORT
-//! LUNS reports LUN 0 (vmd echoes the virtio LUN field), and an unknown
+//! feature carries the block size (vmd puts the last LBA there), and an unknown
 //! opcode is answered (vmd leaves the request without a response).
+//! REPORT LUNS keeps vmd's answer, the LUN field of the request, because
+//! SeaBIOS builds the boot path it matches against vmd's `bootorder` from
+//! it.
 use crate::devices::virtio::blk::BlockBackend;
 
 #[cfg(test)]
@@ -243,11 +245,14 @@ impl Cdrom {
         self.locked = false;
     }
 
-    /// Executes one command; its data-in (at most the allocation length
-    /// and the buffer's capacity) goes to `out`.  Only a failing transfer
-    /// is an error; everything the initiator got wrong is a completion.
+    /// Executes one command sent to `lun` (the transport's 8-byte LUN
+    /// field, which REPORT LUNS echoes); its data-in (at most the
+    /// allocation length and the buffer's capacity) goes to `out`.  Only a
+    /// failing transfer is an error; everything the initiator got wrong is
+    /// a completion.
     pub fn execute(
         &mut self,
+        lun: &[u8; 8],
         cdb: &[u8; CDB_LEN],
         out: &mut dyn DataIn,
     ) -> Result<Completion, TransferError> {
@@ -306,9 +311,12 @@ impl Cdrom {
                 if alloc < 16 {
                     Err(INVALID_FIELD)
                 } else {
-                    // One LUN, 0: the list is 8 bytes long.
+                    // One LUN, the one addressed, as vmd reports it: SeaBIOS
+                    // reads it back as 0x40000100 for virtio's target 0,
+                    // LUN 0, which is what vmd's cdrom bootorder names.
                     let mut d = vec![0u8; 16];
                     d[3] = 8;
+                    d[8..16].copy_from_slice(lun);
                     return self.send(&d, alloc, out);
                 }
             }

@@ -46,6 +46,9 @@ fn cdrom(blocks: usize) -> Cdrom {
     )
 }
 
+/// virtio-scsi's single-level address of target 0, LUN 0.
+const LUN: [u8; 8] = [1, 0, 0x40, 0, 0, 0, 0, 0];
+
 fn cdb(bytes: &[u8]) -> [u8; CDB_LEN] {
     let mut c = [0u8; CDB_LEN];
     c[..bytes.len()].copy_from_slice(bytes);
@@ -54,7 +57,7 @@ fn cdb(bytes: &[u8]) -> [u8; CDB_LEN] {
 
 fn run(d: &mut Cdrom, c: &[u8], cap: u64) -> (Completion, Vec<u8>) {
     let mut out = VecDataIn::with_capacity(cap);
-    let done = d.execute(&cdb(c), &mut out).unwrap();
+    let done = d.execute(&LUN, &cdb(c), &mut out).unwrap();
     assert_eq!(done.transferred, out.data.len() as u64);
     assert!(out.data.len() as u64 <= cap);
     (done, out.data)
@@ -354,7 +357,7 @@ fn unit_commands_report_luns_request_sense_and_unknown_opcodes() {
     assert_eq!(rs.len(), 18);
     assert_eq!((rs[0], rs[2], rs[12]), (0x70, 0, 0));
     let (_, l) = run(&mut d, &[REPORT_LUNS, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], 16);
-    assert_eq!(l, [0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(l, [0, 0, 0, 8, 0, 0, 0, 0, 1, 0, 0x40, 0, 0, 0, 0, 0]);
     assert_eq!(
         check(&mut d, &[REPORT_LUNS, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0], 16),
         (5, 0x24)
@@ -392,7 +395,7 @@ fn random_cdbs_never_panic() {
         c[0] = (i % 256) as u8;
         let cap = next() % (200 * 1024);
         let mut out = VecDataIn::with_capacity(cap);
-        let done = d.execute(&c, &mut out).unwrap();
+        let done = d.execute(&LUN, &c, &mut out).unwrap();
         assert!(out.data.len() as u64 <= cap);
         assert_eq!(done.transferred, out.data.len() as u64);
         assert_eq!(done.status == SCSI_CHECK_CONDITION, done.sense.is_some());

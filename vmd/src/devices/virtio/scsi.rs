@@ -13,7 +13,8 @@
 //! device-writable `virtio_scsi_cmd_resp` (sense_len, resid,
 //! status_qualifier, status, response, 96 bytes of sense) and the data-in
 //! buffers; the structures may be split over descriptors in any way.  A
-//! LUN other than target 0 / LUN 0 gets BAD_TARGET, as vmd answers; a
+//! LUN other than target 0 / LUN 0 gets BAD_TARGET, as vmd answers (and
+//! with vmd's test of the LUN field, see [`is_cdrom`]); a
 //! READ bigger than the data-in buffers OVERRUN; a request header cut
 //! short FAILURE.  A chain with no room for the response's status and
 //! response bytes, or with a readable buffer after a writable one, cannot
@@ -80,11 +81,12 @@ impl VirtioPciIds {
     };
 }
 
-/// Whether a virtio LUN field names the CD-ROM: single-level addressing
-/// (byte 0 is 1), target (byte 1) 0, LUN 0.  vmd answers BAD_TARGET for
-/// any other target or LUN, and so do we.
+/// Whether a virtio LUN field names the CD-ROM, as vmd decides it: target
+/// (byte 1) 0 and byte 3 (the low byte of the LUN) 0; any other target or
+/// LUN gets BAD_TARGET.  Bytes 0 and 2 are not looked at: SeaBIOS, having
+/// read vmd's REPORT LUNS answer as LUN 0x40000100, sends 0x41 in byte 2.
 fn is_cdrom(lun: &[u8]) -> bool {
-    lun[0] == 1 && lun[1] == 0 && (u16::from(lun[2] & 0x3f) << 8 | u16::from(lun[3])) == 0
+    lun[1] == 0 && lun[3] == 0
 }
 
 pub struct Vioscsi {
@@ -147,9 +149,10 @@ impl Vioscsi {
             VIRTIO_SCSI_S_BAD_TARGET
         } else {
             let cdb: [u8; CDB_LEN] = req[19..].try_into().expect("CDB_LEN bytes");
+            let lun: [u8; 8] = req[0..8].try_into().expect("8 bytes");
             let done = self
                 .cdrom
-                .execute(&cdb, &mut data)
+                .execute(&lun, &cdb, &mut data)
                 .map_err(|e| QueueError::Memory(e.0))?;
             let resid = data.capacity().saturating_sub(done.transferred);
             r[4..8].copy_from_slice(&(resid.min(u64::from(u32::MAX)) as u32).to_le_bytes());

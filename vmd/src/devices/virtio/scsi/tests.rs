@@ -247,7 +247,7 @@ fn errors_carry_fixed_format_sense() {
 #[test]
 fn other_targets_and_luns_are_bad_targets() {
     let mut r = rig();
-    for (target, l) in [(1, 0), (2, 0), (0, 1), (255, 3)] {
+    for (target, l) in [(1, 0), (2, 0), (0, 1), (255, 3), (0, 0x101)] {
         r.write_req(lun(target, l), &[0x12, 0, 0, 0, 36, 0]);
         let resp = r.submit(&[
             (REQ, CMD_REQ_LEN as u32, false),
@@ -261,6 +261,28 @@ fn other_targets_and_luns_are_bad_targets() {
     let resp = r.submit(&[(REQ, 20, false), (RESP, CMD_RESP_LEN as u32, true)]);
     assert_eq!(resp.response, VIRTIO_SCSI_S_FAILURE);
     assert_eq!(r.cmd(&[0; 6], 0).response, 0);
+}
+
+/// SeaBIOS scans with REPORT LUNS, takes vmd's answer (the request's LUN
+/// field) for LUN 0x40000100 and then addresses it with 0x41 in byte 2:
+/// that is still the CD-ROM, as in vmd.
+#[test]
+fn report_luns_and_seabios_addressing() {
+    let mut r = rig();
+    let l = r.cmd(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], 16);
+    assert_eq!((l.response, l.status), (0, 0));
+    let got = r.guest(DATA + 8, 8);
+    assert_eq!(got, [1, 0, 0x40, 0, 0, 0, 0, 0]);
+    let as_seabios = (0..4).fold(0u64, |v, i| {
+        v | u64::from(u16::from_be_bytes([got[2 * i], got[2 * i + 1]])) << (16 * i)
+    });
+    assert_eq!(as_seabios, 0x4000_0100, "the LUN in vmd's cdrom bootorder");
+    r.write_req(lun(0, 0x100), &[0; 6]);
+    let t = r.submit(&[
+        (REQ, CMD_REQ_LEN as u32, false),
+        (RESP, CMD_RESP_LEN as u32, true),
+    ]);
+    assert_eq!((t.response, t.status), (0, 0));
 }
 
 #[test]
