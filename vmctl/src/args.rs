@@ -6,7 +6,11 @@
 //! paths.  Checks that main.c leaves to `vm_start` (after connecting) are
 //! in [`crate::start`].  Warnings are written to `err` as they arise.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use vmd_proto::compat::{self, fmt_scaled, scan_scaled, strtonum};
 use vmd_proto::config::{BootDevice, DiskFormat, VMM_MAX_NAME_LEN, VMM_MAX_VM_MEM_SIZE};
@@ -19,7 +23,7 @@ use crate::getopt::Getopt;
 /// `vmop_create_params`.
 pub const PATH_MAX: usize = 1024;
 
-type Parser = fn(&'static Command, &[String], &mut dyn Write) -> Result<Action, Fail>;
+type Parser = fn(&'static Command, &[OsString], &mut dyn Write) -> Result<Action, Fail>;
 
 /// An entry of the command table.
 pub struct Command {
@@ -120,16 +124,16 @@ pub struct Target {
     pub name: Option<String>,
 }
 
-/// `vmctl create`.
+/// `vmctl create`: paths as given, bytes and all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateArgs {
     /// The image path, without a `raw:`/`qcow2:` prefix.
-    pub disk: String,
+    pub disk: PathBuf,
     pub format: DiskFormat,
     /// `-b`: a qcow2 base image.
-    pub base: Option<String>,
+    pub base: Option<PathBuf>,
     /// `-i`: an image to copy.
-    pub input: Option<String>,
+    pub input: Option<PathBuf>,
     /// Bytes, a whole number of MiB; 0 when not given.
     pub size: u64,
 }
@@ -138,13 +142,14 @@ pub struct CreateArgs {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StartArgs {
     pub target: Target,
-    /// `-b`, realpath'd.
-    pub boot: Option<String>,
+    /// `-b`, realpath'd (vmctl opens it: any bytes).
+    pub boot: Option<PathBuf>,
     /// `-B`.
     pub boot_device: BootDevice,
     /// `-c`: attach to the console after starting.
     pub console: bool,
-    /// `-d`, realpath'd, with their formats.
+    /// `-d`, realpath'd, with their formats (UTF-8: vmd opens them by a
+    /// name sent as UTF-8).
     pub disks: Vec<(String, DiskFormat)>,
     /// One entry per NIC: a switch name, [`LOCAL_NIC`] for `-L`, or ""
     /// for a NIC on no switch (`-i` padding).
@@ -195,8 +200,14 @@ pub struct Invocation {
     pub action: Action,
 }
 
+/// Text of an argument that is a word, not a file name: bytes that are
+/// not UTF-8 become U+FFFD, which no command, VM or switch name holds.
+fn word(w: &OsStr) -> String {
+    w.to_string_lossy().into_owned()
+}
+
 /// Parses `argv` (with the program name first).
-pub fn parse(argv: &[String], err: &mut dyn Write) -> Result<Invocation, Fail> {
+pub fn parse(argv: &[OsString], err: &mut dyn Write) -> Result<Invocation, Fail> {
     let mut g = Getopt::new(argv, "v");
     let mut verbose = false;
     for o in g.by_ref() {
@@ -206,10 +217,10 @@ pub fn parse(argv: &[String], err: &mut dyn Write) -> Result<Invocation, Fail> {
         }
     }
     let rest = g.rest();
-    let Some(word) = rest.first() else {
+    let Some(first) = rest.first() else {
         return Err(Fail::Usage { before: None });
     };
-    let cmd = lookup(word)?;
+    let cmd = lookup(&word(first))?;
     let action = (cmd.parse)(cmd, rest, err)?;
     Ok(Invocation { verbose, action })
 }
@@ -254,8 +265,9 @@ fn parse_vmid(word: &str, err: &mut dyn Write) -> Option<Target> {
     })
 }
 
-fn vmid_or_fail(word: &str, err: &mut dyn Write) -> Result<Target, Fail> {
-    parse_vmid(word, err).ok_or_else(|| Fail::errx(format!("invalid id: {word}")))
+fn vmid_or_fail(arg: &OsStr, err: &mut dyn Write) -> Result<Target, Fail> {
+    let w = word(arg);
+    parse_vmid(&w, err).ok_or_else(|| Fail::errx(format!("invalid id: {w}")))
 }
 
 /// `parse_size`: bytes rounded down to a whole MiB.  `what` is "memory"
@@ -294,42 +306,58 @@ pub fn parse_size(word: &str, what: &str, err: &mut dyn Write) -> Result<u64, Fa
 /// `parse_disktype`: the format of a disk argument and its path.  An
 /// explicit `raw:`/`qcow2:` prefix wins, then qcow2's magic in the file,
 /// then a `.raw`/`.qcow2` extension; raw otherwise.
-pub fn parse_disktype(s: &str) -> (DiskFormat, String) {
-    if let Some(p) = s.strip_prefix("raw:") {
-        return (DiskFormat::Raw, p.to_string());
+pub fn parse_disktype(s: &OsStr) -> (DiskFormat, PathBuf) {
+    let b = s.as_bytes();
+    if let Some(p) = b.strip_prefix(b"raw:") {
+        return (DiskFormat::Raw, PathBuf::from(OsStr::from_bytes(p)));
     }
-    if let Some(p) = s.strip_prefix("qcow2:") {
-        return (DiskFormat::Qcow2, p.to_string());
+    if let Some(p) = b.strip_prefix(b"qcow2:") {
+        return (DiskFormat::Qcow2, PathBuf::from(OsStr::from_bytes(p)));
     }
     let mut magic = [0u8; 4];
-    if let Ok(mut f) = std::fs::File::open(s) {
+    // O_NONBLOCK: opening a FIFO must not hang vmctl.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(s);
+    if let Ok(mut f) = opened {
         if f.read_exact(&mut magic).is_ok() && &magic == b"QFI\xfb" {
-            return (DiskFormat::Qcow2, s.to_string());
+            return (DiskFormat::Qcow2, PathBuf::from(s));
         }
     }
-    let ext = s.rfind('.').map(|i| &s[i + 1..]).unwrap_or("");
-    let format = if ext.eq_ignore_ascii_case("qcow2") {
+    let ext = b
+        .iter()
+        .rposition(|&c| c == b'.')
+        .map(|i| &b[i + 1..])
+        .unwrap_or(b"");
+    let format = if ext.eq_ignore_ascii_case(b"qcow2") {
         DiskFormat::Qcow2
     } else {
         DiskFormat::Raw
     };
-    (format, s.to_string())
+    (format, PathBuf::from(s))
 }
 
 /// realpath(3) with OpenBSD's PATH_MAX: the path or an errno.
-pub fn realpath(path: &str) -> Result<String, i32> {
-    if path.is_empty() {
+pub fn realpath(path: &Path) -> Result<PathBuf, i32> {
+    let len = path.as_os_str().len();
+    if len == 0 {
         return Err(libc::ENOENT);
     }
-    if path.len() >= PATH_MAX {
+    if len >= PATH_MAX {
         return Err(libc::ENAMETOOLONG);
     }
     let p = std::fs::canonicalize(path).map_err(|e| crate::fail::errno_of(&e))?;
-    let s = p.to_string_lossy().into_owned();
-    if s.len() >= PATH_MAX {
+    if p.as_os_str().len() >= PATH_MAX {
         return Err(libc::ENAMETOOLONG);
     }
-    Ok(s)
+    Ok(p)
+}
+
+/// A realpath'd name for vmd, which gets it as UTF-8: one that is not is
+/// refused (EILSEQ), never sent as another name.
+fn utf8_path(p: PathBuf) -> Result<String, i32> {
+    p.into_os_string().into_string().map_err(|_| libc::EILSEQ)
 }
 
 /// Turns getopt's complaint into the command's usage.
@@ -343,7 +371,7 @@ fn getopt_fail(cmd: &'static Command, line: String) -> Fail {
 /// console, pause, unpause, wait: exactly one id.
 fn parse_id_command(
     cmd: &'static Command,
-    argv: &[String],
+    argv: &[OsString],
     err: &mut dyn Write,
 ) -> Result<Action, Fail> {
     if argv.len() != 2 {
@@ -360,7 +388,7 @@ fn parse_id_command(
 
 fn parse_create(
     cmd: &'static Command,
-    argv: &[String],
+    argv: &[OsString],
     err: &mut dyn Write,
 ) -> Result<Action, Fail> {
     let (mut base, mut input, mut size) = (None, None, 0);
@@ -369,9 +397,9 @@ fn parse_create(
         let o = o.map_err(|l| getopt_fail(cmd, l))?;
         let arg = o.arg.unwrap_or_default();
         match o.ch {
-            'b' => base = Some(arg),
-            'i' => input = Some(arg),
-            _ => size = parse_size(&arg, "disk", err)?,
+            'b' => base = Some(PathBuf::from(arg)),
+            'i' => input = Some(PathBuf::from(arg)),
+            _ => size = parse_size(&word(&arg), "disk", err)?,
         }
     }
     let [path] = g.rest() else {
@@ -387,9 +415,15 @@ fn parse_create(
     }))
 }
 
-fn parse_load(cmd: &'static Command, argv: &[String], _: &mut dyn Write) -> Result<Action, Fail> {
+fn parse_load(cmd: &'static Command, argv: &[OsString], _: &mut dyn Write) -> Result<Action, Fail> {
     match argv {
-        [_, path] => Ok(Action::Load(path.clone())),
+        // vmd gets the name as UTF-8: one that is not is refused, not
+        // sent as another file's name.
+        [_, path] => path
+            .clone()
+            .into_string()
+            .map(Action::Load)
+            .map_err(|p| Fail::err(p.to_string_lossy(), libc::EILSEQ)),
         _ => Err(Fail::usage(cmd)),
     }
 }
@@ -399,10 +433,11 @@ fn abbreviates(word: &str, full: &str) -> bool {
     full.len() >= word.len() && full.as_bytes()[..word.len()].eq_ignore_ascii_case(word.as_bytes())
 }
 
-fn parse_log(cmd: &'static Command, argv: &[String], _: &mut dyn Write) -> Result<Action, Fail> {
-    let [_, word] = argv else {
+fn parse_log(cmd: &'static Command, argv: &[OsString], _: &mut dyn Write) -> Result<Action, Fail> {
+    let [_, arg] = argv else {
         return Err(Fail::usage(cmd));
     };
+    let word = &word(arg);
     if abbreviates(word, "brief") {
         Ok(Action::Log(0))
     } else if abbreviates(word, "verbose") {
@@ -412,26 +447,35 @@ fn parse_log(cmd: &'static Command, argv: &[String], _: &mut dyn Write) -> Resul
     }
 }
 
-fn parse_reload(cmd: &'static Command, argv: &[String], _: &mut dyn Write) -> Result<Action, Fail> {
+fn parse_reload(
+    cmd: &'static Command,
+    argv: &[OsString],
+    _: &mut dyn Write,
+) -> Result<Action, Fail> {
     match argv {
         [_] => Ok(Action::Reload),
         _ => Err(Fail::usage(cmd)),
     }
 }
 
-fn parse_reset(cmd: &'static Command, argv: &[String], _: &mut dyn Write) -> Result<Action, Fail> {
+fn parse_reset(
+    cmd: &'static Command,
+    argv: &[OsString],
+    _: &mut dyn Write,
+) -> Result<Action, Fail> {
+    let w = |a: &OsStr, s: &str| a.as_bytes().eq_ignore_ascii_case(s.as_bytes());
     match argv {
         [_] => Ok(Action::Reset(CONFIG_ALL)),
-        [_, w] if w.eq_ignore_ascii_case("all") => Ok(Action::Reset(CONFIG_ALL)),
-        [_, w] if w.eq_ignore_ascii_case("vms") => Ok(Action::Reset(CONFIG_VMS)),
-        [_, w] if w.eq_ignore_ascii_case("switches") => Ok(Action::Reset(CONFIG_SWITCHES)),
+        [_, a] if w(a, "all") => Ok(Action::Reset(CONFIG_ALL)),
+        [_, a] if w(a, "vms") => Ok(Action::Reset(CONFIG_VMS)),
+        [_, a] if w(a, "switches") => Ok(Action::Reset(CONFIG_SWITCHES)),
         _ => Err(Fail::usage(cmd)),
     }
 }
 
 fn parse_status(
     cmd: &'static Command,
-    argv: &[String],
+    argv: &[OsString],
     err: &mut dyn Write,
 ) -> Result<Action, Fail> {
     let mut running = false;
@@ -448,7 +492,11 @@ fn parse_status(
     Ok(Action::Status { running, target })
 }
 
-fn parse_stop(cmd: &'static Command, argv: &[String], err: &mut dyn Write) -> Result<Action, Fail> {
+fn parse_stop(
+    cmd: &'static Command,
+    argv: &[OsString],
+    err: &mut dyn Write,
+) -> Result<Action, Fail> {
     let (mut flags, mut all) = (0, false);
     let mut g = Getopt::new(argv, "afw");
     for o in g.by_ref() {
@@ -468,7 +516,7 @@ fn parse_stop(cmd: &'static Command, argv: &[String], err: &mut dyn Write) -> Re
 
 fn parse_start(
     cmd: &'static Command,
-    argv: &[String],
+    argv: &[OsString],
     err: &mut dyn Write,
 ) -> Result<Action, Fail> {
     let mut a = StartArgs::default();
@@ -476,13 +524,16 @@ fn parse_start(
     let mut g = Getopt::new(argv, "b:B:cd:i:Lm:n:r:t:");
     for o in g.by_ref() {
         let o = o.map_err(|l| getopt_fail(cmd, l))?;
-        let arg = o.arg.unwrap_or_default();
+        let raw = o.arg.unwrap_or_default();
+        // Names and numbers as text; file names keep their bytes.
+        let arg = word(&raw);
         match o.ch {
             'b' => {
                 if a.boot.is_some() {
                     return Err(Fail::errx("boot image specified multiple times"));
                 }
-                let p = realpath(&arg).map_err(|e| Fail::err("invalid boot image path", e))?;
+                let p = realpath(Path::new(&raw))
+                    .map_err(|e| Fail::err("invalid boot image path", e))?;
                 a.boot = Some(p);
             }
             'B' => {
@@ -500,7 +551,8 @@ fn parse_start(
                 if a.iso.is_some() {
                     return Err(Fail::errx("iso image specified multiple times"));
                 }
-                let p = realpath(&arg)
+                let p = realpath(Path::new(&raw))
+                    .and_then(utf8_path)
                     .map_err(|e| Fail::err(format!("invalid iso image path: {arg}"), e))?;
                 a.iso = Some(p);
             }
@@ -514,9 +566,10 @@ fn parse_start(
             }
             'n' => a.nics.push(arg),
             'd' => {
-                let (format, path) = parse_disktype(&arg);
+                let (format, path) = parse_disktype(&raw);
                 let p = realpath(&path)
-                    .map_err(|e| Fail::err(format!("invalid disk path: {path}"), e))?;
+                    .and_then(utf8_path)
+                    .map_err(|e| Fail::err(format!("invalid disk path: {}", path.display()), e))?;
                 a.disks.push((p, format));
             }
             'i' => {
@@ -532,7 +585,7 @@ fn parse_start(
                 }
             }
             _ => {
-                if arg.len() >= VMM_MAX_NAME_LEN {
+                if raw.len() >= VMM_MAX_NAME_LEN {
                     warnx(err, "instance vm name too long");
                     return Err(Fail::errx(format!("invalid name: {arg}")));
                 }

@@ -30,6 +30,8 @@ use crate::format::{self, SystemNames};
 use crate::start;
 
 const UNEXPECTED: &str = "unexpected response received from vmd";
+/// How many VMs `stop -a` stops at a time (a connection each).
+const STOP_ALL_AT_ONCE: usize = 128;
 
 /// Runs `action` against vmd; the exit status.
 pub fn run(
@@ -67,12 +69,29 @@ pub fn run(
                 return Ok(1);
             };
             // vmctl stops each running VM by name and ignores the results.
-            for vm in list.iter().filter(|vm| format::is_running(vm)) {
-                let t = Target {
-                    id: 0,
-                    name: Some(vm.name.clone()),
-                };
-                stop(ctl, &t, flags, err)?;
+            // All at once, each on its own connection: one after the other,
+            // VMs that take their time to shut down would add up past any
+            // service manager's stop timeout.  Lines come in list order.
+            let running: Vec<&VmopInfoResult> =
+                list.iter().filter(|vm| format::is_running(vm)).collect();
+            for batch in running.chunks(STOP_ALL_AT_ONCE) {
+                let mut pending = Vec::new();
+                for vm in batch {
+                    let mut c = ctl.another()?;
+                    let id = VmopId {
+                        id: 0,
+                        name: vm.name.clone(),
+                        uid: 0,
+                        flags: flags & (VMOP_FORCE | VMOP_WAIT),
+                    };
+                    c.send(&Message::TerminateVmRequest(id), Vec::new())?;
+                    pending.push((&vm.name, c));
+                }
+                for (name, mut c) in pending {
+                    let msg = c.recv();
+                    let _ = write!(err, "stopping vm {name}: ");
+                    terminate_complete(&msg?, flags, err);
+                }
             }
             Ok(0)
         }

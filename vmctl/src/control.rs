@@ -4,7 +4,7 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use vmd_proto::{ImsgChannel, ImsgError, Message};
 
@@ -13,6 +13,7 @@ use crate::fail::Fail;
 /// A connection to vmd.
 pub struct Control {
     chan: ImsgChannel,
+    path: PathBuf,
 }
 
 impl Control {
@@ -21,7 +22,14 @@ impl Control {
             .map_err(|e| Fail::io(format!("connect: {}", path.display()), &e))?;
         Ok(Control {
             chan: ImsgChannel::new(sock),
+            path: path.to_path_buf(),
         })
+    }
+
+    /// Another connection to the same vmd (vmd answers each connection's
+    /// waits on its own: `stop -a -w` takes one per VM).
+    pub fn another(&self) -> Result<Control, Fail> {
+        Control::connect(&self.path)
     }
 
     /// Sends `msg` with `fds` (the boot image of `start`).

@@ -12,6 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use vmd_disk::{DiskError, DiskImage, Format};
 use vmd_proto::config::DiskFormat;
@@ -47,6 +48,18 @@ fn disk_fail(msg: &str, e: &DiskError) -> Fail {
     }
 }
 
+/// A path vmd-disk takes as text (it names files in its errors and
+/// writes a base's name into the qcow2 header): refused rather than
+/// mangled when it is not UTF-8.
+fn text(p: &Path) -> Result<&str, Fail> {
+    p.to_str().ok_or_else(|| {
+        Fail::errx(format!(
+            "{}: file names of disk images must be UTF-8",
+            p.display()
+        ))
+    })
+}
+
 /// Runs `vmctl create`; the exit status.
 pub fn run(c: &CreateArgs, verbose: bool, err: &mut dyn Write) -> Result<i32, Fail> {
     if let Some(input) = &c.input {
@@ -63,18 +76,20 @@ pub fn run(c: &CreateArgs, verbose: bool, err: &mut dyn Write) -> Result<i32, Fa
             cmd: crate::args::lookup("create")?,
             before: Some(format!(
                 "could not create {}: missing size argument",
-                c.disk
+                c.disk.display()
             )),
         });
     }
     let msg = "create imagefile operation failed";
     if c.format == DiskFormat::Qcow2 {
-        let size = match &c.base {
-            Some(base) => base_size(&c.disk, base, c.size)?,
+        let disk = text(&c.disk)?;
+        let base = c.base.as_deref().map(text).transpose()?;
+        let size = match base {
+            Some(base) => base_size(disk, base, c.size)?,
             None => c.size,
         };
         let f = new_image(&c.disk).map_err(|e| Fail::io(msg, &e))?;
-        let r = vmd_disk::qcow2::create(&f, &c.disk, size, c.base.as_deref());
+        let r = vmd_disk::qcow2::create(&f, disk, size, base);
         finish(&c.disk, f, r).map_err(|e| disk_fail(msg, &e))?;
         warnx(err, "qcow2 imagefile created");
         return Ok(0);
@@ -88,17 +103,22 @@ pub fn run(c: &CreateArgs, verbose: bool, err: &mut dyn Write) -> Result<i32, Fa
 /// equal.  A relative base name is found, as vmd will find it, next to
 /// the new image.
 fn base_size(disk: &str, base: &str, size: u64) -> Result<u64, Fail> {
+    // vmctl reads the base relative to its working directory; a name
+    // that vmd will then look for elsewhere makes an image that does not
+    // start, so the name is looked up where vmd will look.
     let path = vmd_disk::resolve_backing(disk, base);
-    let f = File::open(&path).map_err(|e| Fail::io("failed to open base image", &e))?;
+    let unreadable = || Fail::errx("failure to read base image header");
+    let f = File::open(&path).map_err(|_| unreadable())?;
     let name = path.to_string_lossy();
     let h = match vmd_disk::qcow2::Header::read(&f, &name) {
         Ok(h) => h,
         Err(DiskError::NotQcow2 { .. }) => {
             return Err(Fail::errx("base image is not a qcow2 file"))
         }
-        Err(DiskError::Io { source, .. }) => {
-            return Err(Fail::io("failed to read base image", &source))
-        }
+        Err(DiskError::Io { .. })
+        | Err(DiskError::BadHeader {
+            field: "file size", ..
+        }) => return Err(unreadable()),
         Err(e) => return Err(Fail::errx(e.to_string())),
     };
     if size != 0 && size != h.size {
@@ -108,7 +128,7 @@ fn base_size(disk: &str, base: &str, size: u64) -> Result<u64, Fail> {
 }
 
 /// A new image file: O_EXCL, mode 0600.
-fn new_image(path: &str) -> std::io::Result<File> {
+fn new_image(path: &Path) -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -118,7 +138,7 @@ fn new_image(path: &str) -> std::io::Result<File> {
 }
 
 /// Keeps the new file if `r` is Ok, removes it otherwise.
-fn finish<T>(path: &str, f: File, r: Result<T, DiskError>) -> Result<T, DiskError> {
+fn finish<T>(path: &Path, f: File, r: Result<T, DiskError>) -> Result<T, DiskError> {
     if r.is_err() {
         drop(f);
         let _ = std::fs::remove_file(path);
@@ -128,7 +148,7 @@ fn finish<T>(path: &str, f: File, r: Result<T, DiskError>) -> Result<T, DiskErro
 
 /// `virtio_raw_create`: a new sparse file of `size` bytes, mode 0600;
 /// never overwrites.
-pub fn create_raw(path: &str, size: u64) -> std::io::Result<()> {
+pub fn create_raw(path: &Path, size: u64) -> std::io::Result<()> {
     let f = new_image(path)?;
     if let Err(e) = f.set_len(size) {
         drop(f);
@@ -140,14 +160,16 @@ pub fn create_raw(path: &str, size: u64) -> std::io::Result<()> {
 
 /// `ctl_convert`: copies `input` (through its backing chain) into a new
 /// image of `c.format`.
-fn convert(input: &str, c: &CreateArgs, verbose: bool, err: &mut dyn Write) -> Result<i32, Fail> {
-    let (src_format, src_path) = parse_disktype(input);
+fn convert(input: &Path, c: &CreateArgs, verbose: bool, err: &mut dyn Write) -> Result<i32, Fail> {
+    let (src_format, src_path) = parse_disktype(input.as_os_str());
     let fail = Fail::errx;
-    let mut src =
-        vmd_disk::open(&src_path, Some(disk_format(src_format)), false).map_err(|e| match e {
+    let disk = text(&c.disk)?;
+    let mut src = vmd_disk::open(text(&src_path)?, Some(disk_format(src_format)), false).map_err(
+        |e| match e {
             DiskError::Io { .. } => fail("failed to open source image file"),
             e => Fail::errx(format!("failed to open source image file: {e}")),
-        })?;
+        },
+    )?;
     let src_size = src.size();
     let want = if c.size == 0 { src_size } else { c.size };
     if want < src_size {
@@ -156,8 +178,8 @@ fn convert(input: &str, c: &CreateArgs, verbose: bool, err: &mut dyn Write) -> R
     let dst_size = want.div_ceil(MIB) * MIB;
     let f = new_image(&c.disk).map_err(|_| fail("failed to create destination image file"))?;
     let made = match c.format {
-        DiskFormat::Qcow2 => vmd_disk::qcow2::create(&f, &c.disk, dst_size, None),
-        _ => vmd_disk::Raw::create(&f, &c.disk, dst_size),
+        DiskFormat::Qcow2 => vmd_disk::qcow2::create(&f, disk, dst_size, None),
+        _ => vmd_disk::Raw::create(&f, disk, dst_size),
     };
     finish(&c.disk, f, made).map_err(|_| fail("failed to create destination image file"))?;
     let copied = copy(&mut *src, src_size, c, dst_size, verbose, err);
@@ -192,14 +214,14 @@ fn copy(
         .map_err(|_| fail("failed to open destination image file"))?;
     let mut dst: Box<dyn DiskImage> = match c.format {
         DiskFormat::Qcow2 => {
-            let mut q = vmd_disk::Qcow2::open(file, &c.disk, None, true)
+            let mut q = vmd_disk::Qcow2::open(file, text(&c.disk)?, None, true)
                 .map_err(|_| fail("failed to open destination image file"))?;
             // A new file nobody uses yet: one sync at the end will do.
             q.set_metadata_sync(false);
             Box::new(q)
         }
         _ => Box::new(
-            vmd_disk::Raw::open(file, &c.disk, true)
+            vmd_disk::Raw::open(file, text(&c.disk)?, true)
                 .map_err(|_| fail("failed to open destination image file"))?,
         ),
     };
@@ -251,7 +273,7 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn args(disk: &str, size: u64) -> CreateArgs {
-        let (format, disk) = parse_disktype(disk);
+        let (format, disk) = parse_disktype(std::ffi::OsStr::new(disk));
         CreateArgs {
             disk,
             format,
@@ -322,22 +344,20 @@ mod tests {
         // the base's: refused, and nothing is left behind.
         std::fs::write(&p, vec![0u8; MIB as usize]).unwrap();
         let mut c = args(&q, 0);
-        c.base = Some(p.clone());
+        c.base = Some((p.clone()).into());
         assert_eq!(
             run_create(&c).0,
             Err(Fail::errx("base image is not a qcow2 file"))
         );
-        c.base = Some(d.path("absent.qcow2"));
+        c.base = Some((d.path("absent.qcow2")).into());
         assert_eq!(
             run_create(&c).0,
-            Err(Fail::errx(
-                "failed to open base image: No such file or directory"
-            ))
+            Err(Fail::errx("failure to read base image header"))
         );
         let base = d.path("base.qcow2");
         assert_eq!(run_create(&args(&base, 2 * MIB)).0, Ok(0));
         let mut c = args(&q, MIB);
-        c.base = Some(base);
+        c.base = Some((base).into());
         assert_eq!(
             run_create(&c).0,
             Err(Fail::errx("base size does not match requested size"))
@@ -411,13 +431,13 @@ mod tests {
         // overlay (read through its base) -> raw.
         let q = d.path("q.qcow2");
         let mut c = args(&q, 0);
-        c.input = Some(raw.clone());
+        c.input = Some((raw.clone()).into());
         let (r, w) = run_create(&c);
         assert_eq!((r, w.as_str()), (Ok(0), "vmctl: qcow2 imagefile created\n"));
         assert!(read_all(&q) == data);
         let o = d.path("o.qcow2");
         let mut c = args(&o, 0);
-        c.base = Some(q.clone());
+        c.base = Some((q.clone()).into());
         assert_eq!(run_create(&c).0, Ok(0));
         let mut img = vmd_disk::open(&o, None, true).unwrap();
         img.write_at(&[3u8; 100], 4950).unwrap();
@@ -426,7 +446,7 @@ mod tests {
 
         let back = d.path("back.img");
         let mut c = args(&back, 4 * MIB);
-        c.input = Some(o.clone());
+        c.input = Some((o.clone()).into());
         assert_eq!(run_create(&c).0, Ok(0));
         let out = std::fs::read(&back).unwrap();
         assert_eq!(out.len() as u64, 4 * MIB);
@@ -436,7 +456,7 @@ mod tests {
         // A source that is not what its prefix says: a clear error, and
         // no destination file.
         let mut c = args(&d.path("x.img"), 0);
-        c.input = Some(format!("qcow2:{raw}"));
+        c.input = Some((format!("qcow2:{raw}")).into());
         let (r, _) = run_create(&c);
         assert_eq!(
             r,
@@ -458,7 +478,7 @@ mod tests {
 
         let dst = d.path("dst.img");
         let mut c = args(&dst, 0);
-        c.input = Some(src.clone());
+        c.input = Some((src.clone()).into());
         let (r, w) = run_create(&c);
         assert_eq!(r, Ok(0));
         assert_eq!(
@@ -471,20 +491,20 @@ mod tests {
         assert!(out[data.len()..].iter().all(|&b| b == 0));
 
         let mut c = args(&d.path("big.img"), 2 * MIB);
-        c.input = Some(src.clone());
+        c.input = Some((src.clone()).into());
         let (r, w) = run_create(&c);
         assert_eq!((r, w.as_str()), (Ok(0), "vmctl: raw imagefile created\n"));
         assert_eq!(std::fs::metadata(d.path("big.img")).unwrap().len(), 2 * MIB);
 
         std::fs::write(&src, vec![1u8; (MIB + 1) as usize]).unwrap();
         let mut c = args(&d.path("small.img"), MIB);
-        c.input = Some(src);
+        c.input = Some((src).into());
         assert_eq!(
             run_create(&c).0,
             Err(Fail::errx("size cannot be smaller than input disk size"))
         );
         let mut c = args(&d.path("x.img"), MIB);
-        c.input = Some(d.path("absent.img"));
+        c.input = Some((d.path("absent.img")).into());
         assert_eq!(
             run_create(&c).0,
             Err(Fail::errx("failed to open source image file"))

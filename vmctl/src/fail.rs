@@ -142,6 +142,7 @@ pub fn strerror(errno: i32) -> String {
         libc::ENOSYS => "Function not implemented",
         libc::EOVERFLOW => "Value too large to be stored in data type",
         libc::ECANCELED => "Operation canceled",
+        libc::EILSEQ => "Illegal byte sequence",
         n => return format!("Unknown error: {n}"),
     };
     text.to_string()

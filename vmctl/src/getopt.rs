@@ -2,20 +2,24 @@
 //! the first operand), `--` ends the options, a lone `-` is an operand,
 //! and complaints are warnx(3) lines.
 
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+
 use crate::fail::PROGNAME;
 
 /// One parsed option.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opt {
     pub ch: char,
-    /// The argument of an option declared with `:`.
-    pub arg: Option<String>,
+    /// The argument of an option declared with `:`: bytes, as given.
+    pub arg: Option<OsString>,
 }
 
 /// Iterates over the options of `args`; `args[0]` is the program or
-/// command name, as in C.
+/// command name, as in C.  Arguments are bytes (a file name need not be
+/// UTF-8); option characters are single bytes, as in C.
 pub struct Getopt<'a> {
-    args: &'a [String],
+    args: &'a [OsString],
     optstring: &'static str,
     /// The index of the first operand once the options are done.
     pub optind: usize,
@@ -24,7 +28,7 @@ pub struct Getopt<'a> {
 }
 
 impl<'a> Getopt<'a> {
-    pub fn new(args: &'a [String], optstring: &'static str) -> Getopt<'a> {
+    pub fn new(args: &'a [OsString], optstring: &'static str) -> Getopt<'a> {
         Getopt {
             args,
             optstring,
@@ -34,17 +38,17 @@ impl<'a> Getopt<'a> {
     }
 
     /// The operands after the options (valid once `next` returned `None`).
-    pub fn rest(&self) -> &'a [String] {
+    pub fn rest(&self) -> &'a [OsString] {
         &self.args[self.optind.min(self.args.len())..]
     }
 
     /// Whether `c` takes an argument; `None` if it is not an option.
-    fn spec(&self, c: char) -> Option<bool> {
-        if c == ':' {
+    fn spec(&self, c: u8) -> Option<bool> {
+        if c == b':' || !c.is_ascii() {
             return None;
         }
-        let i = self.optstring.find(c)?;
-        Some(self.optstring[i + c.len_utf8()..].starts_with(':'))
+        let i = self.optstring.bytes().position(|o| o == c)?;
+        Some(self.optstring.as_bytes().get(i + 1) == Some(&b':'))
     }
 }
 
@@ -54,40 +58,42 @@ impl Iterator for Getopt<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.place == 0 {
-            let word = self.args.get(self.optind)?;
-            if word == "--" {
+            let word = self.args.get(self.optind)?.as_bytes();
+            if word == b"--" {
                 self.optind += 1;
                 return None;
             }
-            if !word.starts_with('-') || word == "-" {
+            if !word.starts_with(b"-") || word == b"-" {
                 return None;
             }
             self.place = 1;
         }
-        let word = &self.args[self.optind];
-        let c = word[self.place..].chars().next()?;
-        self.place += c.len_utf8();
+        let word = self.args[self.optind].as_bytes();
+        let c = *word.get(self.place)?;
+        self.place += 1;
         let at_end = self.place >= word.len();
         let done_word = |g: &mut Self| {
             g.optind += 1;
             g.place = 0;
         };
+        // A byte that is not ASCII is shown as the character of that code.
+        let ch = char::from(c);
         match self.spec(c) {
             None => {
                 if at_end {
                     done_word(self);
                 }
-                Some(Err(format!("{PROGNAME}: unknown option -- {c}")))
+                Some(Err(format!("{PROGNAME}: unknown option -- {ch}")))
             }
             Some(false) => {
                 if at_end {
                     done_word(self);
                 }
-                Some(Ok(Opt { ch: c, arg: None }))
+                Some(Ok(Opt { ch, arg: None }))
             }
             Some(true) => {
                 let arg = if !at_end {
-                    let a = word[self.place..].to_string();
+                    let a = OsString::from_vec(word[self.place..].to_vec());
                     done_word(self);
                     a
                 } else {
@@ -99,15 +105,12 @@ impl Iterator for Getopt<'_> {
                         }
                         None => {
                             return Some(Err(format!(
-                                "{PROGNAME}: option requires an argument -- {c}"
+                                "{PROGNAME}: option requires an argument -- {ch}"
                             )))
                         }
                     }
                 };
-                Some(Ok(Opt {
-                    ch: c,
-                    arg: Some(arg),
-                }))
+                Some(Ok(Opt { ch, arg: Some(arg) }))
             }
         }
     }
@@ -117,11 +120,11 @@ impl Iterator for Getopt<'_> {
 mod tests {
     use super::*;
 
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn args(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
     }
 
-    fn run(v: &[&str], spec: &'static str) -> (Vec<Result<Opt, String>>, Vec<String>) {
+    fn run(v: &[&str], spec: &'static str) -> (Vec<Result<Opt, String>>, Vec<OsString>) {
         let a = args(v);
         let mut g = Getopt::new(&a, spec);
         let opts: Vec<_> = g.by_ref().collect();
@@ -131,8 +134,33 @@ mod tests {
     fn opt(ch: char, arg: Option<&str>) -> Result<Opt, String> {
         Ok(Opt {
             ch,
-            arg: arg.map(str::to_string),
+            arg: arg.map(OsString::from),
         })
+    }
+
+    #[test]
+    fn getopt_arguments_are_bytes() {
+        let a = vec![
+            OsString::from("create"),
+            OsString::from_vec(b"-s1\xff".to_vec()),
+            OsString::from_vec(b"/tmp/\xfe.img".to_vec()),
+        ];
+        let mut g = Getopt::new(&a, "s:");
+        assert_eq!(
+            g.next(),
+            Some(Ok(Opt {
+                ch: 's',
+                arg: Some(OsString::from_vec(b"1\xff".to_vec()))
+            }))
+        );
+        assert_eq!(g.next(), None);
+        assert_eq!(g.rest()[0].as_bytes(), b"/tmp/\xfe.img");
+        let a = vec![OsString::from("x"), OsString::from_vec(b"-\xff".to_vec())];
+        let mut g = Getopt::new(&a, "a");
+        assert_eq!(
+            g.next(),
+            Some(Err("vmctl: unknown option -- \u{ff}".into()))
+        );
     }
 
     #[test]

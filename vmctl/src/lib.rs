@@ -28,13 +28,15 @@ pub mod start;
 #[cfg(test)]
 mod testdir;
 
+use std::ffi::OsString;
 use std::io::Write;
 
 use args::Action;
 use fail::Fail;
 
-/// Runs vmctl with `argv` (program name first); the exit status.
-pub fn run(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+/// Runs vmctl with `argv` (program name first, bytes as the kernel gave
+/// them); the exit status.
+pub fn run(argv: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     match run_inner(argv, out, err) {
         Ok(status) => status,
         Err(f) => {
@@ -44,7 +46,7 @@ pub fn run(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     }
 }
 
-fn run_inner(argv: &[String], out: &mut dyn Write, err: &mut dyn Write) -> Result<i32, Fail> {
+fn run_inner(argv: &[OsString], out: &mut dyn Write, err: &mut dyn Write) -> Result<i32, Fail> {
     let inv = args::parse(argv, err)?;
     match inv.action {
         Action::Create(c) => create::run(&c, inv.verbose, err),

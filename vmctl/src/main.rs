@@ -3,9 +3,8 @@
 use std::io::Write;
 
 fn main() {
-    let argv: Vec<String> = std::env::args_os()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
+    // Bytes, not text: a file name need not be UTF-8.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut out = std::io::stdout().lock();
     let status = vmctl::run(&argv, &mut out, &mut std::io::stderr());
     let _ = out.flush();

@@ -3,6 +3,10 @@
 //! it opens itself so that vmd boots only what the user can read.
 
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use std::io::Write;
 
 use vmd_proto::config::{
@@ -114,7 +118,8 @@ pub fn request(
         flags,
         ncpus: 1,
         memory,
-        kernel: a.boot.clone(),
+        // For vmd's messages only: the image goes as a descriptor.
+        kernel: a.boot.as_ref().map(|p| p.to_string_lossy().into_owned()),
         boot_device: a.boot_device,
         disks,
         cdrom: a.iso.clone(),
@@ -139,15 +144,25 @@ fn check_name(name: &str) -> Result<(), Fail> {
 }
 
 /// Opens the boot image (ELF kernel or BIOS) for vmd.
-fn open_kernel(path: &str) -> Result<File, Fail> {
-    if path.len() >= PATH_MAX {
+fn open_kernel(path: &Path) -> Result<File, Fail> {
+    if path.as_os_str().len() >= PATH_MAX {
         return Err(Fail::errx("kernel name too long"));
     }
-    let f = File::open(path).map_err(|e| Fail::io(format!("cannot open kernel '{path}'"), &e))?;
+    // O_NONBLOCK until the type is known: open(2) of a FIFO would wait
+    // for a writer.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| Fail::io(format!("cannot open kernel '{}'", path.display()), &e))?;
     let meta = f.metadata().map_err(|e| Fail::io("fstat kernel", &e))?;
     if !meta.is_file() {
         return Err(Fail::errx("kernel must be a regular file"));
     }
+    // vmd reads the descriptor, whose status flags it shares.
+    let fl = fcntl(&f, FcntlArg::F_GETFL).map_err(|e| Fail::err("fcntl kernel", e as i32))?;
+    let fl = OFlag::from_bits_truncate(fl) & !OFlag::O_NONBLOCK;
+    fcntl(&f, FcntlArg::F_SETFL(fl)).map_err(|e| Fail::err("fcntl kernel", e as i32))?;
     Ok(f)
 }
 
@@ -257,21 +272,34 @@ mod tests {
     fn start_opens_the_boot_image() {
         let dir = Dir::new("start-kernel");
         let mut a = named("k");
-        a.boot = Some(dir.file("bsd", b"\x7fELF"));
+        let bsd = dir.file("bsd", b"\x7fELF");
+        a.boot = Some(bsd.clone().into());
         let (r, w) = run(&a);
         let (p, k) = r.unwrap();
         assert!(w.is_empty(), "a kernel needs neither disks nor NICs: {w}");
         assert!(k.is_some());
         assert_eq!(p.flags, VMOP_CREATE_KERNEL);
-        assert_eq!(p.kernel, a.boot);
+        assert_eq!(p.kernel, Some(bsd));
 
-        a.boot = Some(dir.path(""));
+        a.boot = Some(dir.path("").into());
+        assert_eq!(
+            run(&a).0.unwrap_err(),
+            Fail::errx("kernel must be a regular file")
+        );
+        // A FIFO: refused at once, not waited on.
+        let fifo = dir.path("fifo");
+        nix::unistd::mkfifo(
+            fifo.as_str(),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        a.boot = Some(fifo.into());
         assert_eq!(
             run(&a).0.unwrap_err(),
             Fail::errx("kernel must be a regular file")
         );
         let gone = dir.path("gone");
-        a.boot = Some(gone.clone());
+        a.boot = Some(gone.clone().into());
         assert_eq!(
             run(&a).0.unwrap_err(),
             Fail::errx(format!(

@@ -7,7 +7,7 @@ mod common;
 use std::io::Read;
 use std::path::Path;
 
-use common::{info, recv, result, send, serve_info, vmctl, FakeVmd, TempDir};
+use common::{info, recv, result, send, serve_info, vmctl, vmctl_os, FakeVmd, TempDir};
 
 use vmd_proto::config::{DiskFormat, VMIFF_LOCAL, VMIFF_UP, VMOP_CREATE_DISK, VMOP_CREATE_KERNEL};
 use vmd_proto::config::{VMOP_CREATE_MEMORY, VMOP_CREATE_NETWORK};
@@ -209,14 +209,19 @@ fn stop_answers() {
     );
 }
 
+/// `stop -a -w` stops every running VM at once, on a connection each: the
+/// fake vmd answers none of the requests before it has all of them (as a
+/// slow guest would keep vmctl waiting), and answers the last one first;
+/// vmctl prints the lines in the list's order.
 #[test]
-fn stop_all_stops_each_running_vm_by_name() {
-    let vmd = FakeVmd::new(|ch| {
-        let mut seen = vec![serve_info(ch, &three_vms())];
-        for id in [1, 3] {
-            seen.push(recv(ch).msg);
-            send(ch, Message::TerminateVmEvent(result(0, id, "")));
-        }
+fn stop_all_stops_each_running_vm_by_name_at_once() {
+    let vmd = FakeVmd::with_clients(|a| {
+        let mut seen = vec![serve_info(&mut a.next(), &three_vms())];
+        let (mut web, mut db) = (a.next(), a.next());
+        seen.push(recv(&mut web).msg);
+        seen.push(recv(&mut db).msg);
+        send(&mut db, Message::TerminateVmEvent(result(0, 3, "")));
+        send(&mut web, Message::TerminateVmEvent(result(0, 1, "")));
         seen
     });
     let (seen, r) = vmd.run(&["stop", "-aw"]);
@@ -410,4 +415,62 @@ fn create_needs_no_daemon() {
             )
         )
     );
+}
+
+/// File names and the socket's name are bytes: a name that is not UTF-8
+/// is used as it is (create), or refused where vmd would get it as text
+/// (load, start -d), never turned into another name and never a panic.
+#[test]
+fn arguments_that_are_not_utf8() {
+    use std::ffi::{OsStr, OsString};
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let dir = TempDir::new();
+    let mut img = dir.0.clone().into_os_string().into_vec();
+    img.extend_from_slice(b"/d\xff.img");
+    let img = OsString::from_vec(img);
+    let sock = dir.path("absent.sock");
+    let r = vmctl_os(&sock, &[OsStr::new("create"), OsStr::new("-s1M"), &img]);
+    assert_eq!(
+        (r.status, r.stderr.as_str()),
+        (0, "vmctl: raw imagefile created\n")
+    );
+    assert_eq!(std::fs::metadata(&img).unwrap().len(), 1 << 20);
+    let names: Vec<Vec<u8>> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_vec())
+        .collect();
+    assert_eq!(names, [b"d\xff.img".to_vec()]);
+    let r = vmctl_os(
+        &sock,
+        &[OsStr::new("load"), OsStr::from_bytes(b"/etc/\xff.conf")],
+    );
+    assert_eq!(
+        (r.status, r.stderr.as_str()),
+        (1, "vmctl: /etc/\u{fffd}.conf: Illegal byte sequence\n")
+    );
+    let r = vmctl_os(
+        &sock,
+        &[OsStr::new("start"), OsStr::new("-d"), &img, OsStr::new("x")],
+    );
+    assert_eq!(r.status, 1);
+    assert!(
+        r.stderr.starts_with("vmctl: invalid disk path: "),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.ends_with(".img: Illegal byte sequence\n"),
+        "{}",
+        r.stderr
+    );
+    // VMD_SOCKET names the socket byte for byte.
+    let vmd = FakeVmd::with_clients(|a| serve_info(&mut a.next(), &three_vms()));
+    let mut odd = dir.0.clone().into_os_string().into_vec();
+    odd.extend_from_slice(b"/s\xfe.sock");
+    let odd = std::path::PathBuf::from(OsString::from_vec(odd));
+    std::os::unix::fs::symlink(&vmd.socket, &odd).unwrap();
+    let r = vmctl(&odd, &["status"]);
+    vmd.join();
+    assert_eq!(r.status, 0, "{}", r.stderr);
+    assert!(r.stdout.starts_with(HEADER));
 }

@@ -50,6 +50,12 @@ pub trait DiskImage: Send {
     fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), DiskError>;
 
     /// Makes every completed write durable (virtio's FLUSH).
+    ///
+    /// A completed [`write_at`](DiskImage::write_at) is seen by reads at
+    /// once, but only a flush makes it survive a crash: the image behaves
+    /// as a disk with a write cache (qcow2 links newly allocated clusters
+    /// into its tables here).  A device that does not offer
+    /// VIRTIO_BLK_F_FLUSH to its guest must flush after each write.
     fn flush(&mut self) -> Result<(), DiskError>;
 
     /// The guest-visible size in bytes.

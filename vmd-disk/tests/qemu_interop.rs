@@ -369,8 +369,67 @@ fn refcount_table_grows() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Images qemu leaves that vmd-disk reads but will not write: one with
+/// an internal snapshot (the active L1 table is read) and one whose dirty
+/// bit qemu left set (lazy refcounts, then an abort) until `qemu-img
+/// check -r all` repairs it.
+fn snapshot_and_dirty_images() -> Result<(), Failed> {
+    let d = TempDir::new("snapdirty");
+    let snap = d.path("snap.qcow2");
+    qcreate(&snap, &opts("1.1", 64 * K), None, 4 * M)?;
+    qemu_io(&snap, "write -P 0x61 0 128k")?;
+    qemu_img(&["snapshot", "-c", "s1", &snap])?;
+    qemu_io(&snap, "write -P 0x62 64k 4k")?;
+    let got = same_as_qemu(&snap, &d)?;
+    if got[0] != 0x61 || got[64 * 1024] != 0x62 {
+        return Err("the snapshot image does not read its active state".into());
+    }
+    match vmd_disk::open(&snap, None, true) {
+        Err(vmd_disk::DiskError::Unsupported { what, .. }) if what.contains("snapshots") => {}
+        Err(e) => return Err(format!("snapshot image, writable: {e}").into()),
+        Ok(_) => return Err("an image with snapshots was opened for writing".into()),
+    }
+
+    let dirty = d.path("dirty.qcow2");
+    qcreate(&dirty, "lazy_refcounts=on", None, 4 * M)?;
+    // qemu-io aborts on purpose: its status says so, the image stays dirty.
+    let _ = std::process::Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x63 0 64k",
+            "-c",
+            "abort",
+            &dirty,
+        ])
+        .output()?;
+    let want =
+        format!("{dirty}: qcow2 image is marked dirty; repair it with qemu-img check -r all");
+    match vmd_disk::open(&dirty, None, true) {
+        Err(e) if e.to_string() == want => {}
+        Err(e) => return Err(format!("dirty image: got '{e}', want '{want}'").into()),
+        Ok(_) => return Err("a dirty image was opened for writing".into()),
+    }
+    // Reading does not need the refcounts.
+    if vmd_read_all(&dirty)?[..65536] != [0x63; 65536] {
+        return Err("the dirty image reads wrong".into());
+    }
+    let _ = std::process::Command::new("qemu-img")
+        .args(["check", "-q", "-r", "all", &dirty])
+        .output()?;
+    let mut img = vmd_disk::open(&dirty, None, true)?;
+    img.write_at(&[0x64; 512], 4096)?;
+    img.flush()?;
+    drop(img);
+    must_be_clean(&dirty)?;
+    qemu_io(&dirty, "read -P 0x64 4096 512")?;
+    Ok(())
+}
+
 fn main() {
     support::run_trials(vec![
+        Trial::test("snapshot_and_dirty_images", snapshot_and_dirty_images),
         Trial::test("refcount_table_grows", refcount_table_grows),
         Trial::test("reads_qemu_chains", reads_qemu_chains),
         Trial::test("writes_read_by_qemu", writes_read_by_qemu),

@@ -35,6 +35,14 @@
 //! [`CodecError::TooLarge`](super::CodecError::TooLarge) from the codec),
 //! never truncated.
 //!
+//! **Bounds.** A peer that sends and never reads must not make a process
+//! grow without end.  Each channel bounds what it holds for its peer:
+//! queued outgoing bytes ([`ImsgChannel::set_max_queued`], by default
+//! [`DEFAULT_MAX_QUEUED`]; [`ImsgError::QueueFull`] from `compose`) and
+//! received bytes not yet taken as messages ([`MAX_BUFFERED`];
+//! [`ImsgError::InputFull`] from `fill`).  Over either bound the caller
+//! drops the peer, as for a malformed message.
+//!
 //! **Errors.** Any violation — a length below the header or above the
 //! maximum, unknown flag bits, too many fds, fds without a message, a
 //! truncated control message, end of file inside a message — is an
@@ -61,6 +69,13 @@ pub const MAX_IMSGSIZE: usize = 16384;
 pub const MAX_IMSG_PAYLOAD: usize = MAX_IMSGSIZE - IMSG_HEADER_SIZE;
 /// Most descriptors one message may carry.
 pub const MAX_IMSG_FDS: usize = 32;
+/// Default bound of the bytes queued for a peer (see [`ImsgChannel::set_max_queued`]).
+pub const DEFAULT_MAX_QUEUED: usize = 16 << 20;
+/// Most received bytes a channel buffers before they are taken as
+/// messages: a partial message and a few whole ones.  A caller that stops
+/// taking messages (a client throttled for sending too fast) and keeps
+/// reading hits this bound.
+pub const MAX_BUFFERED: usize = 4 * MAX_IMSGSIZE;
 /// `flags` bit: the message carries descriptors (OpenBSD's value).
 pub const IMSGF_HASFD: u16 = 0x0001;
 const IMSGF_NFDS_SHIFT: u16 = 8;
@@ -89,6 +104,10 @@ pub enum ImsgError {
     ControlTruncated,
     #[error("connection closed")]
     Closed,
+    #[error("{queued} bytes queued for a peer that does not read, over the bound of {limit}")]
+    QueueFull { queued: usize, limit: usize },
+    #[error("{0} bytes received and not taken, over the bound of {MAX_BUFFERED}")]
+    InputFull(usize),
     #[error("connection closed inside a message ({0} bytes pending)")]
     Truncated(usize),
     #[error("unknown imsg type {0}")]
@@ -225,6 +244,9 @@ impl ImsgReader {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
+        if self.buf.len() + bytes.len() > MAX_BUFFERED {
+            return Err(ImsgError::InputFull(self.buf.len() + bytes.len()));
+        }
         self.buf.extend_from_slice(bytes);
         self.fds.extend(fds);
         // At most the fds of the message being received are pending
@@ -291,6 +313,9 @@ pub struct ImsgChannel {
     reader: ImsgReader,
     rbuf: Box<[u8]>,
     wq: VecDeque<Outgoing>,
+    /// Bytes in `wq` not yet written.
+    queued: usize,
+    max_queued: usize,
 }
 
 impl ImsgChannel {
@@ -300,7 +325,21 @@ impl ImsgChannel {
             reader: ImsgReader::new(),
             rbuf: vec![0; MAX_IMSGSIZE].into_boxed_slice(),
             wq: VecDeque::new(),
+            queued: 0,
+            max_queued: DEFAULT_MAX_QUEUED,
         }
+    }
+
+    /// Bounds the bytes queued for the peer: `compose` fails with
+    /// [`ImsgError::QueueFull`] rather than queue past `limit`.  The
+    /// control process holds its clients to less than its own children.
+    pub fn set_max_queued(&mut self, limit: usize) {
+        self.max_queued = limit.max(MAX_IMSGSIZE);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.queued
     }
 
     /// Over an inherited descriptor (a child's `PROC_PARENT_SOCK_FILENO`).
@@ -394,9 +433,16 @@ impl ImsgChannel {
             peerid,
             pid: if pid == 0 { std::process::id() } else { pid },
         };
+        if self.queued + len > self.max_queued {
+            return Err(ImsgError::QueueFull {
+                queued: self.queued + len,
+                limit: self.max_queued,
+            });
+        }
         let mut buf = Vec::with_capacity(len);
         buf.extend_from_slice(&hdr.to_bytes());
         buf.extend_from_slice(data);
+        self.queued += len;
         self.wq.push_back(Outgoing { buf, fds, off: 0 });
         Ok(())
     }
@@ -419,6 +465,7 @@ impl ImsgChannel {
                 Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
                 Ok(n) => {
                     out.off += n;
+                    self.queued -= n;
                     // The kernel holds its own references now.
                     out.fds.clear();
                     if out.off == out.buf.len() {

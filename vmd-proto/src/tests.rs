@@ -810,3 +810,54 @@ fn proc_owner_from_config() {
         }
     );
 }
+
+/// A peer that never reads: the channel queues up to its bound, then
+/// refuses more (the caller drops the peer) instead of growing.
+#[test]
+fn proc_outgoing_queue_is_bounded() {
+    let (mut a, _b) = ImsgChannel::pair().unwrap();
+    a.socket().set_nonblocking(true).unwrap();
+    a.set_max_queued(256 << 10);
+    let data = vec![7u8; 1000];
+    let mut sent = 0usize;
+    let err = loop {
+        match a
+            .compose(ImsgType::DevMsg as u32, 0, 0, &data, Vec::new())
+            .and_then(|_| a.flush())
+        {
+            Ok(()) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(sent < 100_000, "no bound after {sent} messages");
+    };
+    assert!(
+        matches!(err, ImsgError::QueueFull { limit, .. } if limit == 256 << 10),
+        "{err}"
+    );
+    // What the socket took plus the queue: the bound, not more.
+    assert!(a.queued() <= 256 << 10);
+    assert!(a.pending());
+}
+
+/// Received bytes that are not taken as messages are bounded too.
+#[test]
+fn proc_incoming_buffer_is_bounded() {
+    let (mut tx, rx) = UnixStream::pair().unwrap();
+    let mut ch = ImsgChannel::new(rx);
+    let one = raw(ImsgType::DevMsg as u32, 0, &[1; 1000], 0);
+    let writer = std::thread::spawn(move || {
+        // Until the reader gives up and closes.
+        while tx.write_all(&one).is_ok() {}
+    });
+    let mut total = 0;
+    let err = loop {
+        match ch.fill() {
+            Ok(n) => total += n,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, ImsgError::InputFull(_)), "{err}");
+    assert!(total <= crate::imsg::MAX_BUFFERED, "{total}");
+    drop(ch);
+    writer.join().unwrap();
+}

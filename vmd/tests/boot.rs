@@ -108,9 +108,9 @@ fn run_vm(
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour,
+        boot_device: Default::default(),
         disks: Vec::new(),
         cdrom: None,
-        boot_device: Default::default(),
     };
     let mut machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     if let Some((base, len, dev)) = dev {

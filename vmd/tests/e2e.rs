@@ -556,8 +556,10 @@ fn vmd_and_vmctl() -> Result<(), Failed> {
 
 fn scenario(d: &mut Vmd, vmd_pid: i32, user: User, bios: &str) -> Result<(), Failed> {
     // vm.conf's VM starts with vmd.
+    // Running with its process: vmd marks a VM running when it asks for
+    // it, and knows the pid once the VM process answers.
     let rows = d.wait_status("demo running", |rows| {
-        row(rows, "demo").is_some_and(|r| r.state == "running")
+        row(rows, "demo").is_some_and(|r| r.state == "running" && r.pid != "-")
     })?;
     let demo = row(&rows, "demo").unwrap().clone();
     d.vm_pids
@@ -733,7 +735,7 @@ fn check_config() -> Result<(), Failed> {
         }
         std::fs::write(
             dir.join("good.conf"),
-            "vm \"a\" {\n\tmemory 64M\n\tdisable\n}\n",
+            "vm \"a\" {\n\tmemory 64M\n\tdisable\n\tboot \"/dev/null\"\n}\n",
         )?;
         let out = run("good.conf")?;
         if out.status != Some(0) || out.stderr != "configuration OK\n" {

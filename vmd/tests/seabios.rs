@@ -9,6 +9,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{bios_path, Console};
+use vmd::devices::fw_cfg::BootDevice;
 use vmd::devices::virtio::blk::{BackendError, BlockBackend};
 use vmd::vm::machine::{BootImage, Machine, Outcome, ShutdownRequest, VmConfig};
 use vmm_sys::ExitFlavour;
@@ -27,9 +28,9 @@ fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour,
+        boot_device: Default::default(),
         disks: Vec::new(),
         cdrom: None,
-        boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -75,9 +76,9 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour: None,
+        boot_device: Default::default(),
         disks: Vec::new(),
         cdrom: None,
-        boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -136,9 +137,9 @@ fn graceful_stop_without_vmmci() -> Result<(), Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour: None,
+        boot_device: Default::default(),
         disks: Vec::new(),
         cdrom: None,
-        boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -243,6 +244,30 @@ fn boot_disk() -> Result<Vec<u8>, Failed> {
 /// SeaBIOS finds our vioblk through its virtio 1.x capabilities in the
 /// I/O BAR, boots its boot sector and serves its int 13h read.
 fn seabios_boots_from_vioblk() -> Result<(), Failed> {
+    let text = boot_from_vioblk(BootDevice::Auto)?;
+    if !text.contains(SECTOR1) {
+        return Err(format!("the boot sector did not print sector 1; console:\n{text}").into());
+    }
+    Ok(())
+}
+
+/// `vmctl start -B` / vm.conf `boot device` reach SeaBIOS through fw_cfg's
+/// `bootorder`: `disk` names the vioblk's slot and boots it; `net` with no
+/// NIC writes no `bootorder` (vmd looks the device up first), so SeaBIOS
+/// falls back to its own order and boots the disk.
+fn seabios_follows_the_boot_device() -> Result<(), Failed> {
+    let text = boot_from_vioblk(BootDevice::Disk)?;
+    if !text.contains(SECTOR1) {
+        return Err(format!("-B disk did not boot the disk; console:\n{text}").into());
+    }
+    let text = boot_from_vioblk(BootDevice::Net)?;
+    if !text.contains(SECTOR1) {
+        return Err(format!("-B net without a NIC did not fall back; console:\n{text}").into());
+    }
+    Ok(())
+}
+
+fn boot_from_vioblk(boot_device: BootDevice) -> Result<String, Failed> {
     let image =
         std::fs::read(bios_path()).map_err(|e| format!("{}: {e}", bios_path().display()))?;
     let console = Console::default();
@@ -254,9 +279,9 @@ fn seabios_boots_from_vioblk() -> Result<(), Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour: None,
+        boot_device,
         disks: vec![Box::new(MemImage(boot_disk()?))],
         cdrom: None,
-        boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -273,10 +298,7 @@ fn seabios_boots_from_vioblk() -> Result<(), Failed> {
     if let Err(e) = outcome {
         return Err(format!("VM failed: {e}; console:\n{text}").into());
     }
-    if !text.contains(SECTOR1) {
-        return Err(format!("the boot sector did not print sector 1; console:\n{text}").into());
-    }
-    Ok(())
+    Ok(text)
 }
 
 fn main() {
@@ -294,6 +316,10 @@ fn main() {
         }),
         Trial::test("seabios_pause_unpause", pause_unpause_seabios),
         Trial::test("seabios_boots_from_vioblk", seabios_boots_from_vioblk),
+        Trial::test(
+            "seabios_follows_the_boot_device",
+            seabios_follows_the_boot_device,
+        ),
         Trial::test(
             "seabios_graceful_stop_without_vmmci_ends_at_once",
             graceful_stop_without_vmmci,

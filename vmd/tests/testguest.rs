@@ -34,9 +34,9 @@ fn boot_elf_in_vmd() -> Result<String, Failed> {
         console_out: Box::new(console.clone()),
         console_in: None,
         flavour: None,
+        boot_device: Default::default(),
         disks: Vec::new(),
         cdrom: None,
-        boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();

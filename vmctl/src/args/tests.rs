@@ -3,10 +3,10 @@
 use super::*;
 use crate::testdir::Dir;
 
-fn argv(words: &[&str]) -> Vec<String> {
+fn argv(words: &[&str]) -> Vec<OsString> {
     std::iter::once("vmctl")
         .chain(words.iter().copied())
-        .map(str::to_string)
+        .map(OsString::from)
         .collect()
 }
 
@@ -274,7 +274,7 @@ fn args_create() {
     assert_eq!(
         action(&["create", "-s", "4G", &raw]),
         Action::Create(CreateArgs {
-            disk: raw.clone(),
+            disk: raw.clone().into(),
             format: DiskFormat::Raw,
             base: None,
             input: None,
@@ -287,14 +287,17 @@ fn args_create() {
     };
     assert_eq!(
         (c.format, c.base.as_deref(), c.size),
-        (DiskFormat::Qcow2, Some("base.qcow2"), 0)
+        (DiskFormat::Qcow2, Some(Path::new("base.qcow2")), 0)
     );
     let Action::Create(c) = action(&["create", "-i", "old.img", "-s1G", &format!("raw:{q}")])
     else {
         panic!()
     };
-    assert_eq!((c.format, c.disk.as_str()), (DiskFormat::Raw, q.as_str()));
-    assert_eq!(c.input.as_deref(), Some("old.img"));
+    assert_eq!(
+        (c.format, c.disk.as_path()),
+        (DiskFormat::Raw, Path::new(&q))
+    );
+    assert_eq!(c.input.as_deref(), Some(Path::new("old.img")));
     // An existing file with qcow2's magic is qcow2 whatever its name.
     let magic = d.file("magic.img", b"QFI\xfb\0\0\0\x03");
     let Action::Create(c) = action(&["create", "-s", "1M", &magic]) else {
@@ -390,7 +393,7 @@ fn args_start_full() {
         a,
         StartArgs {
             target: name("web"),
-            boot: Some(kernel.clone()),
+            boot: Some(kernel.clone().into()),
             boot_device: BootDevice::Net,
             console: true,
             disks: vec![(disk.clone(), DiskFormat::Raw), (q, DiskFormat::Qcow2)],
@@ -537,22 +540,23 @@ fn args_start_errors() {
 #[test]
 fn args_disk_types() {
     let d = Dir::new("args-types");
+    let t = |s: &str| parse_disktype(OsStr::new(s));
     assert_eq!(
-        parse_disktype("qcow2:/a/b.img"),
-        (DiskFormat::Qcow2, "/a/b.img".to_string())
+        t("qcow2:/a/b.img"),
+        (DiskFormat::Qcow2, PathBuf::from("/a/b.img"))
     );
     assert_eq!(
-        parse_disktype("raw:/a/b.qcow2"),
-        (DiskFormat::Raw, "/a/b.qcow2".to_string())
+        t("raw:/a/b.qcow2"),
+        (DiskFormat::Raw, PathBuf::from("/a/b.qcow2"))
     );
-    assert_eq!(parse_disktype("/no/such.Qcow2").0, DiskFormat::Qcow2);
-    assert_eq!(parse_disktype("/no/such.raw").0, DiskFormat::Raw);
-    assert_eq!(parse_disktype("/no/such").0, DiskFormat::Raw);
-    assert_eq!(parse_disktype("/no/such.").0, DiskFormat::Raw);
+    assert_eq!(t("/no/such.Qcow2").0, DiskFormat::Qcow2);
+    assert_eq!(t("/no/such.raw").0, DiskFormat::Raw);
+    assert_eq!(t("/no/such").0, DiskFormat::Raw);
+    assert_eq!(t("/no/such.").0, DiskFormat::Raw);
     let q = d.file("plain", b"QFI\xfbrest");
-    assert_eq!(parse_disktype(&q).0, DiskFormat::Qcow2);
+    assert_eq!(t(&q).0, DiskFormat::Qcow2);
     let r = d.file("short.qcow2", b"QF");
-    assert_eq!(parse_disktype(&r).0, DiskFormat::Qcow2, "by extension");
+    assert_eq!(t(&r).0, DiskFormat::Qcow2, "by extension");
     let r = d.file("zeros.img", &[0; 512]);
-    assert_eq!(parse_disktype(&r).0, DiskFormat::Raw);
+    assert_eq!(t(&r).0, DiskFormat::Raw);
 }

@@ -49,6 +49,12 @@ pub struct Run {
 }
 
 pub fn vmctl(socket: &Path, args: &[&str]) -> Run {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    vmctl_os(socket, &args)
+}
+
+/// [`vmctl`] with arguments that need not be UTF-8.
+pub fn vmctl_os(socket: &Path, args: &[&std::ffi::OsStr]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_vmctl"))
         .args(args)
         .env("VMD_SOCKET", socket)
@@ -57,8 +63,8 @@ pub fn vmctl(socket: &Path, args: &[&str]) -> Run {
         .expect("run vmctl");
     Run {
         status: out.status.code().expect("exit status"),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 
@@ -70,30 +76,42 @@ pub struct FakeVmd<T> {
     thread: JoinHandle<T>,
 }
 
+/// The fake vmd's listening socket: the next connection of vmctl.
+pub struct Accept(UnixListener);
+
+impl Accept {
+    pub fn next(&mut self) -> ImsgChannel {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            match self.0.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "vmctl never connected");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        ImsgChannel::new(stream)
+    }
+}
+
 impl<T: Send + 'static> FakeVmd<T> {
     pub fn new(script: impl FnOnce(&mut ImsgChannel) -> T + Send + 'static) -> FakeVmd<T> {
+        Self::with_clients(move |a| script(&mut a.next()))
+    }
+
+    /// A fake vmd whose script accepts vmctl's connections itself.
+    pub fn with_clients(script: impl FnOnce(&mut Accept) -> T + Send + 'static) -> FakeVmd<T> {
         let dir = TempDir::new();
         let socket = dir.path("vmd.sock");
         let listener = UnixListener::bind(&socket).unwrap();
         listener.set_nonblocking(true).unwrap();
-        let thread = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let stream = loop {
-                match listener.accept() {
-                    Ok((s, _)) => break s,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        assert!(Instant::now() < deadline, "vmctl never connected");
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => panic!("accept: {e}"),
-                }
-            };
-            stream.set_nonblocking(false).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(20)))
-                .unwrap();
-            script(&mut ImsgChannel::new(stream))
-        });
+        let thread = std::thread::spawn(move || script(&mut Accept(listener)));
         FakeVmd {
             _dir: dir,
             socket,

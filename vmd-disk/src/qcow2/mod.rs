@@ -20,26 +20,32 @@
 //! at a cluster before the cluster's contents and its refcount are on
 //! disk.  A crash can then leave a cluster counted but unreferenced (a
 //! leak, which `qemu-img check` reports and `-r leaks` repairs) but never a
-//! reference to garbage or to a cluster with refcount 0.  So, for each
-//! write request and each L2 table it touches (`Qcow2::commit`):
+//! reference to garbage or to a cluster with refcount 0.  So:
 //!
-//! 1. the data clusters (whole clusters, copy-on-write done) are written;
-//! 2. their refcounts are set to 1, allocating a refcount block when the
-//!    table has none for them (the block is written, with its own count,
-//!    and synced before the refcount table points to it), and moving the
-//!    refcount table to a larger one when it is full (the new table and
-//!    its blocks are written and synced, then the header is pointed at
-//!    it in one write and synced, then the old table is freed);
-//! 3. a new L2 table is written whole, and counted;
-//! 4. fdatasync;
-//! 5. the L2 entries are written, or for a new table the L1 entry;
-//! 6. for a compressed cluster that was rewritten, fdatasync again and
-//!    only then drop the old cluster's refcounts (the reverse order would
+//! 1. a write request writes the data clusters (whole clusters,
+//!    copy-on-write done) and a new L2 table's cluster is allocated;
+//! 2. their refcounts are set to 1 at once, allocating a refcount block
+//!    when the table has none for them (the block is written, with its
+//!    own count, and synced before the refcount table points to it), and
+//!    moving the refcount table to a larger one when it is full (the new
+//!    table and its blocks are written and synced, then the header is
+//!    pointed at it in one write and synced, then the old table is freed);
+//! 3. the new L2 entries (and new L2 tables, and their L1 entries) stay
+//!    in the L2 cache, marked dirty, until the guest's FLUSH, a full cache
+//!    or the close (`Qcow2::write_back`), which writes new L2 tables
+//!    whole,
+//! 4. fdatasyncs,
+//! 5. writes the changed L2 entries, and for new tables the L1 entries,
+//! 6. and for compressed clusters that were rewritten fdatasyncs again and
+//!    only then drops the old clusters' refcounts (the reverse order would
 //!    let a crash leave an L2 entry pointing at a freed cluster).
 //!
-//! One fdatasync per allocating request and L2 table; writes to allocated
-//! clusters need no metadata and no sync.  Durability of the data itself
-//! is the guest's FLUSH ([`DiskImage::flush`]).
+//! FLUSH then fdatasyncs once more, so that the write-back itself is
+//! durable.  Writes the guest has not flushed may be lost in a crash, as
+//! on a disk with a write cache, and leave counted clusters behind (a
+//! leak); flushed ones never are.  Writes to allocated clusters need no
+//! metadata and no sync; allocating ones cost two fdatasyncs per FLUSH,
+//! not per request.
 //!
 //! # Refused at open
 //!
@@ -122,6 +128,9 @@ pub struct Qcow2 {
     /// A metadata update failed half-way; the in-memory tables may not
     /// match the file, so nothing more is done.
     poisoned: bool,
+    /// Host ranges of rewritten compressed clusters, unreferenced at the
+    /// next write-back once nothing on disk points at them.
+    pending_frees: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Qcow2 {
@@ -224,6 +233,7 @@ impl Qcow2 {
             inflate: Inflater::new(),
             metadata_sync: true,
             poisoned: false,
+            pending_frees: Vec::new(),
         })
     }
 
@@ -309,9 +319,18 @@ impl Qcow2 {
         let Some(t) = self.l2_table(i1)? else {
             return Ok(Mapping::Unallocated);
         };
-        let slot = self.l2.load(&self.file, &self.path, t)?;
+        let slot = self.load_l2(t)?;
         let e = self.l2.slots[slot].table[i2];
         self.decode(e)
+    }
+
+    /// The cache slot of the L2 table at `offset`, writing the changed
+    /// tables back first if every slot holds one.
+    fn load_l2(&mut self, offset: u64) -> Result<usize, DiskError> {
+        if self.l2.must_write_back(offset) {
+            self.write_back()?;
+        }
+        self.l2.load(&self.file, &self.path, offset)
     }
 
     /// The backing image's bytes at `vaddr`, zeros past its end or
@@ -567,7 +586,9 @@ impl Qcow2 {
 
     fn write_inner(&mut self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
         let cs = self.cs();
-        let mut batch: Option<Batch> = None;
+        // Allocated clusters that follow each other in the file are
+        // written with one pwrite: (host offset, start in buf, length).
+        let mut run: Option<(u64, usize, usize)> = None;
         let mut done = 0;
         while done < buf.len() {
             let v = offset + done as u64;
@@ -575,30 +596,38 @@ impl Qcow2 {
             let n = ((cs - in_cl) as usize).min(buf.len() - done);
             let data = &buf[done..done + n];
             let (i1, i2) = self.indexes(v);
-            if batch.as_ref().is_some_and(|b| b.l1_index != i1) {
-                let b = batch.take().expect("checked");
-                self.commit(b)?;
-            }
-            let b = match batch {
-                Some(ref mut b) => b,
+            let slot = match self.l2_table(i1)? {
+                Some(t) => self.load_l2(t)?,
                 None => {
-                    let b = match self.l2_table(i1)? {
-                        Some(t) => Batch::new(i1, t, false),
-                        None => {
-                            let t = self.alloc_cluster()?;
-                            self.l2.insert_zeroed(t);
-                            Batch::new(i1, t, true)
-                        }
-                    };
-                    batch.insert(b)
+                    // A new L2 table: counted now, written and linked
+                    // into L1 by write_back.
+                    if self.l2.must_write_back(u64::MAX) {
+                        self.write_back()?;
+                    }
+                    let t = self.alloc_cluster()?;
+                    self.set_refcount(t, 1)?;
+                    self.l1[i1] = t | COPIED;
+                    self.l2.insert_new(t, i1)
                 }
             };
-            let slot = self.l2.load(&self.file, &self.path, b.table)?;
             let mapping = self.decode(self.l2.slots[slot].table[i2])?;
             if let Mapping::Data(h) = mapping {
-                write_full(&self.file, &self.path, data, h + in_cl)?;
+                match run {
+                    Some((rh, rs, rl)) if rh + rl as u64 == h + in_cl => {
+                        run = Some((rh, rs, rl + n))
+                    }
+                    _ => {
+                        if let Some((rh, rs, rl)) = run {
+                            write_full(&self.file, &self.path, &buf[rs..rs + rl], rh)?;
+                        }
+                        run = Some((h + in_cl, done, n));
+                    }
+                }
                 done += n;
                 continue;
+            }
+            if let Some((rh, rs, rl)) = run.take() {
+                write_full(&self.file, &self.path, &buf[rs..rs + rl], rh)?;
             }
             let (target, fresh) = match mapping {
                 Mapping::Zero(Some(h)) => (h, false),
@@ -629,52 +658,71 @@ impl Qcow2 {
                 self.set_refcount(target, 1)?;
             }
             if let Mapping::Compressed(e) = mapping {
-                b.frees.push(self.inflate.host_range(e, self.cluster_bits));
+                let r = self.inflate.host_range(e, self.cluster_bits);
+                self.pending_frees.push(r);
             }
-            // set_refcount never touches the L2 cache, so `slot` holds.
-            self.l2.slots[slot].table[i2] = target | COPIED;
-            b.lo = b.lo.min(i2);
-            b.hi = b.hi.max(i2 + 1);
+            // Neither set_refcount nor the copy-on-write read touches
+            // this image's L2 cache, so `slot` holds.
+            self.l2.set(slot, i2, target | COPIED);
             done += n;
         }
-        if let Some(b) = batch {
-            self.commit(b)?;
+        if let Some((rh, rs, rl)) = run {
+            write_full(&self.file, &self.path, &buf[rs..rs + rl], rh)?;
         }
         Ok(())
     }
 
-    /// Steps 3 to 6 of the module comment for one L2 table.
-    fn commit(&mut self, b: Batch) -> Result<(), DiskError> {
-        if b.lo >= b.hi {
+    /// Steps 3 to 6 of the module comment: puts the L2 entries and L1
+    /// entries changed since the last write-back on disk, after a sync
+    /// that puts the data and refcounts they point at there first.
+    fn write_back(&mut self) -> Result<(), DiskError> {
+        let r = self.write_back_inner();
+        if r.is_err() {
+            // Some of it may be on disk, some not.
+            self.poisoned = true;
+        }
+        r
+    }
+
+    fn write_back_inner(&mut self) -> Result<(), DiskError> {
+        if !self.l2.slots.iter().any(|s| s.dirty.is_some()) && self.pending_frees.is_empty() {
             return Ok(());
         }
-        let slot = self.l2.load(&self.file, &self.path, b.table)?;
-        if b.new_table {
-            let bytes = self.l2.encode(slot, 0, self.l2.entries);
-            write_full(&self.file, &self.path, bytes, b.table)?;
-            self.set_refcount(b.table, 1)?;
+        for i in 0..self.l2.slots.len() {
+            if self.l2.slots[i].new_l1.is_some() {
+                let off = self.l2.slots[i].offset;
+                let entries = self.l2.entries;
+                let bytes = self.l2.encode(i, 0, entries);
+                write_full(&self.file, &self.path, bytes, off)?;
+            }
         }
         if self.metadata_sync {
             sync(&self.file, &self.path)?;
         }
-        if b.new_table {
-            let e = b.table | COPIED;
-            write_full(
-                &self.file,
-                &self.path,
-                &e.to_be_bytes(),
-                self.l1_offset + b.l1_index as u64 * 8,
-            )?;
-            self.l1[b.l1_index] = e;
-        } else {
-            let bytes = self.l2.encode(slot, b.lo, b.hi);
-            write_full(&self.file, &self.path, bytes, b.table + b.lo as u64 * 8)?;
+        for i in 0..self.l2.slots.len() {
+            let Some((lo, hi)) = self.l2.slots[i].dirty.take() else {
+                continue;
+            };
+            if let Some(i1) = self.l2.slots[i].new_l1.take() {
+                let e = self.l1[i1];
+                write_full(
+                    &self.file,
+                    &self.path,
+                    &e.to_be_bytes(),
+                    self.l1_offset + i1 as u64 * 8,
+                )?;
+            } else {
+                let off = self.l2.slots[i].offset + lo as u64 * 8;
+                let bytes = self.l2.encode(i, lo, hi);
+                write_full(&self.file, &self.path, bytes, off)?;
+            }
         }
-        if !b.frees.is_empty() {
+        if !self.pending_frees.is_empty() {
             if self.metadata_sync {
                 sync(&self.file, &self.path)?;
             }
-            for (start, len) in b.frees {
+            let frees = std::mem::take(&mut self.pending_frees);
+            for (start, len) in frees {
                 self.unref_range(start, len)?;
             }
         }
@@ -682,27 +730,13 @@ impl Qcow2 {
     }
 }
 
-/// The L2 entries one request changes in one table.
-struct Batch {
-    l1_index: usize,
-    table: u64,
-    new_table: bool,
-    /// The changed entries' range.
-    lo: usize,
-    hi: usize,
-    /// Compressed clusters' host ranges to unreference afterwards.
-    frees: Vec<(u64, u64)>,
-}
-
-impl Batch {
-    fn new(l1_index: usize, table: u64, new_table: bool) -> Batch {
-        Batch {
-            l1_index,
-            table,
-            new_table,
-            lo: usize::MAX,
-            hi: 0,
-            frees: Vec::new(),
+impl Drop for Qcow2 {
+    /// A clean close: what the guest wrote since its last FLUSH is linked
+    /// in, so that nothing leaks.  vioblk flushes before it lets go of a
+    /// disk anyway; errors here have nowhere to go.
+    fn drop(&mut self) {
+        if self.writable && !self.poisoned && self.write_back().is_ok() {
+            let _ = sync(&self.file, &self.path);
         }
     }
 }
@@ -733,7 +767,13 @@ impl DiskImage for Qcow2 {
     fn flush(&mut self) -> Result<(), DiskError> {
         self.check_usable()?;
         if self.writable {
-            sync(&self.file, &self.path)?;
+            let r = self
+                .write_back()
+                .and_then(|()| sync(&self.file, &self.path));
+            if r.is_err() {
+                self.poisoned = true;
+            }
+            r?;
         }
         Ok(())
     }
@@ -747,8 +787,9 @@ impl DiskImage for Qcow2 {
     }
 }
 
-/// Recently used L2 tables, decoded.  Writes update the cached table and
-/// then the file (write-through), so an entry is never only here.
+/// Recently used L2 tables, decoded.  Writes change the cached table and
+/// mark the range dirty; [`Qcow2::write_back`] puts it on disk.  A dirty
+/// slot is never evicted.
 struct L2Cache {
     slots: Vec<L2Slot>,
     capacity: usize,
@@ -762,6 +803,10 @@ struct L2Slot {
     offset: u64,
     table: Vec<u64>,
     used: u64,
+    /// Entries changed since the last write-back.
+    dirty: Option<(usize, usize)>,
+    /// A new table, not yet written, for this L1 index.
+    new_l1: Option<usize>,
 }
 
 impl L2Cache {
@@ -777,7 +822,16 @@ impl L2Cache {
         }
     }
 
-    /// A slot to fill: a new one, or the least recently used.
+    /// Whether bringing in the table at `offset` needs a slot that only
+    /// a write-back can free.
+    fn must_write_back(&self, offset: u64) -> bool {
+        self.slots.len() == self.capacity
+            && self.slots.iter().all(|s| s.dirty.is_some())
+            && !self.slots.iter().any(|s| s.offset == offset)
+    }
+
+    /// A slot to fill: a new one, or the least recently used clean one
+    /// (the caller wrote back first if there was none).
     fn victim(&mut self) -> usize {
         self.clock += 1;
         if self.slots.len() < self.capacity {
@@ -785,6 +839,8 @@ impl L2Cache {
                 offset: u64::MAX,
                 table: vec![0; self.entries],
                 used: self.clock,
+                dirty: None,
+                new_l1: None,
             });
             return self.slots.len() - 1;
         }
@@ -792,10 +848,21 @@ impl L2Cache {
             .slots
             .iter()
             .enumerate()
+            .filter(|(_, s)| s.dirty.is_none())
             .min_by_key(|(_, s)| s.used)
-            .expect("capacity is at least 4");
+            .expect("a clean slot: must_write_back was checked");
         self.slots[i].used = self.clock;
         i
+    }
+
+    /// Changes an entry of a cached table.
+    fn set(&mut self, slot: usize, index: usize, entry: u64) {
+        let s = &mut self.slots[slot];
+        s.table[index] = entry;
+        s.dirty = Some(match s.dirty {
+            Some((lo, hi)) => (lo.min(index), hi.max(index + 1)),
+            None => (index, index + 1),
+        });
     }
 
     fn load(&mut self, file: &File, path: &str, offset: u64) -> Result<usize, DiskError> {
@@ -813,10 +880,15 @@ impl L2Cache {
         Ok(i)
     }
 
-    fn insert_zeroed(&mut self, offset: u64) {
+    /// A new, empty table for L1 index `l1_index`; dirty until written.
+    fn insert_new(&mut self, offset: u64, l1_index: usize) -> usize {
         let i = self.victim();
-        self.slots[i].table.fill(0);
-        self.slots[i].offset = offset;
+        let s = &mut self.slots[i];
+        s.table.fill(0);
+        s.offset = offset;
+        s.dirty = Some((0, 0));
+        s.new_l1 = Some(l1_index);
+        i
     }
 
     /// Entries `lo..hi` of a slot, big-endian.

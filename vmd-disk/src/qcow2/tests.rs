@@ -374,3 +374,44 @@ fn the_refcount_table_grows_for_small_clusters() {
         assert!(b == data, "chunk {i}");
     }
 }
+
+#[test]
+fn allocating_writes_are_linked_in_at_flush() {
+    let d = TempDir::new("writeback");
+    let p = d.path("a.qcow2");
+    make(&p, 64 * MIB, None);
+    let reopen = |p: &str| Qcow2::open(File::open(p).unwrap(), p, None, false).unwrap();
+    let mut b = [0u8; 8];
+
+    let mut q = open_rw(&p, None);
+    q.write_at(&[0x71; 8], 4096).unwrap();
+    q.flush().unwrap();
+    q.write_at(&[0x72; 8], 600 * 1024 + 8).unwrap();
+    q.write_at(&[0x73; 8], 40 * MIB).unwrap();
+    // Seen at once by this image...
+    q.read_at(&mut b, 40 * MIB).unwrap();
+    assert_eq!(b, [0x73; 8]);
+    // ...but a crash now (no write-back, no Drop) keeps only the flushed
+    // write, and leaves leaks, never corruption.
+    std::mem::forget(q);
+    let c = check(&p);
+    assert!(c.corruptions.is_empty(), "{:?}", c.corruptions);
+    assert!(c.leaks > 0);
+    let mut r = reopen(&p);
+    r.read_at(&mut b, 4096).unwrap();
+    assert_eq!(b, [0x71; 8]);
+    r.read_at(&mut b, 600 * 1024 + 8).unwrap();
+    assert_eq!(b, [0; 8]);
+    r.read_at(&mut b, 40 * MIB).unwrap();
+    assert_eq!(b, [0; 8]);
+    drop(r);
+
+    // Flushed, they stay.
+    let mut q = open_rw(&p, None);
+    q.write_at(&[0x74; 8], 40 * MIB).unwrap();
+    q.flush().unwrap();
+    std::mem::forget(q);
+    reopen(&p).read_at(&mut b, 40 * MIB).unwrap();
+    assert_eq!(b, [0x74; 8]);
+    assert!(check(&p).corruptions.is_empty());
+}

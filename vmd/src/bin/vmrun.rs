@@ -83,9 +83,9 @@ fn main() {
         console_out: Box::new(stdout),
         console_in: stdin,
         flavour: None,
+        boot_device: Default::default(),
         disks: Vec::new(),
         cdrom: None,
-        boot_device: Default::default(),
     };
     let vmm = match vmm_sys::Vmm::open() {
         Ok(v) => Arc::new(v),

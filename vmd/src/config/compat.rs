@@ -7,6 +7,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use vmd_proto::compat::{isspace, strtonum};
 use vmd_proto::compat::{EACCES, EINVAL, EIO, EISDIR, ELOOP, ENAMETOOLONG, ENOENT, ENOTDIR};
 use vmd_proto::compat::{EPERM, ERANGE};
+/// OpenBSD's EILSEQ: a byte string that is not the UTF-8 it must be.
+pub(crate) const EILSEQ: i32 = 84;
 
 /// OpenBSD's PATH_MAX.
 pub(crate) const PATH_MAX: usize = 1024;
@@ -25,6 +27,7 @@ pub(crate) fn strerror(errno: i32) -> String {
         ERANGE => "Result too large".into(),
         ELOOP => "Too many levels of symbolic links".into(),
         ENAMETOOLONG => "File name too long".into(),
+        EILSEQ => "Illegal byte sequence".into(),
         n => format!("Unknown error: {n}"),
     }
 }
@@ -68,7 +71,9 @@ pub(crate) fn realpath(path: &[u8]) -> Result<String, i32> {
     if bytes.len() >= PATH_MAX {
         return Err(ENAMETOOLONG);
     }
-    Ok(String::from_utf8_lossy(bytes).into_owned())
+    // The path travels to the VM's processes as UTF-8: one that is not
+    // would be mangled into another name, so it is refused.
+    String::from_utf8(bytes.to_vec()).map_err(|_| EILSEQ)
 }
 
 /// strtol(3) in base 16 for ether_aton: value and the index after it, or

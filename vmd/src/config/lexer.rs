@@ -14,6 +14,26 @@ const START_EXPAND: i32 = 1;
 const DONE_EXPAND: i32 = 2;
 /// parse.y's `char buf[8096]` in yylex.
 const BUFSIZE: usize = 8096;
+/// The largest configuration file read, included files alike: far more
+/// than any vm.conf, and /dev/zero or an endless FIFO stop here.
+pub(crate) const MAX_CONF_SIZE: u64 = 4 << 20;
+/// How deep `include`s may nest (the first file is depth 1).
+pub(crate) const MAX_INCLUDE_DEPTH: usize = 16;
+
+/// Why a configuration file was not read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PushError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a regular file")]
+    NotRegular,
+    #[error("file larger than {MAX_CONF_SIZE} bytes")]
+    TooLarge,
+    #[error("include loop")]
+    Loop,
+    #[error("includes nested deeper than {MAX_INCLUDE_DEPTH}")]
+    TooDeep,
+}
 
 /// A semantic value on yacc's value stack.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -37,6 +57,8 @@ pub(crate) struct Token {
 
 struct SrcFile {
     name: String,
+    /// Device and inode of an opened file, to find include loops.
+    id: Option<(u64, u64)>,
     data: Vec<u8>,
     pos: usize,
     unget: Vec<u8>,
@@ -160,7 +182,7 @@ fn char_token(c: i32) -> T {
 }
 
 impl Lexer {
-    pub fn new(defines: &[(String, String)]) -> Lexer {
+    pub fn new(defines: &[(Vec<u8>, Vec<u8>)]) -> Lexer {
         let mut lx = Lexer {
             files: Vec::new(),
             expanding: false,
@@ -170,7 +192,7 @@ impl Lexer {
             errors: 0,
         };
         for (name, val) in defines {
-            lx.symset(name.as_bytes(), val.as_bytes(), true);
+            lx.symset(name, val, true);
         }
         lx
     }
@@ -205,17 +227,36 @@ impl Lexer {
     /// pushfile(): open a file and make it current. The first file starts at
     /// line 1, included ones at 0 (the newline pushed after `include`
     /// brings them to 1).
-    pub fn pushfile(&mut self, name: &[u8]) -> Result<(), std::io::Error> {
+    pub fn pushfile(&mut self, name: &[u8]) -> Result<(), PushError> {
+        use std::io::Read;
         use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        if self.files.len() >= MAX_INCLUDE_DEPTH {
+            return Err(PushError::TooDeep);
+        }
         let path = std::path::Path::new(std::ffi::OsStr::from_bytes(name));
-        let mut f = std::fs::File::open(path)?;
+        // O_NONBLOCK: open(2) of a FIFO must not wait for a writer.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        let m = f.metadata()?;
+        if !m.is_file() {
+            return Err(PushError::NotRegular);
+        }
+        let id = (m.dev(), m.ino());
+        if self.files.iter().any(|f| f.id == Some(id)) {
+            return Err(PushError::Loop);
+        }
         let mut data = Vec::new();
-        // A stream that cannot be read (a directory) reads as empty, as
-        // getc() returning EOF does.
-        let _ = std::io::Read::read_to_end(&mut f, &mut data);
+        f.take(MAX_CONF_SIZE + 1).read_to_end(&mut data)?;
+        if data.len() as u64 > MAX_CONF_SIZE {
+            return Err(PushError::TooLarge);
+        }
         let lineno = if self.files.is_empty() { 1 } else { 0 };
         self.files.push(SrcFile {
             name: lossy(name),
+            id: Some(id),
             data,
             pos: 0,
             unget: Vec::new(),
@@ -230,6 +271,7 @@ impl Lexer {
         let lineno = if self.files.is_empty() { 1 } else { 0 };
         self.files.push(SrcFile {
             name: name.to_string(),
+            id: None,
             data: text.to_vec(),
             pos: 0,
             unget: Vec::new(),

@@ -184,20 +184,20 @@ pub enum Registration {
 pub struct ParseOptions<'a> {
     /// `-D name=value` macros; the first definition of a name wins and the
     /// file cannot redefine it.
-    pub defines: &'a [(String, String)],
+    pub defines: &'a [(Vec<u8>, Vec<u8>)],
     /// `vmd -n`: switches and VMs are not registered (no debug lines).
     pub noaction: bool,
     /// The path is the built-in default (/etc/vm.conf): a missing file is
     /// not worth a warning.
     pub default_file: bool,
     pub resolver: &'a dyn Resolver,
-    /// vmd's `vm_register`, called at the end of each `vm` block when not
-    /// `noaction`; `None` registers every block.
+    /// vmd's `vm_register`, called at the end of each `vm` block (with
+    /// `noaction`, only its refusals count); `None` registers every block.
     pub register: Option<&'a mut dyn FnMut(&Vm) -> Registration>,
 }
 
 impl<'a> ParseOptions<'a> {
-    pub fn new(defines: &'a [(String, String)]) -> Self {
+    pub fn new(defines: &'a [(Vec<u8>, Vec<u8>)]) -> Self {
         ParseOptions {
             defines,
             noaction: false,
@@ -256,7 +256,7 @@ pub fn parse_str_with(name: &str, text: &str, opts: ParseOptions<'_>) -> ParseOu
 /// messages vmd prints (errors and warnings, in order).
 pub fn parse_file(
     path: impl AsRef<Path>,
-    defines: &[(String, String)],
+    defines: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<Config, Vec<ConfigError>> {
     parse_with(path.as_ref(), ParseOptions::new(defines)).into_result()
 }
@@ -265,28 +265,40 @@ pub fn parse_file(
 pub fn parse_str(
     name: &str,
     text: &str,
-    defines: &[(String, String)],
+    defines: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<Config, Vec<ConfigError>> {
     parse_str_with(name, text, ParseOptions::new(defines)).into_result()
 }
 
 /// `-D name=value` as vmd's `cmdline_symset` splits it (at the last `=`);
 /// `None` is vmd's `could not parse macro definition <arg>`.
-pub fn parse_define(arg: &str) -> Option<(String, String)> {
-    let i = arg.rfind('=')?;
-    Some((arg[..i].to_string(), arg[i + 1..].to_string()))
+pub fn parse_define(arg: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let i = arg.iter().rposition(|&c| c == b'=')?;
+    Some((arg[..i].to_vec(), arg[i + 1..].to_vec()))
 }
 
 /// `vmd -n [-v] [-D ...] [-f file]`: what it prints on stderr and its exit
 /// status. `path` `None` is the default /etc/vm.conf.
 pub fn check_verbose(
     path: Option<&Path>,
-    defines: &[(String, String)],
+    defines: &[(Vec<u8>, Vec<u8>)],
     verbose: u32,
+) -> (String, i32) {
+    check_with(path, defines, verbose, None)
+}
+
+/// [`check_verbose`] with vmd's `vm_register` checks (`register`), as
+/// `vmd -n` runs it: what would stop vmd at startup fails the check too.
+pub fn check_with<'a>(
+    path: Option<&Path>,
+    defines: &'a [(Vec<u8>, Vec<u8>)],
+    verbose: u32,
+    register: Option<&'a mut dyn FnMut(&Vm) -> Registration>,
 ) -> (String, i32) {
     let mut opts = ParseOptions::new(defines);
     opts.noaction = true;
     opts.default_file = path.is_none();
+    opts.register = register;
     let outcome = parse_with(path.unwrap_or(Path::new(VMD_CONF)), opts);
     let mut out = String::new();
     for line in outcome.lines(verbose) {
@@ -302,6 +314,6 @@ pub fn check_verbose(
 }
 
 /// `vmd -n -f path`: its stderr and exit status.
-pub fn check(path: impl AsRef<Path>, defines: &[(String, String)]) -> (String, i32) {
+pub fn check(path: impl AsRef<Path>, defines: &[(Vec<u8>, Vec<u8>)]) -> (String, i32) {
     check_verbose(Some(path.as_ref()), defines, 0)
 }

@@ -7,6 +7,7 @@
 //! shifted since the last error, and recovery drops tokens up to the next
 //! newline, after which the rest of a broken block is read as top-level
 //! lines.
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use vmd_proto::compat::{fmt_scaled, isspace, scan_scaled, strtonum, ENOENT};
@@ -20,7 +21,7 @@ use vmd_proto::config::{
 
 use super::compat::{self, errno_of, ether_aton, realpath, strerror};
 use super::grammar::{self, Act, Action, N, PRODS, T};
-use super::lexer::{Lexer, Token, Value};
+use super::lexer::{Lexer, PushError, Token, Value};
 use super::{
     Config, Disk, Level, ParseOptions, ParseOutcome, Registration, Switch, Vm, AGENTX_MASTER_PATH,
 };
@@ -178,7 +179,11 @@ impl<'a> Parser<'a> {
             1 => DiskFormat::Raw,
             _ => {
                 let mut magic = [0u8; 4];
-                let qcow = std::fs::File::open(&path)
+                // O_NONBLOCK: a FIFO must not hang the parse in open(2).
+                let qcow = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)
                     .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
                     .is_ok()
                     && &magic == b"QFI\xfb";
@@ -262,8 +267,14 @@ impl<'a> Parser<'a> {
             }
             Act::Include => {
                 let name = s(2);
-                if self.lx.pushfile(cstr(&name)).is_err() {
-                    return self.err(format!("failed to include file {}", lossy(&name)));
+                match self.lx.pushfile(cstr(&name)) {
+                    Ok(()) => {}
+                    Err(PushError::Io(_)) => {
+                        return self.err(format!("failed to include file {}", lossy(&name)));
+                    }
+                    Err(e) => {
+                        return self.err(format!("failed to include file {}: {e}", lossy(&name)));
+                    }
                 }
                 self.lx.lungetc(i32::from(b'\n'));
                 Ok(Value::None)
@@ -661,6 +672,14 @@ impl<'a> Parser<'a> {
         let loc = vm.location.clone();
         let state = if vm.disabled { "disabled" } else { "enabled" };
         if self.opts.noaction {
+            // vmd -n: no registration, but what vm_register would refuse
+            // is an error here too, so that a file vmd -n passes does not
+            // stop vmd at startup.
+            if let Some(f) = self.opts.register.as_mut() {
+                if let Registration::Failed(e) = f(&vm) {
+                    return self.err(format!("vm \"{}\" failed: {e}", vm.name));
+                }
+            }
             self.config.vms.push(vm);
             return Ok(Value::None);
         }
@@ -818,6 +837,17 @@ pub(crate) fn parse(src: Source<'_>, opts: ParseOptions<'_>) -> ParseOutcome {
         let name = match src {
             Source::File(path) => path.display().to_string(),
             Source::Text(name, _) => name.to_string(),
+        };
+        let e = match e {
+            PushError::Io(e) => e,
+            other => {
+                p.warn(format!("failed to open {name}: {other}"));
+                return ParseOutcome {
+                    config: p.config,
+                    messages: p.lx.log,
+                    ok: false,
+                };
+            }
         };
         let errno = errno_of(&e);
         if errno == ENOENT && p.opts.default_file {

@@ -27,14 +27,14 @@ impl Resolver for Names {
     }
 }
 
-fn opts(defines: &[(String, String)]) -> ParseOptions<'_> {
+fn opts(defines: &[(Vec<u8>, Vec<u8>)]) -> ParseOptions<'_> {
     let mut o = ParseOptions::new(defines);
     o.noaction = true;
     o.resolver = &Names;
     o
 }
 
-fn outcome_d(text: &str, defines: &[(String, String)]) -> ParseOutcome {
+fn outcome_d(text: &str, defines: &[(Vec<u8>, Vec<u8>)]) -> ParseOutcome {
     parse_str_with("vm.conf", text, opts(defines))
 }
 
@@ -63,9 +63,9 @@ fn ok(text: &str) -> Config {
     o.config
 }
 
-fn defs(d: &[(&str, &str)]) -> Vec<(String, String)> {
+fn defs(d: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
     d.iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .map(|(a, b)| (a.as_bytes().to_vec(), b.as_bytes().to_vec()))
         .collect()
 }
 
@@ -341,6 +341,80 @@ fn include_reads_another_file() {
             "vm.conf:3: failed to parse size: 1".into(),
         ]
     );
+}
+
+/// `include` of itself, of a file that includes it back, of devices and
+/// FIFOs, too deep or too large: an error naming the file, at once,
+/// instead of a parse that never ends.
+#[test]
+fn include_loops_devices_and_endless_files() {
+    let d = TempDir::new("include-loop");
+    let me = d.path().join("self.conf");
+    let me = me.display().to_string();
+    std::fs::write(&me, format!("include \"{me}\"\n")).unwrap();
+    let (out, code) = check(&me, &[]);
+    assert_eq!(
+        (out.as_str(), code),
+        (
+            format!("{me}:1: failed to include file {me}: include loop\n").as_str(),
+            1
+        )
+    );
+    // a includes b includes a.
+    let a = d.path().join("a.conf").display().to_string();
+    let b = d.file("b.conf", format!("include \"{a}\"\n").as_bytes());
+    std::fs::write(&a, format!("include \"{b}\"\n")).unwrap();
+    let (out, code) = check(&a, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains(&format!("failed to include file {a}: include loop")),
+        "{out}"
+    );
+    // The same file twice, one after the other, is no loop.
+    let leaf = d.file("leaf.conf", b"# nothing\n");
+    ok(&format!("include \"{leaf}\"\ninclude \"{leaf}\"\n"));
+    // Devices and FIFOs: not regular files (and a FIFO does not block).
+    let fifo = d.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    for dev in ["/dev/zero", "/dev/urandom", fifo.to_str().unwrap()] {
+        assert_eq!(
+            fails(&format!("include \"{dev}\"\n")),
+            [format!(
+                "vm.conf:1: failed to include file {dev}: not a regular file"
+            )]
+        );
+        let (out, code) = check(dev, &[]);
+        assert_eq!(
+            (out, code),
+            (format!("failed to open {dev}: not a regular file\n"), 1)
+        );
+    }
+    // A file over the size bound.
+    let big = d.path().join("big.conf");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(lexer::MAX_CONF_SIZE + 1).unwrap();
+    let (out, code) = check(&big, &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("file larger than 4194304 bytes"), "{out}");
+    // A chain of includes deeper than the bound.
+    let n = lexer::MAX_INCLUDE_DEPTH + 1;
+    for i in 0..n {
+        let next = if i + 1 < n {
+            format!(
+                "include \"{}\"\n",
+                d.path().join(format!("{}.conf", i + 1)).display()
+            )
+        } else {
+            String::new()
+        };
+        std::fs::write(d.path().join(format!("{i}.conf")), next).unwrap();
+    }
+    let (out, code) = check(d.path().join("0.conf"), &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("includes nested deeper than 16"), "{out}");
+    std::fs::remove_file(d.path().join(format!("{}.conf", n - 1))).unwrap();
+    std::fs::write(d.path().join(format!("{}.conf", n - 2)), "").unwrap();
+    assert_eq!(check(d.path().join("0.conf"), &[]).1, 0);
 }
 
 #[test]
@@ -1082,6 +1156,30 @@ fn disk_not_found() {
     );
 }
 
+/// A disk whose real path is not UTF-8 is refused (it would reach vmd's
+/// processes as another name), not mangled.
+#[test]
+fn disk_path_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = TempDir::new("disk-bytes");
+    let dir = std::fs::canonicalize(d.path()).unwrap();
+    let mut img = dir.as_os_str().as_bytes().to_vec();
+    img.extend_from_slice(b"/d\xff.img");
+    std::fs::write(std::ffi::OsStr::from_bytes(&img), b"").unwrap();
+    let conf = dir.join("vm.conf");
+    let mut text = b"vm \"a\" {\n\tdisk \"".to_vec();
+    text.extend_from_slice(&img);
+    text.extend_from_slice(b"\"\n}\n");
+    std::fs::write(&conf, text).unwrap();
+    let (out, code) = check(&conf, &[]);
+    let shown = String::from_utf8_lossy(&img).into_owned();
+    assert_eq!(code, 1);
+    assert!(
+        out.starts_with(&format!("disk {shown}: Illegal byte sequence\n")),
+        "{out}"
+    );
+}
+
 #[test]
 fn too_many_disks() {
     let d = TempDir::new("disks");
@@ -1404,9 +1502,20 @@ fn parse_file_returns_the_config_or_the_messages() {
 
 #[test]
 fn parse_define_splits_at_the_last_equals_sign() {
-    assert_eq!(parse_define("a=b=c"), Some(("a=b".into(), "c".into())));
-    assert_eq!(parse_define("mem=1G"), Some(("mem".into(), "1G".into())));
-    assert_eq!(parse_define("novalue"), None);
+    assert_eq!(
+        parse_define(b"a=b=c"),
+        Some((b"a=b".to_vec(), b"c".to_vec()))
+    );
+    assert_eq!(
+        parse_define(b"mem=1G"),
+        Some((b"mem".to_vec(), b"1G".to_vec()))
+    );
+    assert_eq!(parse_define(b"novalue"), None);
+    // Bytes as given: a value need not be UTF-8.
+    assert_eq!(
+        parse_define(b"a=\xff"),
+        Some((b"a".to_vec(), b"\xff".to_vec()))
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::unistd::User;
 
@@ -20,7 +21,7 @@ use super::events::{self, Signals};
 use super::{logging, privsep, NO_PEER};
 use crate::proc::{peer_credentials, PeerCred};
 use vmd_proto::msg::*;
-use vmd_proto::{ImsgChannel, ImsgType, Message};
+use vmd_proto::{ImsgChannel, ImsgError, ImsgType, Message};
 
 struct Client {
     id: u32,
@@ -29,6 +30,8 @@ struct Client {
     /// Asked to wait; the VM id comes with the response.
     wait_requested: bool,
     waiting_for: Option<u32>,
+    /// Requests forwarded to the parent and not answered yet.
+    inflight: u32,
 }
 
 /// What a client other than root may send (§3.5).
@@ -60,6 +63,14 @@ pub fn control_init(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
+/// Requests of one client the parent has not answered yet, at most: a
+/// client that sends faster than it reads is not read from while it has
+/// this many, so the answers it has not read cannot pile up in the parent
+/// and here (vmctl sends one request at a time).
+pub const MAX_INFLIGHT: u32 = 16;
+/// Bytes queued for a client, at most; a client over it is dropped.
+pub const CLIENT_MAX_QUEUED: usize = 1 << 20;
+
 /// The control process; the exit status.
 pub fn main(_args: &Args, user: &User) -> i32 {
     privsep::set_title("control");
@@ -74,7 +85,7 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         Ok(l) => l,
         Err(e) => logging::fatal(&format!("control_init: {}", path.display()), e),
     };
-    if let Err(e) = privsep::drop_privileges(user, Some(Path::new("/var/empty"))) {
+    if let Err(e) = privsep::drop_privileges(user, Some(Path::new(super::PRIVSEP_CHROOT))) {
         logging::fatal("control: cannot drop privileges", e);
     }
     // The parent sets the socket's owner (`socket owner`) once it exists.
@@ -87,20 +98,30 @@ pub fn main(_args: &Args, user: &User) -> i32 {
     };
     let mut clients: Vec<Client> = Vec::new();
     let mut next_id: u32 = 1;
+    let mut accept = AcceptPause::default();
     loop {
+        let listening = accept.until.is_none();
         let ready = {
-            let mut fds = vec![
-                (signals.fd(), false),
-                (listener.as_fd(), false),
-                (parent.as_fd(), parent.pending()),
-            ];
+            let mut fds = vec![(signals.fd(), false), (parent.as_fd(), parent.pending())];
             fds.extend(clients.iter().map(|c| (c.chan.as_fd(), c.chan.pending())));
-            events::wait(&fds, None)
+            if listening {
+                fds.push((listener.as_fd(), false));
+            }
+            events::wait(&fds, accept.until)
         };
         // The parent ends us by closing the socket.
         let _ = signals.take();
-        if ready[1].read {
-            while let Ok((sock, _)) = listener.accept() {
+        // Clients accepted below were not polled.
+        let polled = clients.len();
+        if listening && ready.last().is_some_and(|r| r.read) {
+            loop {
+                let sock = match listener.accept() {
+                    Ok((sock, _)) => sock,
+                    Err(e) => {
+                        accept.failed(&e);
+                        break;
+                    }
+                };
                 let cred = match peer_credentials(&sock) {
                     Ok(c) => c,
                     Err(e) => {
@@ -116,65 +137,130 @@ pub fn main(_args: &Args, user: &User) -> i32 {
                 if next_id == NO_PEER || next_id == IMSG_AGENTX_PEERID {
                     next_id = 1;
                 }
+                let mut chan = ImsgChannel::new(sock);
+                chan.set_max_queued(CLIENT_MAX_QUEUED);
                 clients.push(Client {
                     id,
-                    chan: ImsgChannel::new(sock),
+                    chan,
                     cred,
                     wait_requested: false,
                     waiting_for: None,
+                    inflight: 0,
                 });
             }
         }
-        if ready[2].write {
+        accept.expire(Instant::now());
+        let mut closed = Vec::new();
+        if ready[1].write {
             let _ = parent.flush();
         }
-        if ready[2].read {
+        if ready[1].read {
             match events::drain(&mut parent) {
                 Ok(msgs) => {
                     for r in msgs {
-                        dispatch_parent(&mut clients, r);
+                        if let Some(gone) = dispatch_parent(&mut clients, r) {
+                            closed.push(gone);
+                        }
                     }
                 }
                 Err(e) => {
-                    if !matches!(e, vmd_proto::ImsgError::Closed) {
+                    if !matches!(e, ImsgError::Closed) {
                         log::warn!("control: parent: {e}");
                     }
                     return 0;
                 }
             }
         }
-        let mut closed = Vec::new();
         for (k, c) in clients.iter_mut().enumerate() {
-            let r = ready.get(3 + k).copied().unwrap_or_default();
+            if closed.contains(&c.id) {
+                continue;
+            }
+            let r = if k < polled {
+                ready[2 + k]
+            } else {
+                events::Ready::default()
+            };
             if r.write && c.chan.flush().is_err() {
                 closed.push(c.id);
                 continue;
             }
-            if !r.read {
-                continue;
-            }
-            match events::drain(&mut c.chan) {
-                Ok(msgs) => {
-                    for m in msgs {
-                        if !dispatch_client(c, &mut parent, m) {
-                            closed.push(c.id);
-                            break;
-                        }
-                    }
+            if let Err(e) = serve(c, &mut parent, r.read) {
+                // A malformed or oversized message, or one too many
+                // unread bytes either way, drops this client only; the
+                // daemon and the other clients carry on.
+                if !matches!(e, ImsgError::Closed) {
+                    log::warn!("control: dropping client of uid {}: {e}", c.cred.uid);
                 }
-                Err(e) => {
-                    // A malformed or oversized message drops this client
-                    // only; the daemon and the other clients carry on.
-                    if !matches!(e, vmd_proto::ImsgError::Closed) {
-                        log::warn!("control: dropping client of uid {}: {e}", c.cred.uid);
-                    }
-                    closed.push(c.id);
-                }
+                closed.push(c.id);
             }
+        }
+        if !closed.is_empty() {
+            // A descriptor is free again: no need to wait out the pause.
+            accept.until = None;
         }
         clients.retain(|c| !closed.contains(&c.id));
         let _ = parent.flush();
     }
+}
+
+/// How long accepting pauses when the process is out of descriptors.
+pub const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
+/// The shortest time between two "out of descriptors" log lines.
+const ACCEPT_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// control.c's answer to EMFILE and ENFILE in accept(2): the connection
+/// stays in the listen queue and poll would report the socket readable
+/// again at once, so accepting pauses for [`ACCEPT_PAUSE`] (or until a
+/// client leaves), and it is logged.
+#[derive(Debug, Default)]
+struct AcceptPause {
+    until: Option<Instant>,
+    logged: Option<Instant>,
+}
+
+impl AcceptPause {
+    fn failed(&mut self, e: &std::io::Error) {
+        let now = Instant::now();
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => {
+                self.until = Some(now + ACCEPT_PAUSE);
+                if !matches!(self.logged, Some(t) if now.duration_since(t) < ACCEPT_LOG_INTERVAL) {
+                    self.logged = Some(now);
+                    log::warn!(
+                        "control_accept: {e}: not accepting connections for {} s",
+                        ACCEPT_PAUSE.as_secs()
+                    );
+                }
+            }
+            Some(libc::EAGAIN | libc::EINTR | libc::ECONNABORTED) => {}
+            _ => log::warn!("control_accept: accept: {e}"),
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        if self.until.is_some_and(|t| t <= now) {
+            self.until = None;
+        }
+    }
+}
+
+/// Reads from a client (when poll said so) and handles what it sent, as
+/// far as [`MAX_INFLIGHT`] allows; the rest stays buffered in its channel
+/// (which bounds it) until the parent answers.  `Err`: drop the client.
+fn serve(c: &mut Client, parent: &mut ImsgChannel, readable: bool) -> Result<(), ImsgError> {
+    if readable {
+        c.chan.fill()?;
+    }
+    while c.inflight < MAX_INFLIGHT {
+        let Some(imsg) = c.chan.get()? else {
+            break;
+        };
+        let r = vmd_proto::Received::try_from(imsg)?;
+        if !dispatch_client(c, parent, r) {
+            return Err(ImsgError::Closed);
+        }
+    }
+    Ok(())
 }
 
 /// One request from a client; false closes the connection.
@@ -235,30 +321,51 @@ fn dispatch_client(c: &mut Client, parent: &mut ImsgChannel, r: vmd_proto::Recei
         log::warn!("control: cannot forward to parent: {e}");
         return false;
     }
+    c.inflight += 1;
     true
 }
 
-/// An answer from the parent, for the client it names.
-fn dispatch_parent(clients: &mut [Client], r: vmd_proto::Received) {
+/// An answer from the parent, for the client it names; the id of a
+/// client to drop, when it cannot take the answer.
+fn dispatch_parent(clients: &mut [Client], r: vmd_proto::Received) -> Option<u32> {
     if let Message::TerminateVmEvent(ref vmr) = r.msg {
+        let mut gone = None;
         for c in clients.iter_mut().filter(|c| c.waiting_for == Some(vmr.id)) {
             c.waiting_for = None;
-            let _ = events::post(&mut c.chan, &r.msg, 0, Vec::new());
+            if let Err(e) = events::post(&mut c.chan, &r.msg, 0, Vec::new()) {
+                gone = gone.or(drop_client(c, e));
+            }
         }
-        return;
+        return gone;
     }
     let Some(c) = clients.iter_mut().find(|c| c.id == r.peerid) else {
         log::debug!("control: {} for a gone client", r.msg.imsg_type().name());
-        return;
+        return None;
     };
+    // Every request gets one answer but GET_INFO, whose list ends with
+    // its GET_INFO_VM_END_DATA.
+    if !matches!(r.msg, Message::GetInfoVmData(_)) {
+        c.inflight = c.inflight.saturating_sub(1);
+    }
     if let Message::TerminateVmResponse(ref vmr) = r.msg {
         if c.wait_requested {
             c.wait_requested = false;
             if vmr.result == 0 {
                 c.waiting_for = Some(vmr.id);
-                return;
+                return None;
             }
         }
     }
-    let _ = events::post(&mut c.chan, &r.msg, 0, r.fds);
+    match events::post(&mut c.chan, &r.msg, 0, r.fds) {
+        Ok(()) => None,
+        Err(e) => drop_client(c, e),
+    }
+}
+
+/// A client whose answer could not be sent: its id, to be dropped.
+fn drop_client(c: &Client, e: ImsgError) -> Option<u32> {
+    if !matches!(e, ImsgError::Closed) {
+        log::warn!("control: dropping client of uid {}: {e}", c.cred.uid);
+    }
+    Some(c.id)
 }

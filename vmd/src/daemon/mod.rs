@@ -52,11 +52,14 @@ pub mod privproc;
 pub mod privsep;
 pub mod registry;
 pub mod stagger;
+pub mod vmfiles;
 pub mod vmm;
 pub mod vmproc;
 
 /// `VMD_USER`.
 pub const VMD_USER: &str = "_vmd";
+/// The control process's root directory (proc.c's default chroot).
+pub const PRIVSEP_CHROOT: &str = "/var/empty";
 /// `VM_DEFAULT_BIOS`.
 pub const VM_DEFAULT_BIOS: &str = "/etc/firmware/vmm-bios";
 /// Where Debian and Ubuntu install SeaBIOS, the firmware OpenBSD ships as
@@ -71,6 +74,9 @@ pub const VM_KILL_TIMEOUT_SEC: u64 = 10;
 /// (not built yet) the guest cannot be asked, so the VM process ends the
 /// VM after this many seconds (a reset from the guest ends it earlier).
 pub const VM_SHUTDOWN_TIMEOUT_SEC: u64 = 30;
+/// How long the parent waits for its children after SIGTERM before it
+/// kills them (the vmm process needs [`VM_KILL_TIMEOUT_SEC`] for its VMs).
+pub const CHILD_KILL_TIMEOUT_SEC: u64 = VM_KILL_TIMEOUT_SEC + 5;
 /// The peer id of messages that answer no client (C's `(uint32_t)-1`).
 pub const NO_PEER: u32 = u32::MAX;
 
@@ -79,9 +85,11 @@ pub const ENV_NO_PRIVDROP: &str = "VMD_NO_PRIVDROP";
 
 /// The unprivileged user's name.
 pub fn user_name() -> String {
-    std::env::var(ENV_USER)
-        .ok()
+    // Not UTF-8: no such user, said with the name as near as it prints
+    // (not silently _vmd instead).
+    std::env::var_os(ENV_USER)
         .filter(|s| !s.is_empty())
+        .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| VMD_USER.to_string())
 }
 
@@ -97,8 +105,10 @@ pub fn strerror(errno: i32) -> String {
 
 /// vmd's `main`: the exit status.
 pub fn main() -> i32 {
-    let argv: Vec<String> = std::env::args().collect();
-    let args = match args::parse(&argv[1..]) {
+    // Bytes, not UTF-8: std::env::args() would panic on a file name that
+    // is not.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = match args::parse(argv.get(1..).unwrap_or_default()) {
         Ok(a) => a,
         Err(args::ArgsError::Usage) => {
             eprintln!("{}", args::usage());
@@ -113,7 +123,7 @@ pub fn main() -> i32 {
     let debug = args.debug || args.noaction;
     logging::init(debug, args.verbose, "vmd");
     for bad in &args.bad_defines {
-        log::warn!("could not parse macro definition {bad}");
+        log::warn!("could not parse macro definition {}", bad.to_string_lossy());
     }
     let launch_vm = args.vm_fd.is_some();
     if !args.noaction && !launch_vm && !nix::unistd::geteuid().is_root() {
@@ -132,5 +142,38 @@ pub fn main() -> i32 {
         Some("vmm") => vmm::main(&args, &user),
         Some("priv") => privproc::main(&args, &user),
         Some(_) => logging::fatalx("invalid process name"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A service manager's stop timeout must cover `vmctl stop -a -w`
+    /// (all VMs at once: a graceful stop ends a VM within
+    /// VM_SHUTDOWN_TIMEOUT_SEC, a forced one within VM_KILL_TIMEOUT_SEC)
+    /// and then vmd's own end after SIGTERM; the systemd unit and the rc.d
+    /// script say the same.
+    #[test]
+    fn daemon_stop_timeouts_of_the_unit_and_rc_script() {
+        let etc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc");
+        let unit = std::fs::read_to_string(etc.join("vmd.service")).unwrap();
+        let rc = std::fs::read_to_string(etc.join("rc.d/vmd")).unwrap();
+        let value = |text: &str, key: &str| -> Option<String> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().trim_matches('"').to_string())
+        };
+        let unit_secs: u64 = value(&unit, "TimeoutStopSec=")
+            .and_then(|v| v.strip_suffix('s')?.parse().ok())
+            .expect("TimeoutStopSec=<n>s in vmd.service");
+        let rc_secs: u64 = value(&rc, "daemon_timeout=")
+            .and_then(|v| v.parse().ok())
+            .expect("daemon_timeout in rc.d/vmd");
+        let vms = super::VM_SHUTDOWN_TIMEOUT_SEC.max(super::VM_KILL_TIMEOUT_SEC);
+        let need = vms + super::CHILD_KILL_TIMEOUT_SEC;
+        assert_eq!(unit_secs, rc_secs, "the unit and the rc.d script disagree");
+        assert!(
+            unit_secs >= need,
+            "{unit_secs} s < the {need} s vmd may take to stop"
+        );
     }
 }

@@ -15,6 +15,7 @@ use super::args::{child_flags, Args};
 use super::events::{self, Signals};
 use super::registry::{self, FileAccess, RegisterError, Registry, SystemGroups, Tty};
 use super::stagger::Stagger;
+use super::vmfiles::{self, VmFile};
 use super::{logging, privsep, strerror, NO_PEER};
 use crate::config::{self, Registration};
 use vmd_proto::config::{BootDevice, GlobalConfig, VMOP_CREATE_CDROM, VMOP_CREATE_CPU};
@@ -35,16 +36,42 @@ struct Parent {
     vmm_fd: OwnedFd,
     stagger: Stagger,
     socket: PathBuf,
+    /// Locked for as long as this vmd runs (see [`lock_pidfile`]).
+    pidfile: (PathBuf, File),
 }
 
 /// The parent; the exit status.
 pub fn main(args: Args, _user: User) -> i32 {
     if args.noaction {
-        let (out, code) =
-            config::check_verbose(args.conffile.as_deref(), &args.defines, args.verbose);
+        // The registry's checks on a registry of its own: vmd -n fails
+        // where vmd would fail to start (a VM with nothing to boot).
+        let mut reg = Registry::new();
+        let mut hook = |vm: &config::Vm| -> Registration {
+            match reg.register_config(registry::params_from_config(vm), &SystemGroups) {
+                Ok(_) => Registration::Registered,
+                Err((RegisterError::Exists(_), _)) => {
+                    Registration::AlreadyExists { running: false }
+                }
+                Err((RegisterError::Failed(e), _)) => Registration::Failed(strerror(e)),
+            }
+        };
+        let (out, code) = config::check_with(
+            args.conffile.as_deref(),
+            &args.defines,
+            args.verbose,
+            Some(&mut hook),
+        );
         eprint!("{out}");
         return code;
     }
+    raise_nofile();
+    // Before anything else: a second vmd would remove the first one's
+    // socket and start every VM again.
+    let socket = vmd_proto::socket_path();
+    let pidfile = match lock_pidfile(&socket) {
+        Ok(f) => f,
+        Err(e) => logging::fatalx(&e),
+    };
     let mut args = args;
     // daemon(3) changes to /: a relative -f would name another file after.
     if let Some(f) = args.conffile.take() {
@@ -72,6 +99,8 @@ pub fn main(args: Args, _user: User) -> i32 {
     }
     privsep::set_title("parent");
     logging::procinit("parent");
+    // Our pid as the daemon, for whoever reads the file.
+    write_pid(&pidfile);
     let mut children = Vec::new();
     let mut chans = Vec::new();
     for title in ["control", "vmm", "priv"] {
@@ -114,7 +143,8 @@ pub fn main(args: Args, _user: User) -> i32 {
         children,
         vmm_fd,
         stagger: Stagger::new(None, 1),
-        socket: vmd_proto::socket_path(),
+        socket,
+        pidfile,
     };
     if !p.configure() {
         p.kill_children();
@@ -239,6 +269,75 @@ fn open_tty(owner: &VmopOwner) -> nix::Result<Tty> {
     })
 }
 
+/// The soft limit of open files up to the hard one, before the children
+/// are started (they inherit it): each client of the control process and
+/// each VM's files take descriptors, and the soft limit is often 1024 or
+/// less where the hard one is far higher.
+fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => log::debug!("raised the open files limit from {soft} to {hard}"),
+            Err(e) => log::debug!("cannot raise the open files limit from {soft} to {hard}: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => log::debug!("getrlimit: {e}"),
+    }
+}
+
+/// The pid file of the vmd whose control socket is `socket`: next to it,
+/// named as it with `.pid` (`/var/run/vmd.pid`).
+pub fn pidfile_path(socket: &Path) -> PathBuf {
+    socket.with_extension("pid")
+}
+
+/// Refuses to go on when another vmd runs on the same socket: its pid
+/// file is locked, or (a vmd that keeps none) its socket answers.  The
+/// lock (flock, released when this process ends) is held from here on;
+/// the error says what to do.
+fn lock_pidfile(socket: &Path) -> Result<(PathBuf, File), String> {
+    use std::io::Read;
+    let path = pidfile_path(socket);
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Err(e) = rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        return Err(if e == rustix::io::Errno::WOULDBLOCK {
+            format!(
+                "vmd is already running (pid {}, {} is locked)",
+                pid.trim(),
+                path.display()
+            )
+        } else {
+            format!("{}: lock: {e}", path.display())
+        });
+    }
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(format!(
+            "control socket {} is in use: is another vmd running?",
+            socket.display()
+        ));
+    }
+    Ok((path, f))
+}
+
+fn write_pid((path, f): &(PathBuf, File)) {
+    use std::io::Write;
+    let mut w: &File = f;
+    let written = f
+        .set_len(0)
+        .and_then(|_| w.write_all(format!("{}\n", std::process::id()).as_bytes()));
+    if let Err(e) = written {
+        log::warn!("{}: {e}", path.display());
+    }
+}
+
 /// Online CPUs: how many VMs start at once without `staggered start`.
 fn ncpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -291,7 +390,7 @@ impl Parent {
         let reg = &mut self.reg;
         let mut hook = |vm: &config::Vm| -> Registration {
             let params = registry::params_from_config(vm);
-            match reg.register(params, None, 0, &SystemGroups) {
+            match reg.register_config(params, &SystemGroups) {
                 Ok(i) => {
                     let v = &mut reg.vms[i];
                     v.state |= if vm.disabled {
@@ -439,11 +538,14 @@ impl Parent {
         }
         let vm = &self.reg.vms[i];
         let name = &vm.params.name;
-        // vm_checkaccess on what vmd opens itself, for the VM's user.
+        // vm_checkaccess on what vmd opens itself, for the VM's user (a
+        // disk may be a block device; vmfiles::open checked the types).
         let access = |f: &File, kind: u32, amode: u32| {
             f.metadata().is_ok_and(|m| {
+                let mut fa = FileAccess::of(&m);
+                fa.regular = vmfiles::type_allowed(&m.file_type(), VmFile::Disk);
                 registry::checkaccess(
-                    &FileAccess::of(&m),
+                    &fa,
                     vm.params.checkaccess & kind != 0,
                     uid,
                     amode,
@@ -451,21 +553,28 @@ impl Parent {
                 )
             })
         };
+        let limit = vmfiles::max_boot_image(vm.params.memory);
         let kernel: OwnedFd = if let Some(k) = &vm.kernel {
-            // The client's own descriptor: it could read the file.
-            k.try_clone().map_err(|e| errno_of(&e))?
+            // The client's own descriptor: it could read the file.  Not
+            // read here, only looked at, for a prompt answer.
+            let k = File::from(k.try_clone().map_err(|e| errno_of(&e))?);
+            if let Err(e) = vmfiles::check_boot_image(&k, limit) {
+                log::warn!("vm \"{name}\": {e}");
+                return Err(e.errno());
+            }
+            OwnedFd::from(k)
         } else {
             let (file, path) = if let Some(path) = &vm.kernel_path {
-                let f = File::open(path).map_err(|e| {
-                    log::warn!("config_setvm: can't open kernel or BIOS boot image {path}: {e}");
-                    errno_of(&e)
+                let f = vmfiles::open(path, VmFile::Boot, false).map_err(|e| {
+                    log::warn!("config_setvm: can't open kernel or BIOS {e}");
+                    e.errno()
                 })?;
                 (f, path.as_str())
             } else {
                 let bios = [super::VM_DEFAULT_BIOS, super::LINUX_DEFAULT_BIOS]
                     .into_iter()
                     .take(if cfg!(target_os = "linux") { 2 } else { 1 })
-                    .find_map(|p| File::open(p).ok().map(|f| (f, p)));
+                    .find_map(|p| vmfiles::open(p, VmFile::Boot, false).ok().map(|f| (f, p)));
                 match bios {
                     Some(b) => b,
                     None => {
@@ -478,16 +587,23 @@ impl Parent {
                 log::warn!("vm \"{name}\" no read access to kernel {path}");
                 return Err(libc::EPERM);
             }
+            if let Err(e) = vmfiles::check_boot_image(&file, limit) {
+                log::warn!("vm \"{name}\": {path}: {e}");
+                return Err(e.errno());
+            }
             OwnedFd::from(file)
         };
         let mut cdrom = None;
         if let Some(c) = &vm.params.cdrom {
-            match File::open(c) {
+            match vmfiles::open(c, VmFile::Cdrom, false) {
+                Err(e @ vmfiles::OpenError::Type { .. }) => {
+                    log::warn!("config_setvm: {e}");
+                    return Err(VMD_CDROM_INVALID);
+                }
                 Err(e) => {
-                    log::warn!("config_setvm: can't open cdrom {c}: {e}");
+                    log::warn!("config_setvm: can't open {e}");
                     return Err(VMD_CDROM_MISSING);
                 }
-                Ok(f) if !f.metadata().is_ok_and(|m| m.is_file()) => return Err(VMD_CDROM_INVALID),
                 Ok(f) if !access(&f, VMOP_CREATE_CDROM, registry::ACCESS_READ) => {
                     log::warn!("vm \"{name}\" no read access to cdrom {c}");
                     return Err(libc::EPERM);
@@ -498,16 +614,19 @@ impl Parent {
         }
         // Disks and interfaces are checked but not attached yet: vioblk
         // and vionet come in later issues.
+        let mut disk_files = Vec::new();
         for d in &vm.params.disks {
-            let opened = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&d.path)
-                .or_else(|_| File::open(&d.path));
+            let rw = vmfiles::open(&d.path, VmFile::Disk, true);
+            let writable = rw.is_ok();
+            let opened = match rw {
+                Err(e @ vmfiles::OpenError::Type { .. }) => Err(e),
+                Ok(f) => Ok(f),
+                Err(_) => vmfiles::open(&d.path, VmFile::Disk, false),
+            };
             let f = match opened {
                 Ok(f) => f,
                 Err(e) => {
-                    log::warn!("config_setvm: can't open disk {}: {e}", d.path);
+                    log::warn!("config_setvm: can't open {e}");
                     return Err(VMD_DISK_MISSING);
                 }
             };
@@ -516,7 +635,14 @@ impl Parent {
                 log::warn!("vm \"{name}\" unable to access disk {}", d.path);
                 return Err(libc::EPERM);
             }
+            if writable {
+                vmfiles::lock_disk(&f, &d.path).map_err(|e| {
+                    log::warn!("vm \"{name}\": {e}");
+                    libc::EBUSY
+                })?;
+            }
             log::warn!("{name}: disk {} is not attached: no vioblk yet", d.path);
+            disk_files.push(f);
         }
         if !vm.params.interfaces.is_empty() {
             log::warn!(
@@ -537,6 +663,8 @@ impl Parent {
             self.reg.vms[i].tty = Some(tty);
         }
         let vm = &mut self.reg.vms[i];
+        // Held, with their locks, while the VM runs.
+        vm.disk_files = disk_files;
         let pty = vm
             .tty
             .as_ref()
@@ -837,7 +965,7 @@ impl Parent {
         for c in [&mut self.control, &mut self.vmm, &mut self.privc] {
             let _ = c.socket().shutdown(std::net::Shutdown::Both);
         }
-        let deadline = Instant::now() + Duration::from_secs(super::VM_KILL_TIMEOUT_SEC + 5);
+        let deadline = Instant::now() + Duration::from_secs(super::CHILD_KILL_TIMEOUT_SEC);
         for (_, child) in self.children.iter_mut() {
             while Instant::now() < deadline {
                 if !matches!(child.try_wait(), Ok(None)) {
@@ -859,6 +987,7 @@ impl Parent {
             self.reg.remove(0);
         }
         self.kill_children();
+        let _ = std::fs::remove_file(&self.pidfile.0);
         log::warn!("terminating");
         std::process::exit(0)
     }

@@ -76,7 +76,12 @@ pub fn drop_privileges(user: &User, root: Option<&Path>) -> io::Result<()> {
             nix::unistd::chroot(root)?;
             nix::unistd::chdir("/")?;
         } else {
-            log::debug!("no chroot: {} does not exist", root.display());
+            // vmd.8 says this process is chrooted: say loudly that it is
+            // not (install creates /var/empty).
+            log::warn!(
+                "{} does not exist: not chrooted, running with / as root",
+                root.display()
+            );
         }
     }
     set_ids(user.uid, user.gid)

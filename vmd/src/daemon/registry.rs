@@ -65,6 +65,8 @@ pub struct Vm {
     pub kernel_path: Option<String>,
     pub from_config: bool,
     pub tty: Option<Tty>,
+    /// The disk images opened for the running VM, locked when writable.
+    pub disk_files: Vec<std::fs::File>,
     pub start_tv: Option<Instant>,
     pub start_limit: u32,
 }
@@ -375,11 +377,42 @@ impl Registry {
     /// VM of that name or id is `Exists` (if `uid` may use it).
     pub fn register(
         &mut self,
-        mut vmc: VmopCreateParams,
+        vmc: VmopCreateParams,
         kernel: Option<OwnedFd>,
         uid: u32,
         groups: &dyn Groups,
     ) -> Result<usize, (RegisterError, Option<OwnedFd>)> {
+        self.register_as(vmc, kernel, uid, groups, false)
+    }
+
+    /// [`Registry::register`] of a vm.conf `vm` block (by root).  A block
+    /// needs no boot image, disk or CD-ROM: without `boot` the VM starts
+    /// the default BIOS (vm.conf.5), and a template's instances bring
+    /// their own disks; `vmd -n` passes such a file, so vmd must start
+    /// with it.
+    pub fn register_config(
+        &mut self,
+        vmc: VmopCreateParams,
+        groups: &dyn Groups,
+    ) -> Result<usize, (RegisterError, Option<OwnedFd>)> {
+        self.register_as(vmc, None, 0, groups, true)
+    }
+
+    fn register_as(
+        &mut self,
+        mut vmc: VmopCreateParams,
+        kernel: Option<OwnedFd>,
+        uid: u32,
+        groups: &dyn Groups,
+        from_config: bool,
+    ) -> Result<usize, (RegisterError, Option<OwnedFd>)> {
+        // Ids come from vmd alone (vmd's vm_register(..., 0, ...)): an
+        // id in a request names an existing VM, it never picks the id of
+        // a new one, which would squat the id vmd gives the next VM.
+        if vmc.id != 0 && self.by_id(vmc.id).is_none() {
+            log::warn!("vm_register: no vm with id {}", vmc.id);
+            return Err((RegisterError::Failed(libc::ENOENT), kernel));
+        }
         let parent = match self.instance(&mut vmc, kernel.is_some(), uid, groups) {
             Ok(p) => p,
             Err(e) => return Err((RegisterError::Failed(e), kernel)),
@@ -397,7 +430,7 @@ impl Registry {
             log::warn!("permission denied");
             return fail(libc::EPERM, kernel);
         }
-        if vmc.flags == 0 {
+        if vmc.flags == 0 && !from_config {
             log::warn!("invalid configuration, no devices");
             return fail(VMD_DISK_MISSING, kernel);
         }
@@ -413,7 +446,10 @@ impl Registry {
             Some("invalid number of disks")
         } else if vmc.interfaces.len() > VM_MAX_NICS_PER_VM {
             Some("invalid number of interfaces")
-        } else if vmc.flags & VMOP_CREATE_KERNEL == 0 && vmc.disks.is_empty() && vmc.cdrom.is_none()
+        } else if !from_config
+            && vmc.flags & VMOP_CREATE_KERNEL == 0
+            && vmc.disks.is_empty()
+            && vmc.cdrom.is_none()
         {
             Some("no kernel or disk/cdrom specified")
         } else if !valid_name(&vmc.name) {
@@ -431,15 +467,11 @@ impl Registry {
                 nic.lladdr = [0xfe, 0xe1, 0xbb, 0xd0 | ((i as u8 + 1) & 0xf), r[0], r[1]];
             }
         }
-        let id = if vmc.id != 0 {
-            vmc.id
-        } else {
-            match self.claimid(&vmc.name, uid) {
-                Some(id) => id,
-                None => {
-                    log::warn!("too many vms");
-                    return fail(libc::EINVAL, kernel);
-                }
+        let id = match self.claimid(&vmc.name, uid) {
+            Some(id) => id,
+            None => {
+                log::warn!("too many vms");
+                return fail(libc::EINVAL, kernel);
             }
         };
         log::debug!("vm_register: registering vm {id}");
@@ -458,6 +490,7 @@ impl Registry {
             kernel_path: None,
             from_config: false,
             tty: None,
+            disk_files: Vec::new(),
             start_tv: None,
             start_limit: 0,
         });
@@ -512,6 +545,8 @@ impl Registry {
         vm.state &= !(VM_STATE_RUNNING | VM_STATE_SHUTDOWN | VM_STATE_PAUSED);
         vm.params.ncpus = vm.ncpus_config;
         vm.pid = -1;
+        // Unlocked now: a restart opens and locks them again.
+        vm.disk_files.clear();
         if !keeptty {
             vm.tty = None;
             vm.uid = 0;
@@ -716,6 +751,82 @@ mod tests {
             }),
             Some(0)
         );
+    }
+
+    /// A vm.conf block with nothing to boot starts the default BIOS (a
+    /// template's instances bring their own disks); a client's request
+    /// with nothing is refused as vmd refuses it.
+    #[test]
+    fn daemon_registry_config_vm_without_devices() {
+        let mut r = Registry::new();
+        let bare = VmopCreateParams {
+            name: "tmpl".into(),
+            flags: VMOP_CREATE_MEMORY,
+            memory: 64 << 20,
+            ..Default::default()
+        };
+        let i = r.register_config(bare.clone(), &NoGroups).unwrap();
+        assert_eq!(r.vms[i].params.name, "tmpl");
+        let empty = VmopCreateParams {
+            name: "empty".into(),
+            ..Default::default()
+        };
+        r.register_config(empty.clone(), &NoGroups).unwrap();
+        let by_client = VmopCreateParams {
+            name: "other".into(),
+            ..bare
+        };
+        assert_eq!(refused(&mut r, by_client, None), libc::EINVAL);
+        let empty = VmopCreateParams {
+            name: "none".into(),
+            ..empty
+        };
+        assert_eq!(refused(&mut r, empty, None), VMD_DISK_MISSING);
+    }
+
+    /// An id in a request names an existing VM; new VMs get theirs from
+    /// the registry, so a user's request cannot take the id of the VM
+    /// root starts next.
+    #[test]
+    fn daemon_registry_ids_from_the_daemon_only() {
+        let mut r = Registry::new();
+        let five = VmopOwner { uid: 5, gid: None };
+        let t = template(&mut r, "tmpl", five, VMOP_CREATE_DISK, None);
+        assert_eq!(r.vms[t].id, 1);
+        // The user asks for id 2, free so far: refused, not squatted.
+        let squat = VmopCreateParams {
+            id: 2,
+            ..instance_of("tmpl", "squat", 5)
+        };
+        assert_eq!(refused(&mut r, squat, None), libc::ENOENT);
+        let plain = VmopCreateParams {
+            id: 7,
+            ..params("seven")
+        };
+        assert_eq!(refused(&mut r, plain, None), libc::ENOENT);
+        // Root's next VM gets 2, the user's instance 3.
+        let i = r.register(params("root"), None, 0, &NoGroups).unwrap();
+        assert_eq!(r.vms[i].id, 2);
+        let i = r
+            .register(instance_of("tmpl", "mine", 5), None, 5, &NoGroups)
+            .unwrap();
+        assert_eq!(r.vms[i].id, 3);
+        // An existing id is that VM (vmctl start 2), whatever the name.
+        let again = VmopCreateParams {
+            id: 2,
+            ..Default::default()
+        };
+        assert!(matches!(
+            r.register(again, None, 0, &NoGroups),
+            Err((RegisterError::Exists(1), None))
+        ));
+        // An instance may not take an existing id either.
+        let taken = VmopCreateParams {
+            id: 2,
+            ..instance_of("tmpl", "other", 5)
+        };
+        assert_eq!(refused(&mut r, taken, None), EPROCLIM);
+        assert_eq!(r.vms.len(), 3);
     }
 
     #[test]

@@ -418,18 +418,24 @@ impl Vmm {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(s) => s,
             };
-            let (pid, mut ret) = match status {
-                WaitStatus::Exited(p, code) => (p, code),
-                WaitStatus::Signaled(p, sig, _) => {
-                    log::debug!("vmm: pid {p} terminated by signal {sig}");
-                    (p, 0)
-                }
+            let (pid, mut ret, signal) = match status {
+                WaitStatus::Exited(p, code) => (p, code, None),
+                WaitStatus::Signaled(p, sig, _) => (p, 0, Some(sig)),
                 _ => continue,
             };
             let Some(i) = self.vms.iter().position(|v| v.pid == pid.as_raw()) else {
                 continue;
             };
             let vm = self.vms.remove(i);
+            if let Some(sig) = signal {
+                // vmd's own SIGTERM and SIGKILL of a forced stop are no
+                // news; anyone else's signal (kill -9, the OOM killer) is.
+                if vm.shutdown {
+                    log::debug!("vmm: vm {} (pid {pid}) terminated by {sig}", vm.id);
+                } else {
+                    log::warn!("vm {}: vm process {pid} killed by {sig}", vm.id);
+                }
+            }
             // The Child is reaped already; dropping it does not wait.
             drop(vm.child);
             if ret == libc::EAGAIN && vm.shutdown {

@@ -21,7 +21,6 @@
 //!   guest's next reset); `CTL_VERBOSE`.
 //! - End of file from vmm: the VM stops and the process exits.
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -30,7 +29,7 @@ use std::time::Duration;
 use nix::unistd::User;
 
 use super::args::Args;
-use super::{logging, privsep};
+use super::{logging, privsep, vmfiles};
 use crate::devices::virtio::blk::{BackendError, BlockBackend};
 use crate::vm::machine::{BootImage, Control, Machine, Outcome, VmConfig};
 use vmd_proto::msg::{VmopCreateParams, VmopResult};
@@ -45,15 +44,6 @@ fn fail(chan: &mut ImsgChannel, id: u32, errno: i32, msg: &str) -> i32 {
         ttyname: String::new(),
     }));
     errno
-}
-
-fn read_image(fd: OwnedFd) -> std::io::Result<Vec<u8>> {
-    let mut f = File::from(fd);
-    // The parent keeps its own reference for restarts: start over.
-    f.seek(SeekFrom::Start(0))?;
-    let mut v = Vec::new();
-    f.read_to_end(&mut v)?;
-    Ok(v)
 }
 
 /// The VM process; the exit status.
@@ -106,17 +96,12 @@ pub fn main(_args: &Args, user: &User) -> i32 {
     let Some(kernel) = kernel else {
         return fail(&mut chan, params.id, libc::EINVAL, "no boot image");
     };
-    let image = match read_image(kernel) {
+    // fstat before reading: a descriptor of /dev/zero or of a sparse
+    // file of gigabytes must not grow this process.
+    let limit = vmfiles::max_boot_image(params.memory);
+    let image = match vmfiles::read_boot_image(&mut File::from(kernel), limit) {
         Ok(v) => v,
-        Err(e) => {
-            let errno = e.raw_os_error().unwrap_or(libc::EIO);
-            return fail(
-                &mut chan,
-                params.id,
-                errno,
-                &format!("{name}: boot image: {e}"),
-            );
-        }
+        Err(e) => return fail(&mut chan, params.id, e.errno(), &format!("{name}: {e}")),
     };
     let (console_out, console_in): (Box<dyn std::io::Write + Send>, Option<OwnedFd>) = match pty {
         Some(fd) => {
@@ -152,9 +137,9 @@ pub fn main(_args: &Args, user: &User) -> i32 {
             console_out,
             console_in,
             flavour: None,
+            boot_device: params.boot_device,
             disks: Vec::new(),
             cdrom: cdrom.map(|fd| Box::new(IsoImage::new(File::from(fd))) as _),
-            boot_device: boot_device(params.boot_device),
         },
     ) {
         Ok(m) => m,
@@ -276,18 +261,6 @@ fn dispatch_vmm(mut chan: ImsgChannel, control: Arc<Control>, shutdown: Arc<Atom
                 return;
             }
         }
-    }
-}
-
-/// vm.conf's `boot device` as fw_cfg's bootorder names it.
-fn boot_device(b: vmd_proto::config::BootDevice) -> crate::devices::fw_cfg::BootDevice {
-    use crate::devices::fw_cfg::BootDevice as Fw;
-    use vmd_proto::config::BootDevice as Conf;
-    match b {
-        Conf::Auto => Fw::Auto,
-        Conf::Disk => Fw::Disk,
-        Conf::Cdrom => Fw::Cdrom,
-        Conf::Net => Fw::Net,
     }
 }
 

@@ -94,26 +94,17 @@ pub enum FwCfgError {
     TooManyFiles,
 }
 
-/// The boot device requested for the VM (`vmc_bootdevice`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BootDevice {
-    /// No preference: no `bootorder` file.
-    #[default]
-    Auto,
-    Disk,
-    Cdrom,
-    Net,
-}
+/// The boot device requested for the VM (`vmc_bootdevice`, `vmctl start
+/// -B`, vm.conf's `boot device`); `Auto` writes no `bootorder` file.
+pub use vmd_proto::config::BootDevice;
 
-impl BootDevice {
-    /// The subsystem ID of the PCI device that boots.
-    fn subsys_id(self) -> Option<u16> {
-        match self {
-            BootDevice::Auto => None,
-            BootDevice::Disk => Some(PCI_PRODUCT_VIRTIO_BLOCK),
-            BootDevice::Cdrom => Some(PCI_PRODUCT_VIRTIO_SCSI),
-            BootDevice::Net => Some(PCI_PRODUCT_VIRTIO_NETWORK),
-        }
+/// The subsystem ID of the PCI device that boots.
+fn boot_subsys_id(dev: BootDevice) -> Option<u16> {
+    match dev {
+        BootDevice::Auto => None,
+        BootDevice::Disk => Some(PCI_PRODUCT_VIRTIO_BLOCK),
+        BootDevice::Cdrom => Some(PCI_PRODUCT_VIRTIO_SCSI),
+        BootDevice::Net => Some(PCI_PRODUCT_VIRTIO_NETWORK),
     }
 }
 
@@ -183,7 +174,7 @@ impl<M: DmaMemory> FwCfg<M> {
     ) -> Result<(), FwCfgError> {
         self.add_e820(e820)?;
         self.add_screen_and_debug()?;
-        if let Some(slot) = boot.subsys_id().and_then(|id| pci.find_first_device(id)) {
+        if let Some(slot) = boot_subsys_id(boot).and_then(|id| pci.find_first_device(id)) {
             self.add_file("bootorder", &bootorder(boot, slot))?;
         }
         Ok(())

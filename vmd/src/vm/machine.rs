@@ -52,6 +52,8 @@ pub struct VmConfig {
     pub console_in: Option<OwnedFd>,
     /// Exit flavour to request from the shim; None = the host's.
     pub flavour: Option<ExitFlavour>,
+    /// What fw_cfg's `bootorder` asks SeaBIOS to boot.
+    pub boot_device: BootDevice,
     /// Disks served by vioblk inside this process, in slot order after
     /// viornd (until vioblk has its device process).
     pub disks: Vec<Box<dyn BlockBackend>>,
@@ -59,8 +61,6 @@ pub struct VmConfig {
     /// only), in the slot after the disks; inside this process until
     /// vioscsi has its device process.
     pub cdrom: Option<Box<dyn BlockBackend>>,
-    /// What fw_cfg's `bootorder` asks SeaBIOS to boot (`boot device`).
-    pub boot_device: BootDevice,
 }
 
 /// How a VM ended without error.
@@ -245,9 +245,9 @@ impl Machine {
             ),
         }?;
 
-        let mut pcfg = PlatformConfig::host(mem.clone(), ranges.to_vec(), cfg.console_out);
-        pcfg.boot_device = cfg.boot_device;
-        let platform = Platform::build(pcfg, |slots| {
+        let mut platform_cfg = PlatformConfig::host(mem.clone(), ranges.to_vec(), cfg.console_out);
+        platform_cfg.boot_device = cfg.boot_device;
+        let platform = Platform::build(platform_cfg, |slots| {
             // vmd's order (reference §4.3): disks, then the cdrom.
             for image in cfg.disks {
                 slots.attach_virtio(VirtioPciIds::BLOCK, Vioblk::new(image, ""))?;
