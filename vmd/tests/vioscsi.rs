@@ -7,13 +7,17 @@
 //!   boot program prints a line and sums of the data file's blocks read
 //!   through int 13h (SeaBIOS's virtio-scsi driver), and a read past the
 //!   end; the transcript must be QEMU's and match the sums of the ISO.
+//! - The same ISO through the daemon: a start request with the ISO and
+//!   `boot device cdrom`, the ISO opened by the parent and passed down to
+//!   the VM process, the boot program's lines read from the VM's tty.
 //! - The test guest (testguest/), booted by SeaBIOS from a vioblk disk,
 //!   runs its virtio-scsi commands (INQUIRY, READ CAPACITY, READ(10) sums,
 //!   a read past the end, hostile chains) on our vioscsi and on QEMU's;
 //!   the result lines must be the same and the sums those of the image.
 //!
 //! Needs /dev/kvm, SeaBIOS (scripts/fetch-assets.sh), qemu-system-x86,
-//! xorriso and, for the second test, the guest (`make testguest`); each
+//! xorriso, root for the daemon and, for the test guest, the guest
+//! (`make testguest`); each
 //! test is reported as ignored with the reason where something is missing.
 mod support;
 #[path = "support/testguest.rs"]
@@ -293,22 +297,7 @@ fn seabios_boots_eltorito_iso() -> Result<(), Failed> {
     let _ = std::fs::remove_dir_all(&dir);
     let result = (|| {
         let (iso, reads) = eltorito_iso(&dir)?;
-        let mut want = vec!["eltorito: booted".to_string()];
-        let end = (iso.len() / BLOCK) as u32;
-        for &(lba, count) in &reads {
-            let (l, c) = (lba as usize, count as usize);
-            want.push(if lba + u32::from(count) <= end {
-                format!(
-                    "eltorito: lba {lba} count {count}: sum {:08X}",
-                    boot_sum(&iso[l * BLOCK..(l + c) * BLOCK])
-                )
-            } else {
-                // SeaBIOS's error for a failed read; checked below to be
-                // the same under both.
-                format!("eltorito: lba {lba} count {count}: error")
-            });
-        }
-        want.push("eltorito: done".into());
+        let want = eltorito_lines(&iso, &reads);
 
         let bios =
             std::fs::read(bios_path()).map_err(|e| format!("{}: {e}", bios_path().display()))?;
@@ -347,13 +336,7 @@ fn seabios_boots_eltorito_iso() -> Result<(), Failed> {
         if ours != qemu {
             return Err(format!("transcripts differ\n ours: {ours:#?}\n qemu: {qemu:#?}").into());
         }
-        let got: Vec<String> = ours
-            .iter()
-            .map(|l| match l.find(": error ") {
-                Some(i) => l[..i + ": error".len()].to_string(),
-                None => l.clone(),
-            })
-            .collect();
+        let got = without_error_codes(&ours);
         if got != want {
             return Err(
                 format!("sums differ from the ISO's\n got: {got:#?}\nwant: {want:#?}").into(),
@@ -363,6 +346,98 @@ fn seabios_boots_eltorito_iso() -> Result<(), Failed> {
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// What the boot program must print for `iso`: the sums of the blocks it
+/// reads, "error" (without SeaBIOS's code) for a read past the end.
+fn eltorito_lines(iso: &[u8], reads: &[(u32, u16)]) -> Vec<String> {
+    let mut want = vec!["eltorito: booted".to_string()];
+    let end = (iso.len() / BLOCK) as u32;
+    for &(lba, count) in reads {
+        let (l, c) = (lba as usize, count as usize);
+        want.push(if lba + u32::from(count) <= end {
+            format!(
+                "eltorito: lba {lba} count {count}: sum {:08X}",
+                boot_sum(&iso[l * BLOCK..(l + c) * BLOCK])
+            )
+        } else {
+            format!("eltorito: lba {lba} count {count}: error")
+        });
+    }
+    want.push("eltorito: done".into());
+    want
+}
+
+/// The lines with int 13h's error code cut off.
+fn without_error_codes(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| match l.find(": error ") {
+            Some(i) => l[..i + ": error".len()].to_string(),
+            None => l.clone(),
+        })
+        .collect()
+}
+
+/// The daemon's path: `vmctl start -b bios -r iso -B cdrom` as a control
+/// request; the parent opens the ISO, passes it (START_VM_CDROM) through
+/// the vmm process to the VM process, whose vioscsi SeaBIOS boots from;
+/// the boot program's lines come out on the VM's tty.
+fn daemon_boots_eltorito_cdrom() -> Result<(), Failed> {
+    use std::os::unix::net::UnixStream;
+    use support::daemon;
+    use vmd_proto::config::{VMOP_CREATE_CDROM, VMOP_CREATE_KERNEL, VMOP_CREATE_MEMORY};
+    use vmd_proto::msg::VmopCreateParams;
+    use vmd_proto::{ImsgChannel, Message};
+
+    let dir = daemon::temp_dir("vmd-vioscsi", "daemon")?;
+    let (iso, reads) = eltorito_iso(&dir)?;
+    let iso_path = dir.join("eltorito.iso");
+    let socket = dir.join("vmd.sock");
+    let cfg = dir.join("vm.conf");
+    std::fs::write(&cfg, "")?;
+    let mut vmd = daemon::command(&cfg, &socket).spawn()?;
+    let result = (|| -> Result<(), Failed> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match UnixStream::connect(&socket) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => return Err(format!("vmd's control socket: {e}").into()),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut c = ImsgChannel::new(stream);
+        let params = VmopCreateParams {
+            name: "cd".into(),
+            flags: VMOP_CREATE_KERNEL | VMOP_CREATE_MEMORY | VMOP_CREATE_CDROM,
+            ncpus: 1,
+            memory: 64 * MB,
+            kernel: Some(bios_path().display().to_string()),
+            cdrom: Some(iso_path.display().to_string()),
+            boot_device: BootDevice::Cdrom,
+            ..Default::default()
+        };
+        let bios = std::fs::File::open(bios_path())?;
+        c.send_with(&Message::StartVmRequest(params), 0, 0, vec![bios.into()])?;
+        let started = match c.recv()?.msg {
+            Message::StartVmResponse(r) if r.result == 0 && !r.ttyname.is_empty() => r,
+            other => return Err(format!("start: {other:?}").into()),
+        };
+        let text = daemon::read_tty(&started.ttyname, "eltorito: done")?;
+        let got = without_error_codes(&lines_with(&text, "eltorito:"));
+        let want = eltorito_lines(&iso, &reads);
+        if got != want {
+            return Err(format!("console\n got: {got:#?}\nwant: {want:#?}\n{text}").into());
+        }
+        Ok(())
+    })();
+    let stopped = daemon::stop(&mut vmd);
+    daemon::end(&mut vmd);
+    let _ = std::fs::remove_dir_all(&dir);
+    result.and(stopped)
 }
 
 // ---- the test guest ----
@@ -441,6 +516,10 @@ fn main() {
         .clone()
         .or_else(support::missing_bios)
         .or_else(missing_xorriso);
+    let daemon = support::missing_vmm()
+        .or_else(support::missing_root)
+        .or_else(support::missing_bios)
+        .or_else(missing_xorriso);
     let guest = base.or_else(support::missing_bios).or_else(missing_guest);
     let tests = vec![
         (
@@ -449,6 +528,10 @@ fn main() {
                 seabios_boots_eltorito_iso,
             ),
             eltorito,
+        ),
+        (
+            Trial::test("daemon_boots_eltorito_cdrom", daemon_boots_eltorito_cdrom),
+            daemon,
         ),
         (
             Trial::test(
