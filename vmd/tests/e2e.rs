@@ -748,17 +748,120 @@ fn check_config() -> Result<(), Failed> {
     r
 }
 
+/// What the disk tests' boot sector prints: sector 1, read through int
+/// 13h (SeaBIOS's virtio-blk driver and our vioblk).
+const DISK_LINE: &str = "vioblk: booted from a backing file two levels down\n";
+
+/// A qcow2 image of 1 MiB over `backing` (a name relative to `path`'s
+/// directory, as vmd resolves it).
+fn qcow2_over(path: &Path, backing: &str) -> Result<(), Failed> {
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    vmd_disk::qcow2::create(&f, &path.display().to_string(), 1 << 20, Some(backing))?;
+    Ok(())
+}
+
+/// A tty path from vmctl's TTY column.
+fn tty_path(column: &str) -> String {
+    if column.bytes().all(|b| b.is_ascii_digit()) {
+        format!("/dev/pts/{column}")
+    } else {
+        format!("/dev/{column}")
+    }
+}
+
+/// vm.conf's `disk` and `vmctl start -d`: SeaBIOS boots, through vioblk,
+/// a boot sector that lives in a raw base two levels below the qcow2 the
+/// VM was given (the parent opened the chain, the VM process got the
+/// descriptors); a disk another VM writes is refused.
+fn vmd_boots_qcow2_chain() -> Result<(), Failed> {
+    let vmctl = vmctl_binary()?;
+    let bios = bios_path().display().to_string();
+    let dir = temp_dir("disk")?;
+    std::fs::write(dir.join("base.raw"), support::int13_boot_disk(DISK_LINE)?)?;
+    qcow2_over(&dir.join("mid.qcow2"), "base.raw")?;
+    qcow2_over(&dir.join("top.qcow2"), "mid.qcow2")?;
+    qcow2_over(&dir.join("other.qcow2"), "mid.qcow2")?;
+    let top = dir.join("top.qcow2").display().to_string();
+    let conf = format!("vm \"chain\" {{\n\tmemory 64M\n\tboot \"{bios}\"\n\tdisk \"{top}\"\n}}\n");
+    let mut d = Vmd::start(dir.clone(), &conf, &vmctl)?;
+    let vmd_pid = d.child.id() as i32;
+    let r = disk_scenario(&mut d, vmd_pid, &bios);
+    if r.is_err() {
+        eprintln!("vmd's log:\n{}", d.log());
+    }
+    r
+}
+
+fn disk_scenario(d: &mut Vmd, vmd_pid: i32, bios: &str) -> Result<(), Failed> {
+    let rows = d.wait_status("chain running", |rows| {
+        row(rows, "chain").is_some_and(|r| r.state == "running" && r.pid != "-")
+    })?;
+    let chain = row(&rows, "chain").unwrap().clone();
+    d.vm_pids
+        .push(check_running(&chain, vmd_pid, None, "running")?);
+    let text = read_tty(tty_path(&chain.tty), DISK_LINE)?;
+    eprintln!("console of chain: {:?}", text.trim());
+
+    // vmctl start -d, relative to vmctl's directory, over the same base.
+    let out = d.vmctl(&[
+        "start",
+        "-b",
+        bios,
+        "-m",
+        "64M",
+        "-d",
+        "other.qcow2",
+        "second",
+    ])?;
+    let tty = out
+        .stderr
+        .strip_prefix("vmctl: started vm ")
+        .and_then(|s| s.strip_suffix('\n'))
+        .and_then(|s| s.split_once(" successfully, tty "))
+        .map(|(_, t)| t.to_string())
+        .ok_or_else(|| format!("vmctl start -d: {:?} {:?}", out.status, out.stderr))?;
+    let text = read_tty(&tty, DISK_LINE)?;
+    eprintln!("console of second: {:?}", text.trim());
+    let rows = d.status(&[], 0)?;
+    let second = row(&rows, "second").ok_or("second not in status")?;
+    d.vm_pids.push(check_running(
+        second,
+        vmd_pid,
+        Some(tty_column(&tty)),
+        "running",
+    )?);
+
+    // chain's top image is locked while chain runs.
+    let out = d.vmctl(&["start", "-b", bios, "-m", "64M", "-d", "top.qcow2", "third"])?;
+    if out.status == Some(0) {
+        return Err("a second vm started on a disk another vm writes".into());
+    }
+    d.stop()
+}
+
 fn main() {
     let args = Arguments::from_args();
     let skip = support::missing_root()
         .or_else(support::missing_vmm)
         .or_else(support::missing_bios);
     let mut e2e = Trial::test("vmctl_drives_vmd", vmd_and_vmctl);
-    if let Some(why) = skip {
-        e2e = e2e.with_ignored_flag(true).with_kind(why);
+    if let Some(why) = &skip {
+        e2e = e2e.with_ignored_flag(true).with_kind(why.clone());
+    }
+    let mut disk = Trial::test(
+        "vmd_boots_qcow2_chain_through_vioblk",
+        vmd_boots_qcow2_chain,
+    );
+    if let Some(why) = &skip {
+        disk = disk.with_ignored_flag(true).with_kind(why.clone());
     }
     let tests = vec![
         e2e,
+        disk,
         Trial::test("vmd_n_reports_file_and_line", check_config),
     ];
     libtest_mimic::run(&args, tests).exit();

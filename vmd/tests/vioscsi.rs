@@ -31,25 +31,38 @@ use std::time::{Duration, Instant};
 use support::{bios_path, Console};
 use testguest_support::*;
 use vmd::devices::fw_cfg::BootDevice;
-use vmd::devices::virtio::blk::{BackendError, BlockBackend};
+use vmd::devices::virtio::blk::{DiskError, DiskImage};
 use vmd::vm::machine::{BootImage, Machine, VmConfig};
 
 const MB: u64 = 1 << 20;
 const BLOCK: usize = 2048;
 
+fn err(what: &str) -> DiskError {
+    DiskError::Io {
+        path: "memiso".into(),
+        op: "test",
+        offset: 0,
+        source: std::io::Error::other(what.to_string()),
+    }
+}
+
 /// An image in memory, read-only.
 struct MemImage(Vec<u8>);
 
-impl BlockBackend for MemImage {
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
+impl DiskImage for MemImage {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
         let o = offset as usize;
-        buf.copy_from_slice(self.0.get(o..o + buf.len()).ok_or("read past the end")?);
+        buf.copy_from_slice(
+            self.0
+                .get(o..o + buf.len())
+                .ok_or_else(|| err("read past the end"))?,
+        );
         Ok(())
     }
-    fn write_at(&mut self, _buf: &[u8], _offset: u64) -> Result<(), BackendError> {
-        Err("read-only".into())
+    fn write_at(&mut self, _buf: &[u8], _offset: u64) -> Result<(), DiskError> {
+        Err(err("read-only"))
     }
-    fn flush(&mut self) -> Result<(), BackendError> {
+    fn flush(&mut self) -> Result<(), DiskError> {
         Ok(())
     }
     fn size(&self) -> u64 {

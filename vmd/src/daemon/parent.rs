@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use nix::unistd::User;
 
 use super::args::{child_flags, Args};
-use super::events::{self, Signals};
+use super::events;
 use super::registry::{self, FileAccess, RegisterError, Registry, SystemGroups, Tty};
 use super::stagger::Stagger;
 use super::vmfiles::{self, VmFile};
 use super::{logging, privsep, strerror, NO_PEER};
 use crate::config::{self, Registration};
+use crate::event::EventLoop;
 use vmd_proto::config::{BootDevice, GlobalConfig, VMOP_CREATE_CDROM, VMOP_CREATE_CPU};
 use vmd_proto::config::{VMOP_CREATE_DISK, VMOP_CREATE_KERNEL};
 use vmd_proto::msg::*;
@@ -118,7 +119,7 @@ pub fn main(args: Args, _user: User) -> i32 {
     let vmm = chans.pop().unwrap();
     let control = chans.pop().unwrap();
     log::info!("startup");
-    let signals = match Signals::new(&[
+    let mut ev = match EventLoop::with_signals(&[
         libc::SIGHUP,
         libc::SIGTERM,
         libc::SIGINT,
@@ -153,14 +154,13 @@ pub fn main(args: Args, _user: User) -> i32 {
     loop {
         let ready = {
             let fds = [
-                (signals.fd(), false),
                 (p.control.as_fd(), p.control.pending()),
                 (p.vmm.as_fd(), p.vmm.pending()),
                 (p.privc.as_fd(), p.privc.pending()),
             ];
-            events::wait(&fds, p.stagger.deadline())
+            ev.wait(&fds, p.stagger.deadline()).0
         };
-        for s in signals.take() {
+        for s in ev.take_signals() {
             match s {
                 libc::SIGHUP => {
                     log::info!("vmd_sighdlr: reload requested with SIGHUP");
@@ -172,11 +172,11 @@ pub fn main(args: Args, _user: User) -> i32 {
                 _ => {}
             }
         }
-        for (k, name) in [(1, "control"), (2, "vmm"), (3, "priv")] {
+        for (k, name) in [(0, "control"), (1, "vmm"), (2, "priv")] {
             let r = ready[k];
             let chan = match k {
-                1 => &mut p.control,
-                2 => &mut p.vmm,
+                0 => &mut p.control,
+                1 => &mut p.vmm,
                 _ => &mut p.privc,
             };
             if r.write {
@@ -189,8 +189,8 @@ pub fn main(args: Args, _user: User) -> i32 {
                 Ok(msgs) => {
                     for m in msgs {
                         match k {
-                            1 => p.dispatch_control(m),
-                            2 => p.dispatch_vmm(m),
+                            0 => p.dispatch_control(m),
+                            1 => p.dispatch_vmm(m),
                             _ => log::debug!("parent: {} from priv", m.msg.imsg_type().name()),
                         }
                     }
@@ -612,37 +612,34 @@ impl Parent {
                 Ok(f) => cdrom = Some(OwnedFd::from(f)),
             }
         }
-        // Disks and interfaces are checked but not attached yet: vioblk
-        // and vionet come in later issues.
+        // Each disk and its backing chain, opened here and sent on as
+        // descriptors (START_VM_DISK): the VM side never opens a path.
+        let mut disk_fds: Vec<(DiskFd, OwnedFd)> = Vec::new();
         let mut disk_files = Vec::new();
-        for d in &vm.params.disks {
-            let rw = vmfiles::open(&d.path, VmFile::Disk, true);
-            let writable = rw.is_ok();
-            let opened = match rw {
-                Err(e @ vmfiles::OpenError::Type { .. }) => Err(e),
-                Ok(f) => Ok(f),
-                Err(_) => vmfiles::open(&d.path, VmFile::Disk, false),
-            };
-            let f = match opened {
-                Ok(f) => f,
+        let mut bases = Vec::new();
+        for (index, d) in vm.params.disks.iter().enumerate() {
+            let chain = match super::disks::open(d) {
+                Ok(c) => c,
                 Err(e) => {
                     log::warn!("config_setvm: can't open {e}");
-                    return Err(VMD_DISK_MISSING);
+                    return Err(e.errno());
                 }
             };
             let rw = registry::ACCESS_READ | registry::ACCESS_WRITE;
-            if !access(&f, VMOP_CREATE_DISK, rw) {
+            if !access(&chain[0].file, VMOP_CREATE_DISK, rw) {
                 log::warn!("vm \"{name}\" unable to access disk {}", d.path);
                 return Err(libc::EPERM);
             }
-            if writable {
-                vmfiles::lock_disk(&f, &d.path).map_err(|e| {
-                    log::warn!("vm \"{name}\": {e}");
-                    libc::EBUSY
-                })?;
+            // Held, with its lock, while the VM runs.
+            disk_files.push(chain[0].file.try_clone().map_err(|e| errno_of(&e))?);
+            bases.push(chain.len() as u32 - 1);
+            for (base, c) in chain.into_iter().enumerate() {
+                let at = DiskFd {
+                    index: index as u32,
+                    base: base as u32,
+                };
+                disk_fds.push((at, OwnedFd::from(c.file)));
             }
-            log::warn!("{name}: disk {} is not attached: no vioblk yet", d.path);
-            disk_files.push(f);
         }
         if !vm.params.interfaces.is_empty() {
             log::warn!(
@@ -673,6 +670,9 @@ impl Parent {
             .map_err(|e| errno_of(&e))?;
         let mut params = vm.params.clone();
         params.id = vm.id;
+        for (d, n) in params.disks.iter_mut().zip(bases) {
+            d.bases = n;
+        }
         send(
             &mut self.vmm,
             Message::StartVmRequest(params),
@@ -681,6 +681,9 @@ impl Parent {
         );
         if let Some(fd) = cdrom {
             send(&mut self.vmm, Message::StartVmCdrom, vm.id, vec![fd]);
+        }
+        for (at, fd) in disk_fds {
+            send(&mut self.vmm, Message::StartVmDisk(at), vm.id, vec![fd]);
         }
         send(
             &mut self.vmm,

@@ -7,10 +7,11 @@
 //! `RECEIVE_VMM_FD`; each VM process gets a duplicate of it.  On OpenBSD,
 //! as vmm.c, the process also unveils nothing but its own binary (`x`).
 //!
-//! From the parent: `START_VM_REQUEST`(params, boot image fd) then
+//! From the parent: `START_VM_REQUEST`(params, boot image fd), one
+//! `START_VM_DISK`(disk index and chain position, fd) per disk file, then
 //! `START_VM_END`(pty fd) start a VM process (`vmd -V 0`), which is sent
-//! `RECEIVE_VMM_FD`(vmm fd), `START_VM_REQUEST`(params, boot image fd)
-//! and `START_VM_END`(pty fd) in that order; its
+//! `RECEIVE_VMM_FD`(vmm fd), `START_VM_REQUEST`(params, boot image fd),
+//! the `START_VM_DISK`s and `START_VM_END`(pty fd) in that order; its
 //! `START_VM_RESPONSE` goes back with the VM process's pid.
 //! `TERMINATE_VM_REQUEST`(vmop_id, peer id of the client): with
 //! `VMOP_FORCE` SIGTERM, then SIGKILL after [`super::VM_KILL_TIMEOUT_SEC`];
@@ -30,17 +31,11 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Pid, User};
 
 use super::args::{child_flags, Args};
-use super::events::{self, Signals};
+use super::events;
 use super::{logging, privsep, NO_PEER};
+use crate::event::EventLoop;
 use vmd_proto::msg::*;
 use vmd_proto::{ImsgChannel, Message};
-
-/// A VM start the parent is still sending (`IMSG_VMDOP_START_VM_*`).
-struct PendingStart {
-    params: VmopCreateParams,
-    kernel: Option<OwnedFd>,
-    cdrom: Option<OwnedFd>,
-}
 
 struct VmProc {
     id: u32,
@@ -53,6 +48,16 @@ struct VmProc {
     kill_at: Option<Instant>,
 }
 
+/// A START_VM_REQUEST with its boot image and the disk descriptors that
+/// followed it.
+struct PendingVm {
+    params: VmopCreateParams,
+    kernel: Option<OwnedFd>,
+    disks: Vec<(DiskFd, OwnedFd)>,
+    /// The ISO (START_VM_CDROM).
+    cdrom: Option<OwnedFd>,
+}
+
 struct Vmm {
     parent: ImsgChannel,
     /// vmd's binary, exec'd for each VM (`env->argv0`).
@@ -61,9 +66,7 @@ struct Vmm {
     vmm_fd: Option<OwnedFd>,
     flags: Vec<String>,
     /// START_VM_REQUEST waiting for its START_VM_END.
-    /// Start requests waiting for START_VM_END: the parameters, the
-    /// kernel and the ISO.
-    pending: BTreeMap<u32, PendingStart>,
+    pending: BTreeMap<u32, PendingVm>,
     last_request: Option<u32>,
     vms: Vec<VmProc>,
 }
@@ -93,7 +96,12 @@ pub fn main(args: &Args, user: &User) -> i32 {
     if let Err(e) = vmm_sys::unveil(None, None) {
         logging::fatal("unveil lock", e);
     }
-    let signals = match Signals::new(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
+    let mut ev = match EventLoop::with_signals(&[
+        libc::SIGCHLD,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+    ]) {
         Ok(s) => s,
         Err(e) => logging::fatal("signals", e),
     };
@@ -109,25 +117,22 @@ pub fn main(args: &Args, user: &User) -> i32 {
     loop {
         let deadline = events::earliest(vmm.vms.iter().map(|v| v.kill_at));
         let ready = {
-            let mut fds = vec![
-                (signals.fd(), false),
-                (vmm.parent.as_fd(), vmm.parent.pending()),
-            ];
+            let mut fds = vec![(vmm.parent.as_fd(), vmm.parent.pending())];
             for v in &vmm.vms {
                 if let Some(c) = &v.chan {
                     fds.push((c.as_fd(), c.pending()));
                 }
             }
-            events::wait(&fds, deadline)
+            ev.wait(&fds, deadline).0
         };
         // The parent ends us by closing the socket; SIGTERM is ignored.
-        if signals.take().contains(&libc::SIGCHLD) {
+        if ev.take_signals().contains(&libc::SIGCHLD) {
             vmm.reap();
         }
-        if ready[1].write {
+        if ready[0].write {
             let _ = vmm.parent.flush();
         }
-        if ready[1].read {
+        if ready[0].read {
             match events::drain(&mut vmm.parent) {
                 Ok(msgs) => {
                     for r in msgs {
@@ -143,7 +148,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
                 }
             }
         }
-        let mut k = 2;
+        let mut k = 1;
         let mut from_vms = Vec::new();
         for v in vmm.vms.iter_mut() {
             let Some(c) = v.chan.as_mut() else { continue };
@@ -206,9 +211,10 @@ impl Vmm {
                 let id = p.id;
                 self.pending.insert(
                     id,
-                    PendingStart {
+                    PendingVm {
                         params: p,
                         kernel: r.fds.pop(),
+                        disks: Vec::new(),
                         cdrom: None,
                     },
                 );
@@ -221,19 +227,21 @@ impl Vmm {
                     _ => log::warn!("vmm: START_VM_CDROM without a request or a file"),
                 }
             }
+            Message::StartVmDisk(d) => {
+                let id = self.last_request.unwrap_or(peerid);
+                match (self.pending.get_mut(&id), r.fds.pop()) {
+                    (Some(p), Some(fd)) => p.disks.push((d, fd)),
+                    _ => log::warn!("vmm: START_VM_DISK without a request or a descriptor"),
+                }
+            }
             Message::StartVmEnd => {
                 let pty = r.fds.pop();
                 let id = self.last_request.take().unwrap_or(peerid);
-                let Some(PendingStart {
-                    params,
-                    kernel,
-                    cdrom,
-                }) = self.pending.remove(&id)
-                else {
+                let Some(p) = self.pending.remove(&id) else {
                     log::warn!("vmm: START_VM_END without a request");
                     return;
                 };
-                if let Err(errno) = self.start_vm(params, kernel, cdrom, pty) {
+                if let Err(errno) = self.start_vm(p, pty) {
                     self.tell_parent(
                         Message::StartVmResponse(VmopResult {
                             result: errno,
@@ -304,13 +312,13 @@ impl Vmm {
         }
     }
 
-    fn start_vm(
-        &mut self,
-        params: VmopCreateParams,
-        kernel: Option<OwnedFd>,
-        cdrom: Option<OwnedFd>,
-        pty: Option<OwnedFd>,
-    ) -> Result<(), i32> {
+    fn start_vm(&mut self, p: PendingVm, pty: Option<OwnedFd>) -> Result<(), i32> {
+        let PendingVm {
+            params,
+            kernel,
+            disks,
+            cdrom,
+        } = p;
         let id = params.id;
         if self.find(id).is_some() {
             return Err(libc::EALREADY);
@@ -342,6 +350,11 @@ impl Vmm {
             .and_then(|_| match cdrom {
                 Some(fd) => events::post(&mut chan, &Message::StartVmCdrom, NO_PEER, vec![fd]),
                 None => Ok(()),
+            })
+            .and_then(|_| {
+                disks.into_iter().try_for_each(|(d, fd)| {
+                    events::post(&mut chan, &Message::StartVmDisk(d), NO_PEER, vec![fd])
+                })
             })
             .and_then(|_| {
                 events::post(

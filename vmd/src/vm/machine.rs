@@ -12,7 +12,7 @@ use crate::devices::bus::{MmioBus, PioBus, SharedMmio, SharedPio};
 use crate::devices::fw_cfg::BootDevice;
 use crate::devices::irq::Timer;
 use crate::devices::ns8250::Ns8250;
-use crate::devices::virtio::blk::{BlockBackend, Vioblk};
+use crate::devices::virtio::blk::{DiskImage, Vioblk};
 use crate::devices::virtio::scsi::Vioscsi;
 use crate::devices::virtio::transport::VirtioPciIds;
 use crate::devices::virtio::vmmci::{Vmmci, VmmciCmd};
@@ -56,11 +56,11 @@ pub struct VmConfig {
     pub boot_device: BootDevice,
     /// Disks served by vioblk inside this process, in slot order after
     /// viornd (until vioblk has its device process).
-    pub disks: Vec<Box<dyn BlockBackend>>,
+    pub disks: Vec<Box<dyn DiskImage>>,
     /// The ISO served by vioscsi as a CD-ROM (2048-byte blocks, read
     /// only), in the slot after the disks; inside this process until
     /// vioscsi has its device process.
-    pub cdrom: Option<Box<dyn BlockBackend>>,
+    pub cdrom: Option<Box<dyn DiskImage>>,
 }
 
 /// How a VM ended without error.

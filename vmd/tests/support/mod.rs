@@ -71,3 +71,50 @@ impl Console {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
+
+/// A 1 MiB disk whose boot sector reads sector 1 with int 13h (SeaBIOS's
+/// virtio-blk driver, our vioblk) and prints it on COM1 (or "E" if the
+/// read fails); sector 1 holds `sector1`, NUL-terminated.
+pub fn int13_boot_disk(sector1: &str) -> Result<Vec<u8>, libtest_mimic::Failed> {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(16)?;
+    let mut print = a.create_label();
+    let mut fail = a.create_label();
+    let mut halt = a.create_label();
+    a.cli()?;
+    a.xor(ax, ax)?;
+    a.mov(ds, ax)?;
+    a.mov(es, ax)?;
+    a.mov(ss, ax)?;
+    a.mov(sp, 0x7c00)?;
+    // int 13h AH=02: one sector, cylinder 0, head 0, sector 2, to 0:8000;
+    // DL still holds the boot drive.
+    a.mov(ax, 0x0201)?;
+    a.mov(cx, 0x0002)?;
+    a.mov(dh, 0)?;
+    a.mov(bx, 0x8000)?;
+    a.int(0x13)?;
+    a.jc(fail)?;
+    a.mov(si, 0x8000)?;
+    a.set_label(&mut print)?;
+    a.lodsb()?;
+    a.test(al, al)?;
+    a.jz(halt)?;
+    a.mov(dx, 0x3f8)?;
+    a.out(dx, al)?;
+    a.jmp(print)?;
+    a.set_label(&mut fail)?;
+    a.mov(al, i32::from(b'E'))?;
+    a.mov(dx, 0x3f8)?;
+    a.out(dx, al)?;
+    a.set_label(&mut halt)?;
+    a.hlt()?;
+    a.jmp(halt)?;
+    let code = a.assemble(0x7c00)?;
+    let mut disk = vec![0u8; 1 << 20];
+    disk[..code.len()].copy_from_slice(&code);
+    disk[510] = 0x55;
+    disk[511] = 0xaa;
+    disk[512..512 + sector1.len()].copy_from_slice(sector1.as_bytes());
+    Ok(disk)
+}

@@ -26,7 +26,7 @@
 //! REPORT LUNS keeps vmd's answer, the LUN field of the request, because
 //! SeaBIOS builds the boot path it matches against vmd's `bootorder` from
 //! it.
-use crate::devices::virtio::blk::BlockBackend;
+use crate::devices::virtio::blk::DiskImage;
 
 #[cfg(test)]
 mod tests;
@@ -211,7 +211,7 @@ fn be64(b: &[u8]) -> u64 {
 
 /// The CD-ROM: an image and the little state a drive keeps.
 pub struct Cdrom {
-    image: Box<dyn BlockBackend>,
+    image: Box<dyn DiskImage>,
     /// Whole 2048-byte blocks (a partial last block is not visible).
     blocks: u64,
     serial: String,
@@ -222,7 +222,7 @@ pub struct Cdrom {
 
 impl Cdrom {
     /// A drive with `image` loaded; `serial` is what VPD page 0x80 gives.
-    pub fn new(image: Box<dyn BlockBackend>, serial: &str) -> Self {
+    pub fn new(image: Box<dyn DiskImage>, serial: &str) -> Self {
         Cdrom {
             blocks: image.size() / CDROM_BLOCK_SIZE,
             image,

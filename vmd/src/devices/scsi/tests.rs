@@ -1,5 +1,14 @@
 use super::*;
-use crate::devices::virtio::blk::BackendError;
+use crate::devices::virtio::blk::{DiskError, DiskImage};
+
+fn err(what: &str) -> DiskError {
+    DiskError::Io {
+        path: "memiso".into(),
+        op: "test",
+        offset: 0,
+        source: std::io::Error::other(what.to_string()),
+    }
+}
 
 /// An ISO in memory: block b's bytes are (b + i) as u8 ^ 0x5a.
 struct MemIso {
@@ -7,19 +16,23 @@ struct MemIso {
     fail: bool,
 }
 
-impl BlockBackend for MemIso {
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
+impl DiskImage for MemIso {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
         if self.fail {
-            return Err("media error".into());
+            return Err(err("media error"));
         }
         let o = offset as usize;
-        buf.copy_from_slice(self.data.get(o..o + buf.len()).ok_or("past the end")?);
+        buf.copy_from_slice(
+            self.data
+                .get(o..o + buf.len())
+                .ok_or_else(|| err("past the end"))?,
+        );
         Ok(())
     }
-    fn write_at(&mut self, _: &[u8], _: u64) -> Result<(), BackendError> {
-        Err("read-only".into())
+    fn write_at(&mut self, _: &[u8], _: u64) -> Result<(), DiskError> {
+        Err(err("read-only"))
     }
-    fn flush(&mut self) -> Result<(), BackendError> {
+    fn flush(&mut self) -> Result<(), DiskError> {
         Ok(())
     }
     fn size(&self) -> u64 {

@@ -14,8 +14,7 @@
 //! at all (no header, no writable status byte) is a hostile driver and
 //! puts the device in NEEDS_RESET.
 //!
-//! Images sit behind [`BlockBackend`], shaped like vmd-disk's
-//! `DiskImage` so that one can stand in for the other.
+//! Images sit behind vmd-disk's [`DiskImage`].
 use super::queue::{Desc, DescChain, QueueError, VirtQueue};
 use super::transport::VirtioDevice;
 use super::VIRTIO_F_VERSION_1;
@@ -48,24 +47,12 @@ const IO_CHUNK: usize = 1 << 20;
 
 const HEADER_LEN: u32 = 16;
 
-pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A disk image as vioblk uses it (vmd-disk's `DiskImage`).
-pub trait BlockBackend: Send {
-    /// Reads all of `buf` at `offset`.
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BackendError>;
-    /// Writes all of `buf` at `offset`.
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), BackendError>;
-    /// Makes completed writes durable.
-    fn flush(&mut self) -> Result<(), BackendError>;
-    /// Guest-visible size in bytes.
-    fn size(&self) -> u64;
-    /// Whether writes are refused.
-    fn read_only(&self) -> bool;
-}
+/// The images vioblk serves: vmd-disk's raw and qcow2 (one trait for the
+/// device and for `vmctl create`).
+pub use vmd_disk::{DiskError, DiskImage};
 
 pub struct Vioblk {
-    image: Box<dyn BlockBackend>,
+    image: Box<dyn DiskImage>,
     /// In 512-byte sectors (a partial last sector is not visible).
     capacity: u64,
     id: [u8; VIRTIO_BLK_ID_BYTES],
@@ -75,7 +62,7 @@ pub struct Vioblk {
 impl Vioblk {
     /// A vioblk over `image`; `id` is what GET_ID answers (at most 20
     /// bytes are used; a shorter id is NUL-terminated).
-    pub fn new(image: Box<dyn BlockBackend>, id: &str) -> Self {
+    pub fn new(image: Box<dyn DiskImage>, id: &str) -> Self {
         let mut ident = [0u8; VIRTIO_BLK_ID_BYTES];
         let n = id.len().min(VIRTIO_BLK_ID_BYTES);
         ident[..n].copy_from_slice(&id.as_bytes()[..n]);
@@ -287,26 +274,35 @@ mod tests {
         flushes: Arc<Mutex<u32>>,
     }
 
-    impl BlockBackend for MemDisk {
-        fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
+    fn err(what: &str) -> DiskError {
+        DiskError::Io {
+            path: "memdisk".into(),
+            op: "test",
+            offset: 0,
+            source: std::io::Error::other(what.to_string()),
+        }
+    }
+
+    impl DiskImage for MemDisk {
+        fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
             if self.fail {
-                return Err("media error".into());
+                return Err(err("media error"));
             }
             let d = self.data.lock().unwrap();
             buf.copy_from_slice(&d[offset as usize..offset as usize + buf.len()]);
             Ok(())
         }
-        fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), BackendError> {
+        fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
             if self.fail || self.read_only {
-                return Err("refused".into());
+                return Err(err("refused"));
             }
             let mut d = self.data.lock().unwrap();
             d[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
             Ok(())
         }
-        fn flush(&mut self) -> Result<(), BackendError> {
+        fn flush(&mut self) -> Result<(), DiskError> {
             if self.fail {
-                return Err("flush failed".into());
+                return Err(err("flush failed"));
             }
             *self.flushes.lock().unwrap() += 1;
             Ok(())

@@ -25,13 +25,10 @@
 //! queries (no events); the event queue's buffers stay with the device,
 //! which has no hot-plug events to report.
 use super::queue::{Desc, DescChain, QueueError, VirtQueue};
-use super::transport::{VirtioDevice, VirtioPciIds};
-use super::{
-    PCI_CLASS_MASS_STORAGE, PCI_PRODUCT_QUMRANET_VIO1_SCSI, PCI_PRODUCT_VIRTIO_SCSI,
-    PCI_SUBCLASS_MASS_STORAGE_SCSI, VIRTIO_F_VERSION_1,
-};
+use super::transport::VirtioDevice;
+use super::VIRTIO_F_VERSION_1;
 use crate::devices::scsi::{self, Cdrom, DataIn, TransferError, CDB_LEN};
-use crate::devices::virtio::blk::BlockBackend;
+use crate::devices::virtio::blk::DiskImage;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub const VIOSCSI_QUEUE_SIZE: u16 = 128;
@@ -72,15 +69,6 @@ pub const VIRTIO_SCSI_T_TMF: u32 = 0;
 pub const VIRTIO_SCSI_T_AN_QUERY: u32 = 1;
 pub const VIRTIO_SCSI_T_AN_SUBSCRIBE: u32 = 2;
 
-impl VirtioPciIds {
-    pub const SCSI: VirtioPciIds = VirtioPciIds {
-        device: PCI_PRODUCT_QUMRANET_VIO1_SCSI,
-        class: PCI_CLASS_MASS_STORAGE,
-        subclass: PCI_SUBCLASS_MASS_STORAGE_SCSI,
-        subsys_id: PCI_PRODUCT_VIRTIO_SCSI,
-    };
-}
-
 /// Whether a virtio LUN field names the CD-ROM, as vmd decides it: target
 /// (byte 1) 0 and byte 3 (the low byte of the LUN) 0; any other target or
 /// LUN gets BAD_TARGET.  Bytes 0 and 2 are not looked at: SeaBIOS, having
@@ -95,7 +83,7 @@ pub struct Vioscsi {
 
 impl Vioscsi {
     /// A CD-ROM with `image` loaded (read-only; writes never reach it).
-    pub fn new(image: Box<dyn BlockBackend>, serial: &str) -> Self {
+    pub fn new(image: Box<dyn DiskImage>, serial: &str) -> Self {
         Vioscsi {
             cdrom: Cdrom::new(image, serial),
         }

@@ -1,25 +1,38 @@
 //! vioscsi driven as a guest driver would: through PCI configuration, its
 //! capabilities and split rings in guest memory.
 use super::*;
-use crate::devices::virtio::blk::BackendError;
+use crate::devices::virtio::blk::{DiskError, DiskImage};
 use crate::devices::virtio::testdriver::{Ring, TestMachine, Virtio1, F_NEXT, F_WRITE};
-use crate::devices::virtio::transport::{attach, AttachedVirtio};
+use crate::devices::virtio::transport::{attach, AttachedVirtio, VirtioPciIds};
 use crate::devices::virtio::{
     VIRTIO_CONFIG_DEVICE_STATUS_DEVICE_NEEDS_RESET, VIRTIO_CONFIG_ISR_QUEUE,
 };
 
+fn err(what: &str) -> DiskError {
+    DiskError::Io {
+        path: "memiso".into(),
+        op: "test",
+        offset: 0,
+        source: std::io::Error::other(what.to_string()),
+    }
+}
+
 struct MemIso(Vec<u8>);
 
-impl BlockBackend for MemIso {
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), BackendError> {
+impl DiskImage for MemIso {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
         let o = offset as usize;
-        buf.copy_from_slice(self.0.get(o..o + buf.len()).ok_or("past the end")?);
+        buf.copy_from_slice(
+            self.0
+                .get(o..o + buf.len())
+                .ok_or_else(|| err("past the end"))?,
+        );
         Ok(())
     }
-    fn write_at(&mut self, _: &[u8], _: u64) -> Result<(), BackendError> {
-        Err("read-only".into())
+    fn write_at(&mut self, _: &[u8], _: u64) -> Result<(), DiskError> {
+        Err(err("read-only"))
     }
-    fn flush(&mut self) -> Result<(), BackendError> {
+    fn flush(&mut self) -> Result<(), DiskError> {
         Ok(())
     }
     fn size(&self) -> u64 {
