@@ -37,6 +37,7 @@ fn boot_elf_in_vmd() -> Result<String, Failed> {
         flavour: None,
         boot_device: Default::default(),
         disks: Vec::new(),
+        cdrom: None,
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();
@@ -536,6 +537,7 @@ fn vmd_rng_blk_hostile() -> Result<(), Failed> {
         console_in: None,
         flavour: None,
         disks: vec![Box::new(image.clone())],
+        cdrom: None,
         boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
@@ -629,6 +631,7 @@ fn vmd_vmmci_stop(answer: bool) -> Result<(), Failed> {
         console_in: None,
         flavour: None,
         disks: vec![Box::new(image)],
+        cdrom: None,
         boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;

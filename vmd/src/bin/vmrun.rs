@@ -102,6 +102,7 @@ fn main() {
         flavour: None,
         boot_device: Default::default(),
         disks,
+        cdrom: None,
     };
     let vmm = match vmm_sys::Vmm::open() {
         Ok(v) => Arc::new(v),

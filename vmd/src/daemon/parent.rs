@@ -593,6 +593,7 @@ impl Parent {
             }
             OwnedFd::from(file)
         };
+        let mut cdrom = None;
         if let Some(c) = &vm.params.cdrom {
             match vmfiles::open(c, VmFile::Cdrom, false) {
                 Err(e @ vmfiles::OpenError::Type { .. }) => {
@@ -607,7 +608,8 @@ impl Parent {
                     log::warn!("vm \"{name}\" no read access to cdrom {c}");
                     return Err(libc::EPERM);
                 }
-                Ok(_) => log::warn!("{name}: cdrom {c} is not attached: no vioscsi yet"),
+                // Opened read-only here, as root; the VM process serves it.
+                Ok(f) => cdrom = Some(OwnedFd::from(f)),
             }
         }
         // Each disk and its backing chain, opened here and sent on as
@@ -677,6 +679,9 @@ impl Parent {
             vm.id,
             vec![kernel],
         );
+        if let Some(fd) = cdrom {
+            send(&mut self.vmm, Message::StartVmCdrom, vm.id, vec![fd]);
+        }
         for (at, fd) in disk_fds {
             send(&mut self.vmm, Message::StartVmDisk(at), vm.id, vec![fd]);
         }
