@@ -102,6 +102,18 @@ pub fn main(args: Args, _user: User) -> i32 {
     logging::procinit("parent");
     // Our pid as the daemon, for whoever reads the file.
     write_pid(&pidfile);
+    // Signals are caught before there are children to look after, so a
+    // SIGTERM during startup still ends them.
+    let mut ev = match EventLoop::with_signals(&[
+        libc::SIGHUP,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGCHLD,
+        libc::SIGUSR1,
+    ]) {
+        Ok(s) => s,
+        Err(e) => logging::fatal("signals", e),
+    };
     let mut children = Vec::new();
     let mut chans = Vec::new();
     for title in ["control", "vmm", "priv"] {
@@ -119,16 +131,6 @@ pub fn main(args: Args, _user: User) -> i32 {
     let vmm = chans.pop().unwrap();
     let control = chans.pop().unwrap();
     log::info!("startup");
-    let mut ev = match EventLoop::with_signals(&[
-        libc::SIGHUP,
-        libc::SIGTERM,
-        libc::SIGINT,
-        libc::SIGCHLD,
-        libc::SIGUSR1,
-    ]) {
-        Ok(s) => s,
-        Err(e) => logging::fatal("signals", e),
-    };
     let conffile = args
         .conffile
         .clone()
