@@ -64,6 +64,7 @@ fn run_ours(image: &Path, format: vmd_disk::Format) -> Result<String, String> {
         flavour: None,
         boot_device: Default::default(),
         disks: vec![disk],
+        cdrom: None,
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();

@@ -110,6 +110,7 @@ fn run_vm(
         flavour,
         boot_device: Default::default(),
         disks: Vec::new(),
+        cdrom: None,
     };
     let mut machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     if let Some((base, len, dev)) = dev {

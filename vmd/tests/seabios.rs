@@ -31,6 +31,7 @@ fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
         flavour,
         boot_device: Default::default(),
         disks: Vec::new(),
+        cdrom: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -78,6 +79,7 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
         flavour: None,
         boot_device: Default::default(),
         disks: Vec::new(),
+        cdrom: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -138,6 +140,7 @@ fn graceful_stop_without_vmmci() -> Result<(), Failed> {
         flavour: None,
         boot_device: Default::default(),
         disks: Vec::new(),
+        cdrom: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -349,6 +352,7 @@ fn graceful_stop_with_vmmci(answer: bool) -> Result<(), Failed> {
         console_in: None,
         flavour: None,
         disks: vec![Box::new(MemImage(vmmci_guest(answer)?))],
+        cdrom: None,
         boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg)?;
@@ -448,6 +452,7 @@ fn boot_from_vioblk(boot_device: BootDevice) -> Result<String, Failed> {
         flavour: None,
         boot_device,
         disks: vec![Box::new(MemImage(boot_disk()?))],
+        cdrom: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();

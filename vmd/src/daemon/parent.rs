@@ -102,6 +102,18 @@ pub fn main(args: Args, _user: User) -> i32 {
     logging::procinit("parent");
     // Our pid as the daemon, for whoever reads the file.
     write_pid(&pidfile);
+    // Signals are caught before there are children to look after, so a
+    // SIGTERM during startup still ends them.
+    let mut ev = match EventLoop::with_signals(&[
+        libc::SIGHUP,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGCHLD,
+        libc::SIGUSR1,
+    ]) {
+        Ok(s) => s,
+        Err(e) => logging::fatal("signals", e),
+    };
     let mut children = Vec::new();
     let mut chans = Vec::new();
     for title in ["control", "vmm", "priv"] {
@@ -119,16 +131,6 @@ pub fn main(args: Args, _user: User) -> i32 {
     let vmm = chans.pop().unwrap();
     let control = chans.pop().unwrap();
     log::info!("startup");
-    let mut ev = match EventLoop::with_signals(&[
-        libc::SIGHUP,
-        libc::SIGTERM,
-        libc::SIGINT,
-        libc::SIGCHLD,
-        libc::SIGUSR1,
-    ]) {
-        Ok(s) => s,
-        Err(e) => logging::fatal("signals", e),
-    };
     let conffile = args
         .conffile
         .clone()
@@ -593,6 +595,7 @@ impl Parent {
             }
             OwnedFd::from(file)
         };
+        let mut cdrom = None;
         if let Some(c) = &vm.params.cdrom {
             match vmfiles::open(c, VmFile::Cdrom, false) {
                 Err(e @ vmfiles::OpenError::Type { .. }) => {
@@ -607,7 +610,8 @@ impl Parent {
                     log::warn!("vm \"{name}\" no read access to cdrom {c}");
                     return Err(libc::EPERM);
                 }
-                Ok(_) => log::warn!("{name}: cdrom {c} is not attached: no vioscsi yet"),
+                // Opened read-only here, as root; the VM process serves it.
+                Ok(f) => cdrom = Some(OwnedFd::from(f)),
             }
         }
         // Each disk and its backing chain, opened here and sent on as
@@ -677,6 +681,9 @@ impl Parent {
             vm.id,
             vec![kernel],
         );
+        if let Some(fd) = cdrom {
+            send(&mut self.vmm, Message::StartVmCdrom, vm.id, vec![fd]);
+        }
         for (at, fd) in disk_fds {
             send(&mut self.vmm, Message::StartVmDisk(at), vm.id, vec![fd]);
         }

@@ -54,6 +54,8 @@ struct PendingVm {
     params: VmopCreateParams,
     kernel: Option<OwnedFd>,
     disks: Vec<(DiskFd, OwnedFd)>,
+    /// The ISO (START_VM_CDROM).
+    cdrom: Option<OwnedFd>,
 }
 
 struct Vmm {
@@ -213,9 +215,17 @@ impl Vmm {
                         params: p,
                         kernel: r.fds.pop(),
                         disks: Vec::new(),
+                        cdrom: None,
                     },
                 );
                 self.last_request = Some(id);
+            }
+            Message::StartVmCdrom => {
+                let id = self.last_request.unwrap_or(peerid);
+                match (self.pending.get_mut(&id), r.fds.pop()) {
+                    (Some(p), Some(fd)) => p.cdrom = Some(fd),
+                    _ => log::warn!("vmm: START_VM_CDROM without a request or a file"),
+                }
             }
             Message::StartVmDisk(d) => {
                 let id = self.last_request.unwrap_or(peerid);
@@ -307,6 +317,7 @@ impl Vmm {
             params,
             kernel,
             disks,
+            cdrom,
         } = p;
         let id = params.id;
         if self.find(id).is_some() {
@@ -335,6 +346,10 @@ impl Vmm {
                     NO_PEER,
                     kernel.into_iter().collect(),
                 )
+            })
+            .and_then(|_| match cdrom {
+                Some(fd) => events::post(&mut chan, &Message::StartVmCdrom, NO_PEER, vec![fd]),
+                None => Ok(()),
             })
             .and_then(|_| {
                 disks.into_iter().try_for_each(|(d, fd)| {

@@ -31,8 +31,9 @@ use nix::unistd::User;
 
 use super::args::Args;
 use super::{logging, privsep, vmfiles};
+use crate::devices::virtio::blk::DiskImage;
 use crate::vm::machine::{BootImage, Control, Machine, Outcome, ShutdownRequest, VmConfig};
-use vmd_proto::msg::{VmopCreateParams, VmopResult, VMD_DISK_INVALID};
+use vmd_proto::msg::{VmopCreateParams, VmopResult, VMD_CDROM_INVALID, VMD_DISK_INVALID};
 use vmd_proto::{ImsgChannel, Message};
 
 fn fail(chan: &mut ImsgChannel, id: u32, errno: i32, msg: &str) -> i32 {
@@ -69,12 +70,17 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         },
         Err(e) => logging::fatal("failed to receive vm configuration", e),
     };
-    // The disks' descriptors, then the console.
+    // The ISO and the disks' descriptors, then the console.
+    let mut cdrom = None;
     let mut disk_fds = super::disks::Received::default();
     let pty = loop {
         match chan.recv() {
             Ok(mut r) => match r.msg {
                 Message::StartVmEnd => break r.fds.pop(),
+                Message::StartVmCdrom => match r.fds.pop() {
+                    Some(fd) => cdrom = Some(fd),
+                    None => logging::fatalx("failed to get cdrom fd"),
+                },
                 Message::StartVmDisk(d) => match r.fds.pop() {
                     Some(fd) => disk_fds.add(d, fd),
                     None => logging::fatalx("failed to get disk fd"),
@@ -105,6 +111,22 @@ pub fn main(_args: &Args, user: &User) -> i32 {
                 &format!("{name}: {e}"),
             )
         }
+    };
+    // The ISO, opened read-only by the parent: a raw image vioscsi reads
+    // in 2048-byte blocks.
+    let cdrom: Option<Box<dyn DiskImage>> = match cdrom {
+        None => None,
+        Some(fd) => match vmd_disk::Raw::open(File::from(fd), "cdrom", false) {
+            Ok(r) => Some(Box::new(r)),
+            Err(e) => {
+                return fail(
+                    &mut chan,
+                    params.id,
+                    VMD_CDROM_INVALID,
+                    &format!("{name}: {e}"),
+                )
+            }
+        },
     };
     let Some(kernel) = kernel else {
         return fail(&mut chan, params.id, libc::EINVAL, "no boot image");
@@ -152,6 +174,7 @@ pub fn main(_args: &Args, user: &User) -> i32 {
             flavour: None,
             boot_device: params.boot_device,
             disks,
+            cdrom,
         },
     ) {
         Ok(m) => m,

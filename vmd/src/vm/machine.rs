@@ -13,6 +13,7 @@ use crate::devices::fw_cfg::BootDevice;
 use crate::devices::irq::Timer;
 use crate::devices::ns8250::Ns8250;
 use crate::devices::virtio::blk::{DiskImage, Vioblk};
+use crate::devices::virtio::scsi::Vioscsi;
 use crate::devices::virtio::transport::VirtioPciIds;
 use crate::devices::virtio::vmmci::{Vmmci, VmmciCmd};
 use crate::event::{EventLoop, Waker};
@@ -56,6 +57,10 @@ pub struct VmConfig {
     /// Disks served by vioblk inside this process, in slot order after
     /// viornd (until vioblk has its device process).
     pub disks: Vec<Box<dyn DiskImage>>,
+    /// The ISO served by vioscsi as a CD-ROM (2048-byte blocks, read
+    /// only), in the slot after the disks; inside this process until
+    /// vioscsi has its device process.
+    pub cdrom: Option<Box<dyn DiskImage>>,
 }
 
 /// How a VM ended without error.
@@ -243,8 +248,12 @@ impl Machine {
         let mut platform_cfg = PlatformConfig::host(mem.clone(), ranges.to_vec(), cfg.console_out);
         platform_cfg.boot_device = cfg.boot_device;
         let platform = Platform::build(platform_cfg, |slots| {
+            // vmd's order (reference §4.3): disks, then the cdrom.
             for image in cfg.disks {
                 slots.attach_virtio(VirtioPciIds::BLOCK, Vioblk::new(image, ""))?;
+            }
+            if let Some(iso) = cfg.cdrom {
+                slots.attach_virtio(VirtioPciIds::SCSI, Vioscsi::new(iso, "cd0"))?;
             }
             Ok(())
         })?;
