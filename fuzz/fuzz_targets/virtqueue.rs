@@ -17,8 +17,7 @@ use vmd::devices::virtio::blk::Vioblk;
 use vmd::devices::virtio::rng::Viornd;
 use vmd::devices::virtio::transport::{VirtioDevice, VirtioPci};
 use vmd::vm::guest_memory::VmMemory;
-use vmd_disk::{DiskError, DiskImage};
-use vmd_fuzz::Input;
+use vmd_fuzz::{Input, MemDisk};
 use vmm_sys::GuestMemory;
 
 /// Guest RAM: 1 MiB at 0 and 1 MiB at 4 MiB, a hole between, as the
@@ -33,48 +32,6 @@ struct NoLines;
 impl IrqLines for NoLines {
     fn assert_irq(&self, _irq: u8) {}
     fn deassert_irq(&self, _irq: u8) {}
-}
-
-/// A 64 KiB disk in memory.
-struct MemDisk(Vec<u8>);
-
-impl MemDisk {
-    fn range(&self, offset: u64, len: usize) -> Result<std::ops::Range<usize>, DiskError> {
-        let bad = || DiskError::OutOfRange {
-            path: "mem".into(),
-            offset,
-            len: len as u64,
-            size: self.0.len() as u64,
-        };
-        let s = usize::try_from(offset).map_err(|_| bad())?;
-        let e = s
-            .checked_add(len)
-            .filter(|&e| e <= self.0.len())
-            .ok_or_else(bad)?;
-        Ok(s..e)
-    }
-}
-
-impl DiskImage for MemDisk {
-    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
-        let r = self.range(offset, buf.len())?;
-        buf.copy_from_slice(&self.0[r]);
-        Ok(())
-    }
-    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
-        let r = self.range(offset, buf.len())?;
-        self.0[r].copy_from_slice(buf);
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<(), DiskError> {
-        Ok(())
-    }
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn read_only(&self) -> bool {
-        false
-    }
 }
 
 // Common configuration registers (virtio 1.x §4.1.4.3), BAR offsets.

@@ -94,3 +94,49 @@ pub fn scratch_file() -> std::fs::File {
     let _ = std::fs::remove_file(&path);
     f
 }
+
+/// A disk in memory (vioblk's and the CD-ROM's image).
+pub struct MemDisk(pub Vec<u8>);
+
+impl MemDisk {
+    fn range(
+        &self,
+        offset: u64,
+        len: usize,
+    ) -> Result<std::ops::Range<usize>, vmd_disk::DiskError> {
+        let bad = || vmd_disk::DiskError::OutOfRange {
+            path: "mem".into(),
+            offset,
+            len: len as u64,
+            size: self.0.len() as u64,
+        };
+        let s = usize::try_from(offset).map_err(|_| bad())?;
+        let e = s
+            .checked_add(len)
+            .filter(|&e| e <= self.0.len())
+            .ok_or_else(bad)?;
+        Ok(s..e)
+    }
+}
+
+impl vmd_disk::DiskImage for MemDisk {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), vmd_disk::DiskError> {
+        let r = self.range(offset, buf.len())?;
+        buf.copy_from_slice(&self.0[r]);
+        Ok(())
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), vmd_disk::DiskError> {
+        let r = self.range(offset, buf.len())?;
+        self.0[r].copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), vmd_disk::DiskError> {
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+}
