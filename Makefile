@@ -3,11 +3,11 @@
 # machine: they install what they need first.
 
 CARGO ?= cargo
-DEBIAN_PACKAGES = libclang-dev qemu-system-x86 qemu-utils seabios mandoc jq
+DEBIAN_PACKAGES = libclang-dev qemu-system-x86 qemu-utils seabios mandoc jq xorriso
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all deps assets testguest build test lint fmt-check unit regress demo bench-exits bench-boot bench-idle bindings check-openbsd clean
-.PHONY: install install-check man-lint
+.PHONY: all deps assets testguest build test lint fmt-check unit regress demo bench-exits bench-boot bench-idle bench-io bindings check-openbsd clean
+.PHONY: install install-check man-lint fuzz fuzz-smoke
 
 all: build
 
@@ -74,11 +74,29 @@ bench-boot: deps assets
 	$(CARGO) build --release -p vmd
 	python3 scripts/bench-boot.py
 
+# The test guest's block benchmark under our VM and under QEMU, on a raw
+# and a qcow2 image: medians and ratios (BENCH_ROUNDS, default 5).
+bench-io: deps assets testguest
+	$(CARGO) bench -p vmd --bench io
+
 # Idle wake-ups per second of each thread of a VM sitting in SeaBIOS's
 # "No bootable device" HLT loop (the PIT ticks at 18.2 Hz).
 bench-idle: deps assets
 	$(CARGO) build --release -p vmd --bin vmrun
 	sh scripts/idle-wakeups.sh target/release/vmrun 5
+
+# Coverage-guided fuzzing (cargo-fuzz, libFuzzer; fuzz/README.md): every
+# target for FUZZ_SECONDS seconds, one after another; fails on a crash and
+# names the reproducer.  Needs the nightly toolchain (installed through
+# rustup when missing) and cargo-fuzz (installed when missing).
+FUZZ_SECONDS ?= 30
+
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO="$(CARGO)" sh scripts/fuzz.sh $(FUZZ_TARGETS)
+
+# The short pass CI runs.
+fuzz-smoke:
+	FUZZ_SECONDS=5 CARGO="$(CARGO)" sh scripts/fuzz.sh $(FUZZ_TARGETS)
 
 bindings: deps
 	sh scripts/update-bindings.sh

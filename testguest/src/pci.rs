@@ -1,5 +1,5 @@
 //! PCI configuration mechanism #1 (0xcf8/0xcfc), bus 0.
-use crate::arch::{inl, outl};
+use crate::arch::{inl, outl, outw};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bdf {
@@ -16,9 +16,9 @@ pub fn read32(b: Bdf, off: u8) -> u32 {
     inl(0xcfc)
 }
 
-pub fn write32(b: Bdf, off: u8, v: u32) {
+pub fn write16(b: Bdf, off: u8, v: u16) {
     outl(0xcf8, addr(b, off));
-    outl(0xcfc, v);
+    outw(0xcfc + u16::from(off & 2), v);
 }
 
 pub fn read16(b: Bdf, off: u8) -> u16 {
@@ -111,15 +111,12 @@ pub fn print_all() {
     println!("pci functions {n}");
 }
 
-/// Turns on I/O and memory decoding and bus mastering.
-/// Turns on I/O, memory and bus mastering.  The status half is written
-/// back as read, as OpenBSD's drivers do: vmd's PCI emulation (ours too)
-/// stores a 32-bit write whole, so writing 0 there would clear the
-/// "capabilities list" bit before the capabilities are walked (on real
-/// hardware and QEMU the bits are read-only or write-1-to-clear).
+/// Turns on I/O and memory decoding and bus mastering, with a 16-bit
+/// write of the command register alone: vmd's PCI emulation stores the
+/// status half of a 32-bit write too, and zeros there would clear its
+/// "capabilities list" bit.
 pub fn enable(b: Bdf) {
-    let cmd_status = read32(b, 4);
-    write32(b, 4, cmd_status | 0x7);
+    write16(b, 4, read16(b, 4) | 0x7);
 }
 
 /// A BAR: I/O port base, or a memory address (64-bit BARs combined).

@@ -112,6 +112,7 @@ fn run_vm(
         disks: Vec::new(),
         disk_files: Vec::new(),
         devices: None,
+        cdrom: None,
     };
     let mut machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     if let Some((base, len, dev)) = dev {

@@ -567,8 +567,9 @@ fn end_to_end() -> Result<(), Failed> {
     let conf_pid = wait_info(&d, "conf", "running", running)?
         .unwrap()
         .creator_pid;
-    // vmctl stop conf (graceful): without vmmci the guest cannot be asked,
-    // the VM shows "stopping"; a second request is EALREADY.
+    // vmctl stop conf (graceful): SeaBIOS has no vmmci driver to ask, so
+    // the VM is stopped at once, as vmd does, and is not restarted.
+    let asked = Instant::now();
     match request(
         &d,
         &Message::TerminateVmRequest(by_name("conf", 0)),
@@ -577,16 +578,14 @@ fn end_to_end() -> Result<(), Failed> {
         Message::TerminateVmResponse(r) if r.result == 0 => {}
         other => return Err(format!("graceful stop: {other:?}").into()),
     }
-    wait_info(&d, "conf", "stopping", |i| {
-        i.is_some_and(|i| i.state & VM_STATE_SHUTDOWN != 0 && i.creator_pid == conf_pid)
+    wait_info(&d, "conf", "stopped", |i| {
+        i.is_some_and(|i| i.state & VM_STATE_RUNNING == 0)
     })?;
-    match request(
-        &d,
-        &Message::TerminateVmRequest(by_name("conf", 0)),
-        Vec::new(),
-    )? {
-        Message::TerminateVmResponse(r) if r.result == libc::EALREADY => {}
-        other => return Err(format!("second graceful stop: {other:?}").into()),
+    if asked.elapsed() > Duration::from_secs(10) {
+        return Err(format!("graceful stop took {:?}", asked.elapsed()).into());
+    }
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(conf_pid), None).is_ok() {
+        return Err("the VM process outlived its graceful stop".into());
     }
     // vmctl log verbose, vmctl reload: root may.
     match request(&d, &Message::CtlVerbose(0), Vec::new())? {
@@ -597,12 +596,8 @@ fn end_to_end() -> Result<(), Failed> {
         Message::CtlOk => {}
         other => return Err(format!("reload: {other:?}").into()),
     }
-    // SIGTERM: vmd stops its VMs and exits 0.
+    // SIGTERM: vmd exits 0.
     d.stop()?;
-    std::thread::sleep(Duration::from_millis(200));
-    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(conf_pid), None).is_ok() {
-        return Err("a VM process outlived vmd".into());
-    }
     Ok(())
 }
 

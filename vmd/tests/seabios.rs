@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use support::{bios_path, Console};
 use vmd::devices::fw_cfg::BootDevice;
 use vmd::devices::virtio::blk::{DiskError, DiskImage};
+use vmd::devices::virtio::vmmci::VmmciCmd;
 use vmd::vm::machine::{BootImage, Machine, Outcome, ShutdownRequest, VmConfig};
 use vmm_sys::ExitFlavour;
 
@@ -32,6 +33,7 @@ fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
         disks: Vec::new(),
         disk_files: Vec::new(),
         devices: None,
+        cdrom: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -81,6 +83,7 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
         disks: Vec::new(),
         disk_files: Vec::new(),
         devices: None,
+        cdrom: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -143,6 +146,7 @@ fn graceful_stop_without_vmmci() -> Result<(), Failed> {
         disks: Vec::new(),
         disk_files: Vec::new(),
         devices: None,
+        cdrom: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -207,6 +211,215 @@ impl DiskImage for MemImage {
     }
 }
 
+/// A 1 MiB disk whose boot sector reads sector 1 with int 13h and prints
+/// it on COM1 (or "E" if the read fails).
+fn boot_disk() -> Result<Vec<u8>, Failed> {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(16)?;
+    let mut print = a.create_label();
+    let mut fail = a.create_label();
+    let mut halt = a.create_label();
+    a.cli()?;
+    a.xor(ax, ax)?;
+    a.mov(ds, ax)?;
+    a.mov(es, ax)?;
+    a.mov(ss, ax)?;
+    a.mov(sp, 0x7c00)?;
+    // int 13h AH=02: one sector, cylinder 0, head 0, sector 2, to 0:8000;
+    // DL still holds the boot drive.
+    a.mov(ax, 0x0201)?;
+    a.mov(cx, 0x0002)?;
+    a.mov(dh, 0)?;
+    a.mov(bx, 0x8000)?;
+    a.int(0x13)?;
+    a.jc(fail)?;
+    a.mov(si, 0x8000)?;
+    a.set_label(&mut print)?;
+    a.lodsb()?;
+    a.test(al, al)?;
+    a.jz(halt)?;
+    a.mov(dx, 0x3f8)?;
+    a.out(dx, al)?;
+    a.jmp(print)?;
+    a.set_label(&mut fail)?;
+    a.mov(al, i32::from(b'E'))?;
+    a.mov(dx, 0x3f8)?;
+    a.out(dx, al)?;
+    a.set_label(&mut halt)?;
+    a.hlt()?;
+    a.jmp(halt)?;
+    let mut disk = bootable(&a.assemble(0x7c00)?)?;
+    disk[512..512 + SECTOR1.len()].copy_from_slice(SECTOR1.as_bytes());
+    Ok(disk)
+}
+
+/// A 1 MiB disk with `code` as its boot sector.
+fn bootable(code: &[u8]) -> Result<Vec<u8>, Failed> {
+    if code.len() > 510 {
+        return Err(format!("boot sector code of {} bytes", code.len()).into());
+    }
+    let mut disk = vec![0u8; 1 << 20];
+    disk[..code.len()].copy_from_slice(code);
+    disk[510] = 0x55;
+    disk[511] = 0xaa;
+    Ok(disk)
+}
+
+/// A boot sector that is a tiny vmmci driver, as OpenBSD's attaches: it
+/// finds vmmci in slot 3 (after viornd and the disk), takes ACK and sets
+/// DRIVER_OK, says "vmmci ready", then (if `answer`) polls the ISR, acks
+/// the command it reads, prints "ack <n>" and resets the machine through
+/// 0xCF9, or (if not) halts with interrupts off and never answers.
+fn vmmci_guest(answer: bool) -> Result<Vec<u8>, Failed> {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(16)?;
+    let putc = |a: &mut CodeAssembler, c: u8| -> Result<(), IcedError> {
+        a.mov(al, u32::from(c))?;
+        a.mov(dx, 0x3f8)?;
+        a.out(dx, al)
+    };
+    // The register at `off` of the BAR whose base is in DI, in DX.
+    let reg = |a: &mut CodeAssembler, off: i32| -> Result<(), IcedError> {
+        a.mov(dx, di)?;
+        a.add(dx, off)
+    };
+    a.cli()?;
+    a.xor(ax, ax)?;
+    a.mov(ds, ax)?;
+    a.mov(ss, ax)?;
+    a.mov(sp, 0x7c00)?;
+    // BAR 0 of bus 0, device 3, through configuration mechanism #1.
+    a.mov(eax, 0x8000_1810u32)?;
+    a.mov(dx, 0xcf8)?;
+    a.out(dx, eax)?;
+    a.mov(dx, 0xcfc)?;
+    a.in_(eax, dx)?;
+    a.and(ax, 0xfffc)?;
+    a.mov(di, ax)?;
+    // Reset, ACK | DRIVER, features: ACK, DRIVER_OK.
+    reg(&mut a, 18)?;
+    a.mov(al, 0)?;
+    a.out(dx, al)?;
+    a.mov(al, 3)?;
+    a.out(dx, al)?;
+    reg(&mut a, 4)?;
+    a.mov(eax, 2u32)?;
+    a.out(dx, eax)?;
+    reg(&mut a, 18)?;
+    a.mov(al, 7)?;
+    a.out(dx, al)?;
+    for c in b"vmmci ready\n" {
+        putc(&mut a, *c)?;
+    }
+    let mut halt = a.create_label();
+    if answer {
+        let mut poll = a.create_label();
+        a.set_label(&mut poll)?;
+        reg(&mut a, 19)?;
+        a.in_(al, dx)?;
+        a.test(al, 2)?;
+        a.jz(poll)?;
+        // The command, written back as the acknowledgement.
+        reg(&mut a, 20)?;
+        a.in_(eax, dx)?;
+        a.out(dx, eax)?;
+        a.mov(bl, al)?;
+        for c in b"ack " {
+            putc(&mut a, *c)?;
+        }
+        a.mov(al, bl)?;
+        a.add(al, i32::from(b'0'))?;
+        a.mov(dx, 0x3f8)?;
+        a.out(dx, al)?;
+        putc(&mut a, b'\n')?;
+        a.mov(dx, 0xcf9)?;
+        a.mov(al, 6)?;
+        a.out(dx, al)?;
+    }
+    a.set_label(&mut halt)?;
+    a.hlt()?;
+    a.jmp(halt)?;
+    bootable(&a.assemble(0x7c00)?)
+}
+
+/// `vmctl stop` without -f (Control::request_shutdown) of a guest with a
+/// vmmci driver: one that answers acknowledges REBOOT and resets, ending
+/// the VM at once; one that never answers is ended by vmmci's 3 s timeout.
+fn graceful_stop_with_vmmci(answer: bool) -> Result<(), Failed> {
+    let image =
+        std::fs::read(bios_path()).map_err(|e| format!("{}: {e}", bios_path().display()))?;
+    let console = Console::default();
+    let vmm = Arc::new(vmm_sys::Vmm::open()?);
+    let cfg = VmConfig {
+        name: "vmmci".into(),
+        memory: 64 << 20,
+        boot: BootImage::Bios(image),
+        console_out: Box::new(console.clone()),
+        console_in: None,
+        flavour: None,
+        disks: vec![Box::new(MemImage(vmmci_guest(answer)?))],
+        disk_files: Vec::new(),
+        devices: None,
+        cdrom: None,
+        boot_device: Default::default(),
+    };
+    let machine = Machine::new(vmm, cfg)?;
+    let control = machine.control();
+    let runner = std::thread::spawn(move || machine.run());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline
+        && !console.text().contains("vmmci ready")
+        && !runner.is_finished()
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !console.text().contains("vmmci ready") {
+        control.stop();
+        let _ = runner.join();
+        return Err(format!(
+            "the guest's driver did not start; console:\n{}",
+            console.text()
+        )
+        .into());
+    }
+    let asked = control.request_shutdown();
+    let t0 = Instant::now();
+    while !runner.is_finished() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = t0.elapsed();
+    let acked = control.shutdown_acked();
+    control.stop();
+    let outcome = runner.join().map_err(|_| "VM thread panicked")?;
+    let text = console.text();
+    if asked != ShutdownRequest::Asked {
+        return Err(format!("request_shutdown said {asked:?} with a driver running").into());
+    }
+    if answer {
+        if !text.contains("ack 2\n") || acked != Some(VmmciCmd::Reboot) {
+            return Err(format!("no REBOOT ack ({acked:?}); console:\n{text}").into());
+        }
+        if took >= Duration::from_secs(1) {
+            return Err(format!("an acking guest took {took:?} to end").into());
+        }
+        match outcome {
+            Ok(Outcome::Reboot) => Ok(()),
+            other => Err(format!("VM ended with {other:?}; console:\n{text}").into()),
+        }
+    } else {
+        if acked.is_some() || text.contains("ack") {
+            return Err(format!("a silent guest acked; console:\n{text}").into());
+        }
+        if took < Duration::from_millis(2900) || took > Duration::from_secs(10) {
+            return Err(format!("a silent guest ended after {took:?}, not vmmci's 3 s").into());
+        }
+        match outcome {
+            Ok(Outcome::Halted) => Ok(()),
+            other => Err(format!("VM ended with {other:?}; console:\n{text}").into()),
+        }
+    }
+}
+
 /// SeaBIOS finds our vioblk through its virtio 1.x capabilities in the
 /// I/O BAR, boots its boot sector and serves its int 13h read.
 fn seabios_boots_from_vioblk() -> Result<(), Failed> {
@@ -246,9 +459,10 @@ fn boot_from_vioblk(boot_device: BootDevice) -> Result<String, Failed> {
         console_in: None,
         flavour: None,
         boot_device,
-        disks: vec![Box::new(MemImage(support::int13_boot_disk(SECTOR1)?))],
+        disks: vec![Box::new(MemImage(boot_disk()?))],
         disk_files: Vec::new(),
         devices: None,
+        cdrom: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -283,6 +497,12 @@ fn main() {
         }),
         Trial::test("seabios_pause_unpause", pause_unpause_seabios),
         Trial::test("seabios_boots_from_vioblk", seabios_boots_from_vioblk),
+        Trial::test("vmmci_graceful_stop_of_an_acking_guest", || {
+            graceful_stop_with_vmmci(true)
+        }),
+        Trial::test("vmmci_graceful_stop_of_a_silent_guest_times_out", || {
+            graceful_stop_with_vmmci(false)
+        }),
         Trial::test(
             "seabios_follows_the_boot_device",
             seabios_follows_the_boot_device,

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::Console;
 use testguest_support::*;
+use vmd::devices::virtio::blk::{DiskError, DiskImage};
 use vmd::vm::devproc::{DeviceProcesses, DiskFiles};
-use vmd::vm::machine::{BootImage, Machine, Outcome, VmConfig};
+use vmd::vm::machine::{BootImage, Machine, Outcome, ShutdownRequest, VmConfig};
 use vmd_proto::config::DiskFormat;
 use vmd_proto::msg::VmDisk;
 
@@ -41,6 +42,7 @@ fn boot_elf_in_vmd() -> Result<String, Failed> {
         disks: Vec::new(),
         disk_files: Vec::new(),
         devices: None,
+        cdrom: None,
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();
@@ -361,6 +363,336 @@ fn qemu_kill_mid_write_stream() -> Result<(), Failed> {
     }
 }
 
+/// Crash consistency of our vioblk on vmd-disk: the VM process (vmrun)
+/// is killed with SIGKILL in the middle of a stream of flushed 4 KiB
+/// writes, at a seeded point, several times on a raw and a qcow2 image
+/// (`VMD_CRASH_ROUNDS`, default 4).  Every write the guest saw complete
+/// reads back with qemu-io, and `qemu-img check` finds no corruption
+/// (leaked clusters are allowed, as with QEMU).
+fn vmd_kill_mid_write_stream() -> Result<(), Failed> {
+    let rounds: u64 = std::env::var("VMD_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let elf = std::fs::read(elf_path()).map_err(|e| format!("{}: {e}", elf_path().display()))?;
+    let disk = boot_disk(&elf, "blk-write-stream 2M 3000 flush\n", 32 * MB)?;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for round in 0..rounds {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let kill_after = 5 + seed % 300;
+        let format = if round % 2 == 0 { "qcow2" } else { "raw" };
+        let raw = TempFile::new(&format!("crash-src-{round}"));
+        std::fs::write(&raw.0, &disk).map_err(|e| format!("{}: {e}", raw.0.display()))?;
+        let img = TempFile::new(&format!("crash-{format}-{round}"));
+        let p = |t: &TempFile| t.0.display().to_string();
+        if format == "qcow2" {
+            qemu_img(&["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&img)])?;
+        } else {
+            std::fs::copy(&raw.0, &img.0).map_err(|e| format!("copy: {e}"))?;
+        }
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vmrun"))
+            .args(["-m", "64M", "-t", "120", "-b"])
+            .arg(support::bios_path())
+            .arg("-d")
+            .arg(format!("{format}:{}", p(&img)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("vmrun: {e}"))?;
+        let out = child.stdout.take().ok_or("vmrun: no stdout")?;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let reader = {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    let l = l + "\n";
+                    lines.lock().unwrap().push_str(&l);
+                }
+            })
+        };
+        let want = format!("blk-write-stream: wrote {kill_after}");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !lines.lock().unwrap().lines().any(|l| l.trim_end() == want) {
+            if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+                let _ = child.kill();
+                let status = child.wait();
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                let text = lines.lock().unwrap().clone();
+                return Err(format!(
+                    "round {round} ({format}): no {want:?} within 90 s (vmrun {status:?}, stderr {err:?}):\n{text}"
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.kill().map_err(|e| format!("kill: {e}"))?;
+        let _ = child.wait();
+        let _ = reader.join();
+        let text = lines.lock().unwrap().clone();
+        let last = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("blk-write-stream: wrote "))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .max()
+            .ok_or("no completed writes")?;
+        if last >= 2999 {
+            return Err(format!("round {round}: the VM was not killed midway").into());
+        }
+        let cmds: Vec<String> = (0..=last)
+            .map(|i| {
+                let byte = (i % 251) as u8 + 1;
+                format!("read -P 0x{byte:02x} {} 4k", 2 * MB + 4096 * i)
+            })
+            .collect();
+        qemu_io_cmds(&img.0, format, &cmds)
+            .map_err(|e| format!("round {round} ({format}, killed after {last}): {e}"))?;
+        if format == "qcow2" {
+            // 0: clean, 3: leaked clusters only; 2 would be corruption.
+            let check = std::process::Command::new("qemu-img")
+                .args(["check", &p(&img)])
+                .output()
+                .map_err(|e| format!("qemu-img check: {e}"))?;
+            if !matches!(check.status.code(), Some(0) | Some(3)) {
+                return Err(format!(
+                    "round {round}: qemu-img check exit {:?}: {}",
+                    check.status.code(),
+                    String::from_utf8_lossy(&check.stdout)
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A raw disk in memory, shared with the test to check the guest's
+/// writes afterwards.
+#[derive(Clone)]
+struct SharedImage(Arc<std::sync::Mutex<Vec<u8>>>);
+
+/// A request outside the image.
+fn out_of_range(offset: u64, len: usize, size: usize) -> DiskError {
+    DiskError::OutOfRange {
+        path: "shared image".into(),
+        offset,
+        len: len as u64,
+        size: size as u64,
+    }
+}
+
+impl DiskImage for SharedImage {
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
+        let d = self.0.lock().unwrap();
+        let o = offset as usize;
+        let src = d
+            .get(o..o + buf.len())
+            .ok_or_else(|| out_of_range(offset, buf.len(), d.len()))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn write_at(&mut self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
+        let mut d = self.0.lock().unwrap();
+        let o = offset as usize;
+        let size = d.len();
+        d.get_mut(o..o + buf.len())
+            .ok_or_else(|| out_of_range(offset, buf.len(), size))?
+            .copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), DiskError> {
+        Ok(())
+    }
+    fn size(&self) -> u64 {
+        self.0.lock().unwrap().len() as u64
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+}
+
+/// SeaBIOS in our VM boots the guest from our vioblk; the guest drives
+/// our viornd and vioblk (virtio 1.x capabilities in an I/O BAR, unlike
+/// QEMU's) and sends them hostile chains, which must each end in
+/// NEEDS_RESET and a device that works again after a reset.
+fn vmd_rng_blk_hostile() -> Result<(), Failed> {
+    let script = "blk-info\nrng\nirq-rng\nblk-read-pattern 4M 64k 0xa5\n\
+                  blk-read-pattern 4M 4k 0x5a\nblk-write-pattern 5M 64k 0x5a\nblk-flush\n\
+                  blk-id\nhostile-chain loop rng\nhostile-chain loop blk\n\
+                  hostile-chain oversize blk\nhostile-chain wild-idx blk\n\
+                  hostile-chain oob rng\nhostile-chain oob blk\nblk-bench read4k 100 8\n";
+    let elf = std::fs::read(elf_path()).map_err(|e| format!("{}: {e}", elf_path().display()))?;
+    let mut disk = boot_disk(&elf, script, 32 * MB)?;
+    disk[4 << 20..(4 << 20) + (64 << 10)].fill(0xa5);
+    let image = SharedImage(Arc::new(std::sync::Mutex::new(disk)));
+    let bios = std::fs::read(support::bios_path())?;
+    let console = Console::default();
+    let vmm = Arc::new(vmm_sys::Vmm::open()?);
+    let cfg = VmConfig {
+        name: "testguest-vmd".into(),
+        memory: 64 * MB,
+        boot: BootImage::Bios(bios),
+        console_out: Box::new(console.clone()),
+        console_in: None,
+        flavour: None,
+        disks: vec![Box::new(image.clone())],
+        disk_files: Vec::new(),
+        devices: None,
+        cdrom: None,
+        boot_device: Default::default(),
+    };
+    let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
+    let control = machine.control();
+    let runner = std::thread::spawn(move || machine.run());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline && !runner.is_finished() {
+        let t = console.text();
+        if t.lines().any(|l| l.trim_end_matches('\r') == "done") || t.contains("FATAL") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    control.stop();
+    let outcome = runner.join().map_err(|_| "VM thread panicked")?;
+    let text = console.text();
+    if let Err(e) = outcome {
+        return Err(format!("VM failed: {e}; console:\n{text}").into());
+    }
+    let mut want: Vec<String> = vec![
+        format!("blk-info: sectors {} flush 1 ro 0", 32 * MB / 512),
+        "rng: ok".into(),
+        "irq-rng: ok".into(),
+        "blk-read-pattern: off 0x400000 len 0x10000 byte 0xa5: ok".into(),
+        "blk-read-pattern: off 0x400000 len 0x1000 byte 0x5a: mismatch at 0x400000: 0xa5".into(),
+        "blk-write-pattern: off 0x500000 len 0x10000 byte 0x5a: ok".into(),
+        "blk-flush: ok".into(),
+        "blk-id: \"\"".into(),
+    ];
+    for (k, t) in [
+        ("loop", "rng"),
+        ("loop", "blk"),
+        ("oversize", "blk"),
+        ("wild-idx", "blk"),
+        ("oob", "rng"),
+        ("oob", "blk"),
+    ] {
+        want.push(format!("hostile-chain {k} {t}: needs-reset"));
+        want.push(format!("hostile-chain {k} {t}: works after reset"));
+    }
+    want.push("blk-bench read4k n 100 depth 8: ok".into());
+    want.push("done".into());
+    // The guest's lines start after its banner (SeaBIOS's come before).
+    let Some(at) = text.find("testguest: boot=disk") else {
+        return Err(format!("the guest did not boot from the disk:\n{text}").into());
+    };
+    let guest = text[at..].split_once('\n').map_or("", |(_, rest)| rest);
+    expect_lines(guest, &want)?;
+    let d = image.0.lock().unwrap();
+    if d[5 << 20..(5 << 20) + (64 << 10)]
+        .iter()
+        .any(|&b| b != 0x5a)
+    {
+        return Err("the guest's write did not reach the image".into());
+    }
+    if d[(5 << 20) + (64 << 10)] == 0x5a || d[(5 << 20) - 1] == 0x5a {
+        return Err("the guest's write spilled past its range".into());
+    }
+    Ok(())
+}
+
+/// `vmctl stop` without -f, at the VM process (Control::request_shutdown),
+/// of the test guest running its vmmci driver: `vmmci-ack reset` acks the
+/// REBOOT request and resets, so the VM ends at once; `vmmci-ignore`
+/// never answers, so vmmci's 3 s timeout ends it.
+fn vmd_vmmci_stop(answer: bool) -> Result<(), Failed> {
+    let script = if answer {
+        "vmmci-ack reset\n"
+    } else {
+        "vmmci-ignore\n"
+    };
+    let ready = if answer {
+        "vmmci-ack: ready, ack 1"
+    } else {
+        "vmmci-ignore: ready, ack 0"
+    };
+    let elf = std::fs::read(elf_path()).map_err(|e| format!("{}: {e}", elf_path().display()))?;
+    let image = SharedImage(Arc::new(std::sync::Mutex::new(boot_disk(
+        &elf,
+        script,
+        32 * MB,
+    )?)));
+    let bios = std::fs::read(support::bios_path())?;
+    let console = Console::default();
+    let vmm = Arc::new(vmm_sys::Vmm::open()?);
+    let cfg = VmConfig {
+        name: "testguest-vmmci".into(),
+        memory: 64 * MB,
+        boot: BootImage::Bios(bios),
+        console_out: Box::new(console.clone()),
+        console_in: None,
+        flavour: None,
+        disks: vec![Box::new(image)],
+        disk_files: Vec::new(),
+        devices: None,
+        cdrom: None,
+        boot_device: Default::default(),
+    };
+    let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
+    let control = machine.control();
+    let runner = std::thread::spawn(move || machine.run());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline && !console.text().contains(ready) && !runner.is_finished() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !console.text().contains(ready) {
+        control.stop();
+        let _ = runner.join();
+        return Err(format!("no {ready:?}; console:\n{}", console.text()).into());
+    }
+    let asked = control.request_shutdown();
+    let t0 = Instant::now();
+    while !runner.is_finished() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let took = t0.elapsed();
+    control.stop();
+    let outcome = runner.join().map_err(|_| "VM thread panicked")?;
+    let text = console.text();
+    if asked != ShutdownRequest::Asked {
+        return Err(format!("request_shutdown: {asked:?}; console:\n{text}").into());
+    }
+    let (want_outcome, ok_time) = if answer {
+        (Outcome::Reboot, took < Duration::from_secs(1))
+    } else {
+        (
+            Outcome::Halted,
+            took >= Duration::from_millis(2900) && took < Duration::from_secs(10),
+        )
+    };
+    match outcome {
+        Ok(o) if o == want_outcome => {}
+        other => return Err(format!("VM ended with {other:?}; console:\n{text}").into()),
+    }
+    if !ok_time {
+        return Err(format!("the VM ended {took:?} after the request; console:\n{text}").into());
+    }
+    let line = if answer {
+        "vmmci-ack: reboot (acked)"
+    } else {
+        "vmmci-ignore: reboot (ignored)"
+    };
+    if !text.contains(line) {
+        return Err(format!("no {line:?}; console:\n{text}").into());
+    }
+    Ok(())
+}
+
 /// The benchmark's script: 4 KiB random reads one at a time (every
 /// request a notify and an ISR read: the register round trips show) and
 /// eight deep, and 4 KiB writes eight deep.
@@ -400,6 +732,7 @@ fn bench_run(elf: &[u8], script: &str, devproc: Option<bool>) -> Result<String, 
         disks: Vec::new(),
         disk_files: Vec::new(),
         devices: None,
+        cdrom: None,
     };
     let path = disk.0.display().to_string();
     if let Some(one_way_kicks) = devproc {
@@ -489,19 +822,34 @@ fn main() {
     let guest = missing_guest();
     let need_vmd = vmm.clone().or(guest.clone());
     let need_qemu = vmm.or(guest).or(missing_qemu());
+    let need_vmd_bios = need_vmd.clone().or(support::missing_bios());
     // The device process drops privileges to vmd's user.
     std::env::set_var("VMD_USER", support::daemon::vmd_user());
     let tests = vec![
         (
             Trial::test("elf_boots_to_cpl3_in_vmd", elf_boots_to_cpl3),
-            need_vmd.clone(),
+            need_vmd,
         ),
         (
             Trial::test(
                 "vmd_blk_bench_in_and_out_of_process",
                 blk_bench_in_and_out_of_process,
             ),
-            need_vmd,
+            need_vmd_bios.clone(),
+        ),
+        (
+            Trial::test("vmd_disk_boot_rng_blk_hostile_chains", vmd_rng_blk_hostile),
+            need_vmd_bios.clone(),
+        ),
+        (
+            Trial::test("vmd_vmmci_stop_of_an_acking_guest", || vmd_vmmci_stop(true)),
+            need_vmd_bios.clone(),
+        ),
+        (
+            Trial::test("vmd_vmmci_stop_of_an_ignoring_guest_times_out", || {
+                vmd_vmmci_stop(false)
+            }),
+            need_vmd_bios,
         ),
         (
             Trial::test("qemu_disk_boot_rng_and_blk", qemu_rng_and_blk),
@@ -524,7 +872,12 @@ fn main() {
         ),
         (
             Trial::test("qemu_kill_mid_write_stream", qemu_kill_mid_write_stream),
-            need_qemu,
+            need_qemu.clone(),
+        ),
+        (
+            // qemu-utils checks the image afterwards.
+            Trial::test("vmd_kill_mid_write_stream", vmd_kill_mid_write_stream),
+            need_qemu.or(support::missing_bios()),
         ),
     ];
     let tests = tests

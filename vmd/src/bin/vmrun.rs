@@ -2,7 +2,10 @@
 //! daemon starts VM processes itself.  Runs one VM with COM1 on
 //! stdin/stdout.
 //!
-//!     vmrun [-m memory] [-t seconds] [-b bios | -k kernel | -l bzimage [-i initrd] [-c cmdline]] [name]
+//!     vmrun [-m memory] [-t seconds] [-d disk]... [-b bios | -k kernel | -l bzimage [-i initrd] [-c cmdline]] [name]
+//!
+//! A disk is `[raw:|qcow2:]path` (the format found by the qcow2 magic
+//! when not given), opened read-write with its backing chain.
 //!
 //! Exits 0 when the VM halted, EAGAIN (35 on OpenBSD, 11 on Linux) when the
 //! guest rebooted, 1 with a message otherwise.
@@ -13,7 +16,7 @@ use vmd::vm::machine::{BootImage, Machine, Outcome, VmConfig};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: vmrun [-m memory] [-t seconds] [-b bios | -k kernel | -l bzimage [-i initrd] [-c cmdline]] [name]"
+        "usage: vmrun [-m memory] [-t seconds] [-d disk]... [-b bios | -k kernel | -l bzimage [-i initrd] [-c cmdline]] [name]"
     );
     std::process::exit(1);
 }
@@ -35,12 +38,25 @@ fn read(path: &str) -> Vec<u8> {
     })
 }
 
+fn open_disk(spec: &str) -> Box<dyn vmd_disk::DiskImage> {
+    let (format, path) = match spec.split_once(':') {
+        Some(("raw", p)) => (Some(vmd_disk::Format::Raw), p),
+        Some(("qcow2", p)) => (Some(vmd_disk::Format::Qcow2), p),
+        _ => (None, spec),
+    };
+    vmd_disk::open(path, format, true).unwrap_or_else(|e| {
+        eprintln!("vmrun: {e}");
+        std::process::exit(1)
+    })
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut memory, mut timeout) = (512u64 << 20, None);
     let (mut bios, mut kernel, mut linux, mut initrd, mut cmdline) =
         (None, None, None, None, String::new());
     let mut name = "vm".to_string();
+    let mut disks = Vec::new();
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
@@ -51,6 +67,7 @@ fn main() {
             "-l" => linux = Some(val()),
             "-i" => initrd = Some(val()),
             "-c" => cmdline = val(),
+            "-d" => disks.push(open_disk(&val())),
             s if s.starts_with('-') => usage(),
             s => name = s.to_string(),
         }
@@ -84,9 +101,10 @@ fn main() {
         console_in: stdin,
         flavour: None,
         boot_device: Default::default(),
-        disks: Vec::new(),
+        disks,
         disk_files: Vec::new(),
         devices: None,
+        cdrom: None,
     };
     let vmm = match vmm_sys::Vmm::open() {
         Ok(v) => Arc::new(v),

@@ -252,6 +252,13 @@ pub fn parse_str_with(name: &str, text: &str, opts: ParseOptions<'_>) -> ParseOu
     parser::parse(parser::Source::Text(name, text.as_bytes()), opts)
 }
 
+/// [`parse_str_with`] on raw bytes: a file on disk need not be UTF-8 and
+/// the lexer reads bytes, as parse.y's getc() does.  The fuzz targets
+/// (fuzz/) feed it arbitrary input.
+pub fn parse_bytes_with(name: &str, text: &[u8], opts: ParseOptions<'_>) -> ParseOutcome {
+    parser::parse(parser::Source::Text(name, text), opts)
+}
+
 /// Read a configuration file with `-D` macros `defines`. On failure, the
 /// messages vmd prints (errors and warnings, in order).
 pub fn parse_file(

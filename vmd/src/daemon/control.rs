@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use nix::unistd::User;
 
 use super::args::Args;
-use super::events::{self, Signals};
+use super::events;
 use super::{logging, privsep, NO_PEER};
+use crate::event::EventLoop;
 use crate::proc::{peer_credentials, PeerCred};
 use vmd_proto::msg::*;
 use vmd_proto::{ImsgChannel, ImsgError, ImsgType, Message};
@@ -92,7 +93,7 @@ pub fn main(_args: &Args, user: &User) -> i32 {
     if let Err(e) = events::post(&mut parent, &Message::Done, NO_PEER, Vec::new()) {
         logging::fatal("control: parent", e);
     }
-    let signals = match Signals::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
+    let mut ev = match EventLoop::with_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
         Ok(s) => s,
         Err(e) => logging::fatal("signals", e),
     };
@@ -102,15 +103,15 @@ pub fn main(_args: &Args, user: &User) -> i32 {
     loop {
         let listening = accept.until.is_none();
         let ready = {
-            let mut fds = vec![(signals.fd(), false), (parent.as_fd(), parent.pending())];
+            let mut fds = vec![(parent.as_fd(), parent.pending())];
             fds.extend(clients.iter().map(|c| (c.chan.as_fd(), c.chan.pending())));
             if listening {
                 fds.push((listener.as_fd(), false));
             }
-            events::wait(&fds, accept.until)
+            ev.wait(&fds, accept.until).0
         };
         // The parent ends us by closing the socket.
-        let _ = signals.take();
+        let _ = ev.take_signals();
         // Clients accepted below were not polled.
         let polled = clients.len();
         if listening && ready.last().is_some_and(|r| r.read) {
@@ -151,10 +152,10 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         }
         accept.expire(Instant::now());
         let mut closed = Vec::new();
-        if ready[1].write {
+        if ready[0].write {
             let _ = parent.flush();
         }
-        if ready[1].read {
+        if ready[0].read {
             match events::drain(&mut parent) {
                 Ok(msgs) => {
                     for r in msgs {
@@ -176,7 +177,7 @@ pub fn main(_args: &Args, user: &User) -> i32 {
                 continue;
             }
             let r = if k < polled {
-                ready[2 + k]
+                ready[1 + k]
             } else {
                 events::Ready::default()
             };

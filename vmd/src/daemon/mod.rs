@@ -74,9 +74,11 @@ pub const VM_START_RATE_SEC: u64 = 6;
 pub const VM_START_RATE_LIMIT: u32 = 3;
 /// After SIGTERM, the vmm process sends SIGKILL to a forced VM after this.
 pub const VM_KILL_TIMEOUT_SEC: u64 = 10;
-/// A graceful stop asks the guest through vmmci; without a vmmci device
-/// (not built yet) the guest cannot be asked, so the VM process ends the
-/// VM after this many seconds (a reset from the guest ends it earlier).
+/// A graceful stop asks the guest through vmmci: one that does not ack
+/// is ended after vmmci's 3 s, one without a driver at once, and one that
+/// acks has up to vmmci's 120 s to go down.  The rc script and the unit
+/// budget this long for `vmctl stop -a -w`, enough for guests that shut
+/// down promptly; a slower one is killed with vmd when they give up.
 pub const VM_SHUTDOWN_TIMEOUT_SEC: u64 = 30;
 /// How long the parent waits for its children after SIGTERM before it
 /// kills them (the vmm process needs [`VM_KILL_TIMEOUT_SEC`] for its VMs).

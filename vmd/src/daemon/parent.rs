@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use nix::unistd::User;
 
 use super::args::{child_flags, Args};
-use super::events::{self, Signals};
+use super::events;
 use super::registry::{self, FileAccess, RegisterError, Registry, SystemGroups, Tty};
 use super::stagger::Stagger;
 use super::vmfiles::{self, VmFile};
 use super::{logging, privsep, strerror, NO_PEER};
 use crate::config::{self, Registration};
+use crate::event::EventLoop;
 use vmd_proto::config::{BootDevice, GlobalConfig, VMOP_CREATE_CDROM, VMOP_CREATE_CPU};
 use vmd_proto::config::{VMOP_CREATE_DISK, VMOP_CREATE_KERNEL};
 use vmd_proto::msg::*;
@@ -101,6 +102,18 @@ pub fn main(args: Args, _user: User) -> i32 {
     logging::procinit("parent");
     // Our pid as the daemon, for whoever reads the file.
     write_pid(&pidfile);
+    // Signals are caught before there are children to look after, so a
+    // SIGTERM during startup still ends them.
+    let mut ev = match EventLoop::with_signals(&[
+        libc::SIGHUP,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGCHLD,
+        libc::SIGUSR1,
+    ]) {
+        Ok(s) => s,
+        Err(e) => logging::fatal("signals", e),
+    };
     let mut children = Vec::new();
     let mut chans = Vec::new();
     for title in ["control", "vmm", "priv"] {
@@ -118,16 +131,6 @@ pub fn main(args: Args, _user: User) -> i32 {
     let vmm = chans.pop().unwrap();
     let control = chans.pop().unwrap();
     log::info!("startup");
-    let signals = match Signals::new(&[
-        libc::SIGHUP,
-        libc::SIGTERM,
-        libc::SIGINT,
-        libc::SIGCHLD,
-        libc::SIGUSR1,
-    ]) {
-        Ok(s) => s,
-        Err(e) => logging::fatal("signals", e),
-    };
     let conffile = args
         .conffile
         .clone()
@@ -153,14 +156,13 @@ pub fn main(args: Args, _user: User) -> i32 {
     loop {
         let ready = {
             let fds = [
-                (signals.fd(), false),
                 (p.control.as_fd(), p.control.pending()),
                 (p.vmm.as_fd(), p.vmm.pending()),
                 (p.privc.as_fd(), p.privc.pending()),
             ];
-            events::wait(&fds, p.stagger.deadline())
+            ev.wait(&fds, p.stagger.deadline()).0
         };
-        for s in signals.take() {
+        for s in ev.take_signals() {
             match s {
                 libc::SIGHUP => {
                     log::info!("vmd_sighdlr: reload requested with SIGHUP");
@@ -172,11 +174,11 @@ pub fn main(args: Args, _user: User) -> i32 {
                 _ => {}
             }
         }
-        for (k, name) in [(1, "control"), (2, "vmm"), (3, "priv")] {
+        for (k, name) in [(0, "control"), (1, "vmm"), (2, "priv")] {
             let r = ready[k];
             let chan = match k {
-                1 => &mut p.control,
-                2 => &mut p.vmm,
+                0 => &mut p.control,
+                1 => &mut p.vmm,
                 _ => &mut p.privc,
             };
             if r.write {
@@ -189,8 +191,8 @@ pub fn main(args: Args, _user: User) -> i32 {
                 Ok(msgs) => {
                     for m in msgs {
                         match k {
-                            1 => p.dispatch_control(m),
-                            2 => p.dispatch_vmm(m),
+                            0 => p.dispatch_control(m),
+                            1 => p.dispatch_vmm(m),
                             _ => log::debug!("parent: {} from priv", m.msg.imsg_type().name()),
                         }
                     }
@@ -593,6 +595,7 @@ impl Parent {
             }
             OwnedFd::from(file)
         };
+        let mut cdrom = None;
         if let Some(c) = &vm.params.cdrom {
             match vmfiles::open(c, VmFile::Cdrom, false) {
                 Err(e @ vmfiles::OpenError::Type { .. }) => {
@@ -607,7 +610,8 @@ impl Parent {
                     log::warn!("vm \"{name}\" no read access to cdrom {c}");
                     return Err(libc::EPERM);
                 }
-                Ok(_) => log::warn!("{name}: cdrom {c} is not attached: no vioscsi yet"),
+                // Opened read-only here, as root; the VM process serves it.
+                Ok(f) => cdrom = Some(OwnedFd::from(f)),
             }
         }
         // Each disk and its backing chain, opened here and sent on as
@@ -677,6 +681,9 @@ impl Parent {
             vm.id,
             vec![kernel],
         );
+        if let Some(fd) = cdrom {
+            send(&mut self.vmm, Message::StartVmCdrom, vm.id, vec![fd]);
+        }
         for (at, fd) in disk_fds {
             send(&mut self.vmm, Message::StartVmDisk(at), vm.id, vec![fd]);
         }

@@ -8,8 +8,9 @@ use std::os::fd::AsFd;
 use nix::unistd::User;
 
 use super::args::Args;
-use super::events::{self, Signals};
+use super::events;
 use super::{logging, privsep};
+use crate::event::EventLoop;
 use vmd_proto::Message;
 
 pub fn main(_args: &Args, user: &User) -> i32 {
@@ -26,13 +27,13 @@ pub fn main(_args: &Args, user: &User) -> i32 {
             logging::fatal("priv: chroot", e);
         }
     }
-    let signals = match Signals::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
+    let mut ev = match EventLoop::with_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
         Ok(s) => s,
         Err(e) => logging::fatal("signals", e),
     };
     loop {
-        let _ = events::wait(&[(signals.fd(), false), (parent.as_fd(), false)], None);
-        let _ = signals.take();
+        let _ = ev.wait(&[(parent.as_fd(), false)], None);
+        let _ = ev.take_signals();
         match events::drain(&mut parent) {
             Ok(msgs) => {
                 for r in msgs {

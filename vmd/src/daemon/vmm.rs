@@ -31,8 +31,9 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Pid, User};
 
 use super::args::{child_flags, Args};
-use super::events::{self, Signals};
+use super::events;
 use super::{logging, privsep, NO_PEER};
+use crate::event::EventLoop;
 use vmd_proto::msg::*;
 use vmd_proto::{ImsgChannel, Message};
 
@@ -53,6 +54,8 @@ struct PendingVm {
     params: VmopCreateParams,
     kernel: Option<OwnedFd>,
     disks: Vec<(DiskFd, OwnedFd)>,
+    /// The ISO (START_VM_CDROM).
+    cdrom: Option<OwnedFd>,
 }
 
 struct Vmm {
@@ -93,7 +96,12 @@ pub fn main(args: &Args, user: &User) -> i32 {
     if let Err(e) = vmm_sys::unveil(None, None) {
         logging::fatal("unveil lock", e);
     }
-    let signals = match Signals::new(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
+    let mut ev = match EventLoop::with_signals(&[
+        libc::SIGCHLD,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+    ]) {
         Ok(s) => s,
         Err(e) => logging::fatal("signals", e),
     };
@@ -109,25 +117,22 @@ pub fn main(args: &Args, user: &User) -> i32 {
     loop {
         let deadline = events::earliest(vmm.vms.iter().map(|v| v.kill_at));
         let ready = {
-            let mut fds = vec![
-                (signals.fd(), false),
-                (vmm.parent.as_fd(), vmm.parent.pending()),
-            ];
+            let mut fds = vec![(vmm.parent.as_fd(), vmm.parent.pending())];
             for v in &vmm.vms {
                 if let Some(c) = &v.chan {
                     fds.push((c.as_fd(), c.pending()));
                 }
             }
-            events::wait(&fds, deadline)
+            ev.wait(&fds, deadline).0
         };
         // The parent ends us by closing the socket; SIGTERM is ignored.
-        if signals.take().contains(&libc::SIGCHLD) {
+        if ev.take_signals().contains(&libc::SIGCHLD) {
             vmm.reap();
         }
-        if ready[1].write {
+        if ready[0].write {
             let _ = vmm.parent.flush();
         }
-        if ready[1].read {
+        if ready[0].read {
             match events::drain(&mut vmm.parent) {
                 Ok(msgs) => {
                     for r in msgs {
@@ -143,7 +148,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
                 }
             }
         }
-        let mut k = 2;
+        let mut k = 1;
         let mut from_vms = Vec::new();
         for v in vmm.vms.iter_mut() {
             let Some(c) = v.chan.as_mut() else { continue };
@@ -210,9 +215,17 @@ impl Vmm {
                         params: p,
                         kernel: r.fds.pop(),
                         disks: Vec::new(),
+                        cdrom: None,
                     },
                 );
                 self.last_request = Some(id);
+            }
+            Message::StartVmCdrom => {
+                let id = self.last_request.unwrap_or(peerid);
+                match (self.pending.get_mut(&id), r.fds.pop()) {
+                    (Some(p), Some(fd)) => p.cdrom = Some(fd),
+                    _ => log::warn!("vmm: START_VM_CDROM without a request or a file"),
+                }
             }
             Message::StartVmDisk(d) => {
                 let id = self.last_request.unwrap_or(peerid);
@@ -304,6 +317,7 @@ impl Vmm {
             params,
             kernel,
             disks,
+            cdrom,
         } = p;
         let id = params.id;
         if self.find(id).is_some() {
@@ -332,6 +346,10 @@ impl Vmm {
                     NO_PEER,
                     kernel.into_iter().collect(),
                 )
+            })
+            .and_then(|_| match cdrom {
+                Some(fd) => events::post(&mut chan, &Message::StartVmCdrom, NO_PEER, vec![fd]),
+                None => Ok(()),
             })
             .and_then(|_| {
                 disks.into_iter().try_for_each(|(d, fd)| {

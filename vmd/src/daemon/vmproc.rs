@@ -18,23 +18,23 @@
 //!   it failed with (and exit).
 //! - vmm → VM: `PAUSE_VM` / `UNPAUSE_VM` (peer id: the client), answered
 //!   with `PAUSE_VM_RESPONSE` / `UNPAUSE_VM_RESPONSE`; `VM_REBOOT`, the
-//!   graceful stop: without a vmmci device the guest cannot be asked, so
-//!   the VM ends after [`super::VM_SHUTDOWN_TIMEOUT_SEC`] (or at the
-//!   guest's next reset); `CTL_VERBOSE`.
+//!   graceful stop: the guest is asked through vmmci and the VM ends at
+//!   its reset or at vmmci's timeout; a guest without a vmmci driver is
+//!   stopped at once; `CTL_VERBOSE`.
 //! - End of file from vmm: the VM stops and the process exits.
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use nix::unistd::User;
 
 use super::args::{child_flags, Args};
 use super::{logging, privsep, vmfiles};
+use crate::devices::virtio::blk::DiskImage;
 use crate::vm::devproc::{DeviceProcesses, DiskFiles};
-use crate::vm::machine::{BootImage, Control, Machine, Outcome, VmConfig};
-use vmd_proto::msg::{VmopCreateParams, VmopResult, VMD_DISK_INVALID};
+use crate::vm::machine::{BootImage, Control, Machine, Outcome, ShutdownRequest, VmConfig};
+use vmd_proto::msg::{VmopCreateParams, VmopResult, VMD_CDROM_INVALID, VMD_DISK_INVALID};
 use vmd_proto::{ImsgChannel, Message};
 
 fn fail(chan: &mut ImsgChannel, id: u32, errno: i32, msg: &str) -> i32 {
@@ -71,12 +71,17 @@ pub fn main(args: &Args, user: &User) -> i32 {
         },
         Err(e) => logging::fatal("failed to receive vm configuration", e),
     };
-    // The disks' descriptors, then the console.
+    // The ISO and the disks' descriptors, then the console.
+    let mut cdrom = None;
     let mut disk_fds = super::disks::Received::default();
     let pty = loop {
         match chan.recv() {
             Ok(mut r) => match r.msg {
                 Message::StartVmEnd => break r.fds.pop(),
+                Message::StartVmCdrom => match r.fds.pop() {
+                    Some(fd) => cdrom = Some(fd),
+                    None => logging::fatalx("failed to get cdrom fd"),
+                },
                 Message::StartVmDisk(d) => match r.fds.pop() {
                     Some(fd) => disk_fds.add(d, fd),
                     None => logging::fatalx("failed to get disk fd"),
@@ -151,6 +156,22 @@ pub fn main(args: &Args, user: &User) -> i32 {
             );
         }
     };
+    // The ISO, opened read-only by the parent: a raw image vioscsi reads
+    // in 2048-byte blocks.
+    let cdrom: Option<Box<dyn DiskImage>> = match cdrom {
+        None => None,
+        Some(fd) => match vmd_disk::Raw::open(File::from(fd), "cdrom", false) {
+            Ok(r) => Some(Box::new(r)),
+            Err(e) => {
+                return fail(
+                    &mut chan,
+                    params.id,
+                    VMD_CDROM_INVALID,
+                    &format!("{name}: {e}"),
+                )
+            }
+        },
+    };
     let Some(kernel) = kernel else {
         return fail(&mut chan, params.id, libc::EINVAL, "no boot image");
     };
@@ -199,6 +220,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
             disks,
             disk_files,
             devices,
+            cdrom,
         },
     ) {
         Ok(m) => m,
@@ -289,19 +311,21 @@ fn dispatch_vmm(mut chan: ImsgChannel, control: Arc<Control>, shutdown: Arc<Atom
                 })))
             }
             Message::VmReboot => {
+                // vmctl stop without -f (vm.c's IMSG_VMDOP_VM_REBOOT): ask
+                // the guest through vmmci; the vmm process treats the reset
+                // that follows as the end.  vmmci's own timeouts (3 s
+                // without an ack, 120 s after one) end a guest that does
+                // not finish, and a guest without a vmmci driver cannot be
+                // asked, so it is stopped at once, as vmd does.
                 if !shutdown.swap(true, Ordering::SeqCst) {
-                    log::info!(
-                        "vm {id}: no vmmci device to ask the guest to shut down; \
-                         stopping the vm in {} seconds",
-                        super::VM_SHUTDOWN_TIMEOUT_SEC
-                    );
-                    let control = control.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("shutdown".into())
-                        .spawn(move || {
-                            std::thread::sleep(Duration::from_secs(super::VM_SHUTDOWN_TIMEOUT_SEC));
-                            control.stop();
-                        });
+                    match control.request_shutdown() {
+                        ShutdownRequest::Asked => {
+                            log::info!("vm {id}: asked the guest to shut down through vmmci")
+                        }
+                        ShutdownRequest::Stopped => log::info!(
+                            "vm {id}: no vmmci driver in the guest to ask; stopping the vm"
+                        ),
+                    }
                 }
                 None
             }

@@ -8,6 +8,7 @@ pub mod irq;
 pub mod mc146818;
 pub mod ns8250;
 pub mod pci;
+pub mod scsi;
 pub mod virtio;
 
 #[cfg(test)]

@@ -10,8 +10,10 @@
 //!   the address register's enable bit is clear read all-ones and drop
 //!   writes;
 //! - writes are merged at byte granularity into any register (vmd does not
-//!   protect the ID registers either); writes to the expansion-ROM BAR
-//!   (0x30) are dropped;
+//!   protect the ID registers either), except the status register (0x06),
+//!   which is read-only, so a dword write of the command register with
+//!   status 0 keeps the capability-list bit; writes to the expansion-ROM
+//!   BAR (0x30) are dropped;
 //! - BARs (0x10–0x24): a register with no BAR behind it stays 0; writing
 //!   0xFFFFFFFF returns the size mask (I/O: 0xFFFFF001 for the 4 KiB BARs,
 //!   memory: 0xFFFF0000 for the 64 KiB BARs); other writes keep the
@@ -27,9 +29,12 @@
 //! {3, 5, 6, 7, 9, 10, 11, 12, 14, 15}, reported as interrupt line (0x3C)
 //! with pin INTA (0x3D).  vmd also marks the line level-triggered in the
 //! ELCR; [`PciBus::add_device`] returns the line so the caller does that.
-//! Devices raise their own line through `IrqLines`; like vmd, they should
-//! use [`PciBus::device_irq`], which reads the line register the guest may
-//! have rewritten.
+//! Devices raise their own line through `IrqLines`, the one assigned when
+//! they were added (vmd's `dev->irq`, from `pci_get_dev_irq` at init).
+//! The interrupt line and pin registers are read-only, so that they keep
+//! telling the guest that line: SeaBIOS's PCI setup, which knows no
+//! routing for vmd's host bridge, writes 0xff there, and a guest driver
+//! reading the register afterwards would otherwise find no interrupt.
 use crate::devices::bus::{
     all_ones, BusError, MmioBus, MmioDevice, PioBus, PioDevice, SharedMmio, SharedPio,
 };
@@ -438,6 +443,17 @@ impl PciBus {
             ((1u32 << (size * 8)) - 1) << (ofs * 8)
         };
         let mut val = (old & !mask) | ((value << (ofs * 8)) & mask);
+        if reg * 4 == PCI_INTERRUPT_REG {
+            // Line and pin: the device's wiring, not the guest's to move.
+            val = (val & 0xffff_0000) | (old & 0xffff);
+        }
+        if reg * 4 == PCI_COMMAND_STATUS_REG {
+            // The status half is read-only: its only bit set here,
+            // "capabilities list", is hard-wired, and a driver that
+            // writes the command register as a dword with status 0 (to
+            // leave RW1C bits alone) must not lose the capability list.
+            val = (val & 0xffff) | (old & 0xffff_0000);
+        }
         if (PCI_MAPREG_START..PCI_MAPREG_END).contains(&(reg * 4)) {
             let idx = (reg * 4 - PCI_MAPREG_START) as usize / 4;
             val = match d.bars.get(idx) {
@@ -829,11 +845,15 @@ mod tests {
     }
 
     #[test]
-    fn guest_rewritten_interrupt_line_is_what_device_irq_reports() {
+    fn interrupt_line_and_pin_are_read_only() {
         let mut bus = PciBus::new(WINDOW);
         let d = bus.add_device(&virtio_blk()).unwrap();
-        bus.config_write(d.slot, PCI_INTERRUPT_REG, 1, 11);
-        assert_eq!(bus.device_irq(d.slot), Some(11));
+        // What SeaBIOS writes for a host bridge it has no routing for.
+        bus.config_write(d.slot, PCI_INTERRUPT_REG, 1, 0xff);
+        bus.config_write(d.slot, PCI_INTERRUPT_REG + 1, 1, 0);
+        bus.config_write(d.slot, PCI_INTERRUPT_REG, 4, 0x1234_020b);
+        assert_eq!(bus.device_irq(d.slot), Some(3));
+        assert_eq!(bus.config_read(d.slot, PCI_INTERRUPT_REG, 4), 0x1234_0103);
     }
 
     #[test]
@@ -933,8 +953,9 @@ mod tests {
         assert_eq!(pio.read(DATA, 4), 0x0000_0007);
         pio.write(DATA + 1, 1, 0x04);
         assert_eq!(pio.read(DATA, 4), 0x0000_0407);
+        // The status half is read-only.
         pio.write(DATA + 2, 2, 0x0010);
-        assert_eq!(pio.read(DATA, 4), 0x0010_0407);
+        assert_eq!(pio.read(DATA, 4), 0x0000_0407);
         // The expansion ROM BAR ignores writes.
         cfg_write(&pio, 1, 0x30, 0xffff_ffff);
         assert_eq!(cfg_read(&pio, 1, 0x30), 0);
@@ -956,6 +977,15 @@ mod tests {
         assert_eq!(bus.add_capability(slot, &notify), Ok(0x58));
         assert_eq!(bus.config_read(slot, 0x06, 2) & 0x10, 0x10);
         assert_eq!(bus.config_read(slot, PCI_CAPLISTPTR_REG, 1), 0x40);
+        // Enabling the device with a dword write that has status 0 (as a
+        // driver does to leave RW1C bits alone) keeps the list.
+        bus.config_write(slot, PCI_COMMAND_STATUS_REG, 4, 0x0000_0007);
+        assert_eq!(
+            bus.config_read(slot, PCI_COMMAND_STATUS_REG, 4),
+            0x0010_0007
+        );
+        bus.config_write(slot, 0x06, 2, 0);
+        assert_eq!(bus.config_read(slot, 0x06, 2), 0x0010);
         // Walk the list as a guest does.
         let mut ptr = bus.config_read(slot, PCI_CAPLISTPTR_REG, 1) as u8;
         let mut seen = vec![];

@@ -13,6 +13,7 @@ use crate::devices::fw_cfg::BootDevice;
 use crate::devices::irq::Timer;
 use crate::devices::ns8250::Ns8250;
 use crate::devices::virtio::blk::{DiskImage, Vioblk};
+use crate::devices::virtio::scsi::Vioscsi;
 use crate::devices::virtio::transport::{add_virtio_bar, VirtioPciIds};
 use crate::devices::virtio::vmmci::{Vmmci, VmmciCmd};
 use crate::event::{EventLoop, Waker};
@@ -62,6 +63,10 @@ pub struct VmConfig {
     pub disk_files: Vec<DiskFiles>,
     /// How to start device processes; None: no device processes.
     pub devices: Option<DeviceProcesses>,
+    /// The ISO served by vioscsi as a CD-ROM (2048-byte blocks, read
+    /// only), in the slot after the disks; inside this process until
+    /// vioscsi has its device process.
+    pub cdrom: Option<Box<dyn DiskImage>>,
 }
 
 /// How a VM ended without error.
@@ -268,6 +273,7 @@ impl Machine {
         };
         let (disk_files, devices) = (cfg.disk_files, cfg.devices);
         let platform = Platform::build(platform_cfg, |slots| {
+            // vmd's order (reference §4.3): disks, then the cdrom.
             for image in cfg.disks {
                 slots.attach_virtio(VirtioPciIds::BLOCK, Vioblk::new(image, ""))?;
             }
@@ -300,6 +306,9 @@ impl Machine {
                     e => e,
                 })?;
                 log::debug!("vioblk {i}: device process {pid}");
+            }
+            if let Some(iso) = cfg.cdrom {
+                slots.attach_virtio(VirtioPciIds::SCSI, Vioscsi::new(iso, "cd0"))?;
             }
             Ok(())
         })?;

@@ -14,6 +14,7 @@
 pub mod blk;
 pub mod queue;
 pub mod rng;
+pub mod scsi;
 pub mod transport;
 pub mod vmmci;
 

@@ -92,6 +92,19 @@ impl VirtioPciIds {
         subclass: PCI_SUBCLASS_MASS_STORAGE_SCSI,
         subsys_id: PCI_PRODUCT_VIRTIO_BLOCK,
     };
+    /// vionet: class system/misc, as vmd codes it.
+    pub const NET: VirtioPciIds = VirtioPciIds {
+        device: PCI_PRODUCT_QUMRANET_VIO1_NET,
+        class: PCI_CLASS_SYSTEM,
+        subclass: PCI_SUBCLASS_SYSTEM_MISC,
+        subsys_id: PCI_PRODUCT_VIRTIO_NETWORK,
+    };
+    pub const SCSI: VirtioPciIds = VirtioPciIds {
+        device: PCI_PRODUCT_QUMRANET_VIO1_SCSI,
+        class: PCI_CLASS_MASS_STORAGE,
+        subclass: PCI_SUBCLASS_MASS_STORAGE_SCSI,
+        subsys_id: PCI_PRODUCT_VIRTIO_SCSI,
+    };
 
     pub fn pci_config(&self) -> PciDeviceConfig {
         PciDeviceConfig {

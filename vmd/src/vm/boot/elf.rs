@@ -145,6 +145,14 @@ impl<'a> Elf<'a> {
         } else {
             (rd(self.b, 28, 4)?, rd(self.b, 42, 2)?, rd(self.b, 44, 2)?)
         };
+        // A shorter entry would make the headers overlap: with 0, one
+        // PT_LOAD counts e_phnum times (found by fuzz/).
+        let min = if self.is64 { 56 } else { 32 };
+        if num > 0 && ent < min {
+            return Err(LoadError::Format(format!(
+                "ELF program header size {ent} is below {min}"
+            )));
+        }
         (0..num)
             .map(|i| {
                 let p = off + i * ent;
@@ -227,6 +235,15 @@ pub fn load(
 ) -> Result<vcpu_reg_state, LoadError> {
     let elf = Elf::parse(image)?;
     let mut end = 0u64;
+    // Each segment is written whole, its zeros too: segments adding up to
+    // more than the guest's memory are refused before up to 65535 of
+    // them, each in guest memory, have the loader write gigabytes.
+    let budget: u64 = ranges
+        .iter()
+        .filter(|r| r.vmr_type != VM_MEM_MMIO as i32)
+        .map(|r| r.vmr_size as u64)
+        .sum();
+    let mut loaded = 0u64;
     for ph in elf.phdrs()? {
         let dst = ph.paddr & 0x0FFF_FFFF;
         // p_memsz is the file's word: the segment must lie in guest
@@ -242,6 +259,18 @@ pub fn load(
                     ))
                 })
         };
+        if ph.ty == PT_LOAD || ph.ty == PT_OPENBSD_RANDOMIZE {
+            // One segment too big on its own says so.
+            in_memory()?;
+            loaded = loaded.saturating_add(ph.memsz);
+            if loaded > budget {
+                return Err(LoadError::Size {
+                    what: "ELF segments",
+                    size: usize::try_from(loaded).unwrap_or(usize::MAX),
+                    limit: usize::try_from(budget).unwrap_or(usize::MAX),
+                });
+            }
+        }
         if ph.ty == PT_OPENBSD_RANDOMIZE {
             let mut rnd = vec![0u8; in_memory()?];
             random_bytes(&mut rnd);
@@ -531,6 +560,55 @@ mod tests {
         f.extend_from_slice(&b);
         f.extend_from_slice(&c);
         f
+    }
+
+    /// Found by fuzz/ (target `boot`): e_phentsize 0 makes all 52852
+    /// program headers the same PT_LOAD of 256 KiB, and the loader zeroed
+    /// 13 GB of guest memory (a 10 s hang, and far more with bigger
+    /// segments).  A program header entry shorter than Elf64_Phdr is
+    /// refused.
+    #[test]
+    fn fuzz_zero_phentsize_is_refused() {
+        let (mem, ranges) = test_guest(64 * MB);
+        let image: &[u8] = &[
+            0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x02, 0x00, 0x3e, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x01,
+            0x00, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x74, 0xce, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x6d, 0x00, 0x00, 0x27, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0xec, 0xec, 0xec, 0xec, 0x90, 0x90, 0x00, 0x00, 0x00,
+        ];
+        let e = load(&mem, &ranges, image, &BootOptions::default()).unwrap_err();
+        assert!(
+            e.to_string().contains("program header size 0 is below 56"),
+            "{e}"
+        );
+    }
+
+    /// The same hang with well-formed headers: many PT_LOADs, each in
+    /// guest memory, that add up to far more than the guest has.  The
+    /// loader refuses segments whose sizes add up past guest memory.
+    #[test]
+    fn segments_adding_up_past_guest_memory_are_refused() {
+        let (mem, ranges) = test_guest(64 * MB);
+        let mut elf = tiny_elf64(&[0xf4], 0xffff_ffff_8100_1000, 0x0100_1000);
+        // 4096 copies of one 32 MiB segment: 128 GiB of zeros to write.
+        let n = 4096u16;
+        let phoff = elf.len() as u64;
+        let mut ph = vec![0u8; 56];
+        ph[0..4].copy_from_slice(&PT_LOAD.to_le_bytes());
+        ph[24..32].copy_from_slice(&MB.to_le_bytes());
+        ph[40..48].copy_from_slice(&(32 * MB).to_le_bytes());
+        for _ in 0..n {
+            elf.extend_from_slice(&ph);
+        }
+        elf[32..40].copy_from_slice(&phoff.to_le_bytes());
+        elf[56..58].copy_from_slice(&n.to_le_bytes());
+        let e = load(&mem, &ranges, &elf, &BootOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("ELF segments"), "{e}");
     }
 
     #[test]
