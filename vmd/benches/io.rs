@@ -1,9 +1,12 @@
 //! `make bench-io`: the test guest's block benchmark (random 4 KiB reads
 //! and writes at queue depth 8, sequential 1 MiB reads at depth 4) under
 //! our VM and, with the same boot disk and guest, under QEMU (`-enable-kvm`,
-//! modern virtio-blk-pci), on a raw and on a qcow2 image.  Prints, for
-//! each format, one `key=value` per line: the median over `BENCH_ROUNDS`
-//! rounds (default 5) of each figure and the ratio ours/QEMU.
+//! modern virtio-blk-pci), on a raw and on a qcow2 image.  Ours is vioblk
+//! in its own device process, as the daemon runs it (`_ours`), and inside
+//! the VM process (`_ours_inprocess`, `VMD_INPROCESS_DEVICES`).  Prints,
+//! for each format, one `key=value` per line: the median over
+//! `BENCH_ROUNDS` rounds (default 5) of each figure and the ratio
+//! ours/QEMU.
 //!
 //! Needs /dev/kvm, Debian's seabios, qemu-system-x86 and qemu-utils, and
 //! the test guest (`make testguest`); it says which is missing and exits 1.
@@ -19,7 +22,10 @@ use std::time::{Duration, Instant};
 use support::Console;
 use testguest_support::{missing_guest, missing_qemu, qemu_devices, write_boot_disk};
 use testguest_support::{Qemu, TempFile};
+use vmd::vm::devproc::{DeviceProcesses, DiskFiles};
 use vmd::vm::machine::{BootImage, Machine, VmConfig};
+use vmd_proto::config::DiskFormat;
+use vmd_proto::msg::VmDisk;
 
 const MB: u64 = 1 << 20;
 const DISK: u64 = 96 * MB;
@@ -49,13 +55,12 @@ fn figure(text: &str, name: &str, unit: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("bad {unit} in {line:?}"))
 }
 
-fn run_ours(image: &Path, format: vmd_disk::Format) -> Result<String, String> {
+fn run_ours(image: &Path, format: vmd_disk::Format, devproc: bool) -> Result<String, String> {
     let bios = std::fs::read(support::bios_path()).map_err(|e| e.to_string())?;
-    let disk =
-        vmd_disk::open(image.to_str().unwrap(), Some(format), true).map_err(|e| e.to_string())?;
+    let path = image.to_str().ok_or("image path not UTF-8")?;
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open().map_err(|e| e.to_string())?);
-    let cfg = VmConfig {
+    let mut cfg = VmConfig {
         name: "bench-io".into(),
         memory: 128 * MB,
         boot: BootImage::Bios(bios),
@@ -63,11 +68,37 @@ fn run_ours(image: &Path, format: vmd_disk::Format) -> Result<String, String> {
         console_in: None,
         flavour: None,
         boot_device: Default::default(),
-        disks: vec![disk],
+        disks: Vec::new(),
         disk_files: Vec::new(),
         devices: None,
         cdrom: None,
     };
+    if devproc {
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(image)
+            .map_err(|e| format!("{path}: {e}"))?;
+        cfg.devices = Some(DeviceProcesses {
+            exe: env!("CARGO_BIN_EXE_vmd").into(),
+            vmm_fd: vmm_sys::Vmm::open_device().map_err(|e| e.to_string())?,
+            flags: Vec::new(),
+            one_way_kicks: true,
+        });
+        cfg.disk_files = vec![DiskFiles {
+            disk: VmDisk {
+                path: path.into(),
+                format: match format {
+                    vmd_disk::Format::Qcow2 => DiskFormat::Qcow2,
+                    _ => DiskFormat::Raw,
+                },
+                bases: 0,
+            },
+            files: vec![file.into()],
+        }];
+    } else {
+        cfg.disks = vec![vmd_disk::open(path, Some(format), true).map_err(|e| e.to_string())?];
+    }
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();
     let runner = std::thread::spawn(move || machine.run());
@@ -138,35 +169,33 @@ fn bench() -> Result<(), String> {
         ("raw", &raw, vmd_disk::Format::Raw),
         ("qcow2", &qcow2, vmd_disk::Format::Qcow2),
     ] {
-        let mut ours: Vec<Vec<f64>> = vec![Vec::new(); FIGURES.len()];
-        let mut qemu: Vec<Vec<f64>> = vec![Vec::new(); FIGURES.len()];
+        // [device process, in-process, QEMU] × figure.
+        let mut got: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); FIGURES.len()]; 3];
         for round in 0..rounds {
-            // Alternate who goes first so drift on a shared host is split.
-            let order: [bool; 2] = if round % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            };
-            for is_ours in order {
+            // Rotate who goes first so drift on a shared host is split.
+            for i in 0..3 {
+                let who = (round + i) % 3;
                 let img = fresh(&base.0, &format!("bench-io-run-{name}"))?;
-                let text = if is_ours {
-                    run_ours(&img.0, format)?
-                } else {
-                    run_qemu(&img.0, name)?
+                let text = match who {
+                    0 => run_ours(&img.0, format, true)?,
+                    1 => run_ours(&img.0, format, false)?,
+                    _ => run_qemu(&img.0, name)?,
                 };
-                let into = if is_ours { &mut ours } else { &mut qemu };
                 for (k, (_, bench, unit)) in FIGURES.iter().enumerate() {
-                    into[k].push(figure(&text, bench, unit)?);
+                    got[who][k].push(figure(&text, bench, unit)?);
                 }
             }
         }
         println!("# {name} image, {rounds} rounds, medians");
         for (k, (key, _, unit)) in FIGURES.iter().enumerate() {
-            let (o, q) = (median(ours[k].clone()), median(qemu[k].clone()));
-            let suffix = if *unit == "iops" { "iops" } else { "mbs" };
-            println!("{key}_{suffix}_ours={o:.0}");
-            println!("{key}_{suffix}_qemu={q:.0}");
-            println!("{key}_ratio={:.3}", o / q.max(1.0));
+            let ours = median(got[0][k].clone());
+            let inproc = median(got[1][k].clone());
+            let qemu = median(got[2][k].clone());
+            println!("{key}_{unit}_ours={ours:.0}");
+            println!("{key}_{unit}_qemu={qemu:.0}");
+            println!("{key}_ratio={:.3}", ours / qemu.max(1.0));
+            println!("{key}_{unit}_ours_inprocess={inproc:.0}");
+            println!("{key}_ratio_inprocess={:.3}", inproc / qemu.max(1.0));
         }
     }
     Ok(())
@@ -181,6 +210,9 @@ fn main() {
         eprintln!("bench-io: cannot run: {why}");
         std::process::exit(1);
     }
+    // The device processes drop to vmd's user; _vmd where it exists, as
+    // the tests choose it.
+    std::env::set_var("VMD_USER", support::daemon::vmd_user());
     if let Err(e) = bench() {
         eprintln!("bench-io: {e}");
         std::process::exit(1);
