@@ -211,46 +211,10 @@ impl DiskImage for MemImage {
     }
 }
 
-/// A 1 MiB disk whose boot sector reads sector 1 with int 13h and prints
-/// it on COM1 (or "E" if the read fails).
+/// A 1 MiB disk whose boot sector prints sector 1 (SECTOR1) read through
+/// int 13h.
 fn boot_disk() -> Result<Vec<u8>, Failed> {
-    use iced_x86::code_asm::*;
-    let mut a = CodeAssembler::new(16)?;
-    let mut print = a.create_label();
-    let mut fail = a.create_label();
-    let mut halt = a.create_label();
-    a.cli()?;
-    a.xor(ax, ax)?;
-    a.mov(ds, ax)?;
-    a.mov(es, ax)?;
-    a.mov(ss, ax)?;
-    a.mov(sp, 0x7c00)?;
-    // int 13h AH=02: one sector, cylinder 0, head 0, sector 2, to 0:8000;
-    // DL still holds the boot drive.
-    a.mov(ax, 0x0201)?;
-    a.mov(cx, 0x0002)?;
-    a.mov(dh, 0)?;
-    a.mov(bx, 0x8000)?;
-    a.int(0x13)?;
-    a.jc(fail)?;
-    a.mov(si, 0x8000)?;
-    a.set_label(&mut print)?;
-    a.lodsb()?;
-    a.test(al, al)?;
-    a.jz(halt)?;
-    a.mov(dx, 0x3f8)?;
-    a.out(dx, al)?;
-    a.jmp(print)?;
-    a.set_label(&mut fail)?;
-    a.mov(al, i32::from(b'E'))?;
-    a.mov(dx, 0x3f8)?;
-    a.out(dx, al)?;
-    a.set_label(&mut halt)?;
-    a.hlt()?;
-    a.jmp(halt)?;
-    let mut disk = bootable(&a.assemble(0x7c00)?)?;
-    disk[512..512 + SECTOR1.len()].copy_from_slice(SECTOR1.as_bytes());
-    Ok(disk)
+    support::int13_boot_disk(SECTOR1)
 }
 
 /// A 1 MiB disk with `code` as its boot sector.

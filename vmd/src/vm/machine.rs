@@ -322,30 +322,16 @@ impl Machine {
         }
         // A guest access that moves a device's deadline, or drains COM1's
         // receive register, wakes the event thread (vmd's pipe messages).
-        let w = events.waker();
-        platform
-            .pit
-            .lock()
-            .unwrap()
-            .set_reschedule_notify(move || w.wake());
-        let w = events.waker();
-        platform
-            .rtc
-            .lock()
-            .unwrap()
-            .set_reschedule_notify(move || w.wake());
-        let w = events.waker();
-        platform
-            .com
-            .lock()
-            .unwrap()
-            .set_reschedule_notify(move || w.wake());
-        let w = events.waker();
-        platform
-            .com
-            .lock()
-            .unwrap()
-            .set_rx_notify(Box::new(move || w.wake()));
+        let wake = || {
+            let w = events.waker();
+            move || w.wake()
+        };
+        platform.pit.lock().unwrap().set_reschedule_notify(wake());
+        platform.rtc.lock().unwrap().set_reschedule_notify(wake());
+        let mut com = platform.com.lock().unwrap();
+        com.set_reschedule_notify(wake());
+        com.set_rx_notify(Box::new(wake()));
+        drop(com);
         // vmmci: a moved ack timeout wakes the event thread, and an
         // expired one ends the VM (vmd's vm_shutdown).
         {
