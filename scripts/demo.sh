@@ -70,7 +70,10 @@ step "vmd -d -f vm.conf   (VMD_SOCKET=$VMD_SOCKET VMD_USER=$user)"
 "$vmd" -d -f "$tmp/vm.conf" 2> "$tmp/vmd.log" &
 vmd_pid=$!
 i=0
-until "$vmctl" status demo 2>/dev/null | grep -q ' running demo$'; do
+# Running, with its process and tty: vmd marks a VM running when it asks
+# for it, and learns the pid and tty once the VM process answers.
+until "$vmctl" status demo 2>/dev/null |
+	awk '$NF == "demo" && $(NF-1) == "running" && $2 != "-" && $6 != "-" { ok = 1 } END { exit !ok }'; do
 	if ! kill -0 "$vmd_pid" 2>/dev/null; then
 		cat "$tmp/vmd.log" >&2
 		vmd_pid=
