@@ -72,6 +72,7 @@ fn run_ours(image: &Path, format: vmd_disk::Format, devproc: bool) -> Result<Str
         disk_files: Vec::new(),
         devices: None,
         cdrom: None,
+        cdrom_file: None,
     };
     if devproc {
         let file = std::fs::File::options()

@@ -113,6 +113,7 @@ fn run_vm(
         disk_files: Vec::new(),
         devices: None,
         cdrom: None,
+        cdrom_file: None,
     };
     let mut machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     if let Some((base, len, dev)) = dev {

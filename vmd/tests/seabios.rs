@@ -34,6 +34,7 @@ fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
         disk_files: Vec::new(),
         devices: None,
         cdrom: None,
+        cdrom_file: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -84,6 +85,7 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
         disk_files: Vec::new(),
         devices: None,
         cdrom: None,
+        cdrom_file: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -147,6 +149,7 @@ fn graceful_stop_without_vmmci() -> Result<(), Failed> {
         disk_files: Vec::new(),
         devices: None,
         cdrom: None,
+        cdrom_file: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -325,6 +328,7 @@ fn graceful_stop_with_vmmci(answer: bool) -> Result<(), Failed> {
         disk_files: Vec::new(),
         devices: None,
         cdrom: None,
+        cdrom_file: None,
         boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg)?;
@@ -427,6 +431,7 @@ fn boot_from_vioblk(boot_device: BootDevice) -> Result<String, Failed> {
         disk_files: Vec::new(),
         devices: None,
         cdrom: None,
+        cdrom_file: None,
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();

@@ -43,6 +43,7 @@ fn boot_elf_in_vmd() -> Result<String, Failed> {
         disk_files: Vec::new(),
         devices: None,
         cdrom: None,
+        cdrom_file: None,
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();
@@ -554,6 +555,7 @@ fn vmd_kill_device_process_mid_write_stream() -> Result<(), Failed> {
                 one_way_kicks: true,
             }),
             cdrom: None,
+            cdrom_file: None,
         };
         let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
         let control = machine.control();
@@ -699,6 +701,7 @@ fn vmd_rng_blk_hostile() -> Result<(), Failed> {
         disk_files: Vec::new(),
         devices: None,
         cdrom: None,
+        cdrom_file: None,
         boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
@@ -795,6 +798,7 @@ fn vmd_vmmci_stop(answer: bool) -> Result<(), Failed> {
         disk_files: Vec::new(),
         devices: None,
         cdrom: None,
+        cdrom_file: None,
         boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
@@ -887,6 +891,7 @@ fn bench_run(elf: &[u8], script: &str, devproc: Option<bool>) -> Result<String, 
         disk_files: Vec::new(),
         devices: None,
         cdrom: None,
+        cdrom_file: None,
     };
     let path = disk.0.display().to_string();
     if let Some(one_way_kicks) = devproc {

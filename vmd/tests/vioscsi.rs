@@ -326,6 +326,7 @@ fn seabios_boots_eltorito_iso() -> Result<(), Failed> {
                 disk_files: Vec::new(),
                 devices: None,
                 cdrom: Some(Box::new(MemImage(iso.clone()))),
+                cdrom_file: None,
                 boot_device: BootDevice::Cdrom,
             },
             "eltorito: done",
@@ -447,6 +448,27 @@ fn daemon_boots_eltorito_cdrom() -> Result<(), Failed> {
         if got != want {
             return Err(format!("console\n got: {got:#?}\nwant: {want:#?}\n{text}").into());
         }
+        // Served by a vioscsi device process (`vmd -X ... -t s`), a child
+        // of the VM process, where /proc shows it.
+        if cfg!(target_os = "linux") {
+            let vm = started.pid.to_string();
+            let scsi = std::fs::read_dir("/proc")?
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .any(|pid| {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    let ppid = stat
+                        .rsplit_once(") ")
+                        .and_then(|(_, r)| r.split(' ').nth(1));
+                    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+                    ppid == Some(vm.as_str())
+                        && args.windows(2).any(|w| w[0] == b"-t" && w[1] == b"s")
+                });
+            if !scsi {
+                return Err(format!("vm process {vm} has no vioscsi device process").into());
+            }
+        }
         Ok(())
     })();
     let stopped = daemon::stop(&mut vmd);
@@ -496,6 +518,7 @@ fn testguest_scsi_same_as_qemu() -> Result<(), Failed> {
             disk_files: Vec::new(),
             devices: None,
             cdrom: Some(Box::new(MemImage(data.clone()))),
+            cdrom_file: None,
             boot_device: BootDevice::Disk,
         },
         "done",

@@ -105,6 +105,7 @@ fn main() {
         disk_files: Vec::new(),
         devices: None,
         cdrom: None,
+        cdrom_file: None,
     };
     let vmm = match vmm_sys::Vmm::open() {
         Ok(v) => Arc::new(v),

@@ -13,6 +13,7 @@ use nix::unistd::User;
 use super::args::Args;
 use super::{disks, logging, privsep};
 use crate::devices::virtio::blk::Vioblk;
+use crate::devices::virtio::scsi::Vioscsi;
 use crate::vm::devproc::{device, proxy::kind_name, DevProcError, DevSetup, IMSG_DEVOP_SETUP};
 use crate::vm::guest_memory::VmMemory;
 use vmd_proto::msg::{DiskFd, VmDisk};
@@ -101,6 +102,22 @@ fn run(kind: char, user: &User) -> Result<(), DevProcError> {
                 .pop()
                 .ok_or_else(|| setup_err("no disk"))?;
             device::serve(Vioblk::new(image, ""), setup.irq, mem, sync, async_sock)
+        }
+        's' => {
+            // The ISO, opened read-only by the parent.
+            let fd = files
+                .into_iter()
+                .next()
+                .ok_or_else(|| setup_err("no cdrom"))?;
+            let iso = vmd_disk::Raw::open(std::fs::File::from(fd), "cdrom", false)
+                .map_err(|e| setup_err(e.to_string()))?;
+            device::serve(
+                Vioscsi::new(Box::new(iso), "cd0"),
+                setup.irq,
+                mem,
+                sync,
+                async_sock,
+            )
         }
         other => Err(setup_err(format!(
             "device type {other} has no device process"

@@ -157,11 +157,14 @@ pub fn main(args: &Args, user: &User) -> i32 {
         }
     };
     // The ISO, opened read-only by the parent: a raw image vioscsi reads
-    // in 2048-byte blocks.
-    let cdrom: Option<Box<dyn DiskImage>> = match cdrom {
-        None => None,
+    // in 2048-byte blocks, in its own device process (era B's vioscsi
+    // was in the VM process; 2026's has its own) unless
+    // VMD_INPROCESS_DEVICES keeps it here.
+    let (cdrom, cdrom_file): (Option<Box<dyn DiskImage>>, _) = match cdrom {
+        None => (None, None),
+        Some(fd) if !in_process => (None, Some(fd)),
         Some(fd) => match vmd_disk::Raw::open(File::from(fd), "cdrom", false) {
-            Ok(r) => Some(Box::new(r)),
+            Ok(r) => (Some(Box::new(r)), None),
             Err(e) => {
                 return fail(
                     &mut chan,
@@ -221,6 +224,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
             disk_files,
             devices,
             cdrom,
+            cdrom_file,
         },
     ) {
         Ok(m) => m,

@@ -64,9 +64,11 @@ pub struct VmConfig {
     /// How to start device processes; None: no device processes.
     pub devices: Option<DeviceProcesses>,
     /// The ISO served by vioscsi as a CD-ROM (2048-byte blocks, read
-    /// only), in the slot after the disks; inside this process until
-    /// vioscsi has its device process.
+    /// only) inside this process, in the slot after the disks.
     pub cdrom: Option<Box<dyn DiskImage>>,
+    /// The ISO's descriptor, for a vioscsi device process (`vmd -X -t s`)
+    /// in the slot after the disks; needs `devices`.
+    pub cdrom_file: Option<OwnedFd>,
 }
 
 /// How a VM ended without error.
@@ -271,7 +273,7 @@ impl Machine {
                 waker.wake();
             })
         };
-        let (disk_files, devices) = (cfg.disk_files, cfg.devices);
+        let (disk_files, devices, cdrom_file) = (cfg.disk_files, cfg.devices, cfg.cdrom_file);
         let platform = Platform::build(platform_cfg, |slots| {
             // vmd's order (reference §4.3): disks, then the cdrom.
             for image in cfg.disks {
@@ -309,6 +311,30 @@ impl Machine {
             }
             if let Some(iso) = cfg.cdrom {
                 slots.attach_virtio(VirtioPciIds::SCSI, Vioscsi::new(iso, "cd0"))?;
+            } else if let Some(fd) = cdrom_file {
+                let dev = devices.as_ref().ok_or_else(|| {
+                    PlatformError::Device("a cdrom file without device processes".into())
+                })?;
+                let pid = attach_device_process(
+                    slots,
+                    &DeviceSpec {
+                        vmm: &vmm,
+                        vm_id: id,
+                        vm_name: &cfg.name,
+                        ranges,
+                        dev,
+                        on_death: &on_death,
+                    },
+                    VirtioPciIds::SCSI,
+                    's',
+                    Vec::new(),
+                    vec![fd],
+                )
+                .map_err(|e| match e {
+                    PlatformError::Device(m) => PlatformError::Device(format!("vioscsi: {m}")),
+                    e => e,
+                })?;
+                log::debug!("vioscsi: device process {pid}");
             }
             Ok(())
         })?;
