@@ -364,6 +364,82 @@ fn qemu_kill_mid_write_stream() -> Result<(), Failed> {
     }
 }
 
+/// Rounds of the crash tests (`VMD_CRASH_ROUNDS`, default 4).
+fn crash_rounds() -> u64 {
+    std::env::var("VMD_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4)
+}
+
+/// The next of a seeded series of kill points (xorshift), and the image
+/// format of `round`: qcow2 and raw in turn.
+fn crash_point(seed: &mut u64, round: u64) -> (u64, &'static str) {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    (
+        5 + *seed % 300,
+        if round.is_multiple_of(2) {
+            "qcow2"
+        } else {
+            "raw"
+        },
+    )
+}
+
+/// A fresh image of `format` holding `disk`, named after `tag`.
+fn crash_image(disk: &[u8], format: &str, tag: &str) -> Result<TempFile, Failed> {
+    let src = TempFile::new(&format!("{tag}-src"));
+    std::fs::write(&src.0, disk).map_err(|e| format!("{}: {e}", src.0.display()))?;
+    let img = TempFile::new(&format!("{tag}-{format}"));
+    if format == "qcow2" {
+        let p = |t: &TempFile| t.0.display().to_string();
+        qemu_img(&["convert", "-f", "raw", "-O", "qcow2", &p(&src), &p(&img)])?;
+    } else {
+        std::fs::copy(&src.0, &img.0).map_err(|e| format!("copy: {e}"))?;
+    }
+    Ok(img)
+}
+
+/// After a kill mid `blk-write-stream 2M 3000 flush`: every write the
+/// transcript says completed reads back with qemu-io, and a qcow2 image
+/// passes `qemu-img check` (exit 0 clean, 3 leaks only; 2 is corruption).
+fn check_after_crash(text: &str, img: &TempFile, format: &str, round: u64) -> Result<(), Failed> {
+    let last = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("blk-write-stream: wrote "))
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .max()
+        .ok_or("no completed writes")?;
+    if last >= 2999 {
+        return Err(format!("round {round}: not killed midway").into());
+    }
+    let cmds: Vec<String> = (0..=last)
+        .map(|i| {
+            let byte = (i % 251) as u8 + 1;
+            format!("read -P 0x{byte:02x} {} 4k", 2 * MB + 4096 * i)
+        })
+        .collect();
+    qemu_io_cmds(&img.0, format, &cmds)
+        .map_err(|e| format!("round {round} ({format}, killed after {last}): {e}"))?;
+    if format == "qcow2" {
+        let check = std::process::Command::new("qemu-img")
+            .args(["check", &img.0.display().to_string()])
+            .output()
+            .map_err(|e| format!("qemu-img check: {e}"))?;
+        if !matches!(check.status.code(), Some(0) | Some(3)) {
+            return Err(format!(
+                "round {round}: qemu-img check exit {:?}: {}",
+                check.status.code(),
+                String::from_utf8_lossy(&check.stdout)
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// Crash consistency of our vioblk on vmd-disk: the VM process (vmrun)
 /// is killed with SIGKILL in the middle of a stream of flushed 4 KiB
 /// writes, at a seeded point, several times on a raw and a qcow2 image
@@ -371,28 +447,14 @@ fn qemu_kill_mid_write_stream() -> Result<(), Failed> {
 /// reads back with qemu-io, and `qemu-img check` finds no corruption
 /// (leaked clusters are allowed, as with QEMU).
 fn vmd_kill_mid_write_stream() -> Result<(), Failed> {
-    let rounds: u64 = std::env::var("VMD_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+    let rounds = crash_rounds();
     let elf = std::fs::read(elf_path()).map_err(|e| format!("{}: {e}", elf_path().display()))?;
     let disk = boot_disk(&elf, "blk-write-stream 2M 3000 flush\n", 32 * MB)?;
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for round in 0..rounds {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let kill_after = 5 + seed % 300;
-        let format = if round % 2 == 0 { "qcow2" } else { "raw" };
-        let raw = TempFile::new(&format!("crash-src-{round}"));
-        std::fs::write(&raw.0, &disk).map_err(|e| format!("{}: {e}", raw.0.display()))?;
-        let img = TempFile::new(&format!("crash-{format}-{round}"));
+        let (kill_after, format) = crash_point(&mut seed, round);
+        let img = crash_image(&disk, format, &format!("crash-{round}"))?;
         let p = |t: &TempFile| t.0.display().to_string();
-        if format == "qcow2" {
-            qemu_img(&["convert", "-f", "raw", "-O", "qcow2", &p(&raw), &p(&img)])?;
-        } else {
-            std::fs::copy(&raw.0, &img.0).map_err(|e| format!("copy: {e}"))?;
-        }
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vmrun"))
             .args(["-m", "64M", "-t", "120", "-b"])
             .arg(support::bios_path())
@@ -437,38 +499,7 @@ fn vmd_kill_mid_write_stream() -> Result<(), Failed> {
         let _ = child.wait();
         let _ = reader.join();
         let text = lines.lock().unwrap().clone();
-        let last = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("blk-write-stream: wrote "))
-            .filter_map(|n| n.trim().parse::<u64>().ok())
-            .max()
-            .ok_or("no completed writes")?;
-        if last >= 2999 {
-            return Err(format!("round {round}: the VM was not killed midway").into());
-        }
-        let cmds: Vec<String> = (0..=last)
-            .map(|i| {
-                let byte = (i % 251) as u8 + 1;
-                format!("read -P 0x{byte:02x} {} 4k", 2 * MB + 4096 * i)
-            })
-            .collect();
-        qemu_io_cmds(&img.0, format, &cmds)
-            .map_err(|e| format!("round {round} ({format}, killed after {last}): {e}"))?;
-        if format == "qcow2" {
-            // 0: clean, 3: leaked clusters only; 2 would be corruption.
-            let check = std::process::Command::new("qemu-img")
-                .args(["check", &p(&img)])
-                .output()
-                .map_err(|e| format!("qemu-img check: {e}"))?;
-            if !matches!(check.status.code(), Some(0) | Some(3)) {
-                return Err(format!(
-                    "round {round}: qemu-img check exit {:?}: {}",
-                    check.status.code(),
-                    String::from_utf8_lossy(&check.stdout)
-                )
-                .into());
-            }
-        }
+        check_after_crash(&text, &img, format, round)?;
     }
     Ok(())
 }
@@ -498,29 +529,15 @@ fn device_processes() -> Vec<i32> {
 /// the VM ends with an error, every write the guest saw complete reads
 /// back with qemu-io and `qemu-img check` finds no corruption.
 fn vmd_kill_device_process_mid_write_stream() -> Result<(), Failed> {
-    let rounds: u64 = std::env::var("VMD_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+    let rounds = crash_rounds();
     let elf = std::fs::read(elf_path()).map_err(|e| format!("{}: {e}", elf_path().display()))?;
     let disk = boot_disk(&elf, "blk-write-stream 2M 3000 flush\n", 32 * MB)?;
     let bios = std::fs::read(support::bios_path())?;
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for round in 0..rounds {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let kill_after = 5 + seed % 300;
-        let format = if round % 2 == 0 { "qcow2" } else { "raw" };
-        let src = TempFile::new(&format!("devkill-src-{round}"));
-        std::fs::write(&src.0, &disk).map_err(|e| format!("{}: {e}", src.0.display()))?;
-        let img = TempFile::new(&format!("devkill-{format}-{round}"));
+        let (kill_after, format) = crash_point(&mut seed, round);
+        let img = crash_image(&disk, format, &format!("devkill-{round}"))?;
         let p = |t: &TempFile| t.0.display().to_string();
-        if format == "qcow2" {
-            qemu_img(&["convert", "-f", "raw", "-O", "qcow2", &p(&src), &p(&img)])?;
-        } else {
-            std::fs::copy(&src.0, &img.0).map_err(|e| format!("copy: {e}"))?;
-        }
         let file = std::fs::File::options()
             .read(true)
             .write(true)
@@ -592,38 +609,7 @@ fn vmd_kill_device_process_mid_write_stream() -> Result<(), Failed> {
         if outcome.is_ok() {
             return Err(format!("round {round}: the VM carried on without its disk").into());
         }
-        let text = console.text();
-        let last = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("blk-write-stream: wrote "))
-            .filter_map(|n| n.trim().parse::<u64>().ok())
-            .max()
-            .ok_or("no completed writes")?;
-        if last >= 2999 {
-            return Err(format!("round {round}: the device was not killed midway").into());
-        }
-        let cmds: Vec<String> = (0..=last)
-            .map(|i| {
-                let byte = (i % 251) as u8 + 1;
-                format!("read -P 0x{byte:02x} {} 4k", 2 * MB + 4096 * i)
-            })
-            .collect();
-        qemu_io_cmds(&img.0, format, &cmds)
-            .map_err(|e| format!("round {round} ({format}, killed after {last}): {e}"))?;
-        if format == "qcow2" {
-            let check = std::process::Command::new("qemu-img")
-                .args(["check", &p(&img)])
-                .output()
-                .map_err(|e| format!("qemu-img check: {e}"))?;
-            if !matches!(check.status.code(), Some(0) | Some(3)) {
-                return Err(format!(
-                    "round {round}: qemu-img check exit {:?}: {}",
-                    check.status.code(),
-                    String::from_utf8_lossy(&check.stdout)
-                )
-                .into());
-            }
-        }
+        check_after_crash(&console.text(), &img, format, round)?;
     }
     Ok(())
 }
