@@ -20,6 +20,14 @@
 //! client address, boot file or relay hops.  ARP and everything else is
 //! not answered here: it goes to the tap, whose host-side address the
 //! host's kernel answers ARP for.
+//!
+//! Where vionet calls it (vionet.c's transmit path): only on a `local`
+//! interface, after the `locked lladdr` source check has passed, with
+//! the frame without its virtio-net header; a reply means the frame is
+//! consumed (not written to the tap) and the reply is queued to the
+//! guest's receive queue; no reply means the frame goes to the tap.
+//! The tap's MAC, once the parent sends it (IMSG_DEVOP_HOSTMAC), goes to
+//! [`LocalServer::set_host_mac`].
 use std::net::Ipv4Addr;
 
 use super::local::LocalLease;
