@@ -56,6 +56,8 @@ struct PendingVm {
     disks: Vec<(DiskFd, OwnedFd)>,
     /// The ISO (START_VM_CDROM).
     cdrom: Option<OwnedFd>,
+    /// The taps (START_VM_IF), by NIC index.
+    ifs: Vec<(u32, OwnedFd)>,
 }
 
 struct Vmm {
@@ -216,6 +218,7 @@ impl Vmm {
                         kernel: r.fds.pop(),
                         disks: Vec::new(),
                         cdrom: None,
+                        ifs: Vec::new(),
                     },
                 );
                 self.last_request = Some(id);
@@ -232,6 +235,13 @@ impl Vmm {
                 match (self.pending.get_mut(&id), r.fds.pop()) {
                     (Some(p), Some(fd)) => p.disks.push((d, fd)),
                     _ => log::warn!("vmm: START_VM_DISK without a request or a descriptor"),
+                }
+            }
+            Message::StartVmIf(index) => {
+                let id = self.last_request.unwrap_or(peerid);
+                match (self.pending.get_mut(&id), r.fds.pop()) {
+                    (Some(p), Some(fd)) => p.ifs.push((index, fd)),
+                    _ => log::warn!("vmm: START_VM_IF without a request or a descriptor"),
                 }
             }
             Message::StartVmEnd => {
@@ -318,6 +328,7 @@ impl Vmm {
             kernel,
             disks,
             cdrom,
+            ifs,
         } = p;
         let id = params.id;
         if self.find(id).is_some() {
@@ -354,6 +365,11 @@ impl Vmm {
             .and_then(|_| {
                 disks.into_iter().try_for_each(|(d, fd)| {
                     events::post(&mut chan, &Message::StartVmDisk(d), NO_PEER, vec![fd])
+                })
+            })
+            .and_then(|_| {
+                ifs.into_iter().try_for_each(|(i, fd)| {
+                    events::post(&mut chan, &Message::StartVmIf(i), NO_PEER, vec![fd])
                 })
             })
             .and_then(|_| {

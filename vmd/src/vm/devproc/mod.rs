@@ -54,10 +54,38 @@ pub struct DiskFiles {
     pub files: Vec<std::os::fd::OwnedFd>,
 }
 
+/// A NIC for a vionet device (process): its tap's descriptor, as the
+/// parent opened it, and what vionet needs to know.
+pub struct NicFiles {
+    pub nic: NicSetup,
+    pub tap: std::os::fd::OwnedFd,
+    /// Served in the VM process (VMD_INPROCESS_DEVICES) rather than by a
+    /// device process of its own.
+    pub in_process: bool,
+}
+
+/// vionet's setup payload (`struct vionet_dev`'s configured part).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicSetup {
+    /// The NIC's index in the VM.
+    pub index: u32,
+    /// The tap's name (`tapN`), for messages.
+    pub ifname: String,
+    pub mac: [u8; 6],
+    /// `locked lladdr`.
+    pub locked: bool,
+    /// `local interface`: vmd answers DHCP on it.
+    pub local: bool,
+}
+
 /// imsg types on the device sockets.
 pub const IMSG_DEVOP_MSG: u32 = 1;
 /// VM → device, once: [`DevSetup`] with the descriptors it lists.
 pub const IMSG_DEVOP_SETUP: u32 = 2;
+/// VM → device on the async channel, no payload: vmd's PAUSE_VM /
+/// UNPAUSE_VM broadcast (a NIC stops and restarts its traffic).
+pub const IMSG_DEVOP_PAUSE: u32 = 3;
+pub const IMSG_DEVOP_UNPAUSE: u32 = 4;
 
 // `enum viodev_msg_type`.
 pub const VIODEV_MSG_INVALID: u8 = 0;
