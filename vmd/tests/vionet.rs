@@ -446,7 +446,10 @@ fn vmd_nics_from_vm_conf(in_process: bool) -> Result<(), Failed> {
             if !devs.is_empty() {
                 return Err(format!("vionet device processes {devs:?} in process mode").into());
             }
-            taps_held(vm_pid)
+            // The device's tap and the receive thread's copy of it.
+            let mut t = taps_held(vm_pid);
+            t.dedup();
+            t
         } else {
             if devs.len() != 3 {
                 return Err(format!("{} vionet device processes, not 3", devs.len()).into());
@@ -495,13 +498,33 @@ fn vmd_nics_from_vm_conf(in_process: bool) -> Result<(), Failed> {
                 return Err(format!("NIC listed as {l:?}").into());
             }
         }
-        // vmctl stop -f: the VM ends, its taps with it.
-        let r = vmd.request(&Message::TerminateVmRequest(VmopId {
+        // vmctl pause / unpause reach the NICs, which go on.
+        let by_id = |flags| VmopId {
             id: info.id,
             name: String::new(),
             uid: 0,
-            flags: VMOP_FORCE,
-        }))?;
+            flags,
+        };
+        for (m, what) in [
+            (Message::PauseVm(by_id(0)), "pause"),
+            (Message::UnpauseVm(by_id(0)), "unpause"),
+        ] {
+            let r = vmd.request(&m)?;
+            let ok = matches!(r.first(),
+                Some(Message::PauseVmResponse(x) | Message::UnpauseVmResponse(x)) if x.result == 0);
+            if !ok {
+                return Err(format!("{what}: {r:?}").into());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        if !in_process && vionet_children(vm_pid).len() != 3 {
+            return Err("a vionet device process died at pause/unpause".into());
+        }
+        if vmd.info("nics")?.is_none_or(|i| i.creator_pid != vm_pid) {
+            return Err("the vm ended at pause/unpause".into());
+        }
+        // vmctl stop -f: the VM ends, its taps with it.
+        let r = vmd.request(&Message::TerminateVmRequest(by_id(VMOP_FORCE)))?;
         if !matches!(r.first(), Some(Message::TerminateVmResponse(res)) if res.result == 0) {
             return Err(format!("stop: {r:?}").into());
         }
