@@ -392,7 +392,8 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Result<(), Fa
     Ok(())
 }
 
-/// vmd with three NICs from vm.conf (two unnamed, one `tap5`, locked
+/// vmd with three NICs from vm.conf (a local one and one from
+/// `interfaces 3`, unnamed, and `tap5`, locked
 /// with its own lladdr), the test guest listing the PCI bus.
 fn vmd_nics_from_vm_conf(in_process: bool) -> Result<(), Failed> {
     in_netns(move || {
@@ -402,7 +403,7 @@ fn vmd_nics_from_vm_conf(in_process: bool) -> Result<(), Failed> {
         testguest_support::write_boot_disk(&disk, "pci\nvmmci-ignore\n", 1 << 20)?;
         let elf = testguest_support::elf_path();
         let conf = format!(
-            "vm \"nics\" {{\n memory 32M\n boot \"{}\"\n disk \"{}\"\n interface\n \
+            "vm \"nics\" {{\n memory 32M\n boot \"{}\"\n disk \"{}\"\n local interface\n \
              interface tap5 {{ locked lladdr fe:e1:bb:d1:aa:bb }}\n interfaces 3\n}}\n",
             elf.display(),
             disk.display()

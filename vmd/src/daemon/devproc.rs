@@ -192,7 +192,7 @@ pub fn vionet(nic: &NicSetup, tap: crate::sys::Tap) -> Vionet {
             .collect::<Vec<_>>()
             .join(":"),
         if nic.locked { " locked" } else { "" },
-        if nic.local { " local" } else { "" }
+        if nic.local.is_some() { " local" } else { "" }
     );
     let dev = Vionet::new(
         VionetConfig {
@@ -201,10 +201,16 @@ pub fn vionet(nic: &NicSetup, tap: crate::sys::Tap) -> Vionet {
         },
         Box::new(tap),
     );
-    if nic.local {
+    if let Some(l) = &nic.local {
         // vmd's DHCP server answers on local interfaces; until it is
         // built in, the guest's requests go to the tap like any frame.
-        log::debug!("vionet{}: local interface without a dhcp server", nic.index);
+        log::debug!(
+            "vionet{}: local interface {}/{} for {}, without a dhcp server",
+            nic.index,
+            l.guest,
+            l.prefixlen,
+            l.vm_name
+        );
     }
     dev
 }

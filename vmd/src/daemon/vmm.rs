@@ -71,6 +71,9 @@ struct Vmm {
     pending: BTreeMap<u32, PendingVm>,
     last_request: Option<u32>,
     vms: Vec<VmProc>,
+    /// The parent's global configuration: VM processes need the local
+    /// prefixes for their local interfaces.
+    global: vmd_proto::config::GlobalConfig,
 }
 
 /// The vmm process; the exit status.
@@ -115,6 +118,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
         pending: BTreeMap::new(),
         last_request: None,
         vms: Vec::new(),
+        global: Default::default(),
     };
     loop {
         let deadline = events::earliest(vmm.vms.iter().map(|v| v.kill_at));
@@ -315,9 +319,9 @@ impl Vmm {
                     }
                 }
             }
-            // The global configuration matters to vmm once VMs have
-            // local interfaces (vionet).
-            Message::Config(_) => {}
+            // Passed on to each VM started from now on (its local
+            // interfaces' addresses).
+            Message::Config(g) => self.global = g,
             other => log::debug!("vmm: unexpected {} from parent", other.imsg_type().name()),
         }
     }
@@ -366,6 +370,14 @@ impl Vmm {
                 disks.into_iter().try_for_each(|(d, fd)| {
                     events::post(&mut chan, &Message::StartVmDisk(d), NO_PEER, vec![fd])
                 })
+            })
+            .and_then(|_| {
+                events::post(
+                    &mut chan,
+                    &Message::Config(self.global.clone()),
+                    NO_PEER,
+                    Vec::new(),
+                )
             })
             .and_then(|_| {
                 ifs.into_iter().try_for_each(|(i, fd)| {

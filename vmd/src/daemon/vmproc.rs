@@ -13,6 +13,7 @@
 //! - vmm → VM: `RECEIVE_VMM_FD`(vmm(4) fd), `START_VM_REQUEST`(create
 //!   params, boot image fd), a `START_VM_DISK`(fd) per file of each
 //!   disk's chain (vioblk builds the image from them), a
+//!   `CONFIG` (the global configuration: local prefixes), a
 //!   `START_VM_IF`(tap fd) per NIC (vionet serves it), then
 //!   `START_VM_END`(pty master fd); VM → vmm:
 //!   `START_VM_RESPONSE` with result 0 once the VM exists, or the errno
@@ -33,7 +34,7 @@ use nix::unistd::User;
 use super::args::{child_flags, Args};
 use super::{logging, privsep, vmfiles};
 use crate::devices::virtio::blk::DiskImage;
-use crate::vm::devproc::{DeviceProcesses, DiskFiles, NicFiles, NicSetup};
+use crate::vm::devproc::{DeviceProcesses, DiskFiles, NicFiles, NicLocal, NicSetup};
 use crate::vm::machine::{BootImage, Control, Machine, Outcome, ShutdownRequest, VmConfig};
 use vmd_proto::msg::{VmopCreateParams, VmopResult, VMD_CDROM_INVALID, VMD_DISK_INVALID};
 use vmd_proto::{ImsgChannel, Message};
@@ -76,6 +77,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
     let mut cdrom = None;
     let mut disk_fds = super::disks::Received::default();
     let mut taps: Vec<(u32, OwnedFd)> = Vec::new();
+    let mut global = vmd_proto::config::GlobalConfig::default();
     let pty = loop {
         match chan.recv() {
             Ok(mut r) => match r.msg {
@@ -88,6 +90,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
                     Some(fd) => disk_fds.add(d, fd),
                     None => logging::fatalx("failed to get disk fd"),
                 },
+                Message::Config(g) => global = g,
                 Message::StartVmIf(i) => match r.fds.pop() {
                     Some(fd) => taps.push((i, fd)),
                     None => logging::fatalx("failed to get tap fd"),
@@ -163,7 +166,10 @@ pub fn main(args: &Args, user: &User) -> i32 {
                 ifname: nic.name.clone().unwrap_or_else(|| "tap".into()),
                 mac: nic.lladdr,
                 locked: nic.locked(),
-                local: nic.local(),
+                local: nic
+                    .local()
+                    .then(|| NicLocal::new(&global, params.id, index as u32, &name))
+                    .flatten(),
             },
             tap,
             in_process,
