@@ -73,6 +73,7 @@ fn run_ours(image: &Path, format: vmd_disk::Format, devproc: bool) -> Result<Str
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     if devproc {
         let file = std::fs::File::options()

@@ -35,6 +35,7 @@ fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -86,6 +87,7 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -150,6 +152,7 @@ fn graceful_stop_without_vmmci() -> Result<(), Failed> {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -329,6 +332,7 @@ fn graceful_stop_with_vmmci(answer: bool) -> Result<(), Failed> {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
         boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg)?;
@@ -432,6 +436,7 @@ fn boot_from_vioblk(boot_device: BootDevice) -> Result<String, Failed> {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();

@@ -266,6 +266,17 @@ impl VirtQueue {
         Ok(Some(DescChain { head, descs }))
     }
 
+    /// Whether the driver has made a chain available that the device has
+    /// not taken yet (without taking it): a NIC reads a frame from its
+    /// port only when it has somewhere to put it.
+    pub fn has_available<M: GuestMemory>(&self, mem: &M) -> bool {
+        self.ready
+            && self
+                .queue
+                .avail_idx(mem, Ordering::Acquire)
+                .is_ok_and(|w| w.0 != self.queue.next_avail())
+    }
+
     /// Returns a chain to the driver with `len` bytes written.
     pub fn add_used<M: GuestMemory>(
         &mut self,

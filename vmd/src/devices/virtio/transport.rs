@@ -17,6 +17,7 @@ use crate::devices::bus::{all_ones, PioDevice};
 use crate::devices::irq::IrqLines;
 use crate::devices::pci::{PciBus, PciDeviceConfig, PciError};
 use crate::vm::guest_memory::VmMemory;
+use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 
@@ -68,6 +69,25 @@ pub trait VirtioDevice: Send {
     ) -> Result<bool, QueueError>;
     /// Device reset (status 0).
     fn reset(&mut self) {}
+    /// Work the device does on its own rather than at a kick (a NIC's
+    /// received frames), over all its queues; returns whether the driver
+    /// should get a queue interrupt.
+    fn process_input(
+        &mut self,
+        _queues: &mut [VirtQueue],
+        _mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
+        Ok(false)
+    }
+    /// The descriptor whose readability means input for
+    /// [`process_input`](Self::process_input) (a NIC's tap), while the
+    /// device has somewhere to put it; None: nothing to wait for now.
+    fn input_fd(&self, _queues: &[VirtQueue], _mem: &GuestMemoryMmap) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    /// vmd's pause/unpause broadcast to devices: a paused device moves no
+    /// data, and keeps what it holds for the unpause.
+    fn set_paused(&mut self, _paused: bool) {}
 }
 
 /// How vmd lists a virtio 1.x device on the PCI bus.
@@ -499,7 +519,50 @@ impl<D: VirtioDevice> VirtioPci<D> {
         match done {
             Ok(true) => self.raise(VIRTIO_CONFIG_ISR_QUEUE),
             Ok(false) => {}
+            Err(e) => return self.set_needs_reset(&e),
+        }
+        // What the kick made possible besides its own queue (a NIC's
+        // answers to what it just sent, frames for new receive buffers).
+        self.input();
+    }
+
+    /// Whether the device waits for input of its own now (see
+    /// [`VirtioDevice::input_fd`]).
+    pub fn wants_input(&self) -> bool {
+        self.input_fd().is_some()
+    }
+
+    fn running(&self) -> bool {
+        self.status & VIRTIO_CONFIG_DEVICE_STATUS_DRIVER_OK != 0 && !self.needs_reset()
+    }
+
+    /// The device's own input is ready (or may be): lets it move what it
+    /// can into its queues, and interrupts the driver if it asked.
+    pub fn input(&mut self) {
+        if !self.running() {
+            return;
+        }
+        match self.dev.process_input(&mut self.queues, self.mem.mmap()) {
+            Ok(true) => self.raise(VIRTIO_CONFIG_ISR_QUEUE),
+            Ok(false) => {}
             Err(e) => self.set_needs_reset(&e),
+        }
+    }
+
+    /// What the device's process should wait on for input, if anything
+    /// now (see [`VirtioDevice::input_fd`]).
+    pub fn input_fd(&self) -> Option<BorrowedFd<'_>> {
+        if !self.running() {
+            return None;
+        }
+        self.dev.input_fd(&self.queues, self.mem.mmap())
+    }
+
+    /// Pause or unpause the device; at unpause it catches up at once.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.dev.set_paused(paused);
+        if !paused {
+            self.input();
         }
     }
 

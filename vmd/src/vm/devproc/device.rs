@@ -94,13 +94,20 @@ pub fn serve<D: VirtioDevice>(
     )?;
     let closed = |e: &DevProcError| matches!(e, DevProcError::Imsg(ImsgError::Closed));
     loop {
-        let ready = crate::event::poll(
-            &[
+        let ready = {
+            let mut fds = vec![
                 (sync.socket().as_fd(), false),
                 (async_rx.socket().as_fd(), false),
-            ],
-            None,
-        );
+            ];
+            // A NIC's tap, while the guest has buffers for what it reads.
+            if let Some(fd) = pci.input_fd() {
+                fds.push((fd, false));
+            }
+            crate::event::poll(&fds, None)
+        };
+        if ready.get(2).is_some_and(|r| r.read) {
+            pci.input();
+        }
         // Kicks first: a kick the VM sent before a register access
         // is in its socket by the time the access is, and is served
         // before it, as it would be in one process.
@@ -108,10 +115,13 @@ pub fn serve<D: VirtioDevice>(
             match drain(&mut async_rx) {
                 Ok(msgs) => {
                     for m in msgs {
-                        match m.type_ {
-                            VIODEV_MSG_KICK => pci.notify(m.data as u16),
-                            VIODEV_MSG_SHUTDOWN => return Ok(()),
-                            t => log::debug!("device: unexpected message {t} on async channel"),
+                        match m {
+                            Incoming::Pause(p) => pci.set_paused(p),
+                            Incoming::Msg(m) => match m.type_ {
+                                VIODEV_MSG_KICK => pci.notify(m.data as u16),
+                                VIODEV_MSG_SHUTDOWN => return Ok(()),
+                                t => log::debug!("device: unexpected message {t} on async channel"),
+                            },
                         }
                     }
                 }
@@ -123,6 +133,10 @@ pub fn serve<D: VirtioDevice>(
             match drain(&mut sync) {
                 Ok(msgs) => {
                     for m in msgs {
+                        let Incoming::Msg(m) = m else {
+                            log::debug!("device: pause on the sync channel");
+                            continue;
+                        };
                         let answer = match m.type_ {
                             VIODEV_MSG_IO_READ | VIODEV_MSG_IO_WRITE => {
                                 *lines.capture.lock().unwrap() = Some(INTR_STATE_NOOP);
@@ -159,15 +173,24 @@ pub fn serve<D: VirtioDevice>(
     }
 }
 
-/// One read, then every complete viodev message.
-fn drain(chan: &mut ImsgChannel) -> Result<Vec<ViodevMsg>, DevProcError> {
+/// What comes in on a device socket.
+enum Incoming {
+    Msg(ViodevMsg),
+    /// IMSG_DEVOP_PAUSE (true) / UNPAUSE (false).
+    Pause(bool),
+}
+
+/// One read, then every complete message.
+fn drain(chan: &mut ImsgChannel) -> Result<Vec<Incoming>, DevProcError> {
     chan.fill()?;
     let mut out = Vec::new();
     while let Some(m) = chan.get()? {
-        if m.type_() != IMSG_DEVOP_MSG {
-            return Err(DevProcError::BadType(m.type_()));
-        }
-        out.push(ViodevMsg::from_bytes(&m.data)?);
+        out.push(match m.type_() {
+            IMSG_DEVOP_MSG => Incoming::Msg(ViodevMsg::from_bytes(&m.data)?),
+            IMSG_DEVOP_PAUSE => Incoming::Pause(true),
+            IMSG_DEVOP_UNPAUSE => Incoming::Pause(false),
+            t => return Err(DevProcError::BadType(t)),
+        });
     }
     Ok(out)
 }

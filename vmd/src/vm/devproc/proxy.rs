@@ -234,6 +234,25 @@ impl Proxy {
         self.kicks
     }
 
+    /// vmd's pause/unpause broadcast to the device process (one way).
+    pub fn set_paused(&mut self, paused: bool) {
+        if self.done.load(Ordering::SeqCst) {
+            return;
+        }
+        let t = if paused {
+            IMSG_DEVOP_PAUSE
+        } else {
+            IMSG_DEVOP_UNPAUSE
+        };
+        let sent = self
+            .async_tx
+            .compose(t, 0, 0, &[], Vec::new())
+            .and_then(|_| self.async_tx.flush());
+        if let Err(e) = sent {
+            self.failed(e.into());
+        }
+    }
+
     fn failed(&mut self, e: DevProcError) {
         if !self.done.swap(true, Ordering::SeqCst) {
             (self.on_death)(format!("{}: device process {}: {e}", self.name, self.pid));
