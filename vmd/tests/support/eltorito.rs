@@ -46,6 +46,17 @@ pub fn boot_sum(data: &[u8]) -> u32 {
 /// uses absolute addresses with DS = 0 and relative jumps, so it runs
 /// wherever it is loaded.
 pub fn boot_program(reads: &[(u32, u16)]) -> Result<Vec<u8>, Failed> {
+    let mut code = sum_program(reads, BLOCK, "eltorito")?;
+    if code.len() > 4 * 512 {
+        return Err(format!("boot program of {} bytes is over 2048", code.len()).into());
+    }
+    code.resize(4 * 512, 0);
+    Ok(code)
+}
+
+/// The program of [`boot_program`] for a drive of `block`-byte blocks,
+/// its lines starting with `tag:`; at most 64 KiB per read.
+pub fn sum_program(reads: &[(u32, u16)], block: usize, tag: &str) -> Result<Vec<u8>, Failed> {
     use iced_x86::code_asm::*;
     let mut a = CodeAssembler::new(16)?;
     let print = |a: &mut CodeAssembler, s: &str| -> Result<(), IcedError> {
@@ -87,12 +98,12 @@ pub fn boot_program(reads: &[(u32, u16)]) -> Result<Vec<u8>, Failed> {
     // The boot drive, kept for each int 13h.
     a.mov(byte_ptr(0x6000), dl)?;
     // On a line of its own: SeaBIOS's "Booting from" has no newline.
-    print(&mut a, "\neltorito: booted\n")?;
+    print(&mut a, &format!("\n{tag}: booted\n"))?;
     for &(lba, count) in reads {
         let mut fail = a.create_label();
         let mut next = a.create_label();
         let mut sum = a.create_label();
-        print(&mut a, &format!("eltorito: lba {lba} count {count}: "))?;
+        print(&mut a, &format!("{tag}: lba {lba} count {count}: "))?;
         // The disk address packet at 0:6010: 16 bytes, count, buffer
         // 1000:0000, LBA.
         a.mov(word_ptr(0x6010), 0x10)?;
@@ -111,7 +122,7 @@ pub fn boot_program(reads: &[(u32, u16)]) -> Result<Vec<u8>, Failed> {
         a.mov(ds, ax)?;
         a.xor(si, si)?;
         a.xor(ebx, ebx)?;
-        a.mov(cx, i32::from(count) * BLOCK as i32)?;
+        a.mov(cx, i32::from(count) * block as i32)?;
         a.set_label(&mut sum)?;
         a.movzx(eax, byte_ptr(si))?;
         a.rol(ebx, 5)?;
@@ -130,18 +141,13 @@ pub fn boot_program(reads: &[(u32, u16)]) -> Result<Vec<u8>, Failed> {
         a.set_label(&mut next)?;
         print(&mut a, "\n")?;
     }
-    print(&mut a, "eltorito: done\n")?;
+    print(&mut a, &format!("{tag}: done\n"))?;
     let mut halt = a.create_label();
     a.cli()?;
     a.set_label(&mut halt)?;
     a.hlt()?;
     a.jmp(halt)?;
-    let mut code = a.assemble(0)?;
-    if code.len() > 4 * 512 {
-        return Err(format!("boot program of {} bytes is over 2048", code.len()).into());
-    }
-    code.resize(4 * 512, 0);
-    Ok(code)
+    Ok(a.assemble(0)?)
 }
 
 pub fn missing_xorriso() -> Option<String> {
@@ -212,20 +218,25 @@ pub fn eltorito_iso(dir: &Path) -> Result<(Vec<u8>, Reads), Failed> {
 /// What the boot program must print for `iso`: the sums of the blocks it
 /// reads, "error" (without SeaBIOS's code) for a read past the end.
 pub fn eltorito_lines(iso: &[u8], reads: &[(u32, u16)]) -> Vec<String> {
-    let mut want = vec!["eltorito: booted".to_string()];
-    let end = (iso.len() / BLOCK) as u32;
+    sum_lines(iso, reads, BLOCK, "eltorito")
+}
+
+/// What [`sum_program`] must print for a drive holding `image`.
+pub fn sum_lines(image: &[u8], reads: &[(u32, u16)], block: usize, tag: &str) -> Vec<String> {
+    let mut want = vec![format!("{tag}: booted")];
+    let end = (image.len() / block) as u32;
     for &(lba, count) in reads {
         let (l, c) = (lba as usize, count as usize);
         want.push(if lba + u32::from(count) <= end {
             format!(
-                "eltorito: lba {lba} count {count}: sum {:08X}",
-                boot_sum(&iso[l * BLOCK..(l + c) * BLOCK])
+                "{tag}: lba {lba} count {count}: sum {:08X}",
+                boot_sum(&image[l * block..(l + c) * block])
             )
         } else {
-            format!("eltorito: lba {lba} count {count}: error")
+            format!("{tag}: lba {lba} count {count}: error")
         });
     }
-    want.push("eltorito: done".into());
+    want.push(format!("{tag}: done"));
     want
 }
 
