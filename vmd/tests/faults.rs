@@ -473,6 +473,48 @@ fn vmd_sigkill() -> Result<(), Failed> {
     d.stop()
 }
 
+/// The vmm process killed with SIGKILL while one of its VM processes is
+/// stopped (SIGSTOP): a stopped process reads no end of file, yet it must
+/// not stay behind as an orphan holding the guest's memory and pty.  The
+/// parent notices it lost vmm and ends; nothing of vmd is left.
+fn vmm_killed_while_a_vm_is_stopped() -> Result<(), Failed> {
+    let dir = Vmd::dir("vmm-kill", 2)?;
+    let _cleanup = TempDir(dir.clone());
+    let conf = vm_block("a", &dir, Some(0), "2M") + &vm_block("b", &dir, Some(1), "2M");
+    let mut d = Vmd::start(&dir, &conf)?;
+    let infos = d.wait_info("both running", 30, |i| {
+        ["a", "b"].iter().all(|n| find(i, n).is_some_and(running))
+    })?;
+    let tree = Procs::scan().tree(d.pid());
+    let stopped = find(&infos, "a").unwrap().creator_pid;
+    kill(Pid::from_raw(stopped), Signal::SIGSTOP)?;
+    let vmm = d.children()?["vmm"];
+    let t = Instant::now();
+    kill(Pid::from_raw(vmm), Signal::SIGKILL)?;
+    let gone = wait_gone(&tree, 20);
+    let _ = kill(Pid::from_raw(stopped), Signal::SIGCONT);
+    if let Err(left) = gone {
+        reap_left(&tree);
+        let _ = d.child.wait();
+        return Err(format!(
+            "SIGKILL of vmm with a stopped VM: {left:?} of {tree:?} left; log:\n{}",
+            d.log_text()
+        )
+        .into());
+    }
+    figure(format!(
+        "SIGKILL of vmm, one VM process stopped: all {} processes gone in {:?}",
+        tree.len(),
+        t.elapsed()
+    ));
+    // vmd.c's way: "lost child", vmd_shutdown, exit 0.
+    d.child.wait()?;
+    if !d.log_text().contains("lost child") {
+        return Err(format!("no 'lost child' in the log:\n{}", d.log_text()).into());
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------
 // 2. VM and device processes killed, stopped or failing, many times.
 
@@ -656,8 +698,9 @@ fn control_load() -> Result<(), Failed> {
         ));
     }
     let mut d = Vmd::start(&dir, &conf)?;
-    // Warm up, then the baseline.
+    // Warm up, then the baseline once the probes' connections are gone.
     probe(&d, 20)?;
+    std::thread::sleep(Duration::from_millis(300));
     let before = daemon_usage(&d)?;
     let one = {
         use std::io::Read;
@@ -794,6 +837,10 @@ fn main() {
     let skip = support::missing_root().or_else(support::missing_vmm);
     let tests = vec![
         Trial::test("faults_vmd_sigkill_ends_its_vms_and_restarts", vmd_sigkill),
+        Trial::test(
+            "faults_vmm_killed_while_a_vm_is_stopped",
+            vmm_killed_while_a_vm_is_stopped,
+        ),
         Trial::test(
             "faults_vm_and_device_process_kill_stop_cycles",
             fault_cycles,
