@@ -15,6 +15,9 @@
 //! halts with interrupts enabled (no CPU time, no SeaBIOS needed), with a
 //! disk so that each VM has its vioblk device process.
 mod support;
+// Its own file, so that the other tests' crates do not compile it.
+#[path = "support/testguest.rs"]
+mod testguest_support;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use nix::sys::signal::{kill, Signal};
@@ -668,6 +671,150 @@ fn fault_cycles() -> Result<(), Failed> {
 }
 
 // ---------------------------------------------------------------------
+// 3. A full disk.
+
+/// A tmpfs of `size` mounted on `dir` (created), unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, Failed> {
+        std::fs::create_dir_all(dir)?;
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "vmd-faults"])
+            .arg(dir)
+            .status()?;
+        if !st.success() {
+            return Err(format!("mount -t tmpfs on {}: {st}", dir.display()).into());
+        }
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The test guest's script for the full-disk test: a stream of flushed
+/// 4 KiB writes from 2 MiB on (block i filled with (i % 251) + 1) until
+/// one fails, then a read of the first block, a rewrite of it (its
+/// space is allocated already: it must still work) and a flush.
+const FULL_SCRIPT: &str = "blk-write-stream 2M 3000 flush\nblk-read-pattern 2M 4096 1\n\
+                           blk-write-pattern 2M 4096 0x5a\nblk-read-pattern 2M 4096 0x5a\nblk-flush\n";
+
+/// ENOSPC under a running VM, on a raw and on a qcow2 image that live on
+/// a tmpfs of 3 MiB while the guest sees a disk of 32 MiB: the guest's
+/// write that does not fit completes with VIRTIO_BLK_S_IOERR (the test
+/// guest prints `ioerr`), the writes before it read back, the space the
+/// image has keeps working, vmd keeps running and answering, and
+/// `qemu-img check` finds the qcow2 image consistent.
+fn disk_full() -> Result<(), Failed> {
+    let dir = Vmd::dir("enospc", 0)?;
+    let _cleanup = TempDir(dir.clone());
+    let elf = testguest_support::elf_path();
+    let script = testguest_support::script_sector(FULL_SCRIPT)?;
+    // The ELF boot reads its script from LBA 1 of the first disk.
+    let src = dir.join("src.img");
+    {
+        let f = std::fs::File::create(&src)?;
+        std::os::unix::fs::FileExt::write_all_at(&f, &script, 512)?;
+        f.set_len(32 << 20)?;
+    }
+    for format in ["raw", "qcow2"] {
+        let fs = Tmpfs::mount(&dir.join(format!("fs-{format}")), "3M")?;
+        let img = fs.0.join(format!("disk.{format}"));
+        testguest_support::qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            format,
+            src.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ])?;
+        let conf = format!(
+            "vm \"full\" {{\n\tmemory 32M\n\tboot \"{}\"\n\tdisk \"{}\" format {format}\n}}\n",
+            elf.display(),
+            img.display()
+        );
+        let mut d = Vmd::start(&dir, &conf)?;
+        let infos = d.wait_info("full running", 30, |i| find(i, "full").is_some_and(running))?;
+        let tty = find(&infos, "full").unwrap().ttyname.clone();
+        let text = daemon::read_tty(&tty, "\ndone")?;
+        // vmd is still there and answers.
+        d.info()?;
+        let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+        let wrote = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("blk-write-stream: wrote "))
+            .filter_map(|n| n.parse::<u64>().ok())
+            .max()
+            .ok_or_else(|| format!("{format}: no write completed:\n{text}"))?;
+        let failed = format!("blk-write-stream: block {}: ioerr", wrote + 1);
+        let want = [
+            failed.as_str(),
+            "blk-read-pattern: off 0x200000 len 0x1000 byte 0x01: ok",
+            "blk-write-pattern: off 0x200000 len 0x1000 byte 0x5a: ok",
+            "blk-read-pattern: off 0x200000 len 0x1000 byte 0x5a: ok",
+            "blk-flush: ok",
+        ];
+        for w in want {
+            if !lines.contains(&w) {
+                return Err(format!("{format}: no {w:?} in the transcript:\n{text}").into());
+            }
+        }
+        figure(format!(
+            "ENOSPC on {format} (3 MiB tmpfs): {} 4 KiB writes completed, then ioerr",
+            wrote + 1
+        ));
+        // The guest halts with interrupts on (it stays running); vmd
+        // stops it and closes the image before it is checked.
+        d.stop()?;
+        // Every completed write reads back (block 0 was rewritten).
+        let copy = dir.join("check.raw");
+        testguest_support::qemu_img(&[
+            "convert",
+            "-f",
+            format,
+            "-O",
+            "raw",
+            img.to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ])?;
+        let data = std::fs::read(&copy)?;
+        std::fs::remove_file(&copy)?;
+        for i in 0..=wrote {
+            let byte = if i == 0 { 0x5a } else { (i % 251) as u8 + 1 };
+            let at = (2 << 20) + 4096 * i as usize;
+            if data[at..at + 4096].iter().any(|b| *b != byte) {
+                return Err(format!("{format}: block {i} does not read back").into());
+            }
+        }
+        if format == "qcow2" {
+            let out = Command::new("qemu-img")
+                .args(["check", img.to_str().unwrap()])
+                .output()?;
+            // 0: clean; 3: leaked clusters only (as QEMU leaves them).
+            if !matches!(out.status.code(), Some(0) | Some(3)) {
+                return Err(format!(
+                    "qemu-img check after ENOSPC: {:?}\n{}",
+                    out.status.code(),
+                    String::from_utf8_lossy(&out.stdout)
+                )
+                .into());
+            }
+            figure(format!(
+                "qemu-img check after ENOSPC: exit {:?}",
+                out.status.code()
+            ));
+        }
+        drop(fs);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------
 // 4. Control socket load.
 
 /// GET_INFO round trips on fresh connections: their latencies.
@@ -845,14 +992,24 @@ fn main() {
             "faults_vm_and_device_process_kill_stop_cycles",
             fault_cycles,
         ),
+        Trial::test("faults_disk_full_raw_and_qcow2", disk_full),
         Trial::test("faults_control_socket_load", control_load),
         Trial::test("faults_many_vms_start_and_stop", many_vms),
     ];
     let tests = tests
         .into_iter()
-        .map(|t| match &skip {
-            Some(why) => t.with_ignored_flag(true).with_kind(why.clone()),
-            None => t,
+        .map(|t| {
+            let why = if t.name() == "faults_disk_full_raw_and_qcow2" {
+                skip.clone()
+                    .or_else(testguest_support::missing_guest)
+                    .or_else(testguest_support::missing_qemu)
+            } else {
+                skip.clone()
+            };
+            match why {
+                Some(why) => t.with_ignored_flag(true).with_kind(why),
+                None => t,
+            }
         })
         .collect();
     libtest_mimic::run(&args, tests).exit();
