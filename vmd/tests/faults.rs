@@ -814,6 +814,83 @@ fn disk_full() -> Result<(), Failed> {
     Ok(())
 }
 
+/// ENOSPC at a qcow2 metadata update: a 4 KiB write at 600 MiB needs a
+/// new L2 table and a data cluster; the data cluster fits in what the
+/// file system has left, the L2 table (written at the FLUSH) does not.
+/// The flush fails with ioerr, the image refuses further requests
+/// (poisoned: its tables are ahead of the file) without taking vmd down,
+/// and the file stays consistent: `qemu-img check` finds at most leaked
+/// clusters and the data written before reads back.
+fn disk_full_at_a_metadata_update() -> Result<(), Failed> {
+    let dir = Vmd::dir("enospc-meta", 0)?;
+    let _cleanup = TempDir(dir.clone());
+    let elf = testguest_support::elf_path();
+    let script = testguest_support::script_sector(
+        "blk-write-pattern 600M 4096 0x77\nblk-flush\nblk-read-pattern 2M 4096 0x33\n",
+    )?;
+    let src = dir.join("src.img");
+    {
+        let f = std::fs::File::create(&src)?;
+        std::os::unix::fs::FileExt::write_all_at(&f, &script, 512)?;
+        std::os::unix::fs::FileExt::write_all_at(&f, &[0x33; 4096], 2 << 20)?;
+        f.set_len(1 << 30)?;
+    }
+    let fs = Tmpfs::mount(&dir.join("fs"), "1M")?;
+    let img = fs.0.join("disk.qcow2");
+    let p = |p: &Path| p.to_str().unwrap().to_string();
+    testguest_support::qemu_img(&["convert", "-f", "raw", "-O", "qcow2", &p(&src), &p(&img)])?;
+    // Leave 96 KiB: one 64 KiB data cluster fits, the L2 table after it
+    // does not.
+    let free = nix::sys::statvfs::statvfs(&fs.0)?;
+    let avail = free.blocks_available() * free.fragment_size();
+    let filler = avail.checked_sub(96 << 10).ok_or("tmpfs too small")?;
+    std::fs::write(fs.0.join("filler"), vec![0xffu8; filler as usize])?;
+    let conf = format!(
+        "vm \"meta\" {{\n\tmemory 32M\n\tboot \"{}\"\n\tdisk \"{}\" format qcow2\n}}\n",
+        elf.display(),
+        img.display()
+    );
+    let mut d = Vmd::start(&dir, &conf)?;
+    let infos = d.wait_info("meta running", 30, |i| find(i, "meta").is_some_and(running))?;
+    let tty = find(&infos, "meta").unwrap().ttyname.clone();
+    let text = daemon::read_tty(&tty, "\ndone")?;
+    d.info()?;
+    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+    for w in [
+        "blk-write-pattern: off 0x25800000 len 0x1000 byte 0x77: ok",
+        "blk-flush: ioerr",
+        "blk-read-pattern: off 0x200000 len 0x1000 byte 0x33: ioerr",
+    ] {
+        if !lines.contains(&w) {
+            return Err(format!("no {w:?} in the transcript:\n{text}").into());
+        }
+    }
+    d.stop()?;
+    let out = Command::new("qemu-img")
+        .args(["check", &p(&img)])
+        .output()?;
+    figure(format!(
+        "ENOSPC at a qcow2 L2 table write-back: flush ioerr, image poisoned; qemu-img check exit {:?}",
+        out.status.code()
+    ));
+    if !matches!(out.status.code(), Some(0) | Some(3)) {
+        return Err(format!(
+            "qemu-img check: {:?}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout)
+        )
+        .into());
+    }
+    let copy = dir.join("check.raw");
+    testguest_support::qemu_img(&["convert", "-f", "qcow2", "-O", "raw", &p(&img), &p(&copy)])?;
+    let data = std::fs::read(&copy)?;
+    if data[2 << 20..(2 << 20) + 4096].iter().any(|b| *b != 0x33) {
+        return Err("the data written before does not read back".into());
+    }
+    drop(fs);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------
 // 4. Control socket load.
 
@@ -993,13 +1070,17 @@ fn main() {
             fault_cycles,
         ),
         Trial::test("faults_disk_full_raw_and_qcow2", disk_full),
+        Trial::test(
+            "faults_disk_full_at_a_qcow2_metadata_update",
+            disk_full_at_a_metadata_update,
+        ),
         Trial::test("faults_control_socket_load", control_load),
         Trial::test("faults_many_vms_start_and_stop", many_vms),
     ];
     let tests = tests
         .into_iter()
         .map(|t| {
-            let why = if t.name() == "faults_disk_full_raw_and_qcow2" {
+            let why = if t.name().starts_with("faults_disk_full") {
                 skip.clone()
                     .or_else(testguest_support::missing_guest)
                     .or_else(testguest_support::missing_qemu)

@@ -47,6 +47,16 @@
 //! metadata and no sync; allocating ones cost two fdatasyncs per FLUSH,
 //! not per request.
 //!
+//! # Failures
+//!
+//! A failed write of guest data (ENOSPC on a full file system, EIO)
+//! fails that request only: no metadata changed, so the image stays
+//! usable.  A failed metadata update (a refcount, an L2 table or entry
+//! at a write-back, an fdatasync) poisons the image: the in-memory
+//! tables may be ahead of the file, so every later request fails until
+//! the disk is opened again, and the file stays consistent by the order
+//! above (at worst leaked clusters).
+//!
 //! # Refused at open
 //!
 //! Encryption, refcount orders other than 4 (16-bit refcounts), unknown
