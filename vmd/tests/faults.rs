@@ -267,6 +267,14 @@ impl Procs {
     }
 }
 
+/// When the node of a pty was made (its ctime), None when there is none.
+fn pty_made(tty: &str) -> Option<(i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(tty)
+        .ok()
+        .map(|m| (m.ctime(), m.ctime_nsec()))
+}
+
 /// Whether a process exists and is not a zombie.
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -418,7 +426,12 @@ fn vmd_sigkill() -> Result<(), Failed> {
         let tree = procs.tree(d.pid());
         let vm_pids: Vec<i32> = infos.iter().map(|i| i.creator_pid).collect();
         let dev_pids: Vec<i32> = vm_pids.iter().flat_map(|p| procs.children(*p)).collect();
-        let ttys: Vec<String> = infos.iter().map(|i| i.ttyname.clone()).collect();
+        // A pty by its name and when its node was made: a test running
+        // beside this one may get the same number once it is free.
+        let ttys: Vec<(String, Option<(i64, i64)>)> = infos
+            .iter()
+            .map(|i| (i.ttyname.clone(), pty_made(&i.ttyname)))
+            .collect();
         if dev_pids.len() != 2 || tree.len() != 1 + 3 + 2 + 2 {
             return Err(format!(
                 "want parent, 3 children, 2 VMs, 2 device processes; tree {tree:?}"
@@ -450,14 +463,18 @@ fn vmd_sigkill() -> Result<(), Failed> {
         ));
         // The slave side of a pty disappears once its master is closed
         // (the kernel releases it from a work queue: soon, not at once).
+        let still = || {
+            ttys.iter()
+                .filter(|(t, made)| made.is_none() || pty_made(t) == *made)
+                .map(|(t, _)| t.clone())
+                .collect::<Vec<_>>()
+        };
         let deadline = Instant::now() + Duration::from_secs(2);
-        while ttys.iter().any(|t| Path::new(t).exists()) && Instant::now() < deadline {
+        while !still().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        for tty in &ttys {
-            if tty.is_empty() || Path::new(tty).exists() {
-                return Err(format!("pty {tty:?} still exists after SIGKILL of {round}").into());
-            }
+        if !still().is_empty() {
+            return Err(format!("ptys {:?} still exist after SIGKILL of {round}", still()).into());
         }
         if !d.socket.exists() {
             return Err("the test wants a stale socket, and there is none".into());
@@ -535,8 +552,8 @@ fn status_rows(text: &str) -> BTreeMap<String, (String, String)> {
 
 /// A VM started by hand (`vmctl start`) through fault after fault: its
 /// process killed, its device process killed (the VM process then exits
-/// with an error), its process stopped with SIGSTOP and continued, and
-/// a graceful stop.  After each, vmd notices, `vmctl status` says so, a
+/// with an error), its process stopped with SIGSTOP and continued, its
+/// device process stopped while the VM is stopped, and a graceful stop.  After each, vmd notices, `vmctl status` says so, a
 /// steady VM from vm.conf is untouched, and a new start works.  After
 /// the cycles, the daemon's processes hold the descriptors and about the
 /// memory they held after the first one, and no pty or memfd is left.
@@ -584,8 +601,8 @@ fn fault_cycles() -> Result<(), Failed> {
         if devs.len() != 1 {
             return Err(format!("cycle {k}: vm process {vm} has children {devs:?}").into());
         }
-        // Four faults in turn; the stop of a minute (full run) once.
-        match k % 4 {
+        // Five faults in turn; the stop of a minute (full run) once.
+        match k % 5 {
             0 => kill(Pid::from_raw(vm), Signal::SIGKILL)?,
             1 => kill(Pid::from_raw(devs[0]), Signal::SIGKILL)?,
             2 => {
@@ -609,6 +626,17 @@ fn fault_cycles() -> Result<(), Failed> {
                 let (code, out) = d.vmctl(&["stop", "-w", "cyc"])?;
                 if code != Some(0) {
                     return Err(format!("cycle {k}: vmctl stop after SIGCONT: {out}").into());
+                }
+            }
+            // The device process stopped, and the VM stopped meanwhile:
+            // the device process, stopped, reads no end of file, yet must
+            // not stay behind.
+            3 => {
+                kill(Pid::from_raw(devs[0]), Signal::SIGSTOP)?;
+                let (code, out) = d.vmctl(&["stop", "-w", "cyc"])?;
+                if code != Some(0) {
+                    let _ = kill(Pid::from_raw(devs[0]), Signal::SIGCONT);
+                    return Err(format!("cycle {k}: vmctl stop, device stopped: {out}").into());
                 }
             }
             _ => {
