@@ -27,8 +27,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::bios_path;
 use support::daemon::{self, read_tty, vmd_user};
+use support::{bios_path, vmctl_binary};
 
 /// vmctl's status header (OpenBSD's vmctl.c `print_vm_info`).
 const HEADER: &str = "   ID   PID VCPUS  MAXMEM  CURMEM     TTY        OWNER    STATE NAME";
@@ -36,79 +36,6 @@ const HEADER: &str = "   ID   PID VCPUS  MAXMEM  CURMEM     TTY        OWNER    
 /// What root-only commands print for anyone else: vmd answers
 /// IMSG_CTL_FAIL with EPERM.
 const DENIED: &str = "vmctl: command failed: Operation not permitted\n";
-
-/// The newest modification time of the files under `path`.
-fn newest(path: &Path) -> Option<std::time::SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if !meta.is_dir() {
-        return meta.modified().ok();
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(|e| newest(&e.ok()?.path()))
-        .max()
-}
-
-/// The vmctl binary: `$VMCTL`, or the one next to vmd.  When that one is
-/// older than the sources it is built from (`cargo test -p vmd` builds
-/// vmd's targets only) and cargo runs this test, `cargo build -p vmctl`
-/// with this test's profile first.  A workspace build leaves it alone:
-/// vmctl's own tests may be running it.
-fn vmctl_binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("VMCTL") {
-        return Ok(PathBuf::from(p));
-    }
-    let dir = Path::new(env!("CARGO_BIN_EXE_vmd"))
-        .parent()
-        .ok_or("CARGO_BIN_EXE_vmd has no directory")?;
-    let vmctl = dir.join("vmctl");
-    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let sources = [
-        "vmctl",
-        "vmd/src",
-        "vmd/Cargo.toml",
-        "vmm-sys",
-        "Cargo.lock",
-    ]
-    .iter()
-    .filter_map(|p| newest(&top.join(p)))
-    .max();
-    let built = std::fs::metadata(&vmctl).and_then(|m| m.modified()).ok();
-    let stale = match (built, sources) {
-        (Some(b), Some(s)) => b < s,
-        (b, _) => b.is_none(),
-    };
-    // cargo test and nextest set CARGO for the tests they run.
-    if let (true, Some(cargo)) = (stale, std::env::var_os("CARGO")) {
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "vmctl", "--bin", "vmctl"])
-            .current_dir(&top)
-            .stdin(Stdio::null());
-        // target/<profile>: the dev and test profiles build into debug.
-        match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
-            Some("release") => {
-                cmd.arg("--release");
-            }
-            Some(profile) => {
-                cmd.args(["--profile", profile]);
-            }
-        }
-        let st = cmd
-            .status()
-            .map_err(|e| format!("cargo build -p vmctl: {e}"))?;
-        if !st.success() {
-            return Err(format!("cargo build -p vmctl: {st}"));
-        }
-    }
-    if !vmctl.is_file() {
-        return Err(format!(
-            "no {} (cargo build -p vmctl, or VMCTL=<path>)",
-            vmctl.display()
-        ));
-    }
-    Ok(vmctl)
-}
 
 /// How a command ended.
 struct Out {

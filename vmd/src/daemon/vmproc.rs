@@ -56,6 +56,9 @@ pub fn main(args: &Args, user: &User) -> i32 {
         Ok(c) => c,
         Err(e) => logging::fatal("invalid vm fd", e),
     };
+    if !privsep::die_with_parent(&chan) {
+        logging::fatalx("vmm process gone before the vm started");
+    }
     // vmm sends vmm(4), the parameters with the boot image, then the
     // console.
     let vmm_fd = match chan.recv() {
