@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod devices;
 pub mod event;
 pub mod proc;
+pub mod sandbox;
 pub mod vm;
 pub mod x86;
 
