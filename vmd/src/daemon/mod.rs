@@ -42,6 +42,7 @@
 //! | `VMD_USER` | the unprivileged user instead of `_vmd` (e.g. `nobody`) |
 //! | `VMD_NO_PRIVDROP=1` | test mode: no chroot, setuid or setgid in any process |
 //! | `VMD_INPROCESS_DEVICES=1` | vioblk inside the VM process, not in a device process (for comparisons) |
+//! | `VMD_SANDBOX=off\|log\|strict` | confinement off, logging only, or refusing to start without full Landlock ([`crate::sandbox`]) |
 //!
 //! Logging goes through the `log` facade: to syslog (daemon facility)
 //! unless `-d` or `-n`, then to stderr ([`logging`]).
