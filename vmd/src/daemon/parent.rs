@@ -153,6 +153,10 @@ pub fn main(args: Args, _user: User) -> i32 {
         p.kill_children();
         return 1;
     }
+    // vmd.c, once its children run: pledge "stdio rpath wpath proc tty
+    // recvfd sendfd getpw chown fattr flock".
+    crate::sandbox::confine_or_die(crate::sandbox::Kind::Parent, &Default::default());
+    crate::sandbox::test_hook(crate::sandbox::Kind::Parent);
     loop {
         let ready = {
             let fds = [

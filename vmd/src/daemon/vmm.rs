@@ -94,13 +94,12 @@ pub fn main(args: &Args, user: &User) -> i32 {
         logging::fatal("vmm: cannot drop privileges", e);
     }
     // vmm_run: "We aren't root, so we can't chroot(2). Use unveil(2)
-    // instead."  (Nothing happens outside OpenBSD.)
-    if let Err(e) = vmm_sys::unveil(Some(&exe), Some("x")) {
-        logging::fatal(&format!("unveil {}", exe.display()), e);
-    }
-    if let Err(e) = vmm_sys::unveil(None, None) {
-        logging::fatal("unveil lock", e);
-    }
+    // instead.", then pledge "stdio vmm sendfd recvfd proc exec ps".
+    let ctx = crate::sandbox::Context {
+        exe: Some(exe.clone()),
+    };
+    crate::sandbox::confine_or_die(crate::sandbox::Kind::Vmm, &ctx);
+    crate::sandbox::test_hook(crate::sandbox::Kind::Vmm);
     let mut ev = match EventLoop::with_signals(&[
         libc::SIGCHLD,
         libc::SIGTERM,
