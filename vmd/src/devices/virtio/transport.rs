@@ -88,6 +88,16 @@ pub trait VirtioDevice: Send {
     /// vmd's pause/unpause broadcast to devices: a paused device moves no
     /// data, and keeps what it holds for the unpause.
     fn set_paused(&mut self, _paused: bool) {}
+    /// Whether a device process may, after a kick, keep looking at the
+    /// kicked queue for a short while with the driver's notifications
+    /// suppressed (VIRTQ_USED_F_NO_NOTIFY) instead of waiting for the
+    /// next kick: worth it where the driver makes the next request
+    /// available as soon as one completes (vioblk), not where a queue
+    /// holds buffers that wait for host events (receive or event
+    /// queues), which would keep it polling.
+    fn polls(&self) -> bool {
+        false
+    }
 }
 
 /// How vmd lists a virtio 1.x device on the PCI bus.
@@ -241,6 +251,9 @@ pub struct VirtioPci<D> {
     line_up: bool,
     queue_select: u16,
     queues: Vec<VirtQueue>,
+    /// Queues being polled (bit per index), their notifications
+    /// suppressed; see [`VirtioPci::poll_start`].
+    polled: u64,
     /// Hostile-driver incidents; only the first is logged.
     incidents: u64,
 }
@@ -266,6 +279,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             line_up: false,
             queue_select: 0,
             queues,
+            polled: 0,
             incidents: 0,
         }
     }
@@ -301,8 +315,13 @@ impl<D: VirtioDevice> VirtioPci<D> {
 
     fn raise(&mut self, bits: u8) {
         self.isr |= bits;
-        self.line_up = true;
-        self.lines.assert_irq(self.irq);
+        // The line is level-triggered: raising it again while it is up
+        // changes nothing for the PIC, and costs a message (or a vCPU
+        // kick) each completion.
+        if !self.line_up {
+            self.line_up = true;
+            self.lines.assert_irq(self.irq);
+        }
     }
 
     fn lower(&mut self) {
@@ -338,6 +357,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.isr = 0;
         self.lower();
         self.queue_select = 0;
+        self.polled = 0;
         for q in &mut self.queues {
             q.reset();
         }
@@ -564,6 +584,72 @@ impl<D: VirtioDevice> VirtioPci<D> {
         if !paused {
             self.input();
         }
+    }
+
+    /// After a kick of queue `index` (in a device process): starts
+    /// polling it, with the driver told not to notify, if the device
+    /// [polls](VirtioDevice::polls) and the queue is live.  Whether it
+    /// is polled now.
+    pub fn poll_start(&mut self, index: u16) -> bool {
+        if !self.dev.polls()
+            || self.status & VIRTIO_CONFIG_DEVICE_STATUS_DRIVER_OK == 0
+            || self.needs_reset()
+            || index >= 64
+        {
+            return false;
+        }
+        let Some(q) = self.queues.get_mut(index as usize) else {
+            return false;
+        };
+        if !q.ready() {
+            return false;
+        }
+        q.suppress_notifications(self.mem.mmap());
+        self.polled |= 1 << index;
+        true
+    }
+
+    /// Serves what the driver made available on the polled queues
+    /// since the last look; whether there was anything.
+    pub fn poll(&mut self) -> bool {
+        if self.status & VIRTIO_CONFIG_DEVICE_STATUS_DRIVER_OK == 0 || self.needs_reset() {
+            self.polled = 0;
+            return false;
+        }
+        let mut work = false;
+        for i in 0..self.queues.len().min(64) {
+            if self.polled & (1 << i) != 0 && self.queues[i].has_avail(self.mem.mmap()) {
+                self.notify(i as u16);
+                work = true;
+            }
+        }
+        work
+    }
+
+    /// Ends polling: the driver notifies again.  What it made available
+    /// before it could see that is served here (it sends no kick for
+    /// it), and those queues stay polled; whether there was any.
+    pub fn poll_stop(&mut self) -> bool {
+        let mut work = false;
+        for i in 0..self.queues.len().min(64) {
+            if self.polled & (1 << i) == 0 {
+                continue;
+            }
+            let mem = self.mem.clone();
+            if self.queues[i].resume_notifications(mem.mmap()) {
+                self.queues[i].suppress_notifications(mem.mmap());
+                self.notify(i as u16);
+                work = true;
+            } else {
+                self.polled &= !(1 << i);
+            }
+        }
+        work
+    }
+
+    /// Whether any queue is being polled.
+    pub fn polling(&self) -> bool {
+        self.polled != 0
     }
 
     /// Reads the ISR: its bits, cleared by the read, which also lowers the

@@ -15,6 +15,20 @@
 //!   device process serves its async channel before its sync one, so a
 //!   kick is served before any register access the vCPU made after it.
 //!
+//! Each change of the interrupt line the device makes carries a sequence
+//! number (the `vcpu` byte of the message that reports it, on either
+//! channel), and the VM process applies only changes newer than the last
+//! one it applied ([`proxy::LineOrder`]): a raise on the async channel
+//! cannot overtake the lowering an ISR read answered.  The device raises
+//! a line that is already up only once.
+//!
+//! A device that polls (vioblk: its driver makes the next request
+//! available as soon as one completes) keeps looking at a queue for
+//! [`device::POLL_WINDOW`] after each kick and each chain it finds there,
+//! with VIRTQ_USED_F_NO_NOTIFY in the used ring so that the driver does
+//! not kick meanwhile: a busy queue costs neither a VM exit nor a message
+//! per request, and the device process does not sleep between requests.
+//!
 //! The child gets, with its setup message, vmm(4)'s descriptor, the
 //! async socket, the guest memory's descriptors (mapped there with
 //! `VMM_IOC_SHAREMEM`, see vmm-sys's `adopt_memory`) and the device's
