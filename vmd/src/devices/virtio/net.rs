@@ -84,6 +84,18 @@ pub trait NetPort: Send {
 /// the frame it answered does not go to the tap.
 pub trait LocalResponder: Send {
     fn respond(&mut self, frame_from_guest: &[u8]) -> Option<Vec<u8>>;
+    /// The tap's MAC, once the parent learnt it (IMSG_DEVOP_HOSTMAC).
+    fn set_host_mac(&mut self, _mac: [u8; 6]) {}
+}
+
+/// vmd's DHCP server is the responder of local interfaces.
+impl LocalResponder for crate::net::LocalServer {
+    fn respond(&mut self, frame_from_guest: &[u8]) -> Option<Vec<u8>> {
+        crate::net::LocalServer::respond(self, frame_from_guest)
+    }
+    fn set_host_mac(&mut self, mac: [u8; 6]) {
+        crate::net::LocalServer::set_host_mac(self, mac)
+    }
 }
 
 /// Counters, for the log and the tests.
@@ -453,6 +465,12 @@ impl VirtioDevice for Vionet {
             return None;
         }
         self.port.fd()
+    }
+
+    fn set_host_mac(&mut self, mac: [u8; 6]) {
+        if let Some(l) = self.local.as_mut() {
+            l.set_host_mac(mac);
+        }
     }
 
     fn set_paused(&mut self, paused: bool) {
@@ -903,6 +921,126 @@ mod tests {
         r.send(&ask, 1);
         assert_eq!(r.received().len(), 1);
         assert_eq!(r.stats().local_answers, 2);
+    }
+
+    /// A DHCPDISCOVER from the guest as a client sends it.
+    fn discover(mac: [u8; 6]) -> Vec<u8> {
+        discover_to([0xff; 6], mac)
+    }
+
+    fn discover_to(dst: [u8; 6], mac: [u8; 6]) -> Vec<u8> {
+        use crate::net::dhcp::*;
+        use crate::net::packet;
+        let mut b = vec![0u8; OPTIONS_OFFSET];
+        b[0] = BOOTREQUEST;
+        b[1] = HTYPE_ETHER;
+        b[2] = 6;
+        b[4..8].copy_from_slice(&[1, 2, 3, 4]);
+        b[28..34].copy_from_slice(&mac);
+        b.extend_from_slice(&DHCP_OPTIONS_COOKIE);
+        b.extend_from_slice(&[DHO_DHCP_MESSAGE_TYPE, 1, DHCPDISCOVER, DHO_END]);
+        b.resize(BOOTP_MIN_LEN, 0);
+        let mut f = Vec::new();
+        packet::assemble_ether(&mut f, dst, mac);
+        let any = std::net::Ipv4Addr::UNSPECIFIED;
+        packet::assemble_udp_ip(
+            &mut f,
+            any,
+            std::net::Ipv4Addr::BROADCAST,
+            CLIENT_PORT,
+            SERVER_PORT,
+            &b,
+        )
+        .unwrap();
+        f
+    }
+
+    /// vmd's own DHCP server on a local interface: the guest's DISCOVER
+    /// gets an OFFER of the interface's guest address (the tap's MAC,
+    /// once known, reaches the server); nothing reaches the tap but what
+    /// it does not answer.
+    #[test]
+    fn local_interface_with_vmds_dhcp_server() {
+        use crate::net::dhcp::*;
+        let g = vmd_proto::config::GlobalConfig::default();
+        let lease = crate::net::LocalLease::new(&g, 3, 0, MAC, "web").unwrap();
+        let m = TestMachine::new();
+        let dev = Vionet::new(
+            VionetConfig {
+                mac: MAC,
+                locked: true,
+            },
+            Box::new(MemPort::default()),
+        )
+        .with_local(Box::new(crate::net::LocalServer::new(lease)));
+        let port = MemPort::default();
+        let dev = Vionet {
+            port: Box::new(port.clone()),
+            ..dev
+        };
+        let a = attach(
+            &mut m.pci.lock().unwrap(),
+            VirtioPciIds::NET,
+            dev,
+            m.vm_memory(),
+            m.lines(),
+        )
+        .unwrap();
+        let v = Virtio1::probe(&m, a.slot);
+        v.negotiate(&m, VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC);
+        let (rx, tx) = (Ring::new(256, 0x1000), Ring::new(256, 0x8000));
+        v.setup_queue(&m, 0, &rx);
+        v.setup_queue(&m, 1, &tx);
+        v.set_status(&m, 15);
+        let mut r = Rig {
+            m,
+            a,
+            v,
+            rx,
+            tx,
+            port,
+        };
+        let host_mac = [0xfe, 0xe1, 0xba, 0xd0, 0, 9];
+        // Sent to the tap's MAC before the server knows it: not answered.
+        let unicast = discover_to(host_mac, MAC);
+        r.send(&unicast, 1);
+        assert_eq!(r.sent(), vec![unicast.clone()]);
+        VirtioDevice::set_host_mac(r.a.dev.lock().unwrap().device_mut(), host_mac);
+        r.post_rx(3, 2048);
+        r.send(&unicast, 1);
+        assert!(r.sent().is_empty());
+        assert_eq!(
+            r.received().len(),
+            1,
+            "answered once the tap's MAC is known"
+        );
+        r.send(&discover(MAC), 2);
+        // From a spoofed MAC (locked): dropped before the server sees it.
+        r.send(&discover([2, 0, 0, 0, 0, 7]), 2);
+        assert!(r.sent().is_empty(), "the request is consumed");
+        let got = r.received();
+        assert_eq!(got.len(), 1, "one offer");
+        let f = &got[0];
+        assert_eq!(&f[..6], &MAC);
+        assert_ne!(&f[6..12], &MAC, "from the host side");
+        let (_, off) = crate::net::packet::decode_ether(f).unwrap();
+        let udp = crate::net::packet::decode_udp_ip(f, off).expect("checksums");
+        let bootp = &f[udp.data_offset..];
+        assert_eq!(bootp[0], BOOTREPLY);
+        assert_eq!(
+            &bootp[16..20],
+            &[100, 64, 3, 3],
+            "yiaddr: the guest's /31 half"
+        );
+        let opts = option_list(&bootp[240..]);
+        assert!(opts.contains(&(DHO_DHCP_MESSAGE_TYPE, vec![DHCPOFFER])));
+        assert!(opts.contains(&(DHO_ROUTERS, vec![100, 64, 3, 2])));
+        let s = r.stats();
+        assert_eq!((s.local_answers, s.locked, s.tx_frames), (2, 1, 1));
+        // Anything else goes to the tap.
+        let other = frame(PEER, MAC, 64, 1);
+        r.send(&other, 1);
+        assert_eq!(r.sent(), vec![other]);
     }
 
     /// Random chains, frames, kicks, pauses and resets: vionet never
