@@ -166,7 +166,7 @@ impl Vionet {
             paused: false,
             tx_deferred: false,
             stats: NetStats::default(),
-            buf: vec![0u8; PORT_BUF],
+            buf: vec![0u8; VIRTIO_NET_HDR_LEN + PORT_BUF],
             warned: false,
             rx_notify: None,
         }
@@ -241,17 +241,21 @@ impl Vionet {
             log::debug!("vionet: invalid packet size {len}");
             return Ok(None);
         }
-        // Header and frame may be split anywhere across the buffers.
-        let mut all = vec![0u8; total as usize];
-        let mut at = 0usize;
+        // Header and frame may be split anywhere across the buffers: the
+        // header's bytes are skipped, wherever they are.
+        let mut frame = vec![0u8; len];
+        let (mut skip, mut at) = (VIRTIO_NET_HDR_LEN, 0usize);
         for d in &chain.descs {
-            let n = d.len as usize;
-            mem.read_slice(&mut all[at..at + n], GuestAddress(d.addr))
-                .map_err(|e| QueueError::Memory(e.to_string()))?;
-            at += n;
+            let k = skip.min(d.len as usize);
+            skip -= k;
+            let n = d.len as usize - k;
+            if n > 0 {
+                mem.read_slice(&mut frame[at..at + n], GuestAddress(d.addr + k as u64))
+                    .map_err(|e| QueueError::Memory(e.to_string()))?;
+                at += n;
+            }
         }
-        all.drain(..VIRTIO_NET_HDR_LEN);
-        Ok(Some(all))
+        Ok(Some(frame))
     }
 
     /// Sends what the guest made available on the transmit queue.
@@ -298,43 +302,36 @@ impl Vionet {
         }
     }
 
-    /// Puts one frame in the next receive chain; false if the chain
-    /// could not take it (the chain goes back empty either way).
+    /// Puts one frame, `bytes` being its virtio-net header and the frame,
+    /// in the receive chain (a chain that cannot take it goes back
+    /// empty).
     fn put_rx(
         &mut self,
         queue: &mut VirtQueue,
         mem: &GuestMemoryMmap,
         chain: DescChain,
-        frame: &[u8],
+        bytes: &[u8],
     ) -> Result<(), QueueError> {
-        let room = chain.writable_len();
         if chain.descs.iter().any(|d| !d.writable) {
             self.malformed(chain.head, "device-readable buffer in a receive chain");
             return queue.add_used(mem, chain.head, 0);
         }
-        if room < (VIRTIO_NET_HDR_LEN + frame.len()) as u64 {
+        if chain.writable_len() < bytes.len() as u64 {
             self.malformed(chain.head, "receive buffers too small for the frame");
             return queue.add_used(mem, chain.head, 0);
         }
-        let mut hdr = [0u8; VIRTIO_NET_HDR_LEN];
-        // num_buffers: one chain per frame without MRG_RXBUF.
-        hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
-        let mut src = hdr.iter().chain(frame.iter()).copied();
-        let mut left = VIRTIO_NET_HDR_LEN + frame.len();
-        let mut tmp = Vec::new();
+        let mut at = 0usize;
         for d in &chain.descs {
-            if left == 0 {
+            if at == bytes.len() {
                 break;
             }
-            let n = (d.len as usize).min(left);
-            tmp.clear();
-            tmp.extend(src.by_ref().take(n));
-            mem.write_slice(&tmp, GuestAddress(d.addr))
+            let n = (d.len as usize).min(bytes.len() - at);
+            mem.write_slice(&bytes[at..at + n], GuestAddress(d.addr))
                 .map_err(|e| QueueError::Memory(e.to_string()))?;
-            left -= n;
+            at += n;
         }
         self.stats.rx_frames += 1;
-        queue.add_used(mem, chain.head, (VIRTIO_NET_HDR_LEN + frame.len()) as u32)
+        queue.add_used(mem, chain.head, bytes.len() as u32)
     }
 
     /// Moves waiting frames (the responder's, then the port's) into
@@ -347,43 +344,60 @@ impl Vionet {
         if self.paused {
             return Ok(false);
         }
+        // The frame is read after room for its header, so that header
+        // and frame go to the guest from one buffer.
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = self.receive_into(&mut buf, queue, mem);
+        self.buf = buf;
+        r
+    }
+
+    fn receive_into(
+        &mut self,
+        buf: &mut [u8],
+        queue: &mut VirtQueue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
         let mut used = false;
         let mut budget = RX_BUDGET;
         while budget > 0 && queue.has_available(mem) {
             budget -= 1;
-            let frame = if let Some(f) = self.pending.pop_front() {
-                f
+            let room = buf.len() - VIRTIO_NET_HDR_LEN;
+            let len = if let Some(f) = self.pending.pop_front() {
+                let n = f.len().min(room);
+                buf[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + n].copy_from_slice(&f[..n]);
+                n
             } else {
-                let mut buf = std::mem::take(&mut self.buf);
-                let got = self.port.recv(&mut buf);
-                let frame = match got {
-                    Ok(Some(n)) => Some(buf[..n.min(buf.len())].to_vec()),
-                    Ok(None) => None,
+                match self.port.recv(&mut buf[VIRTIO_NET_HDR_LEN..]) {
+                    Ok(Some(n)) => n.min(room),
+                    Ok(None) => break,
                     Err(e) => {
                         self.stats.port_errors += 1;
                         log::debug!("vionet: read error: {e}");
-                        None
+                        break;
                     }
-                };
-                self.buf = buf;
-                let Some(frame) = frame else { break };
-                if !(VIONET_MIN_TXLEN..=VIONET_MAX_TXLEN).contains(&frame.len()) {
-                    self.stats.bad_size += 1;
-                    log::debug!("vionet: invalid packet size {}", frame.len());
-                    continue;
                 }
-                if !self.rx_allowed(&frame) {
-                    self.stats.locked += 1;
-                    continue;
-                }
-                frame
             };
+            let frame = &buf[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + len];
+            if !(VIONET_MIN_TXLEN..=VIONET_MAX_TXLEN).contains(&len) {
+                self.stats.bad_size += 1;
+                log::debug!("vionet: invalid packet size {len}");
+                continue;
+            }
+            if !self.rx_allowed(frame) {
+                self.stats.locked += 1;
+                continue;
+            }
             let Some(chain) = queue.pop(mem, VIONET_MAX_CHAIN)? else {
                 // has_available said otherwise: keep the frame.
-                self.pending.push_front(frame);
+                self.pending.push_front(frame.to_vec());
                 break;
             };
-            self.put_rx(queue, mem, chain, &frame)?;
+            // No offloads: all zero but num_buffers, 1 (one chain per
+            // frame without MRG_RXBUF).
+            buf[..VIRTIO_NET_HDR_LEN].fill(0);
+            buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+            self.put_rx(queue, mem, chain, &buf[..VIRTIO_NET_HDR_LEN + len])?;
             used = true;
         }
         Ok(used)
@@ -711,8 +725,24 @@ mod tests {
         assert_eq!(r.tx.take_used(&r.m), vec![(0, 0)]);
         assert_eq!(r.v.isr(&r.m), VIRTIO_CONFIG_ISR_QUEUE);
         r.send(&b, 1);
-        assert_eq!(r.sent(), vec![a, b]);
-        assert_eq!(r.stats().tx_frames, 2);
+        // The header cut in two, the frame in three pieces.
+        let c = frame(PEER, MAC, 200, 3);
+        let mut all = vec![0u8; VIRTIO_NET_HDR_LEN];
+        all.extend_from_slice(&c);
+        r.m.mem.write(TX_BUFS + 0x10000, &all).unwrap();
+        let at = |o: u64| TX_BUFS + 0x10000 + o;
+        r.tx.add(
+            &r.m,
+            &[
+                (at(0), 5, false),
+                (at(5), 10, false),
+                (at(15), 0, false),
+                (at(15), all.len() as u32 - 15, false),
+            ],
+        );
+        r.v.kick(&r.m, 1);
+        assert_eq!(r.sent(), vec![a, b, c]);
+        assert_eq!(r.stats().tx_frames, 3);
     }
 
     #[test]
