@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod devices;
 pub mod event;
 pub mod proc;
+pub mod sys;
 pub mod vm;
 pub mod x86;
 

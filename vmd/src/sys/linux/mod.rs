@@ -1,0 +1,2 @@
+//! Linux: rtnetlink for interfaces.
+pub mod netif;

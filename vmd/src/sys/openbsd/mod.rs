@@ -1,0 +1,2 @@
+//! OpenBSD: interface ioctls.
+pub mod netif;
