@@ -289,3 +289,269 @@ pub fn request_tap_lladdr(
     privc.flush()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmd_proto::config::{VMIFF_LOCAL, VMIFF_LOCKED};
+
+    fn switch(id: u32, name: &str, ifname: &str) -> Switch {
+        Switch {
+            id,
+            name: name.into(),
+            ifname: ifname.into(),
+            flags: VMIFF_UP,
+            ..Switch::default()
+        }
+    }
+
+    fn inet6_config() -> GlobalConfig {
+        GlobalConfig {
+            inet6: true,
+            local_prefix6: Some(Ipv6Prefix {
+                addr: "fd00::".parse().unwrap(),
+                len: 64,
+            }),
+            ..GlobalConfig::default()
+        }
+    }
+
+    fn nic() -> Interface {
+        Interface::default()
+    }
+
+    /// (type, name, value, id) of each request, to compare orders.
+    fn summary(msgs: &[Message]) -> Vec<(&'static str, String, String, u32)> {
+        msgs.iter()
+            .map(|m| {
+                let v = match m {
+                    Message::PrivIfdescr(v)
+                    | Message::PrivIfadd(v)
+                    | Message::PrivIfexists(v)
+                    | Message::PrivIfup(v)
+                    | Message::PrivIfdown(v)
+                    | Message::PrivIfgroup(v)
+                    | Message::PrivIfaddr(v)
+                    | Message::PrivIfaddr6(v)
+                    | Message::PrivIfrdomain(v) => v,
+                    other => panic!("not a priv request: {other:?}"),
+                };
+                let t = m.imsg_type().name().trim_start_matches("IMSG_VMDOP_PRIV_");
+                (t, v.name.clone(), v.value.clone(), v.id)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn netcfg_vm_priv_addr_rule() {
+        let p = GlobalConfig::default().local_prefix;
+        let a = |id, idx, vm| vm_priv_addr(&p, id, idx, vm).map(|a| a.to_string());
+        // vmctl.8: VM n's first local interface 100.64.n.2 / .3, then .4 / .5.
+        assert_eq!(a(1, 0, false).as_deref(), Some("100.64.1.2"));
+        assert_eq!(a(1, 0, true).as_deref(), Some("100.64.1.3"));
+        assert_eq!(a(7, 1, false).as_deref(), Some("100.64.7.4"));
+        assert_eq!(a(300, 3, true).as_deref(), Some("100.65.44.9"));
+        assert_eq!(a(1, 126, false).as_deref(), Some("100.64.1.254"));
+        assert_eq!(a(1, 127, false), None);
+        // A VM id beyond the /10 leaves the prefix.
+        assert_eq!(a(1 << 23, 0, false), None);
+        // As vmd ORs the id in: VM 16384 has VM 0's bits under a /10.
+        assert_eq!(a(1 << 14, 0, false).as_deref(), Some("100.64.0.2"));
+        let p16 = Ipv4Prefix {
+            addr: Ipv4Addr::new(10, 9, 0, 0),
+            len: 16,
+        };
+        assert_eq!(vm_priv_addr(&p16, 512, 0, false), None);
+        let p6 = Ipv6Prefix {
+            addr: "fd00:1:2:3::".parse().unwrap(),
+            len: 64,
+        };
+        assert_eq!(
+            vm_priv_addr6(&p, &p6, 1, 0, false).unwrap().to_string(),
+            "fd00:1:2:3:6440:103:0:1"
+        );
+        assert_eq!(
+            vm_priv_addr6(&p, &p6, 1, 0, true).unwrap().to_string(),
+            "fd00:1:2:3:6440:103:0:2"
+        );
+    }
+
+    #[test]
+    fn netcfg_vm_ifconfig_order_and_values() {
+        let mut sw = switch(1, "uplink", "bridge0");
+        sw.group = Some("swgrp".into());
+        let switches = vec![sw];
+        let mut if0 = nic();
+        if0.switch = Some("uplink".into());
+        if0.group = Some("vms".into());
+        let mut if1 = nic();
+        if1.flags = VMIFF_LOCAL; // down, local
+        let msgs = vm_ifconfig(
+            &GlobalConfig::default(),
+            &switches,
+            3,
+            "web",
+            &[if0, if1],
+            &["tap4".into(), "tap7".into()],
+        )
+        .unwrap();
+        let s = summary(&msgs);
+        let e = |t: &'static str, n: &str, v: &str, id| (t, n.to_string(), v.to_string(), id);
+        assert_eq!(
+            s,
+            vec![
+                e("IFDESCR", "tap4", "vm3-if0-web", 0),
+                e("IFADD", "bridge0", "tap4", 0),
+                e("IFRDOMAIN", "tap4", "", 0),
+                e("IFGROUP", "tap4", "vms", 0),
+                e("IFGROUP", "tap4", "swgrp", 0),
+                e("IFUP", "tap4", "", 0),
+                e("IFDESCR", "tap7", "vm3-if1-web", 0),
+                e("IFRDOMAIN", "tap7", "", 0),
+                e("IFDOWN", "tap7", "", 0),
+                e("IFADDR", "tap7", "", 0),
+            ]
+        );
+        let Message::PrivIfaddr(a) = msgs.last().unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(a.addr, Some("100.64.3.4".parse().unwrap()));
+        assert_eq!(a.mask, Some("255.255.255.254".parse().unwrap()));
+    }
+
+    #[test]
+    fn netcfg_rdomain_interface_beats_switch() {
+        let mut sw = switch(1, "s", "veb2");
+        sw.flags |= VMIFF_RDOMAIN;
+        sw.rdomain = 5;
+        let switches = vec![sw];
+        let mut a = nic();
+        a.switch = Some("s".into());
+        let mut b = a.clone();
+        b.flags |= VMIFF_RDOMAIN;
+        b.rdomain = 9;
+        let mut c = nic();
+        c.switch = Some("nosuch".into());
+        let msgs = vm_ifconfig(
+            &GlobalConfig::default(),
+            &switches,
+            1,
+            "x",
+            &[a, b, c],
+            &["tap0".into(), "tap1".into(), "tap2".into()],
+        )
+        .unwrap();
+        let rd: Vec<(String, u32)> = summary(&msgs)
+            .into_iter()
+            .filter(|x| x.0 == "IFRDOMAIN")
+            .map(|x| (x.1, x.3))
+            .collect();
+        assert_eq!(
+            rd,
+            vec![("tap0".into(), 5), ("tap1".into(), 9), ("tap2".into(), 0)]
+        );
+        // An unknown switch adds nothing.
+        assert!(!summary(&msgs)
+            .iter()
+            .any(|x| x.0 == "IFADD" && x.2 == "tap2"));
+    }
+
+    #[test]
+    fn netcfg_local_inet6_and_limits() {
+        let g = inet6_config();
+        let mut l = nic();
+        l.flags |= VMIFF_LOCAL;
+        let msgs = vm_ifconfig(&g, &[], 2, "v", &[l.clone()], &["tap0".into()]).unwrap();
+        let Message::PrivIfaddr6(a) = msgs.last().unwrap() else {
+            panic!("no IFADDR6: {msgs:?}")
+        };
+        assert_eq!(a.addr, Some("fd00::6440:203:0:1".parse().unwrap()));
+        assert_eq!(
+            a.mask,
+            Some("ffff:ffff:ffff:ffff:ffff:ffff::".parse().unwrap())
+        );
+        // Taps missing, or a VM id the prefix cannot hold: nothing is built.
+        assert!(matches!(
+            vm_ifconfig(&g, &[], 2, "v", &[l.clone()], &[]),
+            Err(NetcfgError::NoTap { .. })
+        ));
+        assert!(matches!(
+            vm_ifconfig(&g, &[], 1 << 23, "v", &[l], &["tap0".into()]),
+            Err(NetcfgError::AddressRange { .. })
+        ));
+    }
+
+    #[test]
+    fn netcfg_descriptions_are_truncated_as_vmd() {
+        let name = "n".repeat(63);
+        let msgs = vm_ifconfig(
+            &GlobalConfig::default(),
+            &[],
+            12,
+            &name,
+            &[nic()],
+            &["tap0".into()],
+        )
+        .unwrap();
+        let Message::PrivIfdescr(d) = &msgs[0] else {
+            unreachable!()
+        };
+        assert_eq!(d.value.len(), VM_NAME_MAX - 1);
+        assert!(d.value.starts_with("vm12-if0-nnn"));
+    }
+
+    #[test]
+    fn netcfg_switch_brconfig() {
+        let mut sw = switch(2, "lan", "bridge3");
+        sw.flags = VMIFF_RDOMAIN;
+        sw.rdomain = 4;
+        let s = summary(&switch_brconfig(&sw));
+        let e = |t: &'static str, v: &str, id| (t, "bridge3".to_string(), v.to_string(), id);
+        assert_eq!(
+            s,
+            vec![
+                e("IFEXISTS", "", 0),
+                e("IFRDOMAIN", "", 4),
+                e("IFDESCR", "switch2-lan", 4),
+                e("IFDOWN", "switch2-lan", 4),
+            ]
+        );
+    }
+
+    #[test]
+    fn netcfg_inherit_switch_flags() {
+        let mut sw = switch(1, "s", "bridge0");
+        sw.flags |= VMIFF_LOCKED;
+        let mut ifs = vec![nic(), nic()];
+        ifs[0].switch = Some("s".into());
+        inherit_switch_flags(&mut ifs, &[sw]);
+        assert!(ifs[0].locked());
+        assert!(!ifs[1].locked());
+        assert!(ifs[0].up(), "VMIFF_UP is not the switch's to give");
+    }
+
+    /// Every request the parent builds passes priv's checks once the
+    /// switches are configured (and none before).
+    #[test]
+    fn netcfg_requests_pass_priv_checks() {
+        use super::super::privproc::check;
+        let mut sw = switch(1, "s", "bridge0");
+        sw.group = Some("g".into());
+        let g = inet6_config();
+        let mut a = nic();
+        a.switch = Some("s".into());
+        a.flags |= VMIFF_LOCAL;
+        let mut known = HashSet::new();
+        for m in switch_brconfig(&sw) {
+            check(&m, 0, &known).unwrap();
+            if let Message::PrivIfexists(v) = &m {
+                known.insert(v.name.clone());
+            }
+        }
+        let msgs = vm_ifconfig(&g, &[sw], 1, "vm", &[a], &["tap0".into()]).unwrap();
+        for m in &msgs {
+            check(m, 0, &known).unwrap_or_else(|e| panic!("{m:?}: {e}"));
+        }
+        assert!(msgs.iter().any(|m| check(m, 0, &HashSet::new()).is_err()));
+    }
+}

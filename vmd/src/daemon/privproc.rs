@@ -372,3 +372,205 @@ pub fn main(_args: &Args, user: &User) -> i32 {
         let _ = parent.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmd_proto::msg::{ImsgType, VmopAddrReq};
+
+    fn vfr(name: &str, value: &str) -> VmopIfreq {
+        VmopIfreq {
+            id: 0,
+            name: name.into(),
+            value: value.into(),
+            addr: None,
+            mask: None,
+        }
+    }
+
+    fn sw(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn priv_iftype_is_priv_getiftype() {
+        assert_eq!(iftype("tap0"), Some(("tap", 0)));
+        assert_eq!(iftype("bridge12"), Some(("bridge", 12)));
+        assert_eq!(iftype("veb3"), Some(("veb", 3)));
+        // No type, no unit, a unit that is not a number, too long.
+        for bad in ["", "0", "tap", "lo", "eth0x", "tap0:1"] {
+            assert_eq!(iftype(bad), None, "{bad:?}");
+        }
+        // A type priv.c does not know: refused by the name list.
+        assert_eq!(iftype("tap-1"), Some(("tap-", 1)));
+        assert!(kind_of("tap-1").is_err());
+        assert!(kind_of("lo0").is_err());
+        assert!(kind_of("tap 0").is_err());
+        assert_eq!(iftype("abcdefghijklmno1"), None);
+        assert_eq!(iftype("tap99999999999"), None, "unit beyond u32");
+    }
+
+    #[test]
+    fn priv_valid_group_is_priv_validgroup() {
+        assert!(valid_group("vms"));
+        assert!(valid_group("a"));
+        assert!(!valid_group(""));
+        assert!(!valid_group("vm1"), "ends in a digit");
+        assert!(!valid_group("abcdefghijklmnop"), "IF_NAMESIZE");
+        assert!(!valid_group("a b"));
+    }
+
+    #[test]
+    fn priv_check_refuses_foreign_interfaces() {
+        let s = sw(&["bridge0"]);
+        for name in [
+            "lo", "eth0", "enp0s3", "wlan0", "vrf1", "docker0", "tap", "",
+        ] {
+            for m in [
+                Message::PrivIfdescr(vfr(name, "x")),
+                Message::PrivIfup(vfr(name, "")),
+                Message::PrivIfdown(vfr(name, "")),
+                Message::PrivIfrdomain(vfr(name, "")),
+                Message::PrivIfgroup(vfr(name, "vms")),
+                Message::PrivIfexists(vfr(name, "")),
+            ] {
+                assert!(check(&m, 0, &s).is_err(), "{name} {m:?}");
+            }
+        }
+        // Taps are fine.
+        assert_eq!(check(&Message::PrivIfup(vfr("tap3", "")), 0, &s), Ok(()));
+    }
+
+    #[test]
+    fn priv_check_switches_must_be_configured() {
+        let none = HashSet::new();
+        let s = sw(&["bridge0"]);
+        let m = Message::PrivIfup(vfr("bridge1", ""));
+        assert_eq!(check(&m, 0, &s), Err(Refused::NotASwitch("bridge1".into())));
+        assert!(check(&Message::PrivIfup(vfr("bridge0", "")), 0, &s).is_ok());
+        assert!(check(&Message::PrivIfadd(vfr("bridge0", "tap0")), 0, &none).is_err());
+        // IFEXISTS declares one; only bridges and vebs can be switches.
+        assert!(check(&Message::PrivIfexists(vfr("veb4", "")), 0, &none).is_ok());
+        assert!(check(&Message::PrivIfexists(vfr("tap4", "")), 0, &none).is_err());
+    }
+
+    #[test]
+    fn priv_check_ifadd_adds_only_taps_to_switches() {
+        let s = sw(&["bridge0", "bridge1"]);
+        assert!(check(&Message::PrivIfadd(vfr("bridge0", "tap1")), 0, &s).is_ok());
+        for (br, member) in [
+            ("bridge0", "eth0"),
+            ("bridge0", "lo"),
+            ("bridge0", "bridge1"),
+            ("tap0", "tap1"),
+            ("bridge0", ""),
+        ] {
+            assert!(
+                check(&Message::PrivIfadd(vfr(br, member)), 0, &s).is_err(),
+                "{br} {member}"
+            );
+        }
+    }
+
+    #[test]
+    fn priv_check_values() {
+        let s = HashSet::new();
+        let long = "x".repeat(VM_NAME_MAX);
+        assert!(check(&Message::PrivIfdescr(vfr("tap0", &long)), 0, &s).is_err());
+        assert!(check(&Message::PrivIfdescr(vfr("tap0", &long[1..])), 0, &s).is_ok());
+        assert!(check(&Message::PrivIfdescr(vfr("tap0", "a\nb")), 0, &s).is_err());
+        assert!(check(&Message::PrivIfgroup(vfr("tap0", "vm1")), 0, &s).is_err());
+        let mut r = vfr("tap0", "");
+        r.id = 256;
+        assert!(check(&Message::PrivIfrdomain(r.clone()), 0, &s).is_err());
+        r.id = 255;
+        assert!(check(&Message::PrivIfrdomain(r), 0, &s).is_ok());
+    }
+
+    #[test]
+    fn priv_check_address_families() {
+        let s = sw(&["bridge0"]);
+        let v4 = |a: &str| Some(a.parse::<IpAddr>().unwrap());
+        let mut r = vfr("tap0", "");
+        r.addr = v4("100.64.1.2");
+        r.mask = v4("255.255.255.254");
+        assert!(check(&Message::PrivIfaddr(r.clone()), 0, &s).is_ok());
+        assert!(check(&Message::PrivIfaddr6(r.clone()), 0, &s).is_err());
+        r.mask = v4("ffff::");
+        assert!(check(&Message::PrivIfaddr(r.clone()), 0, &s).is_err());
+        r.mask = None;
+        assert!(check(&Message::PrivIfaddr(r.clone()), 0, &s).is_err());
+        r.addr = v4("fd00::1");
+        r.mask = v4("ffff:ffff:ffff:ffff:ffff:ffff::");
+        assert!(check(&Message::PrivIfaddr6(r.clone()), 0, &s).is_ok());
+        // Addresses go on taps only, never on a switch.
+        r.name = "bridge0".into();
+        assert!(check(&Message::PrivIfaddr6(r), 0, &s).is_err());
+    }
+
+    #[test]
+    fn priv_check_other_messages() {
+        let s = HashSet::new();
+        let ga = Message::PrivGetAddr(VmopAddrReq {
+            vmid: 1,
+            nic_idx: 0,
+        });
+        assert!(check(&ga, 0, &s).is_err());
+        assert!(check(&ga, 2, &s).is_err());
+        assert!(check(&ga, 1, &s).is_ok());
+        for m in [
+            Message::StartVmEnd,
+            Message::Reload,
+            Message::Load("/etc/vm.conf".into()),
+            Message::TerminateVmRequest(Default::default()),
+        ] {
+            assert!(matches!(check(&m, 0, &s), Err(Refused::Unexpected(_))));
+        }
+        assert!(check(&Message::CtlReset(CONFIG_SWITCHES), 0, &s).is_ok());
+    }
+
+    /// The payloads priv decodes take any bytes without panicking, and a
+    /// decoded one goes through the checks without panicking either.
+    #[test]
+    fn priv_decoders_take_garbage() {
+        let types = [
+            ImsgType::PrivIfdescr,
+            ImsgType::PrivIfadd,
+            ImsgType::PrivIfexists,
+            ImsgType::PrivIfup,
+            ImsgType::PrivIfdown,
+            ImsgType::PrivIfgroup,
+            ImsgType::PrivIfaddr,
+            ImsgType::PrivIfaddr6,
+            ImsgType::PrivIfrdomain,
+            ImsgType::PrivGetAddr,
+            ImsgType::PrivGetAddrResponse,
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let s = sw(&["bridge0"]);
+        let mut decoded = 0;
+        for _ in 0..20_000 {
+            let len = (next() % 48) as usize;
+            let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let t = types[(next() % types.len() as u64) as usize];
+            if let Ok(m) = Message::decode(t, &data) {
+                decoded += 1;
+                let _ = check(&m, 0, &s);
+            }
+        }
+        // The generator must reach the checks too, not only the decoder.
+        assert!(decoded > 20, "only {decoded} payloads decoded");
+        // Truncations of a real request never decode into something else.
+        let m = Message::PrivIfdescr(vfr("tap0", "vm1-if0-a"));
+        let bytes = m.encode().unwrap();
+        for cut in 0..bytes.len() {
+            assert!(Message::decode(ImsgType::PrivIfdescr, &bytes[..cut]).is_err());
+        }
+    }
+}

@@ -597,3 +597,19 @@ impl NetIf {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netif_group_table() {
+        let t = parse_group_table(
+            "# comment\n0\tdefault\n  17 vms # trailing\n0x20 lan\nbad line\n18 vms\nx y\n",
+        );
+        assert_eq!(t.get("default"), Some(&0));
+        assert_eq!(t.get("vms"), Some(&17), "the first line wins");
+        assert_eq!(t.get("lan"), Some(&32));
+        assert_eq!(t.len(), 3);
+    }
+}
