@@ -56,3 +56,6 @@ impl NetifError {
         }
     }
 }
+
+#[cfg(target_os = "linux")]
+pub use super::os::netif::{parse_group_table, Link, GROUP_TABLES};
