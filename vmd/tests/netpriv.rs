@@ -375,6 +375,48 @@ fn priv_process() -> Result<(), Failed> {
     })
 }
 
+/// The daemon: a vm.conf `switch` makes vmd create its bridge at
+/// startup with the switch's description, down as configured, and a
+/// reload (SIGHUP) leaves a running switch alone.
+fn daemon_switch() -> Result<(), Failed> {
+    in_netns(|| {
+        let dir = support::daemon::temp_dir("vmd-netpriv", "daemon")?;
+        let cfg = dir.join("vm.conf");
+        std::fs::write(
+            &cfg,
+            "switch \"uplink\" {\n\tinterface bridge0\n}\nswitch \"dark\" {\n\tinterface veb3\n\tdown\n}\n",
+        )?;
+        let mut vmd = support::daemon::command(&cfg, &dir.join("vmd.sock"))
+            .stderr(std::fs::File::create(dir.join("stderr"))?)
+            .spawn()?;
+        let mut n = NetIf::with_groups(HashMap::new(), None)?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let r = loop {
+            let a = n.link("bridge0")?;
+            let b = n.link("veb3")?;
+            if let (Some(a), Some(b)) = (&a, &b) {
+                if a.alias.is_some() && b.alias.is_some() && a.up {
+                    break Ok((a.clone(), b.clone()));
+                }
+            }
+            if Instant::now() > deadline {
+                break Err(format!("switches not set up: {a:?} {b:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        support::daemon::stop(&mut vmd)?;
+        let log = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+        let (a, b) = r.map_err(|e| format!("{e}\n{log}"))?;
+        assert_eq!(a.alias.as_deref(), Some("switch1-uplink"));
+        assert_eq!(a.kind.as_deref(), Some("bridge"));
+        assert_eq!(b.alias.as_deref(), Some("switch2-dark"));
+        assert!(!b.up, "veb3 down");
+        assert!(!log.contains("refused"), "{log}");
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    })
+}
+
 fn main() {
     let args = Arguments::from_args();
     let skip = missing();
@@ -387,6 +429,17 @@ fn main() {
         Trial::test("netpriv_rdomains", rdomains),
         Trial::test("netpriv_priv_process_logs_refusals", priv_process),
     ];
+    let daemon_skip = skip.clone().or_else(support::missing_vmm).map(|why| {
+        Trial::test("netpriv_daemon_creates_switches", daemon_switch)
+            .with_ignored_flag(true)
+            .with_kind(why)
+    });
+    let tests: Vec<Trial> = tests
+        .into_iter()
+        .chain(Some(daemon_skip.unwrap_or_else(|| {
+            Trial::test("netpriv_daemon_creates_switches", daemon_switch)
+        })))
+        .collect();
     let tests = tests
         .into_iter()
         .map(|t| match &skip {
