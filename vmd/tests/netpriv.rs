@@ -66,6 +66,9 @@ fn missing() -> Option<String> {
     if Command::new("ip").arg("-V").output().is_err() {
         return Some("needs ip (iproute2)".into());
     }
+    if Command::new("python3").arg("-V").output().is_err() {
+        return Some("needs python3 (opens the taps)".into());
+    }
     let r = std::thread::spawn(|| nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET))
         .join()
         .unwrap_or(Err(nix::errno::Errno::EIO));
@@ -417,6 +420,82 @@ fn daemon_switch() -> Result<(), Failed> {
     })
 }
 
+/// Creates tap `name` (not persistent: it lives as long as its
+/// descriptor) the way vmd opens taps on Linux — `/dev/net/tun`,
+/// `TUNSETIFF` with IFF_TAP|IFF_NO_PI — in a python3 child, which hands the
+/// descriptor over in an imsg (`IMSG_CTL_OK` with one fd; the tests have no
+/// `unsafe` for the ioctl themselves).
+fn open_tap(name: &str) -> Result<std::os::fd::OwnedFd, Failed> {
+    const SCRIPT: &str = r#"
+import fcntl, os, socket, struct, sys
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", sys.argv[1].encode(), 0x0002 | 0x1000))
+socket.send_fds(socket.socket(fileno=0), [struct.pack("<IHHII", 0, 16, 0x0101, 0, 0)], [fd])
+"#;
+    let (ours, theirs) = UnixStream::pair()?;
+    let st = Command::new("python3")
+        .args(["-c", SCRIPT, name])
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .status()?;
+    if !st.success() {
+        return Err(format!("python3 could not open tap {name}: {st}").into());
+    }
+    let mut chan = ImsgChannel::new(ours);
+    let mut r = chan.recv()?;
+    r.fds
+        .pop()
+        .ok_or_else(|| Failed::from("no descriptor from python3"))
+}
+
+/// `PRIV_GET_ADDR`: the MAC of the tap behind a descriptor, as the
+/// parent sends it; and a VM's stop (its tap descriptors closed) removes
+/// its taps, from the switch too.
+fn tap_lladdr_and_stop() -> Result<(), Failed> {
+    in_netns(|| {
+        let tap = open_tap("tap6")?;
+        // priv's view of /proc/self/fdinfo, as NetIf::open gets it.
+        let mut p = Priv::new(NetIf::open()?);
+        let out = run(
+            &mut p,
+            &[
+                Message::PrivIfexists(vfr("bridge2", "")),
+                Message::PrivIfadd(vfr("bridge2", "tap6")),
+                Message::PrivIfup(vfr("tap6", "")),
+            ],
+        );
+        assert!(
+            out.iter().all(|(_, o)| matches!(o, Outcome::Done)),
+            "{out:?}"
+        );
+        let mac = link(&mut p.netif, "tap6")?
+            .mac
+            .ok_or_else(|| Failed::from("tap6 has no MAC"))?;
+        let req = Message::PrivGetAddr(vmd_proto::msg::VmopAddrReq {
+            vmid: 4,
+            nic_idx: 2,
+        });
+        match p.handle(&req, vec![tap.try_clone()?]) {
+            Outcome::Reply(Message::PrivGetAddrResponse(r)) => {
+                assert_eq!((r.vmid, r.nic_idx, r.addr), (4, 2, mac));
+            }
+            other => return Err(format!("GET_ADDR: {other:?}").into()),
+        }
+        let br = link(&mut p.netif, "bridge2")?;
+        assert_eq!(link(&mut p.netif, "tap6")?.master, Some(br.index));
+        // The VM stops: its descriptors close, and its tap is gone.
+        drop(tap);
+        assert_eq!(p.netif.link("tap6")?, None);
+        assert!(p.netif.link("bridge2")?.is_some(), "the switch stays");
+        // Requests for the vanished tap fail cleanly.
+        let o = p.handle(&Message::PrivIfup(vfr("tap6", "")), Vec::new());
+        assert!(
+            matches!(o, Outcome::Failed(NetifError::NoSuchInterface(_))),
+            "{o:?}"
+        );
+        Ok(())
+    })
+}
+
 fn main() {
     let args = Arguments::from_args();
     let skip = missing();
@@ -428,6 +507,7 @@ fn main() {
         ),
         Trial::test("netpriv_rdomains", rdomains),
         Trial::test("netpriv_priv_process_logs_refusals", priv_process),
+        Trial::test("netpriv_tap_lladdr_and_stop", tap_lladdr_and_stop),
     ];
     let daemon_skip = skip.clone().or_else(support::missing_vmm).map(|why| {
         Trial::test("netpriv_daemon_creates_switches", daemon_switch)
