@@ -99,7 +99,9 @@ fn ifreq(name: &str, id: u32, value: &str) -> VmopIfreq {
 
 /// `vm_register`: a NIC on a switch inherits the switch's `locked
 /// lladdr` (and its local and rdomain flags).  For the parent to apply to
-/// a VM's parameters before they go to the vmm process.
+/// a VM's parameters before they go to the vmm process.  The switch's
+/// rdomain comes with its flag unless the NIC has its own, so that
+/// [`vm_ifconfig`] gives the same rdomain before and after.
 pub fn inherit_switch_flags(ifs: &mut [Interface], switches: &[Switch]) {
     for i in ifs.iter_mut() {
         if let Some(sw) = i
@@ -107,6 +109,9 @@ pub fn inherit_switch_flags(ifs: &mut [Interface], switches: &[Switch]) {
             .as_deref()
             .and_then(|n| switch_by_name(switches, n))
         {
+            if sw.flags & VMIFF_RDOMAIN != 0 && i.flags & VMIFF_RDOMAIN == 0 {
+                i.rdomain = sw.rdomain;
+            }
             i.flags |= sw.flags & VMIFF_OPTMASK;
         }
     }
@@ -528,6 +533,23 @@ mod tests {
         assert!(ifs[0].locked());
         assert!(!ifs[1].locked());
         assert!(ifs[0].up(), "VMIFF_UP is not the switch's to give");
+        // The rdomain the taps get is the same before and after.
+        let mut sw = switch(1, "s", "bridge0");
+        sw.flags |= VMIFF_RDOMAIN;
+        sw.rdomain = 7;
+        let mut ifs = vec![nic(), nic()];
+        ifs[0].switch = Some("s".into());
+        ifs[1].switch = Some("s".into());
+        ifs[1].flags |= VMIFF_RDOMAIN;
+        ifs[1].rdomain = 2;
+        let taps = ["tap0".to_string(), "tap1".to_string()];
+        let g = GlobalConfig::default();
+        let sws = [sw];
+        let before = vm_ifconfig(&g, &sws, 1, "v", &ifs, &taps).unwrap();
+        inherit_switch_flags(&mut ifs, &sws);
+        assert_eq!(ifs[0].rdomain(), Some(7));
+        assert_eq!(ifs[1].rdomain(), Some(2));
+        assert_eq!(vm_ifconfig(&g, &sws, 1, "v", &ifs, &taps).unwrap(), before);
     }
 
     /// Every request the parent builds passes priv's checks once the

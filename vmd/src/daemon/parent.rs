@@ -719,6 +719,8 @@ impl Parent {
             .map_err(|e| errno_of(&e))?;
         let mut params = vm.params.clone();
         params.id = vm.id;
+        // vm_register: NICs on a switch take its `locked lladdr`.
+        super::netcfg::inherit_switch_flags(&mut params.interfaces, &self.switches);
         for (d, n) in params.disks.iter_mut().zip(bases) {
             d.bases = n;
         }

@@ -170,6 +170,9 @@ impl NetIf {
         loop {
             let mut rbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
             let n = self.sock.recv(&mut rbuf, 0)?;
+            if n == 0 {
+                return Err(io_other("netlink socket closed"));
+            }
             let mut off = 0;
             while off < n {
                 let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rbuf[off..n])
