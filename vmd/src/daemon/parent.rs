@@ -3,7 +3,7 @@
 //! through the vmm process, answers the clients the control process
 //! relays, restarts VMs that reset themselves, and reloads or shuts down
 //! on SIGHUP and SIGTERM.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -37,9 +37,6 @@ struct Parent {
     /// (`sw_running`).
     switches: Vec<config::Switch>,
     switches_running: HashSet<String>,
-    /// The taps the parent opened for each running VM (by VM id), NIC by
-    /// NIC: what priv configures once the VM runs.
-    vm_taps: HashMap<u32, Vec<String>>,
     children: Vec<(&'static str, Child)>,
     /// vmm(4), opened as root for the vmm process (`env->vmd_fd`).
     vmm_fd: OwnedFd,
@@ -153,7 +150,6 @@ pub fn main(args: Args, _user: User) -> i32 {
         privc,
         switches: Vec::new(),
         switches_running: HashSet::new(),
-        vm_taps: HashMap::new(),
         children,
         vmm_fd,
         stagger: Stagger::new(None, 1),
@@ -164,6 +160,10 @@ pub fn main(args: Args, _user: User) -> i32 {
         p.kill_children();
         return 1;
     }
+    // vmd.c, once its children run: pledge "stdio rpath wpath proc tty
+    // recvfd sendfd getpw chown fattr flock".
+    crate::sandbox::confine_or_die(crate::sandbox::Kind::Parent, &Default::default());
+    crate::sandbox::test_hook(crate::sandbox::Kind::Parent);
     loop {
         let ready = {
             let fds = [
@@ -527,9 +527,6 @@ impl Parent {
     /// switch, rdomain, groups, state and local addresses.
     fn configure_vm_interfaces(&mut self, i: usize) -> Result<(), super::netcfg::NetcfgError> {
         let vm = &self.reg.vms[i];
-        let Some(taps) = self.vm_taps.get(&vm.id) else {
-            return Ok(());
-        };
         super::netcfg::configure_vm_interfaces(
             &mut self.privc,
             &self.global,
@@ -537,7 +534,7 @@ impl Parent {
             vm.id,
             &vm.params.name,
             &vm.params.interfaces,
-            taps,
+            &vm.ifnames,
         )
     }
 
@@ -690,12 +687,22 @@ impl Parent {
                 disk_fds.push((at, OwnedFd::from(c.file)));
             }
         }
-        if !vm.params.interfaces.is_empty() {
-            log::warn!(
-                "{}: {} network interface(s) not configured: no vionet yet",
-                vm.params.name,
-                vm.params.interfaces.len()
-            );
+        // Each NIC's tap, opened here as root (the VM side never opens
+        // one) and sent on as a descriptor (START_VM_IF); its name, as
+        // the system gave it, goes to the VM in the create parameters.
+        let mut taps = Vec::new();
+        for (index, nic) in vm.params.interfaces.iter().enumerate() {
+            let want = nic.name.as_deref().unwrap_or("tap");
+            match crate::sys::open_tap(want) {
+                Ok(t) => {
+                    log::debug!("vm \"{name}\": interface {index} is {}", t.name);
+                    taps.push(t);
+                }
+                Err(e) => {
+                    log::warn!("config_setvm: {e}");
+                    return Err(e.errno());
+                }
+            }
         }
         if vm.tty.is_none() {
             let owner = VmopOwner {
@@ -711,6 +718,7 @@ impl Parent {
         let vm = &mut self.reg.vms[i];
         // Held, with their locks, while the VM runs.
         vm.disk_files = disk_files;
+        vm.ifnames = taps.iter().map(|t| t.name.clone()).collect();
         let pty = vm
             .tty
             .as_ref()
@@ -724,6 +732,9 @@ impl Parent {
         for (d, n) in params.disks.iter_mut().zip(bases) {
             d.bases = n;
         }
+        for (nic, t) in params.interfaces.iter_mut().zip(&taps) {
+            nic.name = Some(t.name.clone());
+        }
         send(
             &mut self.vmm,
             Message::StartVmRequest(params),
@@ -735,6 +746,31 @@ impl Parent {
         }
         for (at, fd) in disk_fds {
             send(&mut self.vmm, Message::StartVmDisk(at), vm.id, vec![fd]);
+        }
+        // The parent keeps no tap open: each lives as long as the VM's
+        // processes hold it.
+        for (index, t) in taps.into_iter().enumerate() {
+            // priv reads the tap's MAC through a duplicate, for vionet's
+            // DHCP server (config_setvm's IMSG_VMDOP_PRIV_GET_ADDR).
+            match t.file.try_clone() {
+                Ok(dup) => {
+                    if let Err(e) = super::netcfg::request_tap_lladdr(
+                        &mut self.privc,
+                        vm.id,
+                        index as u32,
+                        OwnedFd::from(dup),
+                    ) {
+                        log::warn!("config_setvm: {e}");
+                    }
+                }
+                Err(e) => log::warn!("config_setvm: tap {}: {e}", t.name),
+            }
+            send(
+                &mut self.vmm,
+                Message::StartVmIf(index as u32),
+                vm.id,
+                vec![OwnedFd::from(t.file)],
+            );
         }
         send(
             &mut self.vmm,
@@ -949,7 +985,6 @@ impl Parent {
                 let vm = &self.reg.vms[i];
                 if vmr.result != 0 {
                     log::warn!("{}: failed to start vm", vm.params.name);
-                    self.vm_taps.remove(&vmr.id);
                     self.reg.terminate(i);
                     return;
                 }
@@ -957,7 +992,6 @@ impl Parent {
                 if let Err(e) = self.configure_vm_interfaces(i) {
                     let vm = &self.reg.vms[i];
                     log::warn!("{}: failed to configure vm: {e}", vm.params.name);
-                    self.vm_taps.remove(&vmr.id);
                     self.reg.terminate(i);
                     return;
                 }
@@ -986,8 +1020,6 @@ impl Parent {
                     log::debug!("vmd_dispatch_vmm: vm {} is no longer available", vmr.id);
                     return;
                 };
-                // The taps go with the VM's descriptors (vm_stop).
-                self.vm_taps.remove(&vmr.id);
                 let vm = &self.reg.vms[i];
                 if vmr.result != libc::EAGAIN || vm.params.boot_device != BootDevice::Auto {
                     if vmr.result != 0 && vmr.result != libc::EAGAIN {

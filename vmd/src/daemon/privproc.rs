@@ -340,6 +340,8 @@ pub fn main(_args: &Args, user: &User) -> i32 {
             logging::fatal("priv: chroot", e);
         }
     }
+    crate::sandbox::confine_or_die(crate::sandbox::Kind::Priv, &Default::default());
+    crate::sandbox::test_hook(crate::sandbox::Kind::Priv);
     let mut ev = match EventLoop::with_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
         Ok(s) => s,
         Err(e) => logging::fatal("signals", e),

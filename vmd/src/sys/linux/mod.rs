@@ -1,2 +1,3 @@
-//! Linux: rtnetlink for interfaces.
+//! Linux: taps (/dev/net/tun) and rtnetlink for interfaces.
 pub mod netif;
+pub mod tap;

@@ -1,2 +1,3 @@
-//! OpenBSD: interface ioctls.
+//! OpenBSD: taps (/dev/tapN) and interface ioctls.
 pub mod netif;
+pub mod tap;
