@@ -19,12 +19,16 @@
 //! Needs root, `ip` (iproute2) and network namespaces; reported as
 //! ignored with the reason otherwise.
 mod support;
+#[cfg(target_os = "linux")]
+#[path = "support/testguest.rs"]
+mod testguest_support;
 
 /// Linux's interfaces: OpenBSD's ioctl paths are type-checked by
 /// `make check-openbsd` and exercised by vmd on OpenBSD hosts.
 #[cfg(target_os = "linux")]
 mod on_linux {
     use super::support;
+    use super::testguest_support;
     use std::collections::HashMap;
     use std::io::Read;
     use std::os::unix::net::UnixStream;
@@ -115,7 +119,7 @@ mod on_linux {
         in_netns(|| {
             ip("tuntap add dev tap0 mode tap")?;
             ip("tuntap add dev tap1 mode tap")?;
-            let mut p = Priv::new(NetIf::with_groups(groups(), None)?);
+            let mut p = Priv::new(NetIf::with_groups(groups())?);
             let sw = Switch {
                 id: 1,
                 name: "uplink".into(),
@@ -199,7 +203,7 @@ mod on_linux {
             // Named like a tap, but a bridge; and a bridge vm.conf never named.
             ip("link add tap5 type bridge")?;
             ip("link add bridge7 type bridge")?;
-            let mut p = Priv::new(NetIf::with_groups(groups(), None)?);
+            let mut p = Priv::new(NetIf::with_groups(groups())?);
             let before: Vec<Link> = ["lo", "tap0", "tap5", "bridge7"]
                 .iter()
                 .map(|n| link(&mut p.netif, n))
@@ -268,7 +272,7 @@ mod on_linux {
             ip("link add bridge0 type bridge")?;
             ip("link set tap1 master bridge0")?;
             let vrf = ip("link add vrftest type vrf table 77").is_ok();
-            let mut n = NetIf::with_groups(groups(), None)?;
+            let mut n = NetIf::with_groups(groups())?;
             match n.set_rdomain("tap0", 5) {
                 Ok(()) => {
                     assert!(vrf, "rdomain set without VRF support?");
@@ -371,7 +375,7 @@ mod on_linux {
             ] {
                 assert!(text.contains(want), "no {want:?} in:\n{text}");
             }
-            let mut n = NetIf::with_groups(HashMap::new(), None)?;
+            let mut n = NetIf::with_groups(HashMap::new())?;
             let br = link(&mut n, "bridge0")?;
             let t = link(&mut n, "tap0")?;
             assert_eq!(t.master, Some(br.index));
@@ -397,7 +401,7 @@ mod on_linux {
             let mut vmd = support::daemon::command(&cfg, &dir.join("vmd.sock"))
                 .stderr(std::fs::File::create(dir.join("stderr"))?)
                 .spawn()?;
-            let mut n = NetIf::with_groups(HashMap::new(), None)?;
+            let mut n = NetIf::with_groups(HashMap::new())?;
             let deadline = Instant::now() + Duration::from_secs(15);
             let r = loop {
                 let a = n.link("bridge0")?;
@@ -420,6 +424,89 @@ mod on_linux {
             assert_eq!(b.alias.as_deref(), Some("switch2-dark"));
             assert!(!b.up, "veb3 down");
             assert!(!log.contains("refused"), "{log}");
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        })
+    }
+
+    /// vmd with a VM on a switch, a local interface and a tap that is
+    /// down: once the VM runs, priv has given each tap vmd's description,
+    /// the switch its member, the local tap its /31, each its state; when
+    /// vmd ends, the VM's taps go and the switch stays.
+    fn daemon_vm_interfaces() -> Result<(), Failed> {
+        in_netns(|| {
+            let dir = support::daemon::temp_dir("vmd-netpriv", "vm")?;
+            let disk = dir.join("script.img");
+            testguest_support::write_boot_disk(&disk, "pci\nvmmci-ignore\n", 1 << 20)?;
+            let cfg = dir.join("vm.conf");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "switch \"uplink\" {{\n interface bridge0\n}}\n\
+                     vm \"net\" {{\n memory 32M\n boot \"{}\"\n disk \"{}\"\n local interface\n \
+                     interface {{ switch \"uplink\" }}\n interface tap7 {{ down }}\n}}\n",
+                    testguest_support::elf_path().display(),
+                    disk.display()
+                ),
+            )?;
+            let mut vmd = support::daemon::command(&cfg, &dir.join("vmd.sock"))
+                .stderr(std::fs::File::create(dir.join("stderr"))?)
+                .spawn()?;
+            let mut n = NetIf::with_groups(HashMap::new())?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let done = loop {
+                let t = ["tap0", "tap1", "tap7"]
+                    .iter()
+                    .map(|t| n.link(t))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if t.iter()
+                    .all(|l| l.as_ref().is_some_and(|l| l.alias.is_some()))
+                    && !n.addresses("tap0")?.is_empty()
+                {
+                    break Ok(t.into_iter().flatten().collect::<Vec<Link>>());
+                }
+                if Instant::now() > deadline {
+                    break Err(format!("taps not configured: {t:?}"));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let taps = match done {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = support::daemon::stop(&mut vmd);
+                    let log = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+                    return Err(format!("{e}\n{log}").into());
+                }
+            };
+            let br = link(&mut n, "bridge0")?;
+            let addrs = n.addresses("tap0")?;
+            support::daemon::stop(&mut vmd)?;
+            let log = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+            let (t0, t1, t7) = (&taps[0], &taps[1], &taps[2]);
+            assert_eq!(t0.alias.as_deref(), Some("vm1-if0-net"), "{log}");
+            assert_eq!(t1.alias.as_deref(), Some("vm1-if1-net"));
+            assert_eq!(t7.alias.as_deref(), Some("vm1-if2-net"));
+            assert!(t0.up && t1.up && !t7.up, "states {t0:?} {t1:?} {t7:?}");
+            assert_eq!(t1.master, Some(br.index), "tap1 on bridge0");
+            assert_eq!(t0.master, None);
+            assert!(
+                addrs.contains(&("100.64.1.2".parse().unwrap(), 31)),
+                "tap0 {addrs:?}"
+            );
+            assert_eq!(br.alias.as_deref(), Some("switch1-uplink"));
+            assert!(!log.contains("refused"), "{log}");
+            // vmd stopped the VM: its taps are gone, the switch is not.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while ["tap0", "tap1", "tap7"]
+                .iter()
+                .any(|t| n.link(t).ok().flatten().is_some())
+            {
+                if Instant::now() > deadline {
+                    return Err("the VM's taps outlived it".into());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(n.link("bridge0")?.is_some());
             let _ = std::fs::remove_dir_all(&dir);
             Ok(())
         })
@@ -458,7 +545,6 @@ socket.send_fds(socket.socket(fileno=0), [struct.pack("<IHHII", 0, 16, 0x0101, 0
     fn tap_lladdr_and_stop() -> Result<(), Failed> {
         in_netns(|| {
             let tap = open_tap("tap6")?;
-            // priv's view of /proc/self/fdinfo, as NetIf::open gets it.
             let mut p = Priv::new(NetIf::open()?);
             let out = run(
                 &mut p,
@@ -514,16 +600,25 @@ socket.send_fds(socket.socket(fileno=0), [struct.pack("<IHHII", 0, 16, 0x0101, 0
             Trial::test("netpriv_priv_process_logs_refusals", priv_process),
             Trial::test("netpriv_tap_lladdr_and_stop", tap_lladdr_and_stop),
         ];
-        let daemon_skip = skip.clone().or_else(support::missing_vmm).map(|why| {
-            Trial::test("netpriv_daemon_creates_switches", daemon_switch)
-                .with_ignored_flag(true)
-                .with_kind(why)
-        });
+        // The daemon's tests need vmm(4) (vmd opens it first), the VM's
+        // the test guest too.
+        let trial =
+            |name: &'static str, f: fn() -> Result<(), Failed>, why: Option<String>| match why {
+                Some(why) => Trial::test(name, f).with_ignored_flag(true).with_kind(why),
+                None => Trial::test(name, f),
+            };
+        let no_vmm = skip.clone().or_else(support::missing_vmm);
+        let no_guest = no_vmm.clone().or_else(testguest_support::missing_guest);
         let tests: Vec<Trial> = tests
             .into_iter()
-            .chain(Some(daemon_skip.unwrap_or_else(|| {
-                Trial::test("netpriv_daemon_creates_switches", daemon_switch)
-            })))
+            .chain([
+                trial("netpriv_daemon_creates_switches", daemon_switch, no_vmm),
+                trial(
+                    "netpriv_daemon_vm_interfaces",
+                    daemon_vm_interfaces,
+                    no_guest,
+                ),
+            ])
             .collect();
         let tests = tests
             .into_iter()

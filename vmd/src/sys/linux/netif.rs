@@ -34,12 +34,11 @@
 //! - addresses (`SIOCAIFADDR`, `SIOCAIFADDR_IN6`) → `RTM_NEWADDR`
 //!   (replacing an existing one).
 //! - a tap's MAC (`SIOCGIFADDR` on the tap's descriptor) → the tap's name
-//!   from `/proc/self/fdinfo/<fd>` (`iff:`; the directory is opened before
-//!   priv's chroot), then the link's `IFLA_ADDRESS`.
+//!   from the descriptor (`TUNGETIFF`, in `tap.rs` beside TUNSETIFF), then
+//!   the link's `IFLA_ADDRESS`.  priv opens no file once confined.
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
@@ -79,8 +78,6 @@ pub struct NetIf {
     seq: u32,
     /// Group names to numbers (iproute2's table).
     groups: HashMap<String, u32>,
-    /// `/proc/self/fdinfo`, opened before the chroot.
-    fdinfo: Option<OwnedFd>,
 }
 
 fn io_other(e: impl std::fmt::Display) -> std::io::Error {
@@ -108,9 +105,8 @@ pub fn parse_group_table(text: &str) -> HashMap<String, u32> {
 }
 
 impl NetIf {
-    /// The rtnetlink socket, iproute2's group table and
-    /// `/proc/self/fdinfo`: all that priv needs from the file system, so
-    /// call this before the chroot.
+    /// The rtnetlink socket and iproute2's group table: all that priv
+    /// needs from the file system, so call this before the chroot.
     pub fn open() -> Result<NetIf, NetifError> {
         let mut groups = HashMap::new();
         for path in GROUP_TABLES.iter().rev() {
@@ -118,22 +114,11 @@ impl NetIf {
                 groups.extend(parse_group_table(&text));
             }
         }
-        let fdinfo = rustix::fs::open(
-            "/proc/self/fdinfo",
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .ok();
-        Self::with_groups(groups, fdinfo)
+        Self::with_groups(groups)
     }
 
     /// With a group table of the caller's (tests).
-    pub fn with_groups(
-        groups: HashMap<String, u32>,
-        fdinfo: Option<OwnedFd>,
-    ) -> Result<NetIf, NetifError> {
+    pub fn with_groups(groups: HashMap<String, u32>) -> Result<NetIf, NetifError> {
         let mut sock =
             Socket::new(NETLINK_ROUTE).map_err(|e| NetifError::os("socket", "netlink", e))?;
         sock.bind_auto()
@@ -144,7 +129,6 @@ impl NetIf {
             sock,
             seq: 1,
             groups,
-            fdinfo,
         })
     }
 
@@ -558,40 +542,11 @@ impl NetIf {
         Ok(out)
     }
 
-    /// The name of the tap behind a descriptor of `/dev/net/tun`, from
-    /// `/proc/self/fdinfo` (`iff:`); `None` when it is no tap.
-    pub fn tap_name(&self, tap: BorrowedFd) -> Result<Option<String>, NetifError> {
-        let fd = tap.as_raw_fd().to_string();
-        let dir = self.fdinfo.as_ref().ok_or_else(|| {
-            NetifError::os(
-                "fdinfo",
-                &fd,
-                std::io::Error::from(std::io::ErrorKind::NotFound),
-            )
-        })?;
-        let f = rustix::fs::openat(
-            dir,
-            fd.as_str(),
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| NetifError::os("fdinfo", &fd, e.into()))?;
-        let mut text = String::new();
-        std::fs::File::from(f)
-            .read_to_string(&mut text)
-            .map_err(|e| NetifError::os("fdinfo", &fd, e))?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix("iff:"))
-            .map(|n| n.trim().to_string()))
-    }
-
     /// `SIOCGIFADDR` on a tap's descriptor: its MAC.
     pub fn tap_lladdr(&mut self, tap: BorrowedFd) -> Result<[u8; 6], NetifError> {
-        let fd = tap.as_raw_fd().to_string();
-        let name = self.tap_name(tap)?.ok_or_else(|| NetifError::WrongKind {
-            ifname: format!("fd {fd}"),
-            why: "is not a tap".to_string(),
+        let name = super::tap::tap_name(tap).map_err(|e| NetifError::WrongKind {
+            ifname: format!("descriptor {}", tap.as_raw_fd()),
+            why: format!("is not a tap ({e})"),
         })?;
         let l = self.must_link(&name)?;
         l.mac.ok_or_else(|| NetifError::WrongKind {
