@@ -450,6 +450,7 @@ mod on_linux {
                 ),
             )?;
             let mut vmd = support::daemon::command(&cfg, &dir.join("vmd.sock"))
+                .arg("-v")
                 .stderr(std::fs::File::create(dir.join("stderr"))?)
                 .spawn()?;
             let mut n = NetIf::with_groups(HashMap::new())?;
@@ -494,7 +495,22 @@ mod on_linux {
                 "tap0 {addrs:?}"
             );
             assert_eq!(br.alias.as_deref(), Some("switch1-uplink"));
-            assert!(!log.contains("refused"), "{log}");
+            // Nothing refused, nothing failed (GET_ADDR included), nothing
+            // outside the sandbox.
+            for bad in ["refused", "forbidden"] {
+                assert!(!log.contains(bad), "{bad}: {log}");
+            }
+            assert!(
+                !log.lines()
+                    .any(|l| l.contains("priv: IMSG_") && !l.ends_with(" done")),
+                "{log}"
+            );
+            // priv read each tap's MAC for vionet.
+            assert_eq!(
+                log.matches("priv: IMSG_VMDOP_PRIV_GET_ADDR done").count(),
+                3,
+                "{log}"
+            );
             // vmd stopped the VM: its taps are gone, the switch is not.
             let deadline = Instant::now() + Duration::from_secs(10);
             while ["tap0", "tap1", "tap7"]
