@@ -10,7 +10,7 @@
 //! | – | parent: configuration, VM registry, ptys, boot images | [`parent`] | root |
 //! | `-P control` | owns the control socket, checks peer credentials | [`control`] | `_vmd`, chroot `/var/empty` when it exists |
 //! | `-P vmm` | starts one VM process per guest, reaps them | [`vmm`] | `_vmd`, chroot `/` (unveil: only vmd's binary, on OpenBSD) |
-//! | `-P priv` | network configuration (taps, bridges): a stub until the network issue | [`privproc`] | root, chroot to `_vmd`'s home when it exists |
+//! | `-P priv` | network configuration: taps, switches, local addresses ([`netcfg`] is the parent's side) | [`privproc`] | root, chroot to `_vmd`'s home when it exists |
 //! | `-V 0` | one VM process per guest, exec'd by vmm | [`vmproc`] | `_vmd` (inherited from vmm) |
 //! | `-X 0 -t d -p vm` | one per vioblk device, exec'd by its VM process | [`devproc`] | `_vmd` (inherited from the VM) |
 //!
@@ -52,6 +52,7 @@ pub mod devproc;
 pub mod disks;
 pub mod events;
 pub mod logging;
+pub mod netcfg;
 pub mod parent;
 pub mod privproc;
 pub mod privsep;
