@@ -1,0 +1,118 @@
+//! `make bench-net`: the test guest as a two-port repeater between two
+//! network namespaces (tests/support/netns.rs), under our VM and, with the
+//! same guest, boot disk and namespaces, under QEMU (`-enable-kvm`, tap
+//! netdevs without vhost, modern-only virtio-net-pci).  iperf3 TCP from A
+//! to B and ping round trips go through the VMM's taps, its virtio-net
+//! devices and the guest.  Prints, one `key=value` per line, the median
+//! over `BENCH_ROUNDS` rounds (default 5) of each run's iperf3 rate and
+//! each run's median ping round trip, and the ratios ours/QEMU.
+//!
+//! Needs root, /dev/kvm, qemu-system-x86, iproute2, iperf3, iputils-ping
+//! and the test guest (`make testguest`); it says which is missing and
+//! exits 1.  Where our VM has no virtio-net yet, its figures are printed
+//! as `skipped` with the reason.
+#[path = "../tests/support/netguest.rs"]
+mod netguest;
+#[path = "../tests/support/netns.rs"]
+mod netns;
+#[path = "../tests/support/mod.rs"]
+mod support;
+#[path = "../tests/support/testguest.rs"]
+mod testguest_support;
+
+use netguest::Vmm;
+use netns::{median, NetPair};
+
+/// Pings per run, their interval, iperf3's seconds per run.
+const PINGS: u32 = 50;
+const PING_INTERVAL_MS: u32 = 10;
+const IPERF_SECONDS: u32 = 3;
+
+/// One run: (iperf3 Gbit/s, median ping round trip in µs).
+fn one_run(vmm: Vmm) -> Result<(f64, f64), String> {
+    let pair = NetPair::new(&format!("b{}", &vmm.name()[..1]))?;
+    let ((gbps, rtts, lost), text) = netguest::run(vmm, &pair, |p| {
+        let (rtts, lost) = p.ping(PINGS, PING_INTERVAL_MS)?;
+        let gbps = p.iperf3(IPERF_SECONDS)?;
+        Ok((gbps, rtts, lost))
+    })?;
+    if lost * 10 > PINGS {
+        return Err(format!(
+            "{}: {lost} of {PINGS} pings lost; console:\n{text}",
+            vmm.name()
+        ));
+    }
+    Ok((gbps, median(rtts)))
+}
+
+fn bench() -> Result<(), String> {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let ours_missing = netguest::missing_vionet();
+    let mut vmms = vec![Vmm::Qemu];
+    if ours_missing.is_none() {
+        vmms.push(Vmm::Ours);
+    }
+    // [vmm] -> (rates, round trips)
+    let mut got: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); vmms.len()];
+    for round in 0..rounds {
+        // Rotate who goes first so drift on a shared host is split.
+        for i in 0..vmms.len() {
+            let k = (round + i) % vmms.len();
+            let (gbps, rr) = one_run(vmms[k])?;
+            eprintln!(
+                "bench-net: round {round} {}: {gbps:.3} Gbit/s, ping {rr:.0} us",
+                vmms[k].name()
+            );
+            got[k].0.push(gbps);
+            got[k].1.push(rr);
+        }
+    }
+    let figures = |vmm: Vmm| {
+        vmms.iter()
+            .position(|v| *v == vmm)
+            .map(|k| (median(got[k].0.clone()), median(got[k].1.clone())))
+    };
+    let (tcp_qemu, rr_qemu) = figures(Vmm::Qemu).ok_or("no QEMU figures")?;
+    println!("# {rounds} rounds, medians; iperf3 TCP {IPERF_SECONDS} s, {PINGS} pings");
+    match figures(Vmm::Ours) {
+        Some((tcp_ours, rr_ours)) => {
+            println!("net_tcp_gbps_ours={tcp_ours:.3}");
+            println!("net_tcp_gbps_qemu={tcp_qemu:.3}");
+            println!("net_tcp_ratio={:.3}", tcp_ours / tcp_qemu);
+            println!("net_rr_us_ours={rr_ours:.0}");
+            println!("net_rr_us_qemu={rr_qemu:.0}");
+            println!("net_rr_ratio={:.3}", rr_ours / rr_qemu);
+        }
+        None => {
+            let why = ours_missing.unwrap_or_default();
+            println!("# ours skipped: {why}");
+            println!("net_tcp_gbps_ours=skipped");
+            println!("net_tcp_gbps_qemu={tcp_qemu:.3}");
+            println!("net_tcp_ratio=skipped");
+            println!("net_rr_us_ours=skipped");
+            println!("net_rr_us_qemu={rr_qemu:.0}");
+            println!("net_rr_ratio=skipped");
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let missing = support::missing_vmm()
+        .or_else(testguest_support::missing_guest)
+        .or_else(testguest_support::missing_qemu)
+        .or_else(netns::missing_net);
+    if let Some(why) = missing {
+        eprintln!("bench-net: cannot run: {why}");
+        std::process::exit(1);
+    }
+    std::env::set_var("VMD_USER", support::daemon::vmd_user());
+    if let Err(e) = bench() {
+        eprintln!("bench-net: {e}");
+        std::process::exit(1);
+    }
+}
