@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 /// Namespace A's address on tap 0, and B's on tap 1.
 pub const ADDR_A: &str = "10.77.0.1";
 pub const ADDR_B: &str = "10.77.0.2";
-/// The taps' names inside the namespaces (fresh ones, so no clash).
-pub const TAPS: [&str; 2] = ["tgnet0", "tgnet1"];
+/// The taps' names inside the namespaces: vmd's `tapN` rule; the
+/// namespaces are fresh, so nothing else has these names there.
+pub const TAPS: [&str; 2] = ["tap0", "tap1"];
 /// The guest's two MACs, the same under every VMM.
 pub const MACS: [&str; 2] = ["52:54:00:7e:57:01", "52:54:00:7e:57:02"];
 
