@@ -225,8 +225,10 @@ impl NetPair {
             &count.to_string(),
             "-i",
             &format!("{:.3}", interval_ms as f64 / 1000.0),
-            "-W",
-            "2",
+            // With -c, -w waits for every answer up to the deadline
+            // (alone, ping gives the last ones only about two round trips).
+            "-w",
+            &(count * interval_ms / 1000 + 5).to_string(),
             ADDR_B,
         ]));
         // ping exits 1 when some were lost: the lines still count.
