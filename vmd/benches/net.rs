@@ -31,7 +31,7 @@ const IPERF_SECONDS: u32 = 3;
 /// One run: (iperf3 Gbit/s, median ping round trip in µs).
 fn one_run(vmm: Vmm) -> Result<(f64, f64), String> {
     let pair = NetPair::new(&format!("b{}", &vmm.name()[..1]))?;
-    let ((gbps, rtts, lost), text) = netguest::run(vmm, &pair, |p| {
+    let ((gbps, rtts, lost), text) = netguest::run(vmm, netguest::Nic0::Tap, &pair, |p| {
         let (rtts, lost) = p.ping(PINGS, PING_INTERVAL_MS)?;
         let gbps = p.iperf3(IPERF_SECONDS)?;
         Ok((gbps, rtts, lost))

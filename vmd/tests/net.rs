@@ -17,8 +17,8 @@ mod support;
 mod testguest_support;
 
 use libtest_mimic::{Arguments, Failed, Trial};
-use netguest::Vmm;
-use netns::{NetPair, MACS};
+use netguest::{Nic0, Vmm};
+use netns::{Lease, NetPair, MACS};
 use testguest_support::*;
 
 const PINGS: u32 = 20;
@@ -46,7 +46,7 @@ fn traffic(pair: &NetPair) -> Result<Traffic, String> {
 /// the test sent.
 fn repeater(vmm: Vmm) -> Result<(), Failed> {
     let pair = NetPair::new(&vmm.name()[..1])?;
-    let (t, text) = netguest::run(vmm, &pair, traffic)?;
+    let (t, text) = netguest::run(vmm, Nic0::Tap, &pair, traffic)?;
     let want: Vec<String> = [
         format!("net-info: nic 0 mac {} mac-feature 1", MACS[0]),
         format!("net-info: nic 1 mac {} mac-feature 1", MACS[1]),
@@ -90,6 +90,39 @@ fn repeater(vmm: Vmm) -> Result<(), Failed> {
     Ok(())
 }
 
+/// busybox's udhcpc in B gets a lease, through the guest, from the DHCP
+/// server the VMM runs on NIC 0's network.
+fn dhcp(vmm: Vmm) -> Result<(), Failed> {
+    let pair = NetPair::new(&format!("d{}", &vmm.name()[..1]))?;
+    let (lease, text) = netguest::run(vmm, Nic0::Local, &pair, |p| p.udhcpc(10))?;
+    let want = match vmm {
+        // QEMU's user network: its documented defaults.
+        Vmm::Qemu => Lease {
+            ip: "10.0.2.15".into(),
+            subnet: "255.255.255.0".into(),
+            router: "10.0.2.2".into(),
+            dns: "10.0.2.3".into(),
+            lease: "86400".into(),
+            server: "10.0.2.2".into(),
+        },
+        Vmm::Ours => return Err(netguest::missing_local().unwrap_or_default().into()),
+    };
+    if lease != want {
+        return Err(format!("lease {lease:?}, want {want:?}; console:\n{text}").into());
+    }
+    // The DHCP exchange went through the repeater both ways.
+    for from in 0..2 {
+        let (frames, bad) = netguest::counters(&text, from)?;
+        if frames < 2 || bad != 0 {
+            return Err(format!(
+                "nic {from}: {frames} frames forwarded, {bad} bad; console:\n{text}"
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let args = Arguments::from_args();
     // The device processes drop privileges to vmd's user.
@@ -103,8 +136,17 @@ fn main() {
             base.clone().or_else(missing_qemu),
         ),
         (
+            Trial::test("qemu_repeater_dhcp_lease", || dhcp(Vmm::Qemu)),
+            base.clone().or_else(missing_qemu),
+        ),
+        (
             Trial::test("vmd_repeater_ping_iperf3", || repeater(Vmm::Ours)),
-            base.or_else(netguest::missing_vionet),
+            base.clone().or_else(netguest::missing_vionet),
+        ),
+        (
+            Trial::test("vmd_repeater_dhcp_lease", || dhcp(Vmm::Ours)),
+            base.or_else(netguest::missing_vionet)
+                .or_else(netguest::missing_local),
         ),
     ];
     let tests = tests

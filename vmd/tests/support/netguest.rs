@@ -28,38 +28,61 @@ impl Vmm {
     }
 }
 
+/// What NIC 0 is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nic0 {
+    /// Tap 0, moved to namespace A with an address (tap 1 to B with one).
+    Tap,
+    /// The VMM's own network with its DHCP server: QEMU's user network,
+    /// vmd's `local interface`.  Tap 1 goes to B with no address.
+    Local,
+}
+
 /// Why our VM cannot run the repeater, if it cannot.
 pub fn missing_vionet() -> Option<String> {
     Some("no vionet yet".into())
 }
 
-/// Boots the repeater under `vmm` with its NICs on `pair`'s taps, runs
-/// `traffic` once A reaches B through it, stops it; `traffic`'s result
-/// and the guest's transcript (an error carries the transcript too).
+/// Boots the repeater under `vmm` with its NICs on `pair`'s taps (or
+/// NIC 0 on the VMM's own network), runs `traffic` once A reaches B
+/// through it (or once tap 1 is in B), stops it; `traffic`'s result and
+/// the guest's transcript (an error carries the transcript too).
 pub fn run<T>(
     vmm: Vmm,
+    nic0: Nic0,
     pair: &NetPair,
     traffic: impl FnOnce(&NetPair) -> Result<T, String>,
 ) -> Result<(T, String), String> {
-    let disk = TempFile::new(&format!("net-{}", vmm.name()));
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let disk = TempFile::new(&format!("net-{}-{n}", vmm.name()));
     write_boot_disk(&disk.0, SCRIPT, 4 << 20)?;
-    match vmm {
-        Vmm::Qemu => run_qemu(&disk, pair, traffic),
-        Vmm::Ours => Err(missing_vionet().unwrap_or_default()),
+    let traffic = |p: &NetPair| match nic0 {
+        Nic0::Tap => {
+            p.attach(Duration::from_secs(10))?;
+            p.wait_reachable(Duration::from_secs(15))?;
+            traffic(p)
+        }
+        Nic0::Local => {
+            p.attach_b_only(Duration::from_secs(10))?;
+            traffic(p)
+        }
+    };
+    match (vmm, nic0) {
+        (Vmm::Qemu, _) => run_qemu(&disk, nic0, pair, traffic),
+        (Vmm::Ours, Nic0::Local) => Err(missing_local().unwrap_or_default()),
+        (Vmm::Ours, Nic0::Tap) => Err(missing_vionet().unwrap_or_default()),
     }
 }
 
-fn with_traffic<T>(
-    pair: &NetPair,
-    traffic: impl FnOnce(&NetPair) -> Result<T, String>,
-) -> Result<T, String> {
-    pair.attach(Duration::from_secs(10))?;
-    pair.wait_reachable(Duration::from_secs(15))?;
-    traffic(pair)
+/// Why our VM cannot be the DHCP server on NIC 0, if it cannot.
+pub fn missing_local() -> Option<String> {
+    Some("no local interface DHCP in vionet yet".into())
 }
 
 fn run_qemu<T>(
     disk: &TempFile,
+    nic0: Nic0,
     pair: &NetPair,
     traffic: impl FnOnce(&NetPair) -> Result<T, String>,
 ) -> Result<(T, String), String> {
@@ -69,10 +92,10 @@ fn run_qemu<T>(
         "-device".into(),
         "virtio-blk-pci,drive=d0,disable-legacy=on".into(),
     ];
-    args.extend(netns::qemu_nics());
+    args.extend(netns::qemu_nics(nic0 == Nic0::Local));
     let mut qemu = Qemu::start_with(pair.vm.command("qemu-system-x86_64"), &args)?;
     qemu.wait_for("net-repeat: ready", Duration::from_secs(60))?;
-    let t = with_traffic(pair, traffic);
+    let t = traffic(pair);
     let sent = qemu.send(b"q");
     let stopped = sent.and_then(|()| qemu.wait_for("done", Duration::from_secs(10)));
     let text = qemu.stop();

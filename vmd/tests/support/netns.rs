@@ -38,6 +38,7 @@ pub fn missing_net() -> Option<String> {
     }
     [
         ("ip", "iproute2"),
+        ("busybox", "busybox"),
         ("ping", "iputils-ping"),
         ("iperf3", "iperf3"),
     ]
@@ -143,6 +144,17 @@ impl Drop for Netns {
     }
 }
 
+/// What a DHCP server gave udhcpc (as its script saw it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub ip: String,
+    pub subnet: String,
+    pub router: String,
+    pub dns: String,
+    pub lease: String,
+    pub server: String,
+}
+
 /// The three namespaces of one network test.
 pub struct NetPair {
     /// A and B are dropped before V (fields drop in order), so the taps
@@ -190,6 +202,82 @@ impl NetPair {
             ns.ip(&["link", "set", "dev", tap, "up"])?;
         }
         Ok(())
+    }
+
+    /// Waits until the VMM's tap 1 exists in V, then moves it to B, up,
+    /// without an address (a DHCP client configures it); tap 0 stays.
+    pub fn attach_b_only(&self, timeout: Duration) -> Result<(), String> {
+        let tap = TAPS[1];
+        let deadline = Instant::now() + timeout;
+        while self.vm.ip(&["link", "show", "dev", tap]).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the VMM did not create tap {tap} in {} within {timeout:?}",
+                    self.vm.name
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.vm
+            .ip(&["link", "set", "dev", tap, "netns", &self.b.name])?;
+        let _ = run(self.b.command("sysctl").args([
+            "-q",
+            "-w",
+            &format!("net.ipv6.conf.{tap}.disable_ipv6=1"),
+        ]));
+        self.b.ip(&["link", "set", "dev", tap, "up"])?;
+        Ok(())
+    }
+
+    /// busybox's `udhcpc` in B on tap 1, once (DISCOVER, OFFER, REQUEST,
+    /// ACK), at most `tries` discovers a second apart: what it was given.
+    pub fn udhcpc(&self, tries: u32) -> Result<Lease, String> {
+        let script = crate::testguest_support::TempFile::new(&format!("udhcpc-{}", self.b.name));
+        // udhcpc runs the script with the lease in its environment;
+        // nothing is configured on the interface.
+        std::fs::write(
+            &script.0,
+            "#!/bin/sh\necho \"udhcpc $1 ip=$ip subnet=$subnet router=$router dns=$dns \
+             lease=$lease serverid=$serverid\"\n",
+        )
+        .map_err(|e| format!("{}: {e}", script.0.display()))?;
+        std::fs::set_permissions(
+            &script.0,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .map_err(|e| format!("{}: {e}", script.0.display()))?;
+        let out = self
+            .b
+            .command("busybox")
+            .args(["udhcpc", "-f", "-q", "-n", "-i", TAPS[1], "-T", "1"])
+            .args(["-t", &tries.to_string(), "-s"])
+            .arg(&script.0)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("busybox udhcpc: {e}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("udhcpc bound "))
+            .ok_or_else(|| format!("udhcpc got no lease ({}):\n{text}", out.status))?;
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .unwrap_or("")
+                .to_string()
+        };
+        Ok(Lease {
+            ip: field("ip"),
+            subnet: field("subnet"),
+            router: field("router"),
+            dns: field("dns"),
+            lease: field("lease"),
+            server: field("serverid"),
+        })
     }
 
     /// Pings B from A until one answer comes back (ARP through the guest
@@ -306,12 +394,19 @@ impl NetPair {
 /// MACs [`MACS`], no option ROM (iPXE does not run on hosts whose KVM
 /// emulates real mode), no vhost (the device model in QEMU itself, as
 /// ours is in vmd).
-pub fn qemu_nics() -> Vec<String> {
+///
+/// With `user0`, NIC 0 is on QEMU's user network instead (its DHCP
+/// server, as vmd's on a `local interface`).
+pub fn qemu_nics(user0: bool) -> Vec<String> {
     let mut v = Vec::new();
     for (i, (tap, mac)) in TAPS.iter().zip(MACS).enumerate() {
         v.extend([
             "-netdev".into(),
-            format!("tap,id=n{i},ifname={tap},script=no,downscript=no,vhost=off"),
+            if user0 && i == 0 {
+                format!("user,id=n{i}")
+            } else {
+                format!("tap,id=n{i},ifname={tap},script=no,downscript=no,vhost=off")
+            },
             "-device".into(),
             format!("virtio-net-pci,netdev=n{i},disable-legacy=on,romfile=,mac={mac}"),
         ]);
