@@ -30,6 +30,9 @@ fn in_path(prog: &str) -> bool {
 
 /// Why not, if namespaces cannot be made here or a tool is missing.
 pub fn missing_net() -> Option<String> {
+    if !cfg!(target_os = "linux") {
+        return Some("needs Linux network namespaces".into());
+    }
     if !nix::unistd::geteuid().is_root() {
         return Some("needs root (network namespaces and taps)".into());
     }
