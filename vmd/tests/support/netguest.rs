@@ -6,9 +6,15 @@
 //! `support/netns.rs` as `netns` and `support/testguest.rs` as
 //! `testguest_support`.
 #![allow(dead_code)]
-use crate::netns::{self, NetPair};
+use crate::netns::{self, NetPair, MACS, TAPS};
+use crate::support::{self, Console};
 use crate::testguest_support::{write_boot_disk, Qemu, TempFile};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vmd::vm::devproc::{DeviceProcesses, DiskFiles, NicFiles, NicSetup};
+use vmd::vm::machine::{BootImage, Machine, VmConfig};
+use vmd_proto::config::DiskFormat;
+use vmd_proto::msg::VmDisk;
 
 /// The repeater stops on a byte on COM1; 300 s is the backstop.
 pub const SCRIPT: &str = "net-info\nnet-repeat 300\n";
@@ -40,7 +46,7 @@ pub enum Nic0 {
 
 /// Why our VM cannot run the repeater, if it cannot.
 pub fn missing_vionet() -> Option<String> {
-    Some("no vionet yet".into())
+    support::missing_bios()
 }
 
 /// Boots the repeater under `vmm` with its NICs on `pair`'s taps (or
@@ -71,7 +77,7 @@ pub fn run<T>(
     match (vmm, nic0) {
         (Vmm::Qemu, _) => run_qemu(&disk, nic0, pair, traffic),
         (Vmm::Ours, Nic0::Local) => Err(missing_local().unwrap_or_default()),
-        (Vmm::Ours, Nic0::Tap) => Err(missing_vionet().unwrap_or_default()),
+        (Vmm::Ours, Nic0::Tap) => run_ours(&disk, pair, traffic),
     }
 }
 
@@ -120,4 +126,125 @@ pub fn counters(text: &str, from: u32) -> Result<(u64, u64), String> {
             .ok_or_else(|| format!("no {name} in {line:?}"))
     };
     Ok((field("frames")?, field("bad")?))
+}
+
+/// The taps [`TAPS`], opened by vmd's own code inside namespace V (on a
+/// thread of their own, which alone enters it).
+#[cfg(target_os = "linux")]
+fn open_taps(pair: &NetPair) -> Result<Vec<vmd::sys::Tap>, String> {
+    let path = pair.vm.path();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns {}: {e}", path.display()))?;
+        TAPS.iter()
+            .map(|t| vmd::sys::open_tap(t).map_err(|e| e.to_string()))
+            .collect()
+    })
+    .join()
+    .map_err(|_| "tap thread panicked".to_string())?
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_taps(_pair: &NetPair) -> Result<Vec<vmd::sys::Tap>, String> {
+    Err("needs Linux network namespaces".into())
+}
+
+fn mac(text: &str) -> [u8; 6] {
+    let mut m = [0; 6];
+    for (b, x) in m.iter_mut().zip(text.split(':')) {
+        *b = u8::from_str_radix(x, 16).unwrap_or(0);
+    }
+    m
+}
+
+/// Our VM as the daemon runs it: SeaBIOS boots the guest from the disk
+/// (a vioblk device process), each NIC in a vionet device process on its
+/// tap; COM1 input through a pipe.
+fn run_ours<T>(
+    disk: &TempFile,
+    pair: &NetPair,
+    traffic: impl FnOnce(&NetPair) -> Result<T, String>,
+) -> Result<(T, String), String> {
+    let taps = open_taps(pair)?;
+    let bios = std::fs::read(support::bios_path()).map_err(|e| e.to_string())?;
+    let path = disk.0.to_str().ok_or("disk path not UTF-8")?;
+    let file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&disk.0)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let (com_in, com_send) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let console = Console::default();
+    let vmm = Arc::new(vmm_sys::Vmm::open().map_err(|e| e.to_string())?);
+    let cfg = VmConfig {
+        name: "net".into(),
+        memory: 128 << 20,
+        boot: BootImage::Bios(bios),
+        console_out: Box::new(console.clone()),
+        console_in: Some(com_in),
+        flavour: None,
+        boot_device: Default::default(),
+        disks: Vec::new(),
+        disk_files: vec![DiskFiles {
+            disk: VmDisk {
+                path: path.into(),
+                format: DiskFormat::Raw,
+                bases: 0,
+            },
+            files: vec![file.into()],
+        }],
+        devices: Some(DeviceProcesses {
+            exe: env!("CARGO_BIN_EXE_vmd").into(),
+            vmm_fd: vmm_sys::Vmm::open_device().map_err(|e| e.to_string())?,
+            flags: Vec::new(),
+            one_way_kicks: true,
+        }),
+        cdrom: None,
+        cdrom_file: None,
+        nics: taps
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| NicFiles {
+                nic: NicSetup {
+                    index: i as u32,
+                    ifname: t.name,
+                    mac: mac(MACS[i]),
+                    locked: false,
+                    local: None,
+                },
+                tap: t.file.into(),
+                in_process: false,
+            })
+            .collect(),
+    };
+    let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
+    let control = machine.control();
+    let runner = std::thread::spawn(move || machine.run());
+    let wait = |line: &str, timeout: Duration| -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = console.text();
+            if text.lines().any(|l| l.trim_end_matches('\r') == line) {
+                return Ok(());
+            }
+            if text.contains("FATAL") || runner.is_finished() || Instant::now() > deadline {
+                return Err(format!(
+                    "no line {line:?} from the guest within {timeout:?}; console:\n{text}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let t = wait("net-repeat: ready", Duration::from_secs(60)).and_then(|()| traffic(pair));
+    let stopped = nix::unistd::write(&com_send, b"q")
+        .map_err(|e| format!("writing to COM1: {e}"))
+        .and_then(|_| wait("done", Duration::from_secs(10)));
+    control.stop();
+    let outcome = runner.join().map_err(|_| "VM thread panicked")?;
+    let text = console.text();
+    let t = t.map_err(|e| format!("{e}; console:\n{text}"))?;
+    stopped?;
+    outcome.map_err(|e| format!("VM failed: {e}; console:\n{text}"))?;
+    Ok((t, text))
 }
