@@ -9,8 +9,10 @@
 //!
 //! Needs root, /dev/kvm, qemu-system-x86, iproute2, iperf3, iputils-ping
 //! and the test guest (`make testguest`); it says which is missing and
-//! exits 1.  Where our VM has no virtio-net yet, its figures are printed
-//! as `skipped` with the reason.
+//! exits 1.  Where our VM cannot run (no SeaBIOS fetched), its figures
+//! are printed as `skipped` with the reason.  Ours is vmd's VM process
+//! with vioblk and each vionet in its device process, as the daemon runs
+//! them.
 #[path = "../tests/support/netguest.rs"]
 mod netguest;
 #[path = "../tests/support/netns.rs"]
@@ -51,7 +53,7 @@ fn bench() -> Result<(), String> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5)
         .max(1);
-    let ours_missing = netguest::missing_vionet();
+    let ours_missing = netguest::missing_ours();
     let mut vmms = vec![Vmm::Qemu];
     if ours_missing.is_none() {
         vmms.push(Vmm::Ours);

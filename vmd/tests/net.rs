@@ -144,11 +144,11 @@ fn main() {
         ),
         (
             Trial::test("vmd_repeater_ping_iperf3", || repeater(Vmm::Ours)),
-            base.clone().or_else(netguest::missing_vionet),
+            base.clone().or_else(netguest::missing_ours),
         ),
         (
             Trial::test("vmd_repeater_dhcp_lease", || dhcp(Vmm::Ours)),
-            base.or_else(netguest::missing_vionet)
+            base.or_else(netguest::missing_ours)
                 .or_else(netguest::missing_local),
         ),
     ];

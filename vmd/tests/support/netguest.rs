@@ -45,7 +45,7 @@ pub enum Nic0 {
 }
 
 /// Why our VM cannot run the repeater, if it cannot.
-pub fn missing_vionet() -> Option<String> {
+pub fn missing_ours() -> Option<String> {
     support::missing_bios()
 }
 
