@@ -105,7 +105,19 @@ fn dhcp(vmm: Vmm) -> Result<(), Failed> {
             lease: "86400".into(),
             server: "10.0.2.2".into(),
         },
-        Vmm::Ours => return Err(netguest::missing_local().unwrap_or_default().into()),
+        // vmd's: the /31 of the local prefix for VM 1's first NIC, the
+        // host side as router, DNS server and server id, lease for ever.
+        Vmm::Ours => {
+            let l = netguest::ours_local_lease()?;
+            Lease {
+                ip: l.guest_addr.to_string(),
+                subnet: l.netmask().to_string(),
+                router: l.host_addr.to_string(),
+                dns: l.host_addr.to_string(),
+                lease: vmd::net::dhcp::LEASE_TIME.to_string(),
+                server: l.host_addr.to_string(),
+            }
+        }
     };
     if lease != want {
         return Err(format!("lease {lease:?}, want {want:?}; console:\n{text}").into());

@@ -11,7 +11,7 @@ use crate::support::{self, Console};
 use crate::testguest_support::{write_boot_disk, Qemu, TempFile};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vmd::vm::devproc::{DeviceProcesses, DiskFiles, NicFiles, NicSetup};
+use vmd::vm::devproc::{DeviceProcesses, DiskFiles, NicFiles, NicLocal, NicSetup};
 use vmd::vm::machine::{BootImage, Machine, VmConfig};
 use vmd_proto::config::DiskFormat;
 use vmd_proto::msg::VmDisk;
@@ -76,8 +76,7 @@ pub fn run<T>(
     };
     match (vmm, nic0) {
         (Vmm::Qemu, _) => run_qemu(&disk, nic0, pair, traffic),
-        (Vmm::Ours, Nic0::Local) => Err(missing_local().unwrap_or_default()),
-        (Vmm::Ours, Nic0::Tap) => run_ours(&disk, pair, traffic),
+        (Vmm::Ours, _) => run_ours(&disk, nic0, pair, traffic),
     }
 }
 
@@ -150,7 +149,36 @@ fn open_taps(_pair: &NetPair) -> Result<Vec<vmd::sys::Tap>, String> {
     Err("needs Linux network namespaces".into())
 }
 
-fn mac(text: &str) -> [u8; 6] {
+/// Our VM's id as the daemon would number it (the local interface's
+/// addresses depend on it).
+pub const OURS_VM_ID: u32 = 1;
+pub const OURS_VM_NAME: &str = "net";
+
+/// NIC 0 as a `local interface` of VM [`OURS_VM_ID`] under the default
+/// `local prefix`.
+fn local_nic0() -> NicLocal {
+    NicLocal::new(
+        &vmd_proto::config::GlobalConfig::default(),
+        OURS_VM_ID,
+        0,
+        OURS_VM_NAME,
+    )
+    .expect("the default local prefix has room for VM 1's first NIC")
+}
+
+/// What vmd's DHCP server leases to NIC 0 as a local interface.
+pub fn ours_local_lease() -> Result<vmd::net::LocalLease, String> {
+    vmd::net::LocalLease::new(
+        &vmd_proto::config::GlobalConfig::default(),
+        OURS_VM_ID,
+        0,
+        mac(MACS[0]),
+        OURS_VM_NAME,
+    )
+    .map_err(|e| e.to_string())
+}
+
+pub fn mac(text: &str) -> [u8; 6] {
     let mut m = [0; 6];
     for (b, x) in m.iter_mut().zip(text.split(':')) {
         *b = u8::from_str_radix(x, 16).unwrap_or(0);
@@ -163,6 +191,7 @@ fn mac(text: &str) -> [u8; 6] {
 /// tap; COM1 input through a pipe.
 fn run_ours<T>(
     disk: &TempFile,
+    nic0: Nic0,
     pair: &NetPair,
     traffic: impl FnOnce(&NetPair) -> Result<T, String>,
 ) -> Result<(T, String), String> {
@@ -178,7 +207,7 @@ fn run_ours<T>(
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open().map_err(|e| e.to_string())?);
     let cfg = VmConfig {
-        name: "net".into(),
+        name: OURS_VM_NAME.into(),
         memory: 128 << 20,
         boot: BootImage::Bios(bios),
         console_out: Box::new(console.clone()),
@@ -211,7 +240,7 @@ fn run_ours<T>(
                     ifname: t.name,
                     mac: mac(MACS[i]),
                     locked: false,
-                    local: None,
+                    local: (i == 0 && nic0 == Nic0::Local).then(local_nic0),
                 },
                 tap: t.file.into(),
                 in_process: false,

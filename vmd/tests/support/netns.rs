@@ -209,6 +209,9 @@ impl NetPair {
 
     /// Waits until the VMM's tap 1 exists in V, then moves it to B, up,
     /// without an address (a DHCP client configures it); tap 0 stays.
+    /// Tap 1 takes the MAC of the guest's NIC 0: through the repeater, a
+    /// client in B is the guest as NIC 0's network sees it (vmd's DHCP
+    /// server answers only the NIC's own hardware address).
     pub fn attach_b_only(&self, timeout: Duration) -> Result<(), String> {
         let tap = TAPS[1];
         let deadline = Instant::now() + timeout;
@@ -228,6 +231,8 @@ impl NetPair {
             "-w",
             &format!("net.ipv6.conf.{tap}.disable_ipv6=1"),
         ]));
+        self.b
+            .ip(&["link", "set", "dev", tap, "address", MACS[0]])?;
         self.b.ip(&["link", "set", "dev", tap, "up"])?;
         Ok(())
     }
