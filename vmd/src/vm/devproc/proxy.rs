@@ -24,6 +24,33 @@ pub type OnDeath = Arc<dyn Fn(String) + Send + Sync>;
 /// How long a device process may take to map memory and open its files.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a device process may take to go after SHUTDOWN before the
+/// VM process kills it: one that is stopped (SIGSTOP) or stuck must not
+/// outlive its VM, holding the guest's memory and its disk.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Set by the async channel's thread once it has reaped the device
+/// process (until then its pid cannot name another process).
+#[derive(Default)]
+struct Exited {
+    reaped: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Exited {
+    fn set(&self) {
+        *self.reaped.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+
+    /// Whether the process was reaped within `d`.
+    fn wait(&self, d: Duration) -> bool {
+        let g = self.reaped.lock().unwrap();
+        let (g, _) = self.cv.wait_timeout_while(g, d, |r| !*r).unwrap();
+        *g
+    }
+}
+
 /// What [`launch`] needs.
 pub struct Launch<'a> {
     /// vmd's binary (the VM process's own).
@@ -55,6 +82,7 @@ pub struct Proxy {
     /// shuts it down.
     done: Arc<AtomicBool>,
     pid: u32,
+    exited: Arc<Exited>,
     /// Register accesses forwarded as round trips, and notify writes
     /// sent one way.
     rpcs: u64,
@@ -135,18 +163,22 @@ pub fn launch(l: Launch<'_>) -> Result<(Proxy, u32), DevProcError> {
         }
     };
     let done = Arc::new(AtomicBool::new(false));
+    let exited = Arc::new(Exited::default());
     let async_rx = async_ours.try_clone().map_err(io("socket"))?;
     {
-        let (lines, irq, on_death, done, name) = (
+        let (lines, irq, on_death, done, name, exited) = (
             l.lines.clone(),
             l.setup.irq,
             l.on_death.clone(),
             done.clone(),
             name.clone(),
+            exited.clone(),
         );
         std::thread::Builder::new()
             .name(format!("{}-async", kind_name(l.setup.kind)))
-            .spawn(move || async_reader(async_rx, child, lines, irq, on_death, done, name))
+            .spawn(move || {
+                async_reader(async_rx, child, lines, irq, on_death, (done, exited), name)
+            })
             .map_err(io("thread"))?;
     }
     Ok((
@@ -159,6 +191,7 @@ pub fn launch(l: Launch<'_>) -> Result<(Proxy, u32), DevProcError> {
             on_death: l.on_death,
             done,
             pid,
+            exited,
             rpcs: 0,
             kicks: 0,
             one_way_kicks: l.one_way_kicks,
@@ -192,7 +225,7 @@ fn async_reader(
     lines: Arc<dyn IrqLines>,
     irq: u8,
     on_death: OnDeath,
-    done: Arc<AtomicBool>,
+    (done, exited): (Arc<AtomicBool>, Arc<Exited>),
     name: String,
 ) {
     let mut chan = ImsgChannel::new(sock);
@@ -206,6 +239,7 @@ fn async_reader(
         }
     };
     let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+    exited.set();
     if !done.swap(true, Ordering::SeqCst) {
         let msg = match why {
             DevProcError::Imsg(ImsgError::Closed) => {
@@ -310,6 +344,20 @@ impl Drop for Proxy {
         );
         if !self.done.swap(true, Ordering::SeqCst) {
             let _ = send(&mut self.async_tx, &ViodevMsg::of_type(VIODEV_MSG_SHUTDOWN));
+        }
+        // Not reaped yet, so the pid is still that device process's.
+        if !self.exited.wait(SHUTDOWN_GRACE) {
+            log::warn!(
+                "{}: device process {} did not exit within {} s of shutdown, killing it",
+                self.name,
+                self.pid,
+                SHUTDOWN_GRACE.as_secs()
+            );
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            self.exited.wait(SHUTDOWN_GRACE);
         }
     }
 }
