@@ -8,24 +8,25 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
-use nix::unistd::User;
-
 use super::args::Args;
 use super::{disks, logging, privsep};
 use crate::devices::virtio::blk::Vioblk;
+use crate::devices::virtio::net::{Vionet, VionetConfig};
 use crate::devices::virtio::scsi::Vioscsi;
-use crate::vm::devproc::{device, proxy::kind_name, DevProcError, DevSetup, IMSG_DEVOP_SETUP};
+use crate::vm::devproc::{
+    device, proxy::kind_name, DevProcError, DevSetup, NicSetup, IMSG_DEVOP_SETUP,
+};
 use crate::vm::guest_memory::VmMemory;
 use vmd_proto::msg::{DiskFd, VmDisk};
 use vmm_sys::abi::{vm_mem_range, vm_sharemem_params};
 
 /// The device process; the exit status.
-pub fn main(args: &Args, user: &User) -> i32 {
+pub fn main(args: &Args) -> i32 {
     let kind = args.dev_type.unwrap_or('?');
     let vm = args.name.clone().unwrap_or_default();
     privsep::set_title(&format!("{vm} {}", kind_name(kind)));
     logging::procinit(&format!("{}/{vm}", kind_name(kind)));
-    match run(kind, user) {
+    match run(kind) {
         Ok(()) => 0,
         Err(e) => {
             log::warn!("{} {vm}: {e}", kind_name(kind));
@@ -38,7 +39,7 @@ fn setup_err(s: impl Into<String>) -> DevProcError {
     DevProcError::Setup(s.into())
 }
 
-fn run(kind: char, user: &User) -> Result<(), DevProcError> {
+fn run(kind: char) -> Result<(), DevProcError> {
     let mut sync = privsep::parent_channel().map_err(|source| DevProcError::Io {
         what: "sync channel",
         source,
@@ -76,13 +77,21 @@ fn run(kind: char, user: &User) -> Result<(), DevProcError> {
         .collect::<Result<_, _>>()?;
     // vmd's device processes run as _vmd; this one inherits it from the
     // VM process, and must not stay root if started by root.
-    if nix::unistd::geteuid().is_root() {
-        privsep::drop_privileges(user, None).map_err(|source| DevProcError::Io {
-            what: "drop privileges",
-            source,
+    if nix::unistd::geteuid().is_root() && !super::no_privdrop() {
+        privsep::drop_privileges(&super::lookup_user(), None).map_err(|source| {
+            DevProcError::Io {
+                what: "drop privileges",
+                source,
+            }
         })?;
     }
     let mem = share_memory(&setup, vmm_fd, mem_fds)?;
+    // Set up: from here on it serves the guest's requests (vioblk.c's
+    // pledge "stdio vmm proc").
+    let confined = crate::sandbox::Kind::Device(kind);
+    crate::sandbox::confine(confined, &Default::default())
+        .map_err(|e| setup_err(format!("sandbox: {e}")))?;
+    crate::sandbox::test_hook(confined);
     match kind {
         'd' => {
             let disk: VmDisk = vmd_proto::codec::decode(&setup.payload)?;
@@ -118,6 +127,20 @@ fn run(kind: char, user: &User) -> Result<(), DevProcError> {
                 sync,
                 async_sock,
             )
+        }
+        'n' => {
+            let nic: NicSetup = vmd_proto::codec::decode(&setup.payload)?;
+            let fd = files
+                .into_iter()
+                .next()
+                .ok_or_else(|| setup_err("no tap"))?;
+            let tap = crate::sys::Tap::from_fd(fd, nic.ifname.clone()).map_err(|source| {
+                DevProcError::Io {
+                    what: "tap",
+                    source,
+                }
+            })?;
+            device::serve(vionet(&nic, tap), setup.irq, mem, sync, async_sock)
         }
         other => Err(setup_err(format!(
             "device type {other} has no device process"
@@ -160,4 +183,47 @@ fn share_memory(
         .sharemem(&mut vsp)
         .map_err(|e| setup_err(e.to_string()))?;
     VmMemory::new(&mem).map_err(|e| setup_err(e.to_string()))
+}
+
+/// The vionet core for a NIC on its tap, in a device process or in the
+/// VM process.
+pub fn vionet(nic: &NicSetup, tap: crate::sys::Tap) -> Vionet {
+    log::debug!(
+        "vionet{}: {} lladdr {}{}{}",
+        nic.index,
+        nic.ifname,
+        nic.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+        if nic.locked { " locked" } else { "" },
+        if nic.local.is_some() { " local" } else { "" }
+    );
+    let dev = Vionet::new(
+        VionetConfig {
+            mac: nic.mac,
+            locked: nic.locked,
+        },
+        Box::new(tap),
+    );
+    match nic.local.as_ref().map(|l| l.lease(nic.index, nic.mac)) {
+        // vmd's DHCP server answers the guest on a local interface.
+        Some(Ok(lease)) => {
+            log::debug!(
+                "vionet{}: local interface, guest {}/{} host {}",
+                nic.index,
+                lease.guest_addr,
+                lease.prefix_len,
+                lease.host_addr
+            );
+            dev.with_local(Box::new(crate::net::LocalServer::new(lease)))
+        }
+        // The VM process checked the addresses before starting us.
+        Some(Err(e)) => {
+            log::warn!("vionet{}: {e}", nic.index);
+            dev
+        }
+        None => dev,
+    }
 }

@@ -56,6 +56,8 @@ struct PendingVm {
     disks: Vec<(DiskFd, OwnedFd)>,
     /// The ISO (START_VM_CDROM).
     cdrom: Option<OwnedFd>,
+    /// The taps (START_VM_IF), by NIC index.
+    ifs: Vec<(u32, OwnedFd)>,
 }
 
 struct Vmm {
@@ -69,6 +71,9 @@ struct Vmm {
     pending: BTreeMap<u32, PendingVm>,
     last_request: Option<u32>,
     vms: Vec<VmProc>,
+    /// The parent's global configuration: VM processes need the local
+    /// prefixes for their local interfaces.
+    global: vmd_proto::config::GlobalConfig,
 }
 
 /// The vmm process; the exit status.
@@ -89,13 +94,12 @@ pub fn main(args: &Args, user: &User) -> i32 {
         logging::fatal("vmm: cannot drop privileges", e);
     }
     // vmm_run: "We aren't root, so we can't chroot(2). Use unveil(2)
-    // instead."  (Nothing happens outside OpenBSD.)
-    if let Err(e) = vmm_sys::unveil(Some(&exe), Some("x")) {
-        logging::fatal(&format!("unveil {}", exe.display()), e);
-    }
-    if let Err(e) = vmm_sys::unveil(None, None) {
-        logging::fatal("unveil lock", e);
-    }
+    // instead.", then pledge "stdio vmm sendfd recvfd proc exec ps".
+    let ctx = crate::sandbox::Context {
+        exe: Some(exe.clone()),
+    };
+    crate::sandbox::confine_or_die(crate::sandbox::Kind::Vmm, &ctx);
+    crate::sandbox::test_hook(crate::sandbox::Kind::Vmm);
     let mut ev = match EventLoop::with_signals(&[
         libc::SIGCHLD,
         libc::SIGTERM,
@@ -113,6 +117,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
         pending: BTreeMap::new(),
         last_request: None,
         vms: Vec::new(),
+        global: Default::default(),
     };
     loop {
         let deadline = events::earliest(vmm.vms.iter().map(|v| v.kill_at));
@@ -216,6 +221,7 @@ impl Vmm {
                         kernel: r.fds.pop(),
                         disks: Vec::new(),
                         cdrom: None,
+                        ifs: Vec::new(),
                     },
                 );
                 self.last_request = Some(id);
@@ -232,6 +238,13 @@ impl Vmm {
                 match (self.pending.get_mut(&id), r.fds.pop()) {
                     (Some(p), Some(fd)) => p.disks.push((d, fd)),
                     _ => log::warn!("vmm: START_VM_DISK without a request or a descriptor"),
+                }
+            }
+            Message::StartVmIf(index) => {
+                let id = self.last_request.unwrap_or(peerid);
+                match (self.pending.get_mut(&id), r.fds.pop()) {
+                    (Some(p), Some(fd)) => p.ifs.push((index, fd)),
+                    _ => log::warn!("vmm: START_VM_IF without a request or a descriptor"),
                 }
             }
             Message::StartVmEnd => {
@@ -305,9 +318,35 @@ impl Vmm {
                     }
                 }
             }
-            // The global configuration matters to vmm once VMs have
-            // local interfaces (vionet).
-            Message::Config(_) => {}
+            // priv's answer for a VM's tap: to that VM (vmm.c).
+            Message::PrivGetAddrResponse(r) => match self.find(r.vmid) {
+                Some(i) => {
+                    if let Some(c) = self.vms[i].chan.as_mut() {
+                        let m = Message::PrivGetAddrResponse(r);
+                        let _ = events::post(c, &m, NO_PEER, Vec::new());
+                    }
+                }
+                None => log::debug!("vmm: tap address for vm {}, which is not running", r.vmid),
+            },
+            // Passed on to each VM started from now on (its local
+            // interfaces' addresses).
+            Message::Config(g) => self.global = g,
+            // A tap's MAC from priv, for the VM's vionet (vmm.c forwards
+            // it to the VM process).
+            m @ Message::PrivGetAddrResponse(_) => {
+                let Message::PrivGetAddrResponse(var) = &m else {
+                    return;
+                };
+                let vmid = var.vmid;
+                match self.vms.iter_mut().find(|v| v.id == vmid) {
+                    Some(vm) => {
+                        if let Some(c) = vm.chan.as_mut() {
+                            let _ = events::post(c, &m, peerid, Vec::new());
+                        }
+                    }
+                    None => log::debug!("vmm: tap address for vm {vmid}, which is gone"),
+                }
+            }
             other => log::debug!("vmm: unexpected {} from parent", other.imsg_type().name()),
         }
     }
@@ -318,6 +357,7 @@ impl Vmm {
             kernel,
             disks,
             cdrom,
+            ifs,
         } = p;
         let id = params.id;
         if self.find(id).is_some() {
@@ -354,6 +394,19 @@ impl Vmm {
             .and_then(|_| {
                 disks.into_iter().try_for_each(|(d, fd)| {
                     events::post(&mut chan, &Message::StartVmDisk(d), NO_PEER, vec![fd])
+                })
+            })
+            .and_then(|_| {
+                events::post(
+                    &mut chan,
+                    &Message::Config(self.global.clone()),
+                    NO_PEER,
+                    Vec::new(),
+                )
+            })
+            .and_then(|_| {
+                ifs.into_iter().try_for_each(|(i, fd)| {
+                    events::post(&mut chan, &Message::StartVmIf(i), NO_PEER, vec![fd])
                 })
             })
             .and_then(|_| {

@@ -12,7 +12,9 @@
 //! On the socket (all `vmd::proc` messages):
 //! - vmm → VM: `RECEIVE_VMM_FD`(vmm(4) fd), `START_VM_REQUEST`(create
 //!   params, boot image fd), a `START_VM_DISK`(fd) per file of each
-//!   disk's chain (vioblk builds the image from them), then
+//!   disk's chain (vioblk builds the image from them), a
+//!   `CONFIG` (the global configuration: local prefixes), a
+//!   `START_VM_IF`(tap fd) per NIC (vionet serves it), then
 //!   `START_VM_END`(pty master fd); VM → vmm:
 //!   `START_VM_RESPONSE` with result 0 once the VM exists, or the errno
 //!   it failed with (and exit).
@@ -27,12 +29,10 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use nix::unistd::User;
-
 use super::args::{child_flags, Args};
 use super::{logging, privsep, vmfiles};
 use crate::devices::virtio::blk::DiskImage;
-use crate::vm::devproc::{DeviceProcesses, DiskFiles};
+use crate::vm::devproc::{DeviceProcesses, DiskFiles, NicFiles, NicLocal, NicSetup};
 use crate::vm::machine::{BootImage, Control, Machine, Outcome, ShutdownRequest, VmConfig};
 use vmd_proto::msg::{VmopCreateParams, VmopResult, VMD_CDROM_INVALID, VMD_DISK_INVALID};
 use vmd_proto::{ImsgChannel, Message};
@@ -49,7 +49,7 @@ fn fail(chan: &mut ImsgChannel, id: u32, errno: i32, msg: &str) -> i32 {
 }
 
 /// The VM process; the exit status.
-pub fn main(args: &Args, user: &User) -> i32 {
+pub fn main(args: &Args) -> i32 {
     let mut chan = match privsep::parent_channel() {
         Ok(c) => c,
         Err(e) => logging::fatal("invalid vm fd", e),
@@ -77,6 +77,8 @@ pub fn main(args: &Args, user: &User) -> i32 {
     // The ISO and the disks' descriptors, then the console.
     let mut cdrom = None;
     let mut disk_fds = super::disks::Received::default();
+    let mut taps: Vec<(u32, OwnedFd)> = Vec::new();
+    let mut global = vmd_proto::config::GlobalConfig::default();
     let pty = loop {
         match chan.recv() {
             Ok(mut r) => match r.msg {
@@ -89,6 +91,11 @@ pub fn main(args: &Args, user: &User) -> i32 {
                     Some(fd) => disk_fds.add(d, fd),
                     None => logging::fatalx("failed to get disk fd"),
                 },
+                Message::Config(g) => global = g,
+                Message::StartVmIf(i) => match r.fds.pop() {
+                    Some(fd) => taps.push((i, fd)),
+                    None => logging::fatalx("failed to get tap fd"),
+                },
                 other => logging::fatalx(&format!("unexpected {:?}", other.imsg_type())),
             },
             Err(e) => logging::fatal("failed to receive vm console", e),
@@ -99,11 +106,26 @@ pub fn main(args: &Args, user: &User) -> i32 {
     logging::procinit(&format!("vm/{name}"));
     // The vmm process is _vmd already, and so is this process; should it
     // be started by root some day, it must not stay root.
-    if nix::unistd::geteuid().is_root() {
-        if let Err(e) = privsep::drop_privileges(user, None) {
+    if nix::unistd::geteuid().is_root() && !super::no_privdrop() {
+        if let Err(e) = privsep::drop_privileges(&super::lookup_user(), None) {
             return fail(&mut chan, params.id, libc::EPERM, &format!("{name}: {e}"));
         }
     }
+
+    // vm.c: unveil vmd's binary, pledge "stdio vmm proc exec" (and
+    // sendfd here: the device processes get their descriptors as
+    // messages).
+    let exe = std::env::current_exe().ok();
+    let sandbox_ctx = crate::sandbox::Context { exe: exe.clone() };
+    if let Err(e) = crate::sandbox::confine(crate::sandbox::Kind::Vm, &sandbox_ctx) {
+        return fail(
+            &mut chan,
+            params.id,
+            libc::EPERM,
+            &format!("{name}: sandbox: {e}"),
+        );
+    }
+    crate::sandbox::test_hook(crate::sandbox::Kind::Vm);
 
     // vioblk runs in a device process per disk (era B), unless
     // VMD_INPROCESS_DEVICES asks for this process (for comparisons).
@@ -142,7 +164,50 @@ pub fn main(args: &Args, user: &User) -> i32 {
             }
         }
     };
-    let devices = match (std::env::current_exe(), vmm_fd.try_clone()) {
+    // One tap per NIC, each in its vionet device process (or here).
+    let mut nics = Vec::new();
+    for (index, nic) in params.interfaces.iter().enumerate() {
+        let Some(pos) = taps.iter().position(|(i, _)| *i as usize == index) else {
+            return fail(
+                &mut chan,
+                params.id,
+                libc::EINVAL,
+                &format!("{name}: no tap for interface {index}"),
+            );
+        };
+        let (_, tap) = taps.swap_remove(pos);
+        // A local interface whose addresses leave the local prefix fails
+        // the start, as priv fails it in vmd.
+        if nic.local() {
+            let l = NicLocal {
+                vm_id: params.id,
+                vm_name: name.clone(),
+                global: global.clone(),
+                pxeboot: false,
+            };
+            if let Err(e) = l.lease(index as u32, nic.lladdr) {
+                return fail(&mut chan, params.id, libc::EINVAL, &format!("{name}: {e}"));
+            }
+        }
+        nics.push(NicFiles {
+            nic: NicSetup {
+                index: index as u32,
+                ifname: nic.name.clone().unwrap_or_else(|| "tap".into()),
+                mac: nic.lladdr,
+                locked: nic.locked(),
+                local: nic.local().then(|| NicLocal {
+                    vm_id: params.id,
+                    vm_name: name.clone(),
+                    global: global.clone(),
+                    pxeboot: crate::net::local::pxeboot(params.boot_device, index),
+                }),
+            },
+            tap,
+            in_process,
+        });
+    }
+    let exe = exe.ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT));
+    let devices = match (exe, vmm_fd.try_clone()) {
         (Ok(exe), Ok(vmm_fd)) => Some(DeviceProcesses {
             exe,
             vmm_fd,
@@ -228,6 +293,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
             devices,
             cdrom,
             cdrom_file,
+            nics,
         },
     ) {
         Ok(m) => m,
@@ -248,6 +314,10 @@ pub fn main(args: &Args, user: &User) -> i32 {
     })) {
         logging::fatal("failed to report vm start", e);
     }
+    // vm.c: "Drop privileges further before starting the vcpu run
+    // loop(s)", pledge "stdio vmm".
+    crate::sandbox::confine_or_die(crate::sandbox::Kind::VmRunning, &sandbox_ctx);
+    crate::sandbox::test_hook(crate::sandbox::Kind::VmRunning);
     let control = machine.control();
     let shutdown = Arc::new(AtomicBool::new(false));
     {
@@ -338,6 +408,12 @@ fn dispatch_vmm(mut chan: ImsgChannel, control: Arc<Control>, shutdown: Arc<Atom
             }
             Message::CtlVerbose(v) => {
                 logging::set_verbose(v);
+                None
+            }
+            // The tap's MAC priv read (vm.c's IMSG_VMDOP_PRIV_GET_ADDR_RESPONSE),
+            // for the NIC's DHCP server.
+            Message::PrivGetAddrResponse(r) => {
+                control.set_host_mac(r.nic_idx, r.addr);
                 None
             }
             other => {

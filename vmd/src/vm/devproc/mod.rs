@@ -15,6 +15,20 @@
 //!   device process serves its async channel before its sync one, so a
 //!   kick is served before any register access the vCPU made after it.
 //!
+//! Each change of the interrupt line the device makes carries a sequence
+//! number (the `vcpu` byte of the message that reports it, on either
+//! channel), and the VM process applies only changes newer than the last
+//! one it applied ([`proxy::LineOrder`]): a raise on the async channel
+//! cannot overtake the lowering an ISR read answered.  The device raises
+//! a line that is already up only once.
+//!
+//! A device that polls (vioblk: its driver makes the next request
+//! available as soon as one completes) keeps looking at a queue for
+//! [`device::POLL_WINDOW`] after each kick and each chain it finds there,
+//! with VIRTQ_USED_F_NO_NOTIFY in the used ring so that the driver does
+//! not kick meanwhile: a busy queue costs neither a VM exit nor a message
+//! per request, and the device process does not sleep between requests.
+//!
 //! The child gets, with its setup message, vmm(4)'s descriptor, the
 //! async socket, the guest memory's descriptors (mapped there with
 //! `VMM_IOC_SHAREMEM`, see vmm-sys's `adopt_memory`) and the device's
@@ -54,10 +68,64 @@ pub struct DiskFiles {
     pub files: Vec<std::os::fd::OwnedFd>,
 }
 
+/// A NIC for a vionet device (process): its tap's descriptor, as the
+/// parent opened it, and what vionet needs to know.
+pub struct NicFiles {
+    pub nic: NicSetup,
+    pub tap: std::os::fd::OwnedFd,
+    /// Served in the VM process (VMD_INPROCESS_DEVICES) rather than by a
+    /// device process of its own.
+    pub in_process: bool,
+}
+
+/// vionet's setup payload (`struct vionet_dev`'s configured part).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicSetup {
+    /// The NIC's index in the VM.
+    pub index: u32,
+    /// The tap's name (`tapN`), for messages.
+    pub ifname: String,
+    pub mac: [u8; 6],
+    /// `locked lladdr`.
+    pub locked: bool,
+    /// A `local interface`, on which vmd answers DHCP: the addresses.
+    pub local: Option<NicLocal>,
+}
+
+/// What a `local interface`'s DHCP server needs to make its lease
+/// ([`crate::net::LocalLease`]): the VM, the global configuration's local
+/// prefixes, and whether to answer as to a network boot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NicLocal {
+    pub vm_id: u32,
+    pub vm_name: String,
+    pub global: vmd_proto::config::GlobalConfig,
+    pub pxeboot: bool,
+}
+
+impl NicLocal {
+    /// The lease of NIC `idx` with MAC `mac`, by vmd's address rule.
+    pub fn lease(
+        &self,
+        idx: u32,
+        mac: [u8; 6],
+    ) -> Result<crate::net::LocalLease, crate::net::LocalAddrError> {
+        crate::net::LocalLease::new(&self.global, self.vm_id, idx as usize, mac, &self.vm_name)
+            .map(|l| l.with_pxeboot(self.pxeboot))
+    }
+}
+
 /// imsg types on the device sockets.
 pub const IMSG_DEVOP_MSG: u32 = 1;
 /// VM → device, once: [`DevSetup`] with the descriptors it lists.
 pub const IMSG_DEVOP_SETUP: u32 = 2;
+/// VM → device on the async channel, no payload: vmd's PAUSE_VM /
+/// UNPAUSE_VM broadcast (a NIC stops and restarts its traffic).
+pub const IMSG_DEVOP_PAUSE: u32 = 3;
+pub const IMSG_DEVOP_UNPAUSE: u32 = 4;
+/// VM → vionet on the async channel: the tap's MAC, 6 bytes (vmd's
+/// IMSG_DEVOP_HOSTMAC), for the DHCP server of a local interface.
+pub const IMSG_DEVOP_HOSTMAC: u32 = 5;
 
 // `enum viodev_msg_type`.
 pub const VIODEV_MSG_INVALID: u8 = 0;
