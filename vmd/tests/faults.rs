@@ -493,6 +493,86 @@ fn vmd_sigkill() -> Result<(), Failed> {
     d.stop()
 }
 
+/// Links of the calling thread's network namespace whose name starts
+/// with `prefix` (`ip -o link`).
+fn links(prefix: &str) -> Result<Vec<String>, Failed> {
+    let out = Command::new("ip").args(["-o", "link", "show"]).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect())
+}
+
+/// Why the tap test cannot run here, if it cannot.
+fn missing_netns() -> Option<String> {
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("needs ip (iproute2)".into());
+    }
+    std::thread::spawn(|| nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET))
+        .join()
+        .unwrap_or(Err(nix::errno::Errno::EIO))
+        .err()
+        .map(|e| format!("needs network namespaces (unshare: {e})"))
+}
+
+/// SIGKILL of vmd while a VM with two interfaces (a local one and one
+/// on no switch) runs, in a network namespace of the test's own: the
+/// VM's taps go with its processes, and a new vmd makes them again.
+fn vmd_sigkill_releases_taps() -> Result<(), Failed> {
+    std::thread::spawn(|| -> Result<(), Failed> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let dir = Vmd::dir("sigkill-taps", 1)?;
+        let _cleanup = TempDir(dir.clone());
+        let conf = vm_block("n", &dir, Some(0), "2M")
+            .replace("}\n", "\tlocal interface\n\tinterface\n}\n");
+        let wait_taps = |d: &Vmd| -> Result<Vec<String>, Failed> {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let t = links("tap")?;
+                if t.len() == 2 {
+                    return Ok(t);
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("taps {t:?}; log:\n{}", d.log_text()).into());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        let mut d = Vmd::start(&dir, &conf)?;
+        d.wait_info("n running", 30, |i| find(i, "n").is_some_and(running))?;
+        let taps = wait_taps(&d)?;
+        let tree = Procs::scan().tree(d.pid());
+        let t = Instant::now();
+        kill(Pid::from_raw(d.pid()), Signal::SIGKILL)?;
+        let _ = d.child.wait();
+        if let Err(left) = wait_gone(&tree, 20) {
+            reap_left(&tree);
+            return Err(format!("{left:?} of {tree:?} left after SIGKILL").into());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !links("tap")?.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = links("tap")?;
+        if !left.is_empty() {
+            return Err(format!("taps {left:?} outlived vmd").into());
+        }
+        figure(format!(
+            "SIGKILL of vmd with a VM on taps {taps:?}: processes and taps gone in {:?}",
+            t.elapsed()
+        ));
+        drop(d);
+        let mut d = Vmd::start(&dir, &conf)?;
+        d.wait_info("n running again", 30, |i| find(i, "n").is_some_and(running))?;
+        wait_taps(&d)?;
+        d.stop()
+    })
+    .join()
+    .map_err(|_| Failed::from("test thread panicked"))?
+}
+
 /// The vmm process killed with SIGKILL while one of its VM processes is
 /// stopped (SIGSTOP): a stopped process reads no end of file, yet it must
 /// not stay behind as an orphan holding the guest's memory and pty.  The
@@ -1125,6 +1205,10 @@ fn main() {
     let tests = vec![
         Trial::test("faults_vmd_sigkill_ends_its_vms_and_restarts", vmd_sigkill),
         Trial::test(
+            "faults_vmd_sigkill_releases_taps",
+            vmd_sigkill_releases_taps,
+        ),
+        Trial::test(
             "faults_vmm_killed_while_a_vm_is_stopped",
             vmm_killed_while_a_vm_is_stopped,
         ),
@@ -1147,6 +1231,8 @@ fn main() {
                 skip.clone()
                     .or_else(testguest_support::missing_guest)
                     .or_else(testguest_support::missing_qemu)
+            } else if t.name() == "faults_vmd_sigkill_releases_taps" {
+                skip.clone().or_else(missing_netns)
             } else {
                 skip.clone()
             };
