@@ -507,14 +507,25 @@ fn links(prefix: &str) -> Result<Vec<String>, Failed> {
 
 /// Why the tap test cannot run here, if it cannot.
 fn missing_netns() -> Option<String> {
+    if !cfg!(target_os = "linux") {
+        return Some("Linux only (a network namespace of its own)".into());
+    }
     if Command::new("ip").arg("-V").output().is_err() {
         return Some("needs ip (iproute2)".into());
     }
-    std::thread::spawn(|| nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET))
+    std::thread::spawn(unshare_net)
         .join()
         .unwrap_or(Err(nix::errno::Errno::EIO))
         .err()
         .map(|e| format!("needs network namespaces (unshare: {e})"))
+}
+
+/// A network namespace of its own for the calling thread.
+fn unshare_net() -> nix::Result<()> {
+    #[cfg(target_os = "linux")]
+    return nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET);
+    #[cfg(not(target_os = "linux"))]
+    Err(nix::errno::Errno::ENOSYS)
 }
 
 /// SIGKILL of vmd while a VM with two interfaces (a local one and one
@@ -522,7 +533,7 @@ fn missing_netns() -> Option<String> {
 /// VM's taps go with its processes, and a new vmd makes them again.
 fn vmd_sigkill_releases_taps() -> Result<(), Failed> {
     std::thread::spawn(|| -> Result<(), Failed> {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
+        unshare_net()?;
         let dir = Vmd::dir("sigkill-taps", 1)?;
         let _cleanup = TempDir(dir.clone());
         let conf = vm_block("n", &dir, Some(0), "2M")
@@ -643,6 +654,7 @@ fn fault_cycles() -> Result<(), Failed> {
     // init): processes that lose their parent come here, in this session,
     // so a stopped orphan gets no SIGHUP from the kernel (an orphaned
     // process group's) and only vmd can end it.
+    #[cfg(target_os = "linux")]
     nix::sys::prctl::set_child_subreaper(true)?;
     let dir = Vmd::dir("cycles", 2)?;
     let _cleanup = TempDir(dir.clone());
@@ -1201,7 +1213,11 @@ fn many_vms() -> Result<(), Failed> {
 
 fn main() {
     let args = Arguments::from_args();
-    let skip = support::missing_root().or_else(support::missing_vmm);
+    // Processes, descriptors and memory are counted through /proc.
+    let skip = (!cfg!(target_os = "linux"))
+        .then(|| "Linux only (counts through /proc)".to_string())
+        .or_else(support::missing_root)
+        .or_else(support::missing_vmm);
     let tests = vec![
         Trial::test("faults_vmd_sigkill_ends_its_vms_and_restarts", vmd_sigkill),
         Trial::test(
