@@ -318,6 +318,16 @@ impl Vmm {
                     }
                 }
             }
+            // priv's answer for a VM's tap: to that VM (vmm.c).
+            Message::PrivGetAddrResponse(r) => match self.find(r.vmid) {
+                Some(i) => {
+                    if let Some(c) = self.vms[i].chan.as_mut() {
+                        let m = Message::PrivGetAddrResponse(r);
+                        let _ = events::post(c, &m, NO_PEER, Vec::new());
+                    }
+                }
+                None => log::debug!("vmm: tap address for vm {}, which is not running", r.vmid),
+            },
             // Passed on to each VM started from now on (its local
             // interfaces' addresses).
             Message::Config(g) => self.global = g,
