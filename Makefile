@@ -3,10 +3,10 @@
 # machine: they install what they need first.
 
 CARGO ?= cargo
-DEBIAN_PACKAGES = libclang-dev qemu-system-x86 qemu-utils seabios mandoc jq xorriso busybox iproute2 python3
+DEBIAN_PACKAGES = libclang-dev qemu-system-x86 qemu-utils seabios mandoc jq xorriso busybox iproute2 python3 iperf3 iputils-ping
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: all deps assets testguest build test lint fmt-check unit regress demo bench-exits bench-boot bench-idle bench-io bindings check-openbsd clean test-faults
+.PHONY: all deps assets testguest build test lint fmt-check unit regress demo bench-exits bench-boot bench-idle bench-io bench-net bindings check-openbsd clean test-faults
 .PHONY: install install-check man-lint fuzz fuzz-smoke
 
 all: build
@@ -86,6 +86,12 @@ bench-boot: deps assets
 # and a qcow2 image: medians and ratios (BENCH_ROUNDS, default 5).
 bench-io: deps assets testguest
 	$(CARGO) bench -p vmd --bench io
+
+# The test guest as a two-port repeater between two network namespaces,
+# under our VM and under QEMU: iperf3 TCP and ping round trips through it,
+# medians and ratios (BENCH_ROUNDS, default 5).  As root.
+bench-net: deps assets testguest
+	$(CARGO) bench -p vmd --bench net
 
 # Idle wake-ups per second of each thread of a VM sitting in SeaBIOS's
 # "No bootable device" HLT loop (the PIT ticks at 18.2 Hz).

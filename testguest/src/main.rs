@@ -18,6 +18,7 @@ mod blk;
 mod dma;
 mod hostile;
 mod irq;
+mod net;
 mod pci;
 mod rng;
 mod script;

@@ -26,12 +26,16 @@
 //! - `scsi-info` (device type, blocks, block size), `scsi-read-sum LBA
 //!   COUNT` (READ(10) of 2048-byte blocks, FNV-1a): target 0, LUN 0.
 //! - `hostile-chain loop|oob|oversize|wild-idx [blk|rng|scsi]`.
+//! - `net-info` — each virtio-net NIC's MAC.
+//! - `net-repeat SECONDS` — a two-port repeater between NIC 0 and NIC 1
+//!   for SECONDS (0: for ever) or until a byte arrives on COM1;
+//!   `net-repeat: ready` once it forwards, counters on `timing:` lines.
 //! - `halt` — stop here (no `done`).
 //!
 //! After the last command the guest prints `done` and halts.
 use crate::blk::{self, Bench, Blk};
 use crate::hostile::{self, Kind, Target};
-use crate::{dma, irq, pci, rng, scsi, vmmci};
+use crate::{dma, irq, net, pci, rng, scsi, vmmci};
 
 pub const MAGIC: &[u8] = b"#testguest\n";
 const DEFAULT: &[u8] = b"pci\nirq-timer\n";
@@ -188,6 +192,11 @@ fn run_line(line: &str) {
             };
             hostile::cmd_hostile(kind, target)
         }
+        "net-info" => net::cmd_info(),
+        "net-repeat" => match (n(0), args[1]) {
+            (Some(s), None) => net::cmd_repeat(s),
+            _ => bad(),
+        },
         "halt" => crate::arch::halt(),
         _ => println!("error: unknown command {cmd:?}"),
     }

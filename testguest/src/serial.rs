@@ -29,6 +29,13 @@ impl Com1 {
     }
 }
 
+impl Com1 {
+    /// A byte the host sent, if one is waiting (line status: data ready).
+    pub fn try_getc() -> Option<u8> {
+        (inb(COM1 + 5) & 1 != 0).then(|| inb(COM1))
+    }
+}
+
 impl fmt::Write for Com1 {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         for b in s.bytes() {

@@ -207,16 +207,23 @@ pub fn vionet(nic: &NicSetup, tap: crate::sys::Tap) -> Vionet {
         },
         Box::new(tap),
     );
-    if let Some(l) = &nic.local {
-        // vmd's DHCP server answers on local interfaces; until it is
-        // built in, the guest's requests go to the tap like any frame.
-        log::debug!(
-            "vionet{}: local interface {}/{} for {}, without a dhcp server",
-            nic.index,
-            l.guest,
-            l.prefixlen,
-            l.vm_name
-        );
+    match nic.local.as_ref().map(|l| l.lease(nic.index, nic.mac)) {
+        // vmd's DHCP server answers the guest on a local interface.
+        Some(Ok(lease)) => {
+            log::debug!(
+                "vionet{}: local interface, guest {}/{} host {}",
+                nic.index,
+                lease.guest_addr,
+                lease.prefix_len,
+                lease.host_addr
+            );
+            dev.with_local(Box::new(crate::net::LocalServer::new(lease)))
+        }
+        // The VM process checked the addresses before starting us.
+        Some(Err(e)) => {
+            log::warn!("vionet{}: {e}", nic.index);
+            dev
+        }
+        None => dev,
     }
-    dev
 }

@@ -318,25 +318,19 @@ impl Vmm {
                     }
                 }
             }
+            // priv's answer for a VM's tap: to that VM (vmm.c).
+            Message::PrivGetAddrResponse(r) => match self.find(r.vmid) {
+                Some(i) => {
+                    if let Some(c) = self.vms[i].chan.as_mut() {
+                        let m = Message::PrivGetAddrResponse(r);
+                        let _ = events::post(c, &m, NO_PEER, Vec::new());
+                    }
+                }
+                None => log::debug!("vmm: tap address for vm {}, which is not running", r.vmid),
+            },
             // Passed on to each VM started from now on (its local
             // interfaces' addresses).
             Message::Config(g) => self.global = g,
-            // A tap's MAC from priv, for the VM's vionet (vmm.c forwards
-            // it to the VM process).
-            m @ Message::PrivGetAddrResponse(_) => {
-                let Message::PrivGetAddrResponse(var) = &m else {
-                    return;
-                };
-                let vmid = var.vmid;
-                match self.vms.iter_mut().find(|v| v.id == vmid) {
-                    Some(vm) => {
-                        if let Some(c) = vm.chan.as_mut() {
-                            let _ = events::post(c, &m, peerid, Vec::new());
-                        }
-                    }
-                    None => log::debug!("vmm: tap address for vm {vmid}, which is gone"),
-                }
-            }
             other => log::debug!("vmm: unexpected {} from parent", other.imsg_type().name()),
         }
     }

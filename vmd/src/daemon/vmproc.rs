@@ -176,16 +176,31 @@ pub fn main(args: &Args) -> i32 {
             );
         };
         let (_, tap) = taps.swap_remove(pos);
+        // A local interface whose addresses leave the local prefix fails
+        // the start, as priv fails it in vmd.
+        if nic.local() {
+            let l = NicLocal {
+                vm_id: params.id,
+                vm_name: name.clone(),
+                global: global.clone(),
+                pxeboot: false,
+            };
+            if let Err(e) = l.lease(index as u32, nic.lladdr) {
+                return fail(&mut chan, params.id, libc::EINVAL, &format!("{name}: {e}"));
+            }
+        }
         nics.push(NicFiles {
             nic: NicSetup {
                 index: index as u32,
                 ifname: nic.name.clone().unwrap_or_else(|| "tap".into()),
                 mac: nic.lladdr,
                 locked: nic.locked(),
-                local: nic
-                    .local()
-                    .then(|| NicLocal::new(&global, params.id, index as u32, &name))
-                    .flatten(),
+                local: nic.local().then(|| NicLocal {
+                    vm_id: params.id,
+                    vm_name: name.clone(),
+                    global: global.clone(),
+                    pxeboot: crate::net::local::pxeboot(params.boot_device, index),
+                }),
             },
             tap,
             in_process,
@@ -393,6 +408,12 @@ fn dispatch_vmm(mut chan: ImsgChannel, control: Arc<Control>, shutdown: Arc<Atom
             }
             Message::CtlVerbose(v) => {
                 logging::set_verbose(v);
+                None
+            }
+            // The tap's MAC priv read (vm.c's IMSG_VMDOP_PRIV_GET_ADDR_RESPONSE),
+            // for the NIC's DHCP server.
+            Message::PrivGetAddrResponse(r) => {
+                control.set_host_mac(r.nic_idx, r.addr);
                 None
             }
             other => {

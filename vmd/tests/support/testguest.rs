@@ -156,7 +156,13 @@ impl Qemu {
     /// `qemu-system-x86_64 -enable-kvm` with no default devices, COM1 on
     /// stdout, and `args` (the drives and devices).
     pub fn start(args: &[String]) -> Result<Qemu, String> {
-        let mut child = Command::new("qemu-system-x86_64")
+        Qemu::start_with(Command::new("qemu-system-x86_64"), args)
+    }
+
+    /// As `start`, with `cmd` as the QEMU command (`ip netns exec ...
+    /// qemu-system-x86_64`, say).
+    pub fn start_with(mut cmd: Command, args: &[String]) -> Result<Qemu, String> {
+        let mut child = cmd
             .args([
                 "-enable-kvm",
                 "-nodefaults",
@@ -171,7 +177,8 @@ impl Qemu {
                 "-no-reboot",
             ])
             .args(args)
-            .stdin(Stdio::null())
+            // COM1's input: `send` (nothing is sent unless a test asks).
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -193,6 +200,51 @@ impl Qemu {
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.out.lock().unwrap()).into_owned()
+    }
+
+    /// Waits for a line equal to `line` for at most `timeout`, QEMU left
+    /// running; the transcript in the error.
+    pub fn wait_for(&mut self, line: &str, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.text();
+            if text.lines().any(|l| l.trim_end_matches('\r') == line) {
+                return Ok(());
+            }
+            let ended = matches!(self.child.try_wait(), Ok(Some(_)));
+            if ended || text.contains("FATAL") || Instant::now() > deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                let _ = self.child.kill();
+                let status = self.child.wait();
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(format!(
+                    "no line {line:?} from the guest within {timeout:?} (qemu {status:?}, stderr {err:?}); console:\n{}",
+                    self.text()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `bytes` to COM1.
+    pub fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        use std::io::Write;
+        let stdin = self.child.stdin.as_mut().ok_or("qemu: no stdin")?;
+        stdin
+            .write_all(bytes)
+            .and_then(|()| stdin.flush())
+            .map_err(|e| format!("qemu: writing to COM1: {e}"))
+    }
+
+    /// Stops QEMU; the transcript.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(50));
+        self.text()
     }
 
     /// Waits for a line equal to `line` (or a FATAL line, or QEMU's end)
@@ -226,6 +278,14 @@ impl Qemu {
             ));
         }
         Ok(text)
+    }
+}
+
+impl Drop for Qemu {
+    /// A test that fails midway leaves no QEMU behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
