@@ -241,7 +241,8 @@ pub(super) fn groups(kind: Kind) -> Vec<&'static [Allow]> {
         Kind::Control => vec![RUNTIME, IPC, IOCTL, CONTROL],
         // Its children (VM and device processes) run under this filter too.
         Kind::Vmm => vec![RUNTIME, IPC, IOCTL, SPAWN, SHIM, DISK],
-        // Not yet built: chrooted root, answers nothing.
+        // Chrooted root: rtnetlink on the socket it opened before (sendto,
+        // recvfrom), TUNGETIFF on a tap's descriptor (a 'T' ioctl).
         Kind::Priv => vec![RUNTIME, IPC, IOCTL],
         // Until its devices run; device processes run under it too.
         Kind::Vm => vec![RUNTIME, IPC, IOCTL, SPAWN, SHIM, DISK],
