@@ -1,7 +1,6 @@
 //! Raw images (vioraw.c): the disk is the file, usually sparse.
 
 use std::fs::File;
-use std::sync::Mutex;
 
 use crate::{check_range, read_full, sync, write_full, DiskError, DiskImage};
 
@@ -37,72 +36,9 @@ impl Raw {
     }
 }
 
-/// Reads of at least this many bytes are split across threads: copying a
-/// megabyte out of the page cache is the whole cost of a large read, and
-/// one thread does it at a fraction of the memory bandwidth.
-pub const SPLIT_READ: usize = 512 << 10;
-/// At most this many threads per read.
-const SPLIT_WAYS: usize = 4;
-
-/// The piece in `slot`, if no thread took it yet.
-fn take<'a>(slot: &Mutex<Option<&'a mut [u8]>>) -> Option<&'a mut [u8]> {
-    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
-}
-
-/// Reads `buf` at `offset` in pieces on up to [`SPLIT_WAYS`] threads (as
-/// many as the host has CPUs), this one included.  A piece whose thread
-/// cannot be started, or has not started by the time this thread is done
-/// with its own, is read here.
-fn read_split(file: &File, path: &str, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
-    let ways = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(SPLIT_WAYS);
-    if ways < 2 {
-        return read_full(file, path, buf, offset);
-    }
-    let piece = (buf.len().div_ceil(ways) + 4095) & !4095;
-    let slots: Vec<(u64, Mutex<Option<&mut [u8]>>)> = buf
-        .chunks_mut(piece)
-        .enumerate()
-        .map(|(i, c)| (offset + (i * piece) as u64, Mutex::new(Some(c))))
-        .collect();
-    std::thread::scope(|s| {
-        let mut started = Vec::new();
-        for (off, slot) in &slots[1..] {
-            let job = move || match take(slot) {
-                Some(c) => read_full(file, path, c, *off),
-                None => Ok(()),
-            };
-            if let Ok(h) = std::thread::Builder::new().spawn_scoped(s, job) {
-                started.push(h);
-            }
-        }
-        let mut r = Ok(());
-        for (off, slot) in &slots {
-            if let Some(c) = take(slot) {
-                r = r.and(read_full(file, path, c, *off));
-            }
-        }
-        for h in started {
-            r = r.and(h.join().unwrap_or_else(|_| {
-                Err(DiskError::io(
-                    path,
-                    "read",
-                    offset,
-                    std::io::Error::other("read thread panicked"),
-                ))
-            }));
-        }
-        r
-    })
-}
-
 impl DiskImage for Raw {
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
         check_range(&self.path, offset, buf.len(), self.size)?;
-        if buf.len() >= SPLIT_READ {
-            return read_split(&self.file, &self.path, buf, offset);
-        }
         read_full(&self.file, &self.path, buf, offset)
     }
 
@@ -175,34 +111,6 @@ mod tests {
         assert_eq!(e.to_string(), "t: read-only disk");
         r.read_at(&mut b[..4], 4000).unwrap();
         assert_eq!(&b[..4], &[7; 4]);
-        std::fs::remove_file(&p).unwrap();
-    }
-
-    /// A read large enough to be split across threads reads every byte
-    /// where it belongs, up to a short file's end (zeros after it).
-    #[test]
-    fn large_reads_split_across_threads_read_every_byte() {
-        let p = tmp("split");
-        let len = 3 * SPLIT_READ + 1536;
-        let data: Vec<u8> = (0..len as u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
-        std::fs::write(&p, &data).unwrap();
-        let mut d = Raw::open(File::open(&p).unwrap(), "t", false).unwrap();
-        for (off, n) in [
-            (0, len),
-            (4096 + 512, 2 * SPLIT_READ + 7 * 512),
-            (512, SPLIT_READ),
-        ] {
-            let mut b = vec![0xeeu8; n];
-            d.read_at(&mut b, off as u64).unwrap();
-            assert!(b == data[off..off + n], "read of {n} at {off}");
-        }
-        // A file that ends inside the last piece.
-        let mut b = vec![0xeeu8; SPLIT_READ * 2];
-        read_split(&d.file, "t", &mut b, (len - SPLIT_READ) as u64).unwrap();
-        assert!(b[..SPLIT_READ] == data[len - SPLIT_READ..]);
-        assert!(b[SPLIT_READ..].iter().all(|&x| x == 0));
         std::fs::remove_file(&p).unwrap();
     }
 
