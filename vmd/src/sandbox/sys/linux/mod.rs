@@ -190,13 +190,19 @@ fn filter(kind: Kind, mode: Mode) -> Result<Vec<BpfProgram>, SandboxError> {
     }
     use SeccompCmpArgLen::Dword;
     use SeccompCmpOp::{Eq, MaskedEq};
+    let fd_ioctls = || {
+        seccomp::FD_IOCTLS
+            .iter()
+            .map(|r| rule(vec![cond(1, Dword, Eq, *r)]))
+    };
     let ioctl = match seccomp::ioctl_rule(kind) {
         IoctlRule::Any => Vec::new(),
-        IoctlRule::KvmAndTerminal => vec![
-            rule(vec![cond(1, Dword, MaskedEq(0xff00), 0xae00)]),
-            rule(vec![cond(1, Dword, MaskedEq(0xff00), 0x5400)]),
-        ],
-        IoctlRule::Terminal => vec![rule(vec![cond(1, Dword, MaskedEq(0xff00), 0x5400)])],
+        IoctlRule::KvmAndFd => {
+            std::iter::once(rule(vec![cond(1, Dword, MaskedEq(0xff00), 0xae00)]))
+                .chain(fd_ioctls())
+                .collect()
+        }
+        IoctlRule::Fd => fd_ioctls().collect(),
     };
     rules.insert(syscalls::Sysno::ioctl.id() as i64, ioctl);
     let threads_only = seccomp::threads_only(kind);
@@ -211,7 +217,6 @@ fn filter(kind: Kind, mode: Mode) -> Result<Vec<BpfProgram>, SandboxError> {
             )])],
         );
     }
-    let _ = Eq;
     let deny = match mode {
         Mode::Log => SeccompAction::Log,
         _ => SeccompAction::Trap,
@@ -310,6 +315,8 @@ mod tests {
                 syscalls::Sysno::ptrace,
                 syscalls::Sysno::setresuid,
                 syscalls::Sysno::personality,
+                syscalls::Sysno::socket,
+                syscalls::Sysno::connect,
             ] {
                 assert!(!c.contains(&bad), "{k:?} allows {bad}");
             }
