@@ -250,10 +250,10 @@ pub(super) fn groups(kind: Kind) -> Vec<&'static [Allow]> {
 /// set_nonblocking), FIOCLEX and FIONCLEX, TCGETS (isatty).  Not the
 /// rest of type 'T' (TIOCSTI and the like).
 pub(super) const FD_IOCTLS: &[u64] = &[
-    libc::FIONBIO as u64,
-    libc::FIOCLEX as u64,
-    libc::FIONCLEX as u64,
-    libc::TCGETS as u64,
+    libc::FIONBIO,
+    libc::FIOCLEX,
+    libc::FIONCLEX,
+    libc::TCGETS,
 ];
 
 /// What ioctl requests a kind may make.
