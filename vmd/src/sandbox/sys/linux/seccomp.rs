@@ -249,12 +249,7 @@ pub(super) fn groups(kind: Kind) -> Vec<&'static [Allow]> {
 /// The descriptor ioctls any kind may make: FIONBIO (std's
 /// set_nonblocking), FIOCLEX and FIONCLEX, TCGETS (isatty).  Not the
 /// rest of type 'T' (TIOCSTI and the like).
-pub(super) const FD_IOCTLS: &[u64] = &[
-    libc::FIONBIO,
-    libc::FIOCLEX,
-    libc::FIONCLEX,
-    libc::TCGETS,
-];
+pub(super) const FD_IOCTLS: &[u64] = &[libc::FIONBIO, libc::FIOCLEX, libc::FIONCLEX, libc::TCGETS];
 
 /// What ioctl requests a kind may make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
