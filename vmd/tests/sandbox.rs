@@ -1,8 +1,8 @@
 //! Confinement, seen from outside: vmd (as root, privileges really
 //! dropped) runs a VM with a vioblk disk and a vioscsi CD-ROM; each of its
 //! processes (parent, control, vmm, priv, the VM, both device processes)
-//! must be in seccomp filter mode with no_new_privs, and the VM and device
-//! processes without capabilities.  Then the hidden hook
+//! must be in seccomp filter mode with no_new_privs, and control, vmm, the
+//! VM and the device processes without capabilities.  Then the hidden hook
 //! `VMD_SANDBOX_TEST` makes a confined process do what it may not: a
 //! forbidden system call must kill it with a log line naming the call,
 //! and a path outside its Landlock rules must be refused (where the
@@ -163,8 +163,9 @@ fn all_confined(name: &str, env: &[(&str, &str)]) -> Result<(), Failed> {
     let vmd = Vmd::start(name, env)?;
     // All seven, the device processes last to appear.
     let kinds: [(&str, &[&str], bool); 7] = [
-        ("control", &["-P", "control"], false),
-        ("vmm", &["-P", "vmm"], false),
+        // Both run as the unprivileged user: no capabilities either.
+        ("control", &["-P", "control"], true),
+        ("vmm", &["-P", "vmm"], true),
         ("priv", &["-P", "priv"], false),
         ("vm", &["-V", "0"], true),
         ("vioblk", &["-t", "d"], true),
@@ -188,7 +189,7 @@ fn all_confined(name: &str, env: &[(&str, &str)]) -> Result<(), Failed> {
         std::thread::sleep(Duration::from_millis(100));
     };
     let mut problems = Vec::new();
-    for (name, args, guest_facing) in kinds {
+    for (name, args, no_caps) in kinds {
         let p = if args.is_empty() {
             procs.iter().find(|p| p.pid == vmd.child.id() as i32)
         } else {
@@ -199,7 +200,7 @@ fn all_confined(name: &str, env: &[(&str, &str)]) -> Result<(), Failed> {
             continue;
         };
         let mut want = vec![("Seccomp", "2"), ("NoNewPrivs", "1")];
-        if guest_facing {
+        if no_caps {
             want.push(("CapEff", "0000000000000000"));
             want.push(("CapPrm", "0000000000000000"));
         }
