@@ -102,7 +102,7 @@ fn submit(q: &mut Virtqueue, kind: Kind, target: Target) {
     } else {
         q.push(0);
     }
-    q.notify();
+    q.kick();
 }
 
 /// What became of the chain within a second.

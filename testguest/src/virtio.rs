@@ -19,6 +19,8 @@ pub const S_DRIVER_OK: u8 = 4;
 pub const S_FEATURES_OK: u8 = 8;
 pub const S_NEEDS_RESET: u8 = 0x40;
 pub const S_FAILED: u8 = 0x80;
+/// Used ring flag: the device needs no notifications for now.
+pub const USED_F_NO_NOTIFY: u16 = 1;
 
 pub const D_NEXT: u16 = 1;
 pub const D_WRITE: u16 = 2;
@@ -335,7 +337,19 @@ impl Virtqueue {
         crate::arch::fence();
     }
 
+    /// Notifies the device of new chains, unless it said in the used
+    /// ring's flags (VIRTQ_USED_F_NO_NOTIFY) that it is looking at the
+    /// ring anyway, as OpenBSD's and Linux's drivers do.  `push` fenced
+    /// the avail index before this reads the flags, so a device that
+    /// clears the flag and then re-reads the index cannot miss it.
     pub fn notify(&self) {
+        if dma::read16(self.used) & USED_F_NO_NOTIFY == 0 {
+            self.kick();
+        }
+    }
+
+    /// Notifies the device whatever its flags say (hostile tests).
+    pub fn kick(&self) {
         self.notify.w16(0, self.idx);
     }
 

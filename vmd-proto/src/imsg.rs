@@ -287,6 +287,11 @@ impl ImsgReader {
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
+            // A burst (up to MAX_BUFFERED) need not stay allocated for as
+            // long as the connection lasts.
+            if self.buf.capacity() > MAX_IMSGSIZE {
+                self.buf.shrink_to(MAX_IMSGSIZE);
+            }
         }
         Ok(Some(Imsg { hdr, data, fds }))
     }
@@ -311,7 +316,6 @@ struct Outgoing {
 pub struct ImsgChannel {
     sock: UnixStream,
     reader: ImsgReader,
-    rbuf: Box<[u8]>,
     wq: VecDeque<Outgoing>,
     /// Bytes in `wq` not yet written.
     queued: usize,
@@ -323,7 +327,6 @@ impl ImsgChannel {
         ImsgChannel {
             sock,
             reader: ImsgReader::new(),
-            rbuf: vec![0; MAX_IMSGSIZE].into_boxed_slice(),
             wq: VecDeque::new(),
             queued: 0,
             max_queued: DEFAULT_MAX_QUEUED,
@@ -364,7 +367,11 @@ impl ImsgChannel {
     pub fn fill(&mut self) -> Result<usize, ImsgError> {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_IMSG_FDS))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut iov = [IoSliceMut::new(&mut self.rbuf)];
+        // On the stack, not in the channel: the control process keeps a
+        // channel per client, and 16 KiB each of a thousand idle clients
+        // stayed in its heap after they left.
+        let mut rbuf = [0u8; MAX_IMSGSIZE];
+        let mut iov = [IoSliceMut::new(&mut rbuf)];
         let got = loop {
             match recvmsg(&self.sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
                 Ok(got) => break got,
@@ -388,7 +395,7 @@ impl ImsgChannel {
                 n => ImsgError::Truncated(n),
             });
         }
-        self.reader.push(&self.rbuf[..got.bytes], fds)?;
+        self.reader.push(&rbuf[..got.bytes], fds)?;
         Ok(got.bytes)
     }
 

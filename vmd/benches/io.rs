@@ -6,7 +6,8 @@
 //! the VM process (`_ours_inprocess`, `VMD_INPROCESS_DEVICES`).  Prints,
 //! for each format, one `key=value` per line: the median over
 //! `BENCH_ROUNDS` rounds (default 5) of each figure and the ratio
-//! ours/QEMU.
+//! ours/QEMU.  `BENCH_FORMATS` (raw,qcow2) and `BENCH_WHO`
+//! (ours,inprocess,qemu) narrow a run down, e.g. to profile one case.
 //!
 //! Needs /dev/kvm, Debian's seabios, qemu-system-x86 and qemu-utils, and
 //! the test guest (`make testguest`); it says which is missing and exits 1.
@@ -73,6 +74,7 @@ fn run_ours(image: &Path, format: vmd_disk::Format, devproc: bool) -> Result<Str
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     if devproc {
         let file = std::fs::File::options()
@@ -141,7 +143,10 @@ fn fresh(src: &Path, tag: &str) -> Result<TempFile, String> {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 {
+    if n == 0 {
+        // Not run (BENCH_WHO).
+        f64::NAN
+    } else if n % 2 == 1 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
@@ -166,16 +171,30 @@ fn bench() -> Result<(), String> {
         raw.0.to_str().unwrap(),
         qcow2.0.to_str().unwrap(),
     ])?;
+    // BENCH_FORMATS (raw,qcow2) and BENCH_WHO (ours,inprocess,qemu)
+    // narrow a run down while profiling one case.
+    let wanted = |var: &str, what: &str| {
+        std::env::var(var)
+            .map(|v| v.split(',').any(|w| w == what))
+            .unwrap_or(true)
+    };
+    let who_names = ["ours", "inprocess", "qemu"];
     for (name, base, format) in [
         ("raw", &raw, vmd_disk::Format::Raw),
         ("qcow2", &qcow2, vmd_disk::Format::Qcow2),
     ] {
+        if !wanted("BENCH_FORMATS", name) {
+            continue;
+        }
         // [device process, in-process, QEMU] × figure.
         let mut got: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); FIGURES.len()]; 3];
         for round in 0..rounds {
             // Rotate who goes first so drift on a shared host is split.
             for i in 0..3 {
                 let who = (round + i) % 3;
+                if !wanted("BENCH_WHO", who_names[who]) {
+                    continue;
+                }
                 let img = fresh(&base.0, &format!("bench-io-run-{name}"))?;
                 let text = match who {
                     0 => run_ours(&img.0, format, true)?,

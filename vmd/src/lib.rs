@@ -10,6 +10,8 @@
 //!   the buses they sit on and the lines they raise.
 //! - [`event`]: the poll loop with a self-pipe that every process runs.
 //! - [`x86`]: decoding and emulating the instructions that fault on MMIO.
+//! - [`net`]: local interfaces' address rule and vmd's built-in DHCP
+//!   server (no OS code).
 //! - [`proc`]: the daemon's process plumbing (peer credentials); the
 //!   messages its processes exchange are [`vmd_proto`]'s, shared with
 //!   vmctl.
@@ -22,8 +24,10 @@ pub mod config;
 pub mod daemon;
 pub mod devices;
 pub mod event;
+pub mod net;
 pub mod proc;
 pub mod sandbox;
+pub mod sys;
 pub mod vm;
 pub mod x86;
 

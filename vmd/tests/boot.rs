@@ -114,6 +114,7 @@ fn run_vm(
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     let mut machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     if let Some((base, len, dev)) = dev {

@@ -11,6 +11,8 @@
 //! it: it is the one next to vmd (`target/<profile>/vmctl`), which a
 //! workspace build makes, or `cargo test -p vmd` has cargo build when it
 //! is missing or older than its sources; `VMCTL=<path>` names another.
+#[path = "support/eltorito.rs"]
+mod eltorito;
 mod support;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -25,8 +27,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::bios_path;
 use support::daemon::{self, read_tty, vmd_user};
+use support::{bios_path, vmctl_binary};
 
 /// vmctl's status header (OpenBSD's vmctl.c `print_vm_info`).
 const HEADER: &str = "   ID   PID VCPUS  MAXMEM  CURMEM     TTY        OWNER    STATE NAME";
@@ -34,79 +36,6 @@ const HEADER: &str = "   ID   PID VCPUS  MAXMEM  CURMEM     TTY        OWNER    
 /// What root-only commands print for anyone else: vmd answers
 /// IMSG_CTL_FAIL with EPERM.
 const DENIED: &str = "vmctl: command failed: Operation not permitted\n";
-
-/// The newest modification time of the files under `path`.
-fn newest(path: &Path) -> Option<std::time::SystemTime> {
-    let meta = std::fs::metadata(path).ok()?;
-    if !meta.is_dir() {
-        return meta.modified().ok();
-    }
-    std::fs::read_dir(path)
-        .ok()?
-        .filter_map(|e| newest(&e.ok()?.path()))
-        .max()
-}
-
-/// The vmctl binary: `$VMCTL`, or the one next to vmd.  When that one is
-/// older than the sources it is built from (`cargo test -p vmd` builds
-/// vmd's targets only) and cargo runs this test, `cargo build -p vmctl`
-/// with this test's profile first.  A workspace build leaves it alone:
-/// vmctl's own tests may be running it.
-fn vmctl_binary() -> Result<PathBuf, String> {
-    if let Some(p) = std::env::var_os("VMCTL") {
-        return Ok(PathBuf::from(p));
-    }
-    let dir = Path::new(env!("CARGO_BIN_EXE_vmd"))
-        .parent()
-        .ok_or("CARGO_BIN_EXE_vmd has no directory")?;
-    let vmctl = dir.join("vmctl");
-    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let sources = [
-        "vmctl",
-        "vmd/src",
-        "vmd/Cargo.toml",
-        "vmm-sys",
-        "Cargo.lock",
-    ]
-    .iter()
-    .filter_map(|p| newest(&top.join(p)))
-    .max();
-    let built = std::fs::metadata(&vmctl).and_then(|m| m.modified()).ok();
-    let stale = match (built, sources) {
-        (Some(b), Some(s)) => b < s,
-        (b, _) => b.is_none(),
-    };
-    // cargo test and nextest set CARGO for the tests they run.
-    if let (true, Some(cargo)) = (stale, std::env::var_os("CARGO")) {
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "vmctl", "--bin", "vmctl"])
-            .current_dir(&top)
-            .stdin(Stdio::null());
-        // target/<profile>: the dev and test profiles build into debug.
-        match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
-            Some("release") => {
-                cmd.arg("--release");
-            }
-            Some(profile) => {
-                cmd.args(["--profile", profile]);
-            }
-        }
-        let st = cmd
-            .status()
-            .map_err(|e| format!("cargo build -p vmctl: {e}"))?;
-        if !st.success() {
-            return Err(format!("cargo build -p vmctl: {st}"));
-        }
-    }
-    if !vmctl.is_file() {
-        return Err(format!(
-            "no {} (cargo build -p vmctl, or VMCTL=<path>)",
-            vmctl.display()
-        ));
-    }
-    Ok(vmctl)
-}
 
 /// How a command ended.
 struct Out {
@@ -890,6 +819,92 @@ fn disk_scenario(d: &mut Vmd, vmd_pid: i32, bios: &str) -> Result<(), Failed> {
     d.stop()
 }
 
+/// The daemon with both kinds of disk, as an administrator starts it:
+/// `vmctl create -i` makes a bootable qcow2, `vmctl start -d disk.qcow2 -r boot.iso
+/// -B cdrom` starts a VM with it and an El Torito ISO and boots the ISO
+/// (fw_cfg bootorder names vioscsi); the boot transcript on the VM's tty
+/// has the ISO's sums read through SeaBIOS's virtio-scsi driver; `vmctl
+/// status` shows the VM; its VM process serves the disk and the CD-ROM
+/// from two device processes (vioblk and vioscsi).
+fn vmctl_start_disk_and_cdrom() -> Result<(), Failed> {
+    let vmctl = vmctl_binary()?;
+    let bios = bios_path().display().to_string();
+    let dir = temp_dir("cdrom")?;
+    let (iso, reads) = eltorito::eltorito_iso(&dir)?;
+    let want = eltorito::eltorito_lines(&iso, &reads);
+    let mut d = Vmd::start(dir.clone(), "", &vmctl)?;
+    let vmd_pid = d.child.id() as i32;
+    let r = (|| -> Result<(), Failed> {
+        // The disk is bootable too (the int 13h boot sector of the
+        // chain test, converted by vmctl): -B cdrom must pick the ISO.
+        std::fs::write(dir.join("disk.raw"), support::int13_boot_disk(DISK_LINE)?)?;
+        let out = d.vmctl(&["create", "-i", "disk.raw", "disk.qcow2"])?;
+        if out.status != Some(0) {
+            return Err(format!("vmctl create: {:?} {:?}", out.status, out.stderr).into());
+        }
+        let out = d.vmctl(&[
+            "start",
+            "-b",
+            &bios,
+            "-m",
+            "64M",
+            "-d",
+            "disk.qcow2",
+            "-r",
+            "eltorito.iso",
+            "-B",
+            "cdrom",
+            "cdvm",
+        ])?;
+        let tty = out
+            .stderr
+            .strip_prefix("vmctl: started vm ")
+            .and_then(|s| s.strip_suffix('\n'))
+            .and_then(|s| s.split_once(" successfully, tty "))
+            .map(|(_, t)| t.to_string())
+            .ok_or_else(|| format!("vmctl start: {:?} {:?}", out.status, out.stderr))?;
+        let text = read_tty(&tty, "eltorito: done")?;
+        eprintln!("console of cdvm:\n{}", text.trim());
+        if !text.contains("Booting from DVD/CD") || text.contains(DISK_LINE.trim_end()) {
+            return Err("SeaBIOS did not boot the CD-ROM first".into());
+        }
+        let got = eltorito::without_error_codes(&eltorito::lines_with(&text, "eltorito:"));
+        if got != want {
+            return Err(format!("transcript\n got: {got:#?}\nwant: {want:#?}").into());
+        }
+        let rows = d.status(&["cdvm"], 0)?;
+        let vm = row(&rows, "cdvm").ok_or("cdvm not in vmctl status")?;
+        let pid = check_running(vm, vmd_pid, Some(tty_column(&tty)), "running")?;
+        d.vm_pids.push(pid);
+        if cfg!(target_os = "linux") {
+            let mut kinds: Vec<String> = children_of(pid)
+                .into_iter()
+                .filter_map(|c| {
+                    let cmd = std::fs::read(format!("/proc/{c}/cmdline")).ok()?;
+                    let args: Vec<String> = cmd
+                        .split(|&b| b == 0)
+                        .map(|a| String::from_utf8_lossy(a).into_owned())
+                        .collect();
+                    let at = args.iter().position(|a| a == "-t")?;
+                    args.get(at + 1).cloned()
+                })
+                .collect();
+            kinds.sort();
+            if kinds != ["d", "s"] {
+                return Err(format!(
+                    "vm process {pid}: device processes {kinds:?}, not vioblk and vioscsi"
+                )
+                .into());
+            }
+        }
+        d.stop()
+    })();
+    if r.is_err() {
+        eprintln!("vmd's log:\n{}", d.log());
+    }
+    r
+}
+
 fn main() {
     let args = Arguments::from_args();
     let skip = support::missing_root()
@@ -906,9 +921,14 @@ fn main() {
     if let Some(why) = &skip {
         disk = disk.with_ignored_flag(true).with_kind(why.clone());
     }
+    let mut cdrom = Trial::test("vmctl_start_disk_and_cdrom", vmctl_start_disk_and_cdrom);
+    if let Some(why) = skip.clone().or_else(eltorito::missing_xorriso) {
+        cdrom = cdrom.with_ignored_flag(true).with_kind(why);
+    }
     let tests = vec![
         e2e,
         disk,
+        cdrom,
         Trial::test("vmd_n_reports_file_and_line", check_config),
     ];
     libtest_mimic::run(&args, tests).exit();

@@ -1,9 +1,17 @@
 //! End to end: Debian's SeaBIOS (the firmware OpenBSD ships as vmm-bios)
 //! boots in our VM process with no disk, prints its banner on COM1 and
-//! reports that there is no bootable device.  Needs /dev/kvm (or /dev/vmm)
-//! and the asset fetched by scripts/fetch-assets.sh; reported as ignored
-//! with the reason where either is missing.
+//! reports that there is no bootable device; boots from vioblk, follows
+//! the boot device, stops through vmmci; and boots a raw image and a
+//! three-deep qcow2 chain whose boot program prints int 13h sums, which
+//! must be QEMU's for the same images.  Needs /dev/kvm (or /dev/vmm) and
+//! the asset fetched by scripts/fetch-assets.sh (and qemu-system-x86 and
+//! qemu-utils for the comparison); reported as ignored with the reason
+//! where any is missing.
+#[path = "support/eltorito.rs"]
+mod eltorito;
 mod support;
+#[path = "support/testguest.rs"]
+mod testguest_support;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::sync::Arc;
@@ -35,6 +43,7 @@ fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -86,6 +95,7 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -150,6 +160,7 @@ fn graceful_stop_without_vmmci() -> Result<(), Failed> {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -329,6 +340,7 @@ fn graceful_stop_with_vmmci(answer: bool) -> Result<(), Failed> {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
         boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg)?;
@@ -432,6 +444,7 @@ fn boot_from_vioblk(boot_device: BootDevice) -> Result<String, Failed> {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -449,6 +462,196 @@ fn boot_from_vioblk(boot_device: BootDevice) -> Result<String, Failed> {
         return Err(format!("VM failed: {e}; console:\n{text}").into());
     }
     Ok(text)
+}
+
+// ---- int 13h sums through vioblk, against QEMU ----
+
+/// Sectors of the second stage (the sum program) after the boot sector.
+const STAGE2_SECTORS: u16 = 6;
+const SECTOR: usize = 512;
+/// The disk: 1 MiB, so 2048 sectors.
+const SUM_DISK: usize = 1 << 20;
+
+/// The reads the sum program makes: the boot sector, base data, ranges
+/// that the middle and top images of the chain overwrite in part, the
+/// last sector, and a read past the end.
+const SUM_READS: [(u32, u16); 6] = [
+    (0, 1),
+    (16, 64),
+    (130, 100),
+    (1000, 127),
+    (2047, 1),
+    (2047, 2),
+];
+
+/// A boot sector that loads the sum program from the next sectors with
+/// int 13h AH=42 (SeaBIOS's driver, our vioblk) to 0:7E00 and runs it
+/// with the boot drive in DL; "E" on COM1 if that read fails.
+fn stage1() -> Result<Vec<u8>, Failed> {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(16)?;
+    let mut fail = a.create_label();
+    let mut halt = a.create_label();
+    a.cli()?;
+    a.xor(ax, ax)?;
+    a.mov(ds, ax)?;
+    a.mov(ss, ax)?;
+    a.mov(sp, 0x7c00)?;
+    a.sti()?;
+    a.mov(word_ptr(0x500), 0x10)?;
+    a.mov(word_ptr(0x502), i32::from(STAGE2_SECTORS))?;
+    a.mov(word_ptr(0x504), 0x7e00)?;
+    a.mov(word_ptr(0x506), 0)?;
+    a.mov(dword_ptr(0x508), 1)?;
+    a.mov(dword_ptr(0x50c), 0)?;
+    a.mov(si, 0x500)?;
+    a.push(dx)?;
+    a.mov(ah, 0x42)?;
+    a.int(0x13)?;
+    a.pop(dx)?;
+    a.jc(fail)?;
+    a.jmp(0x7e00u64)?;
+    a.set_label(&mut fail)?;
+    a.mov(al, i32::from(b'E'))?;
+    a.mov(dx, 0x3f8)?;
+    a.out(dx, al)?;
+    a.set_label(&mut halt)?;
+    a.hlt()?;
+    a.jmp(halt)?;
+    Ok(a.assemble(0x7c00)?)
+}
+
+/// The base image: the two stages, then pseudo-random data.
+fn sum_disk() -> Result<Vec<u8>, Failed> {
+    let mut disk = eltorito::xorshift_bytes(SUM_DISK, 0x0dd_ba11_5eed_f00d);
+    let s1 = stage1()?;
+    let s2 = eltorito::sum_program(&SUM_READS, SECTOR, "int13")?;
+    let room = usize::from(STAGE2_SECTORS) * SECTOR;
+    if s1.len() > 510 || s2.len() > room {
+        return Err(format!("stages of {} and {} bytes", s1.len(), s2.len()).into());
+    }
+    disk[..SECTOR + room].fill(0);
+    disk[..s1.len()].copy_from_slice(&s1);
+    disk[510] = 0x55;
+    disk[511] = 0xaa;
+    disk[SECTOR..SECTOR + s2.len()].copy_from_slice(&s2);
+    Ok(disk)
+}
+
+/// Boots `disk` (a path, opened by vmd-disk with its backing chain) in our
+/// VM with vioblk; the transcript up to the sum program's last line.
+fn ours_from(disk: &std::path::Path) -> Result<String, Failed> {
+    let bios = std::fs::read(bios_path()).map_err(|e| format!("{}: {e}", bios_path().display()))?;
+    let image = vmd_disk::open(&disk.display().to_string(), None, false)?;
+    let console = Console::default();
+    let vmm = Arc::new(vmm_sys::Vmm::open()?);
+    let cfg = VmConfig {
+        name: "int13".into(),
+        memory: 64 << 20,
+        boot: BootImage::Bios(bios),
+        console_out: Box::new(console.clone()),
+        console_in: None,
+        flavour: None,
+        boot_device: BootDevice::Disk,
+        disks: vec![image],
+        disk_files: Vec::new(),
+        devices: None,
+        cdrom: None,
+        cdrom_file: None,
+        nics: Vec::new(),
+    };
+    let machine = Machine::new(vmm, cfg)?;
+    let control = machine.control();
+    let runner = std::thread::spawn(move || machine.run());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = |t: &str| {
+        t.lines().any(|l| l.trim_end_matches('\r') == "int13: done")
+            || t.contains("No bootable device")
+            || t.ends_with('E')
+    };
+    while Instant::now() < deadline && !done(&console.text()) && !runner.is_finished() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    control.stop();
+    let outcome = runner.join().map_err(|_| "VM thread panicked")?;
+    let text = console.text();
+    if let Err(e) = outcome {
+        return Err(format!("VM failed: {e}; console:\n{text}").into());
+    }
+    Ok(text)
+}
+
+/// SeaBIOS boots, through our vioblk, a boot sector from a raw image and
+/// from a qcow2 whose boot sector lives two levels down (top.qcow2 over
+/// mid.qcow2 over base.raw, qemu-io patterns written into the middle and
+/// top images inside ranges the program reads); the program reads sectors
+/// with int 13h and prints their sums.  QEMU (virtio-blk-pci, SeaBIOS)
+/// booting the same images must print the same lines, and those must be
+/// the sums of the flattened image.
+fn seabios_int13_sums_like_qemu() -> Result<(), Failed> {
+    use testguest_support::{qemu_devices, qemu_img, qemu_io_fmt, Qemu};
+    let dir = support::daemon::temp_dir("vmd-seabios", "int13")?;
+    let result = (|| -> Result<(), Failed> {
+        let mut flat = sum_disk()?;
+        let base = dir.join("base.raw");
+        std::fs::write(&base, &flat)?;
+        let (mid, top) = (dir.join("mid.qcow2"), dir.join("top.qcow2"));
+        let p = |x: &std::path::Path| x.display().to_string();
+        qemu_img(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            &p(&mid),
+        ])?;
+        qemu_img(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            &p(&top),
+        ])?;
+        // Sectors 144..160 in the middle image, 1020..1029 (not cluster
+        // aligned) in the top one.
+        qemu_io_fmt(&mid, "qcow2", "write -P 0x5a 73728 8192")?;
+        qemu_io_fmt(&top, "qcow2", "write -P 0xa5 522240 4608")?;
+        let want_raw = eltorito::sum_lines(&flat, &SUM_READS, SECTOR, "int13");
+        flat[73728..73728 + 8192].fill(0x5a);
+        flat[522240..522240 + 4608].fill(0xa5);
+        let want_chain = eltorito::sum_lines(&flat, &SUM_READS, SECTOR, "int13");
+        if want_raw == want_chain {
+            return Err("the chain's writes change no sum".into());
+        }
+        for (disk, format, want) in [(&base, "raw", &want_raw), (&top, "qcow2", &want_chain)] {
+            let ours = ours_from(disk)?;
+            let qemu = Qemu::start(&qemu_devices(disk, format, None))?
+                .wait_line("int13: done", Duration::from_secs(60))?;
+            let lines = |t: &str| eltorito::lines_with(t, "int13:");
+            let (ours, qemu) = (lines(&ours), lines(&qemu));
+            eprintln!("{format}: ours {ours:#?}");
+            if ours != qemu {
+                return Err(format!(
+                    "{format}: transcripts differ\n ours: {ours:#?}\n qemu: {qemu:#?}"
+                )
+                .into());
+            }
+            if eltorito::without_error_codes(&ours) != *want {
+                return Err(format!(
+                    "{format}: sums are not the image's\n got: {ours:#?}\nwant: {want:#?}"
+                )
+                .into());
+            }
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 fn main() {
@@ -481,12 +684,17 @@ fn main() {
             graceful_stop_without_vmmci,
         ),
     ];
-    let tests = tests
+    let mut tests: Vec<Trial> = tests
         .into_iter()
         .map(|t| match &skip {
             Some(why) => t.with_ignored_flag(true).with_kind(why.clone()),
             None => t,
         })
         .collect();
+    let mut sums = Trial::test("seabios_int13_sums_like_qemu", seabios_int13_sums_like_qemu);
+    if let Some(why) = skip.clone().or_else(testguest_support::missing_qemu) {
+        sums = sums.with_ignored_flag(true).with_kind(why);
+    }
+    tests.push(sums);
     libtest_mimic::run(&args, tests).exit();
 }

@@ -44,6 +44,7 @@ fn boot_elf_in_vmd() -> Result<String, Failed> {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();
@@ -573,6 +574,7 @@ fn vmd_kill_device_process_mid_write_stream() -> Result<(), Failed> {
             }),
             cdrom: None,
             cdrom_file: None,
+            nics: Vec::new(),
         };
         let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
         let control = machine.control();
@@ -688,6 +690,7 @@ fn vmd_rng_blk_hostile() -> Result<(), Failed> {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
         boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
@@ -785,6 +788,7 @@ fn vmd_vmmci_stop(answer: bool) -> Result<(), Failed> {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
         boot_device: Default::default(),
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
@@ -878,6 +882,7 @@ fn bench_run(elf: &[u8], script: &str, devproc: Option<bool>) -> Result<String, 
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     let path = disk.0.display().to_string();
     if let Some(one_way_kicks) = devproc {

@@ -47,6 +47,16 @@
 //! metadata and no sync; allocating ones cost two fdatasyncs per FLUSH,
 //! not per request.
 //!
+//! # Failures
+//!
+//! A failed write of guest data (ENOSPC on a full file system, EIO)
+//! fails that request only: no metadata changed, so the image stays
+//! usable.  A failed metadata update (a refcount, an L2 table or entry
+//! at a write-back, an fdatasync) poisons the image: the in-memory
+//! tables may be ahead of the file, so every later request fails until
+//! the disk is opened again, and the file stays consistent by the order
+//! above (at worst leaked clusters).
+//!
 //! # Refused at open
 //!
 //! Encryption, refcount orders other than 4 (16-bit refcounts), unknown
@@ -128,6 +138,9 @@ pub struct Qcow2 {
     /// A metadata update failed half-way; the in-memory tables may not
     /// match the file, so nothing more is done.
     poisoned: bool,
+    /// The request being written failed in a write of guest data (see
+    /// [`Qcow2::write_data`]), not of metadata.
+    data_failed: bool,
     /// Host ranges of rewritten compressed clusters, unreferenced at the
     /// next write-back once nothing on disk points at them.
     pending_frees: Vec<(u64, u64)>,
@@ -233,6 +246,7 @@ impl Qcow2 {
             inflate: Inflater::new(),
             metadata_sync: true,
             poisoned: false,
+            data_failed: false,
             pending_frees: Vec::new(),
         })
     }
@@ -584,6 +598,19 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// A write of guest data into a data cluster: a cluster the tables
+    /// point at already, or a fresh one they will point at only once it
+    /// is written.  It changes no metadata, so when it fails (ENOSPC on a
+    /// full file system, EIO) the request fails and the image stays
+    /// usable: what was written before reads back, and space it has keeps
+    /// working.  A fresh cluster that was not written stays unreferenced
+    /// (a refcount of 0), and the next one is allocated after it.
+    fn write_data(&mut self, data: &[u8], at: u64) -> Result<(), DiskError> {
+        let r = write_full(&self.file, &self.path, data, at);
+        self.data_failed = r.is_err();
+        r
+    }
+
     fn write_inner(&mut self, buf: &[u8], offset: u64) -> Result<(), DiskError> {
         let cs = self.cs();
         // Allocated clusters that follow each other in the file are
@@ -618,7 +645,7 @@ impl Qcow2 {
                     }
                     _ => {
                         if let Some((rh, rs, rl)) = run {
-                            write_full(&self.file, &self.path, &buf[rs..rs + rl], rh)?;
+                            self.write_data(&buf[rs..rs + rl], rh)?;
                         }
                         run = Some((h + in_cl, done, n));
                     }
@@ -627,14 +654,14 @@ impl Qcow2 {
                 continue;
             }
             if let Some((rh, rs, rl)) = run.take() {
-                write_full(&self.file, &self.path, &buf[rs..rs + rl], rh)?;
+                self.write_data(&buf[rs..rs + rl], rh)?;
             }
             let (target, fresh) = match mapping {
                 Mapping::Zero(Some(h)) => (h, false),
                 _ => (self.alloc_cluster()?, true),
             };
             if n as u64 == cs {
-                write_full(&self.file, &self.path, data, target)?;
+                self.write_data(data, target)?;
             } else {
                 let mut cow = std::mem::take(&mut self.cow);
                 cow.resize(cs as usize, 0);
@@ -650,7 +677,7 @@ impl Qcow2 {
                     _ => cow.fill(0),
                 }
                 cow[in_cl as usize..in_cl as usize + n].copy_from_slice(data);
-                let r = write_full(&self.file, &self.path, &cow, target);
+                let r = self.write_data(&cow, target);
                 self.cow = cow;
                 r?;
             }
@@ -667,7 +694,7 @@ impl Qcow2 {
             done += n;
         }
         if let Some((rh, rs, rl)) = run {
-            write_full(&self.file, &self.path, &buf[rs..rs + rl], rh)?;
+            self.write_data(&buf[rs..rs + rl], rh)?;
         }
         Ok(())
     }
@@ -756,8 +783,9 @@ impl DiskImage for Qcow2 {
         }
         self.check_usable()?;
         check_range(&self.path, offset, buf.len(), self.size)?;
+        self.data_failed = false;
         let r = self.write_inner(buf, offset);
-        if r.is_err() {
+        if r.is_err() && !self.data_failed {
             // The L2 cache or the L1 table may be ahead of the file.
             self.poisoned = true;
         }

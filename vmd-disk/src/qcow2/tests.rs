@@ -415,3 +415,39 @@ fn allocating_writes_are_linked_in_at_flush() {
     assert_eq!(b, [0x74; 8]);
     assert!(check(&p).corruptions.is_empty());
 }
+
+/// A failed write of guest data (ENOSPC on a full file system, EIO; here
+/// a descriptor that refuses writes) fails that request only: the image
+/// is not poisoned, what was written before reads back, and it stays
+/// consistent.  Both kinds of data write: into an allocated cluster and
+/// into a fresh one.
+#[test]
+fn a_failed_data_write_leaves_the_image_usable() {
+    let d = TempDir::new("data-write-fails");
+    let p = d.path("a.qcow2");
+    make(&p, 16 * MIB, None);
+    let old = pattern(CS as usize, 7);
+    {
+        let mut q = open_rw(&p, None);
+        q.write_at(&old, 0).unwrap();
+        q.flush().unwrap();
+    }
+    // Writable as far as the image knows; every pwrite fails with EBADF.
+    let mut q = Qcow2::open(File::open(&p).unwrap(), &p, None, true).unwrap();
+    let new = pattern(4096, 9);
+    let err = q.write_at(&new, 512).unwrap_err();
+    assert!(!matches!(err, DiskError::Poisoned { .. }), "{err}");
+    let err = q.write_at(&new, 4 * CS).unwrap_err();
+    assert!(!matches!(err, DiskError::Poisoned { .. }), "{err}");
+    let mut got = vec![0u8; CS as usize];
+    q.read_at(&mut got, 0).unwrap();
+    assert_eq!(got, old);
+    q.read_at(&mut got, 4 * CS).unwrap();
+    assert!(
+        got.iter().all(|b| *b == 0),
+        "the fresh cluster is not linked"
+    );
+    q.flush().unwrap();
+    drop(q);
+    assert_eq!(check(&p), clean());
+}

@@ -106,6 +106,7 @@ fn main() {
         devices: None,
         cdrom: None,
         cdrom_file: None,
+        nics: Vec::new(),
     };
     let vmm = match vmm_sys::Vmm::open() {
         Ok(v) => Arc::new(v),

@@ -67,8 +67,13 @@ pub fn control_init(path: &Path) -> std::io::Result<UnixListener> {
 /// Requests of one client the parent has not answered yet, at most: a
 /// client that sends faster than it reads is not read from while it has
 /// this many, so the answers it has not read cannot pile up in the parent
-/// and here (vmctl sends one request at a time).
-pub const MAX_INFLIGHT: u32 = 16;
+/// and here.  One, as vmctl sends one request at a time: the parent then
+/// has at most one request of each client queued, so a client that
+/// pipelines thousands of requests delays another client's answer by one
+/// request of its own, not by its whole backlog (measured: 1,000 clients,
+/// a third of them pipelining GET_INFO without reading, and a fresh
+/// client's GET_INFO answered within milliseconds instead of seconds).
+pub const MAX_INFLIGHT: u32 = 1;
 /// Bytes queued for a client, at most; a client over it is dropped.
 pub const CLIENT_MAX_QUEUED: usize = 1 << 20;
 
@@ -255,7 +260,9 @@ fn serve(c: &mut Client, parent: &mut ImsgChannel, readable: bool) -> Result<(),
     if readable {
         c.chan.fill()?;
     }
-    while c.inflight < MAX_INFLIGHT {
+    // Nothing more of a client whose answers it has not read yet is
+    // forwarded: what it makes vmd produce stays bounded by one answer.
+    while c.inflight < MAX_INFLIGHT && !c.chan.pending() {
         let Some(imsg) = c.chan.get()? else {
             break;
         };

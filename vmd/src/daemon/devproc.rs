@@ -11,8 +11,11 @@ use std::os::unix::net::UnixStream;
 use super::args::Args;
 use super::{disks, logging, privsep};
 use crate::devices::virtio::blk::Vioblk;
+use crate::devices::virtio::net::{Vionet, VionetConfig};
 use crate::devices::virtio::scsi::Vioscsi;
-use crate::vm::devproc::{device, proxy::kind_name, DevProcError, DevSetup, IMSG_DEVOP_SETUP};
+use crate::vm::devproc::{
+    device, proxy::kind_name, DevProcError, DevSetup, NicSetup, IMSG_DEVOP_SETUP,
+};
 use crate::vm::guest_memory::VmMemory;
 use vmd_proto::msg::{DiskFd, VmDisk};
 use vmm_sys::abi::{vm_mem_range, vm_sharemem_params};
@@ -125,6 +128,20 @@ fn run(kind: char) -> Result<(), DevProcError> {
                 async_sock,
             )
         }
+        'n' => {
+            let nic: NicSetup = vmd_proto::codec::decode(&setup.payload)?;
+            let fd = files
+                .into_iter()
+                .next()
+                .ok_or_else(|| setup_err("no tap"))?;
+            let tap = crate::sys::Tap::from_fd(fd, nic.ifname.clone()).map_err(|source| {
+                DevProcError::Io {
+                    what: "tap",
+                    source,
+                }
+            })?;
+            device::serve(vionet(&nic, tap), setup.irq, mem, sync, async_sock)
+        }
         other => Err(setup_err(format!(
             "device type {other} has no device process"
         ))),
@@ -166,4 +183,40 @@ fn share_memory(
         .sharemem(&mut vsp)
         .map_err(|e| setup_err(e.to_string()))?;
     VmMemory::new(&mem).map_err(|e| setup_err(e.to_string()))
+}
+
+/// The vionet core for a NIC on its tap, in a device process or in the
+/// VM process.
+pub fn vionet(nic: &NicSetup, tap: crate::sys::Tap) -> Vionet {
+    log::debug!(
+        "vionet{}: {} lladdr {}{}{}",
+        nic.index,
+        nic.ifname,
+        nic.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+        if nic.locked { " locked" } else { "" },
+        if nic.local.is_some() { " local" } else { "" }
+    );
+    let dev = Vionet::new(
+        VionetConfig {
+            mac: nic.mac,
+            locked: nic.locked,
+        },
+        Box::new(tap),
+    );
+    if let Some(l) = &nic.local {
+        // vmd's DHCP server answers on local interfaces; until it is
+        // built in, the guest's requests go to the tap like any frame.
+        log::debug!(
+            "vionet{}: local interface {}/{} for {}, without a dhcp server",
+            nic.index,
+            l.guest,
+            l.prefixlen,
+            l.vm_name
+        );
+    }
+    dev
 }

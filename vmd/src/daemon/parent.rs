@@ -647,12 +647,22 @@ impl Parent {
                 disk_fds.push((at, OwnedFd::from(c.file)));
             }
         }
-        if !vm.params.interfaces.is_empty() {
-            log::warn!(
-                "{}: {} network interface(s) not configured: no vionet yet",
-                vm.params.name,
-                vm.params.interfaces.len()
-            );
+        // Each NIC's tap, opened here as root (the VM side never opens
+        // one) and sent on as a descriptor (START_VM_IF); its name, as
+        // the system gave it, goes to the VM in the create parameters.
+        let mut taps = Vec::new();
+        for (index, nic) in vm.params.interfaces.iter().enumerate() {
+            let want = nic.name.as_deref().unwrap_or("tap");
+            match crate::sys::open_tap(want) {
+                Ok(t) => {
+                    log::debug!("vm \"{name}\": interface {index} is {}", t.name);
+                    taps.push(t);
+                }
+                Err(e) => {
+                    log::warn!("config_setvm: {e}");
+                    return Err(e.errno());
+                }
+            }
         }
         if vm.tty.is_none() {
             let owner = VmopOwner {
@@ -668,6 +678,7 @@ impl Parent {
         let vm = &mut self.reg.vms[i];
         // Held, with their locks, while the VM runs.
         vm.disk_files = disk_files;
+        vm.ifnames = taps.iter().map(|t| t.name.clone()).collect();
         let pty = vm
             .tty
             .as_ref()
@@ -678,6 +689,9 @@ impl Parent {
         params.id = vm.id;
         for (d, n) in params.disks.iter_mut().zip(bases) {
             d.bases = n;
+        }
+        for (nic, t) in params.interfaces.iter_mut().zip(&taps) {
+            nic.name = Some(t.name.clone());
         }
         send(
             &mut self.vmm,
@@ -690,6 +704,16 @@ impl Parent {
         }
         for (at, fd) in disk_fds {
             send(&mut self.vmm, Message::StartVmDisk(at), vm.id, vec![fd]);
+        }
+        // The parent keeps no tap open: each lives as long as the VM's
+        // processes hold it.
+        for (index, t) in taps.into_iter().enumerate() {
+            send(
+                &mut self.vmm,
+                Message::StartVmIf(index as u32),
+                vm.id,
+                vec![OwnedFd::from(t.file)],
+            );
         }
         send(
             &mut self.vmm,

@@ -46,6 +46,38 @@ pub fn parent_channel() -> io::Result<ImsgChannel> {
     Ok(ImsgChannel::new(sock))
 }
 
+/// A backstop for a process that faces the guest (the VM process): on
+/// Linux the kernel kills it with SIGKILL when the process that started
+/// it ends (`PR_SET_PDEATHSIG`), even when it cannot act on the end of
+/// file of `chan` (stopped, or a thread stuck).  The end of file is what
+/// ends it otherwise, on every system.  False when that parent has
+/// already gone (before the signal was asked for): the caller ends.
+/// Device processes do not use it: their VM process exits without
+/// waiting for them, and they finish the request at hand and close their
+/// image at the end of file instead of dying in the middle.
+pub fn die_with_parent(chan: &ImsgChannel) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+            log::warn!("prctl PR_SET_PDEATHSIG: {e}");
+            return true;
+        }
+        // The socket pair's credentials are those of the process that
+        // made it, our parent; if we have another parent now, it ended
+        // before the prctl and no signal will come.
+        match getsockopt(chan.socket(), PeerCredentials) {
+            Ok(c) => c.pid() == nix::unistd::getppid().as_raw(),
+            Err(_) => true,
+        }
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = chan;
+        true
+    }
+}
+
 /// `setproctitle("%s", title)` as far as Linux allows without `unsafe`:
 /// the command name becomes `vmd: <title>` (15 bytes at most).
 pub fn set_title(title: &str) {

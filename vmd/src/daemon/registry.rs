@@ -67,6 +67,9 @@ pub struct Vm {
     pub tty: Option<Tty>,
     /// The disk images opened for the running VM, locked when writable.
     pub disk_files: Vec<std::fs::File>,
+    /// The taps of the running VM, by NIC (`vif_name`): what the parent
+    /// opened, named as the system named them.
+    pub ifnames: Vec<String>,
     pub start_tv: Option<Instant>,
     pub start_limit: u32,
 }
@@ -491,6 +494,7 @@ impl Registry {
             from_config: false,
             tty: None,
             disk_files: Vec::new(),
+            ifnames: Vec::new(),
             start_tv: None,
             start_limit: 0,
         });
@@ -547,6 +551,7 @@ impl Registry {
         vm.pid = -1;
         // Unlocked now: a restart opens and locks them again.
         vm.disk_files.clear();
+        vm.ifnames.clear();
         if !keeptty {
             vm.tty = None;
             vm.uid = 0;

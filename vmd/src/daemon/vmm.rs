@@ -56,6 +56,8 @@ struct PendingVm {
     disks: Vec<(DiskFd, OwnedFd)>,
     /// The ISO (START_VM_CDROM).
     cdrom: Option<OwnedFd>,
+    /// The taps (START_VM_IF), by NIC index.
+    ifs: Vec<(u32, OwnedFd)>,
 }
 
 struct Vmm {
@@ -69,6 +71,9 @@ struct Vmm {
     pending: BTreeMap<u32, PendingVm>,
     last_request: Option<u32>,
     vms: Vec<VmProc>,
+    /// The parent's global configuration: VM processes need the local
+    /// prefixes for their local interfaces.
+    global: vmd_proto::config::GlobalConfig,
 }
 
 /// The vmm process; the exit status.
@@ -112,6 +117,7 @@ pub fn main(args: &Args, user: &User) -> i32 {
         pending: BTreeMap::new(),
         last_request: None,
         vms: Vec::new(),
+        global: Default::default(),
     };
     loop {
         let deadline = events::earliest(vmm.vms.iter().map(|v| v.kill_at));
@@ -215,6 +221,7 @@ impl Vmm {
                         kernel: r.fds.pop(),
                         disks: Vec::new(),
                         cdrom: None,
+                        ifs: Vec::new(),
                     },
                 );
                 self.last_request = Some(id);
@@ -231,6 +238,13 @@ impl Vmm {
                 match (self.pending.get_mut(&id), r.fds.pop()) {
                     (Some(p), Some(fd)) => p.disks.push((d, fd)),
                     _ => log::warn!("vmm: START_VM_DISK without a request or a descriptor"),
+                }
+            }
+            Message::StartVmIf(index) => {
+                let id = self.last_request.unwrap_or(peerid);
+                match (self.pending.get_mut(&id), r.fds.pop()) {
+                    (Some(p), Some(fd)) => p.ifs.push((index, fd)),
+                    _ => log::warn!("vmm: START_VM_IF without a request or a descriptor"),
                 }
             }
             Message::StartVmEnd => {
@@ -304,9 +318,9 @@ impl Vmm {
                     }
                 }
             }
-            // The global configuration matters to vmm once VMs have
-            // local interfaces (vionet).
-            Message::Config(_) => {}
+            // Passed on to each VM started from now on (its local
+            // interfaces' addresses).
+            Message::Config(g) => self.global = g,
             other => log::debug!("vmm: unexpected {} from parent", other.imsg_type().name()),
         }
     }
@@ -317,6 +331,7 @@ impl Vmm {
             kernel,
             disks,
             cdrom,
+            ifs,
         } = p;
         let id = params.id;
         if self.find(id).is_some() {
@@ -353,6 +368,19 @@ impl Vmm {
             .and_then(|_| {
                 disks.into_iter().try_for_each(|(d, fd)| {
                     events::post(&mut chan, &Message::StartVmDisk(d), NO_PEER, vec![fd])
+                })
+            })
+            .and_then(|_| {
+                events::post(
+                    &mut chan,
+                    &Message::Config(self.global.clone()),
+                    NO_PEER,
+                    Vec::new(),
+                )
+            })
+            .and_then(|_| {
+                ifs.into_iter().try_for_each(|(i, fd)| {
+                    events::post(&mut chan, &Message::StartVmIf(i), NO_PEER, vec![fd])
                 })
             })
             .and_then(|_| {

@@ -12,7 +12,9 @@
 //! On the socket (all `vmd::proc` messages):
 //! - vmm → VM: `RECEIVE_VMM_FD`(vmm(4) fd), `START_VM_REQUEST`(create
 //!   params, boot image fd), a `START_VM_DISK`(fd) per file of each
-//!   disk's chain (vioblk builds the image from them), then
+//!   disk's chain (vioblk builds the image from them), a
+//!   `CONFIG` (the global configuration: local prefixes), a
+//!   `START_VM_IF`(tap fd) per NIC (vionet serves it), then
 //!   `START_VM_END`(pty master fd); VM → vmm:
 //!   `START_VM_RESPONSE` with result 0 once the VM exists, or the errno
 //!   it failed with (and exit).
@@ -30,7 +32,7 @@ use std::sync::Arc;
 use super::args::{child_flags, Args};
 use super::{logging, privsep, vmfiles};
 use crate::devices::virtio::blk::DiskImage;
-use crate::vm::devproc::{DeviceProcesses, DiskFiles};
+use crate::vm::devproc::{DeviceProcesses, DiskFiles, NicFiles, NicLocal, NicSetup};
 use crate::vm::machine::{BootImage, Control, Machine, Outcome, ShutdownRequest, VmConfig};
 use vmd_proto::msg::{VmopCreateParams, VmopResult, VMD_CDROM_INVALID, VMD_DISK_INVALID};
 use vmd_proto::{ImsgChannel, Message};
@@ -52,6 +54,9 @@ pub fn main(args: &Args) -> i32 {
         Ok(c) => c,
         Err(e) => logging::fatal("invalid vm fd", e),
     };
+    if !privsep::die_with_parent(&chan) {
+        logging::fatalx("vmm process gone before the vm started");
+    }
     // vmm sends vmm(4), the parameters with the boot image, then the
     // console.
     let vmm_fd = match chan.recv() {
@@ -72,6 +77,8 @@ pub fn main(args: &Args) -> i32 {
     // The ISO and the disks' descriptors, then the console.
     let mut cdrom = None;
     let mut disk_fds = super::disks::Received::default();
+    let mut taps: Vec<(u32, OwnedFd)> = Vec::new();
+    let mut global = vmd_proto::config::GlobalConfig::default();
     let pty = loop {
         match chan.recv() {
             Ok(mut r) => match r.msg {
@@ -83,6 +90,11 @@ pub fn main(args: &Args) -> i32 {
                 Message::StartVmDisk(d) => match r.fds.pop() {
                     Some(fd) => disk_fds.add(d, fd),
                     None => logging::fatalx("failed to get disk fd"),
+                },
+                Message::Config(g) => global = g,
+                Message::StartVmIf(i) => match r.fds.pop() {
+                    Some(fd) => taps.push((i, fd)),
+                    None => logging::fatalx("failed to get tap fd"),
                 },
                 other => logging::fatalx(&format!("unexpected {:?}", other.imsg_type())),
             },
@@ -152,6 +164,33 @@ pub fn main(args: &Args) -> i32 {
             }
         }
     };
+    // One tap per NIC, each in its vionet device process (or here).
+    let mut nics = Vec::new();
+    for (index, nic) in params.interfaces.iter().enumerate() {
+        let Some(pos) = taps.iter().position(|(i, _)| *i as usize == index) else {
+            return fail(
+                &mut chan,
+                params.id,
+                libc::EINVAL,
+                &format!("{name}: no tap for interface {index}"),
+            );
+        };
+        let (_, tap) = taps.swap_remove(pos);
+        nics.push(NicFiles {
+            nic: NicSetup {
+                index: index as u32,
+                ifname: nic.name.clone().unwrap_or_else(|| "tap".into()),
+                mac: nic.lladdr,
+                locked: nic.locked(),
+                local: nic
+                    .local()
+                    .then(|| NicLocal::new(&global, params.id, index as u32, &name))
+                    .flatten(),
+            },
+            tap,
+            in_process,
+        });
+    }
     let exe = exe.ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT));
     let devices = match (exe, vmm_fd.try_clone()) {
         (Ok(exe), Ok(vmm_fd)) => Some(DeviceProcesses {
@@ -239,6 +278,7 @@ pub fn main(args: &Args) -> i32 {
             devices,
             cdrom,
             cdrom_file,
+            nics,
         },
     ) {
         Ok(m) => m,

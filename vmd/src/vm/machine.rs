@@ -17,7 +17,7 @@ use crate::devices::virtio::scsi::Vioscsi;
 use crate::devices::virtio::transport::{add_virtio_bar, VirtioPciIds};
 use crate::devices::virtio::vmmci::{Vmmci, VmmciCmd};
 use crate::event::{EventLoop, Waker};
-use crate::vm::devproc::{proxy, DevSetup, DeviceProcesses, DiskFiles, MemRange};
+use crate::vm::devproc::{proxy, DevSetup, DeviceProcesses, DiskFiles, MemRange, NicFiles};
 use crate::x86::MmioError;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -69,6 +69,10 @@ pub struct VmConfig {
     /// The ISO's descriptor, for a vioscsi device process (`vmd -X -t s`)
     /// in the slot after the disks; needs `devices`.
     pub cdrom_file: Option<OwnedFd>,
+    /// The NICs, each on its tap, in slot order after viornd and before
+    /// the disks: each in a vionet device process (`vmd -X -t n`, needs
+    /// `devices`) or in this process.
+    pub nics: Vec<NicFiles>,
 }
 
 /// How a VM ended without error.
@@ -119,7 +123,12 @@ pub struct Control {
     events: Waker,
     event_wakeups: Arc<AtomicU64>,
     vmmci: Arc<Mutex<Vmmci>>,
+    /// Devices told of pause and unpause (vmd's broadcast): the NICs.
+    pause_hooks: Vec<PauseHook>,
 }
+
+/// Pauses (true) or unpauses a device.
+type PauseHook = Box<dyn Fn(bool) + Send + Sync>;
 
 /// What a graceful stop request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +156,9 @@ impl Control {
     /// second); false if it was already paused.
     pub fn pause(&self) -> bool {
         let paused = self.vcpu.pause();
+        if paused {
+            self.pause_hooks.iter().for_each(|h| h(true));
+        }
         self.events.wake();
         paused
     }
@@ -154,6 +166,9 @@ impl Control {
     /// Resumes a paused VM; false if it was not paused.
     pub fn unpause(&self) -> bool {
         let resumed = self.vcpu.unpause();
+        if resumed {
+            self.pause_hooks.iter().for_each(|h| h(false));
+        }
         self.events.wake();
         resumed
     }
@@ -200,6 +215,8 @@ pub struct Machine {
     console_in: Option<OwnedFd>,
     initial: vcpu_reg_state,
     control: Arc<Control>,
+    /// In-process NICs' receive threads, stopped with the machine.
+    nic_threads: Vec<NicThread>,
 }
 
 impl Machine {
@@ -274,8 +291,51 @@ impl Machine {
             })
         };
         let (disk_files, devices, cdrom_file) = (cfg.disk_files, cfg.devices, cfg.cdrom_file);
+        let mut pause_hooks: Vec<PauseHook> = Vec::new();
+        let mut nic_threads = Vec::new();
         let platform = Platform::build(platform_cfg, |slots| {
-            // vmd's order (reference §4.3): disks, then the cdrom.
+            // vmd's order (reference §4.3): NICs, disks, then the cdrom.
+            for n in cfg.nics {
+                let i = n.nic.index;
+                let err = |m: String| PlatformError::Device(format!("vionet {i}: {m}"));
+                if n.in_process || devices.is_none() {
+                    let tap = crate::sys::Tap::from_fd(n.tap, n.nic.ifname.clone())
+                        .map_err(|e| err(e.to_string()))?;
+                    let wake_fd = tap.file.try_clone().map_err(|e| err(e.to_string()))?;
+                    let mut dev = crate::daemon::devproc::vionet(&n.nic, tap);
+                    let t = NicThread::new().map_err(|e| err(e.to_string()))?;
+                    let w = t.waker.clone();
+                    dev.set_rx_notify(Box::new(move || w.wake()));
+                    let a = slots.attach_virtio(VirtioPciIds::NET, dev)?;
+                    let hook = a.dev.clone();
+                    pause_hooks.push(Box::new(move |p| hook.lock().unwrap().set_paused(p)));
+                    nic_threads.push(t.start(a.dev, wake_fd).map_err(|e| err(e.to_string()))?);
+                    continue;
+                }
+                let dev = devices.as_ref().expect("checked above");
+                let payload = vmd_proto::codec::encode(&n.nic).map_err(|e| err(e.to_string()))?;
+                let (pid, proxy) = attach_device_process(
+                    slots,
+                    &DeviceSpec {
+                        vmm: &vmm,
+                        vm_id: id,
+                        vm_name: &cfg.name,
+                        ranges,
+                        dev,
+                        on_death: &on_death,
+                    },
+                    VirtioPciIds::NET,
+                    'n',
+                    payload,
+                    vec![n.tap],
+                )
+                .map_err(|e| match e {
+                    PlatformError::Device(m) => err(format!("{} ({}): {m}", n.nic.ifname, i)),
+                    e => e,
+                })?;
+                pause_hooks.push(Box::new(move |p| proxy.lock().unwrap().set_paused(p)));
+                log::debug!("vionet {i} on {}: device process {pid}", n.nic.ifname);
+            }
             for image in cfg.disks {
                 slots.attach_virtio(VirtioPciIds::BLOCK, Vioblk::new(image, ""))?;
             }
@@ -286,7 +346,7 @@ impl Machine {
                 let payload = vmd_proto::codec::encode(&d.disk).map_err(|e| {
                     PlatformError::Device(format!("vioblk {i} ({}): {e}", d.disk.path))
                 })?;
-                let pid = attach_device_process(
+                let (pid, _) = attach_device_process(
                     slots,
                     &DeviceSpec {
                         vmm: &vmm,
@@ -315,7 +375,7 @@ impl Machine {
                 let dev = devices.as_ref().ok_or_else(|| {
                     PlatformError::Device("a cdrom file without device processes".into())
                 })?;
-                let pid = attach_device_process(
+                let (pid, _) = attach_device_process(
                     slots,
                     &DeviceSpec {
                         vmm: &vmm,
@@ -377,6 +437,7 @@ impl Machine {
             events: events.waker(),
             event_wakeups: events.wakeup_counter(),
             vmmci: platform.vmmci.clone(),
+            pause_hooks,
         });
         Ok(Machine {
             vmm,
@@ -387,6 +448,7 @@ impl Machine {
             console_in: cfg.console_in,
             initial,
             control,
+            nic_threads,
         })
     }
 
@@ -443,6 +505,8 @@ impl Machine {
         };
         let r = self.vcpu_loop();
         self.control.stop();
+        // In-process NICs stop taking frames.
+        self.nic_threads.clear();
         let _ = events.join();
         if let Some(msg) = self.control.failure.lock().unwrap().take() {
             return Err(VmError::Device(msg));
@@ -511,7 +575,7 @@ fn attach_device_process(
     kind: char,
     payload: Vec<u8>,
     files: Vec<OwnedFd>,
-) -> Result<u32, PlatformError> {
+) -> Result<(u32, Arc<Mutex<proxy::Proxy>>), PlatformError> {
     let bad = |e: &dyn std::fmt::Display| PlatformError::Device(e.to_string());
     let info = slots.add_device(&ids.pci_config())?;
     let irq = info.irq.ok_or(crate::devices::pci::PciError::NoIrqLeft)?;
@@ -548,13 +612,74 @@ fn attach_device_process(
     })
     .map_err(|e| bad(&e))?;
     let pid = proxy.pid();
-    add_virtio_bar(
-        slots.bus,
-        info.slot,
-        config_len,
-        Arc::new(Mutex::new(proxy)),
-    )?;
-    Ok(pid)
+    let proxy = Arc::new(Mutex::new(proxy));
+    add_virtio_bar(slots.bus, info.slot, config_len, proxy.clone())?;
+    Ok((pid, proxy))
+}
+
+/// The receive side of a NIC served in the VM process (vionet's tap
+/// event in vmd's device process): a thread that waits for the tap while
+/// the guest has receive buffers, and for the device's word that it has
+/// buffers again or was unpaused.
+struct NicThread {
+    waker: Waker,
+    events: Option<EventLoop>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NicThread {
+    fn new() -> std::io::Result<NicThread> {
+        let ev = EventLoop::new()?;
+        Ok(NicThread {
+            waker: ev.waker(),
+            events: Some(ev),
+            stop: Arc::default(),
+            handle: None,
+        })
+    }
+
+    fn start(
+        mut self,
+        dev: Arc<
+            Mutex<
+                crate::devices::virtio::transport::VirtioPci<crate::devices::virtio::net::Vionet>,
+            >,
+        >,
+        tap: std::fs::File,
+    ) -> std::io::Result<NicThread> {
+        let mut ev = self.events.take().expect("started once");
+        let stop = self.stop.clone();
+        self.handle = Some(
+            std::thread::Builder::new()
+                .name("vionet".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let want = dev.lock().unwrap().wants_input();
+                        let fds: Vec<_> = if want {
+                            vec![(tap.as_fd(), false)]
+                        } else {
+                            Vec::new()
+                        };
+                        let (ready, _) = ev.wait(&fds, None);
+                        if ready.first().is_some_and(|r| r.read) {
+                            dev.lock().unwrap().input();
+                        }
+                    }
+                })?,
+        );
+        Ok(self)
+    }
+}
+
+impl Drop for NicThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.waker.wake();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// The device side of `vcpu_exit` in the VM process (visible to the `vm`

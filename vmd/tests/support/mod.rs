@@ -8,7 +8,8 @@
 pub mod daemon;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 /// vmm(4)'s device: KVM's on Linux.
@@ -117,4 +118,77 @@ pub fn int13_boot_disk(sector1: &str) -> Result<Vec<u8>, libtest_mimic::Failed> 
     disk[511] = 0xaa;
     disk[512..512 + sector1.len()].copy_from_slice(sector1.as_bytes());
     Ok(disk)
+}
+
+/// The newest modification time of the files under `path`.
+pub fn newest(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| newest(&e.ok()?.path()))
+        .max()
+}
+
+/// The vmctl binary: `$VMCTL`, or the one next to vmd.  When that one is
+/// older than the sources it is built from (`cargo test -p vmd` builds
+/// vmd's targets only) and cargo runs this test, `cargo build -p vmctl`
+/// with this test's profile first.  A workspace build leaves it alone:
+/// vmctl's own tests may be running it.
+pub fn vmctl_binary() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("VMCTL") {
+        return Ok(PathBuf::from(p));
+    }
+    let dir = Path::new(env!("CARGO_BIN_EXE_vmd"))
+        .parent()
+        .ok_or("CARGO_BIN_EXE_vmd has no directory")?;
+    let vmctl = dir.join("vmctl");
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let sources = [
+        "vmctl",
+        "vmd/src",
+        "vmd/Cargo.toml",
+        "vmm-sys",
+        "Cargo.lock",
+    ]
+    .iter()
+    .filter_map(|p| newest(&top.join(p)))
+    .max();
+    let built = std::fs::metadata(&vmctl).and_then(|m| m.modified()).ok();
+    let stale = match (built, sources) {
+        (Some(b), Some(s)) => b < s,
+        (b, _) => b.is_none(),
+    };
+    // cargo test and nextest set CARGO for the tests they run.
+    if let (true, Some(cargo)) = (stale, std::env::var_os("CARGO")) {
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "vmctl", "--bin", "vmctl"])
+            .current_dir(&top)
+            .stdin(Stdio::null());
+        // target/<profile>: the dev and test profiles build into debug.
+        match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => {}
+            Some("release") => {
+                cmd.arg("--release");
+            }
+            Some(profile) => {
+                cmd.args(["--profile", profile]);
+            }
+        }
+        let st = cmd
+            .status()
+            .map_err(|e| format!("cargo build -p vmctl: {e}"))?;
+        if !st.success() {
+            return Err(format!("cargo build -p vmctl: {st}"));
+        }
+    }
+    if !vmctl.is_file() {
+        return Err(format!(
+            "no {} (cargo build -p vmctl, or VMCTL=<path>)",
+            vmctl.display()
+        ));
+    }
+    Ok(vmctl)
 }

@@ -12,6 +12,7 @@
 //! every chain a driver offers and turns a hostile one into an error the
 //! transport answers with DEVICE_NEEDS_RESET.
 pub mod blk;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod scsi;

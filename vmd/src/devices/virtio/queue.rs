@@ -197,6 +197,9 @@ impl VirtQueue {
         q.set_next_avail(0);
         q.set_next_used(0);
         q.set_ready(true);
+        // A used ring the driver reuses may still say NO_NOTIFY from a
+        // device that polled it before a reset.
+        let _ = q.enable_notification(mem);
         self.ready = true;
         Ok(())
     }
@@ -266,6 +269,17 @@ impl VirtQueue {
         Ok(Some(DescChain { head, descs }))
     }
 
+    /// Whether the driver has made a chain available that the device has
+    /// not taken yet (without taking it): a NIC reads a frame from its
+    /// port only when it has somewhere to put it.
+    pub fn has_available<M: GuestMemory>(&self, mem: &M) -> bool {
+        self.ready
+            && self
+                .queue
+                .avail_idx(mem, Ordering::Acquire)
+                .is_ok_and(|w| w.0 != self.queue.next_avail())
+    }
+
     /// Returns a chain to the driver with `len` bytes written.
     pub fn add_used<M: GuestMemory>(
         &mut self,
@@ -286,6 +300,30 @@ impl VirtQueue {
     /// Where the device is in the used ring.
     pub fn next_used(&self) -> u16 {
         self.queue.next_used()
+    }
+
+    /// Asks the driver not to notify (VIRTQ_USED_F_NO_NOTIFY) while the
+    /// device looks at the avail ring on its own.
+    pub fn suppress_notifications<M: GuestMemory>(&mut self, mem: &M) {
+        if self.ready {
+            // The rings were checked at enable: this cannot fail.
+            let _ = self.queue.disable_notification(mem);
+        }
+    }
+
+    /// Asks for notifications again; whether the driver made chains
+    /// available before it could see that (they would get no kick).
+    pub fn resume_notifications<M: GuestMemory>(&mut self, mem: &M) -> bool {
+        self.ready && self.queue.enable_notification(mem).unwrap_or(true)
+    }
+
+    /// Whether the driver made chains available the device has not taken.
+    pub fn has_avail<M: GuestMemory>(&self, mem: &M) -> bool {
+        self.ready
+            && self
+                .queue
+                .avail_idx(mem, Ordering::Acquire)
+                .is_ok_and(|i| i.0 != self.queue.next_avail())
     }
 
     /// Whether the driver wants an interrupt for what was just used

@@ -17,6 +17,7 @@ use crate::devices::bus::{all_ones, PioDevice};
 use crate::devices::irq::IrqLines;
 use crate::devices::pci::{PciBus, PciDeviceConfig, PciError};
 use crate::vm::guest_memory::VmMemory;
+use std::os::fd::BorrowedFd;
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 
@@ -68,6 +69,35 @@ pub trait VirtioDevice: Send {
     ) -> Result<bool, QueueError>;
     /// Device reset (status 0).
     fn reset(&mut self) {}
+    /// Work the device does on its own rather than at a kick (a NIC's
+    /// received frames), over all its queues; returns whether the driver
+    /// should get a queue interrupt.
+    fn process_input(
+        &mut self,
+        _queues: &mut [VirtQueue],
+        _mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
+        Ok(false)
+    }
+    /// The descriptor whose readability means input for
+    /// [`process_input`](Self::process_input) (a NIC's tap), while the
+    /// device has somewhere to put it; None: nothing to wait for now.
+    fn input_fd(&self, _queues: &[VirtQueue], _mem: &GuestMemoryMmap) -> Option<BorrowedFd<'_>> {
+        None
+    }
+    /// vmd's pause/unpause broadcast to devices: a paused device moves no
+    /// data, and keeps what it holds for the unpause.
+    fn set_paused(&mut self, _paused: bool) {}
+    /// Whether a device process may, after a kick, keep looking at the
+    /// kicked queue for a short while with the driver's notifications
+    /// suppressed (VIRTQ_USED_F_NO_NOTIFY) instead of waiting for the
+    /// next kick: worth it where the driver makes the next request
+    /// available as soon as one completes (vioblk), not where a queue
+    /// holds buffers that wait for host events (receive or event
+    /// queues), which would keep it polling.
+    fn polls(&self) -> bool {
+        false
+    }
 }
 
 /// How vmd lists a virtio 1.x device on the PCI bus.
@@ -221,6 +251,9 @@ pub struct VirtioPci<D> {
     line_up: bool,
     queue_select: u16,
     queues: Vec<VirtQueue>,
+    /// Queues being polled (bit per index), their notifications
+    /// suppressed; see [`VirtioPci::poll_start`].
+    polled: u64,
     /// Hostile-driver incidents; only the first is logged.
     incidents: u64,
 }
@@ -246,6 +279,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
             line_up: false,
             queue_select: 0,
             queues,
+            polled: 0,
             incidents: 0,
         }
     }
@@ -281,8 +315,13 @@ impl<D: VirtioDevice> VirtioPci<D> {
 
     fn raise(&mut self, bits: u8) {
         self.isr |= bits;
-        self.line_up = true;
-        self.lines.assert_irq(self.irq);
+        // The line is level-triggered: raising it again while it is up
+        // changes nothing for the PIC, and costs a message (or a vCPU
+        // kick) each completion.
+        if !self.line_up {
+            self.line_up = true;
+            self.lines.assert_irq(self.irq);
+        }
     }
 
     fn lower(&mut self) {
@@ -318,6 +357,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
         self.isr = 0;
         self.lower();
         self.queue_select = 0;
+        self.polled = 0;
         for q in &mut self.queues {
             q.reset();
         }
@@ -499,8 +539,117 @@ impl<D: VirtioDevice> VirtioPci<D> {
         match done {
             Ok(true) => self.raise(VIRTIO_CONFIG_ISR_QUEUE),
             Ok(false) => {}
+            Err(e) => return self.set_needs_reset(&e),
+        }
+        // What the kick made possible besides its own queue (a NIC's
+        // answers to what it just sent, frames for new receive buffers).
+        self.input();
+    }
+
+    /// Whether the device waits for input of its own now (see
+    /// [`VirtioDevice::input_fd`]).
+    pub fn wants_input(&self) -> bool {
+        self.input_fd().is_some()
+    }
+
+    fn running(&self) -> bool {
+        self.status & VIRTIO_CONFIG_DEVICE_STATUS_DRIVER_OK != 0 && !self.needs_reset()
+    }
+
+    /// The device's own input is ready (or may be): lets it move what it
+    /// can into its queues, and interrupts the driver if it asked.
+    pub fn input(&mut self) {
+        if !self.running() {
+            return;
+        }
+        match self.dev.process_input(&mut self.queues, self.mem.mmap()) {
+            Ok(true) => self.raise(VIRTIO_CONFIG_ISR_QUEUE),
+            Ok(false) => {}
             Err(e) => self.set_needs_reset(&e),
         }
+    }
+
+    /// What the device's process should wait on for input, if anything
+    /// now (see [`VirtioDevice::input_fd`]).
+    pub fn input_fd(&self) -> Option<BorrowedFd<'_>> {
+        if !self.running() {
+            return None;
+        }
+        self.dev.input_fd(&self.queues, self.mem.mmap())
+    }
+
+    /// Pause or unpause the device; at unpause it catches up at once.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.dev.set_paused(paused);
+        if !paused {
+            self.input();
+        }
+    }
+
+    /// After a kick of queue `index` (in a device process): starts
+    /// polling it, with the driver told not to notify, if the device
+    /// [polls](VirtioDevice::polls) and the queue is live.  Whether it
+    /// is polled now.
+    pub fn poll_start(&mut self, index: u16) -> bool {
+        if !self.dev.polls()
+            || self.status & VIRTIO_CONFIG_DEVICE_STATUS_DRIVER_OK == 0
+            || self.needs_reset()
+            || index >= 64
+        {
+            return false;
+        }
+        let Some(q) = self.queues.get_mut(index as usize) else {
+            return false;
+        };
+        if !q.ready() {
+            return false;
+        }
+        q.suppress_notifications(self.mem.mmap());
+        self.polled |= 1 << index;
+        true
+    }
+
+    /// Serves what the driver made available on the polled queues
+    /// since the last look; whether there was anything.
+    pub fn poll(&mut self) -> bool {
+        if self.status & VIRTIO_CONFIG_DEVICE_STATUS_DRIVER_OK == 0 || self.needs_reset() {
+            self.polled = 0;
+            return false;
+        }
+        let mut work = false;
+        for i in 0..self.queues.len().min(64) {
+            if self.polled & (1 << i) != 0 && self.queues[i].has_avail(self.mem.mmap()) {
+                self.notify(i as u16);
+                work = true;
+            }
+        }
+        work
+    }
+
+    /// Ends polling: the driver notifies again.  What it made available
+    /// before it could see that is served here (it sends no kick for
+    /// it), and those queues stay polled; whether there was any.
+    pub fn poll_stop(&mut self) -> bool {
+        let mut work = false;
+        for i in 0..self.queues.len().min(64) {
+            if self.polled & (1 << i) == 0 {
+                continue;
+            }
+            let mem = self.mem.clone();
+            if self.queues[i].resume_notifications(mem.mmap()) {
+                self.queues[i].suppress_notifications(mem.mmap());
+                self.notify(i as u16);
+                work = true;
+            } else {
+                self.polled &= !(1 << i);
+            }
+        }
+        work
+    }
+
+    /// Whether any queue is being polled.
+    pub fn polling(&self) -> bool {
+        self.polled != 0
     }
 
     /// Reads the ISR: its bits, cleared by the read, which also lowers the

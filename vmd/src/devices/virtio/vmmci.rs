@@ -514,6 +514,45 @@ mod tests {
         assert_eq!(m.pio.read(io + DEVICE_FEATURES, 4), 7);
     }
 
+    /// vmmci has no virtqueue (queue size reads 0) and no view of guest
+    /// memory, so there is no ring for a hostile driver to corrupt: the
+    /// hostile-ring tests of the other devices do not apply.  What a
+    /// hostile driver can do is write anything to any register: a queue
+    /// address pointing nowhere, notifies of queues that do not exist,
+    /// unknown commands, odd widths.  None of that panics or makes a
+    /// queue appear, and after a reset the device serves the driver as
+    /// before.
+    #[test]
+    fn hostile_register_accesses_are_harmless() {
+        let r = rig();
+        let mut rng = crate::property::Rng::new(0x7a11_0c1e);
+        for _ in 0..20_000 {
+            let off = rng.below(48) as u16;
+            let size = rng.pick(&[1u8, 2, 4]);
+            if rng.one_in(3) {
+                let _ = r.r(off, size);
+            } else {
+                r.w(off, size, rng.edgy_u64() as u32);
+            }
+            if rng.one_in(500) {
+                let _ = r.ctl(rng.pick(&[VmmciCmd::Shutdown, VmmciCmd::Reboot, VmmciCmd::SyncRtc]));
+            }
+            if rng.one_in(200) {
+                r.tick(Duration::from_secs(rng.below(200)));
+            }
+        }
+        assert_eq!(r.r(QUEUE_SIZE, 2), 0, "still no virtqueue");
+        r.attach_driver(VMMCI_F_ACK | VMMCI_F_TIMESYNC);
+        let _ = r.r(ISR_STATUS, 1);
+        r.ended.lock().unwrap().clear();
+        r.ctl(VmmciCmd::Reboot).unwrap();
+        assert!(r.irq_up());
+        assert_eq!(r.r(ISR_STATUS, 1), 2);
+        assert_eq!(r.r(CONFIG, 4), VmmciCmd::Reboot as u32);
+        r.w(CONFIG, 4, VmmciCmd::Reboot as u32);
+        assert_eq!(r.deadline_in(), Some(VMMCI_TIMEOUT_LONG));
+    }
+
     #[test]
     fn requests_need_a_running_driver() {
         let r = rig();

@@ -5,6 +5,7 @@
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::*;
 use crate::devices::bus::PioDevice;
@@ -13,28 +14,46 @@ use crate::devices::virtio::transport::{VirtioDevice, VirtioPci};
 use crate::vm::guest_memory::VmMemory;
 use vmd_proto::{ImsgChannel, ImsgError};
 
+/// How long a device that [polls](crate::devices::virtio::transport::VirtioDevice::polls)
+/// keeps looking at a kicked queue after the last chain it found there.
+/// The driver makes its next request available microseconds after it sees
+/// a completion, so this spans the gap between a driver's requests; a
+/// driver gone quiet costs this much CPU once.
+pub const POLL_WINDOW: Duration = Duration::from_micros(50);
+
 /// The device's interrupt line as seen from the device process: while a
 /// register access is being served, the line's new state is kept for the
 /// answer; otherwise (after a kick) it goes to the VM on the async
-/// channel.
+/// channel.  Each change gets the next sequence number (in the message's
+/// `vcpu` byte), so that the VM applies the changes in the order the
+/// device made them, whichever channel it reads first.
 struct Lines {
     async_tx: Mutex<ImsgChannel>,
-    /// Some while a sync request is served: the state to answer with.
-    capture: Mutex<Option<i8>>,
+    state: Mutex<LineState>,
+}
+
+#[derive(Default)]
+struct LineState {
+    /// Some while a sync request is served: the change to answer with.
+    capture: Option<Option<(i8, u8)>>,
+    seq: u8,
 }
 
 impl Lines {
     fn set(&self, irq: u8, state: i8) {
-        let mut c = self.capture.lock().unwrap();
-        if let Some(s) = c.as_mut() {
-            *s = state;
+        let mut st = self.state.lock().unwrap();
+        st.seq = st.seq.wrapping_add(1);
+        let seq = st.seq;
+        if let Some(c) = st.capture.as_mut() {
+            *c = Some((state, seq));
             return;
         }
-        drop(c);
+        drop(st);
         let m = ViodevMsg {
             type_: VIODEV_MSG_KICK,
             irq,
             state,
+            vcpu: seq,
             ..Default::default()
         };
         let mut tx = self.async_tx.lock().unwrap();
@@ -73,7 +92,7 @@ pub fn serve<D: VirtioDevice>(
     })?;
     let lines = Arc::new(Lines {
         async_tx: Mutex::new(ImsgChannel::new(async_sock)),
-        capture: Mutex::new(None),
+        state: Mutex::new(LineState::default()),
     });
     let config_len = dev.config_len();
     let mut pci = VirtioPci::new(dev, mem, irq, lines.clone());
@@ -93,14 +112,23 @@ pub fn serve<D: VirtioDevice>(
         },
     )?;
     let closed = |e: &DevProcError| matches!(e, DevProcError::Imsg(ImsgError::Closed));
+    // Some while polling kicked queues: when the last chain was found.
+    let mut last_work: Option<Instant> = None;
     loop {
-        let ready = crate::event::poll(
-            &[
+        let ready = {
+            let mut fds = vec![
                 (sync.socket().as_fd(), false),
                 (async_rx.socket().as_fd(), false),
-            ],
-            None,
-        );
+            ];
+            // A NIC's tap, while the guest has buffers for what it reads.
+            if let Some(fd) = pci.input_fd() {
+                fds.push((fd, false));
+            }
+            crate::event::poll(&fds, last_work.map(|_| Instant::now()))
+        };
+        if ready.get(2).is_some_and(|r| r.read) {
+            pci.input();
+        }
         // Kicks first: a kick the VM sent before a register access
         // is in its socket by the time the access is, and is served
         // before it, as it would be in one process.
@@ -108,10 +136,18 @@ pub fn serve<D: VirtioDevice>(
             match drain(&mut async_rx) {
                 Ok(msgs) => {
                     for m in msgs {
-                        match m.type_ {
-                            VIODEV_MSG_KICK => pci.notify(m.data as u16),
-                            VIODEV_MSG_SHUTDOWN => return Ok(()),
-                            t => log::debug!("device: unexpected message {t} on async channel"),
+                        match m {
+                            Incoming::Pause(p) => pci.set_paused(p),
+                            Incoming::Msg(m) => match m.type_ {
+                                VIODEV_MSG_KICK => {
+                                    pci.notify(m.data as u16);
+                                    if pci.poll_start(m.data as u16) {
+                                        last_work = Some(Instant::now());
+                                    }
+                                }
+                                VIODEV_MSG_SHUTDOWN => return Ok(()),
+                                t => log::debug!("device: unexpected message {t} on async channel"),
+                            },
                         }
                     }
                 }
@@ -123,25 +159,30 @@ pub fn serve<D: VirtioDevice>(
             match drain(&mut sync) {
                 Ok(msgs) => {
                     for m in msgs {
+                        let Incoming::Msg(m) = m else {
+                            log::debug!("device: pause on the sync channel");
+                            continue;
+                        };
                         let answer = match m.type_ {
                             VIODEV_MSG_IO_READ | VIODEV_MSG_IO_WRITE => {
-                                *lines.capture.lock().unwrap() = Some(INTR_STATE_NOOP);
+                                lines.state.lock().unwrap().capture = Some(None);
                                 let data = if m.type_ == VIODEV_MSG_IO_READ {
                                     pci.pio_read(m.reg, m.io_sz)
                                 } else {
                                     pci.pio_write(m.reg, m.io_sz, m.data);
                                     0
                                 };
-                                let state = lines.capture.lock().unwrap().take();
+                                let change = lines.state.lock().unwrap().capture.take().flatten();
+                                let (state, seq) = change.unwrap_or((INTR_STATE_NOOP, 0));
                                 ViodevMsg {
                                     type_: m.type_,
                                     reg: m.reg,
                                     io_sz: m.io_sz,
                                     irq,
-                                    state: state.unwrap_or(INTR_STATE_NOOP),
+                                    state,
+                                    vcpu: seq,
                                     data,
                                     data_valid: m.type_ == VIODEV_MSG_IO_READ,
-                                    ..Default::default()
                                 }
                             }
                             t => {
@@ -156,18 +197,35 @@ pub fn serve<D: VirtioDevice>(
                 Err(e) => return Err(e),
             }
         }
+        if let Some(since) = last_work {
+            let now = Instant::now();
+            if pci.poll() {
+                last_work = Some(now);
+            } else if now.duration_since(since) > POLL_WINDOW {
+                last_work = pci.poll_stop().then_some(now);
+            }
+        }
     }
 }
 
-/// One read, then every complete viodev message.
-fn drain(chan: &mut ImsgChannel) -> Result<Vec<ViodevMsg>, DevProcError> {
+/// What comes in on a device socket.
+enum Incoming {
+    Msg(ViodevMsg),
+    /// IMSG_DEVOP_PAUSE (true) / UNPAUSE (false).
+    Pause(bool),
+}
+
+/// One read, then every complete message.
+fn drain(chan: &mut ImsgChannel) -> Result<Vec<Incoming>, DevProcError> {
     chan.fill()?;
     let mut out = Vec::new();
     while let Some(m) = chan.get()? {
-        if m.type_() != IMSG_DEVOP_MSG {
-            return Err(DevProcError::BadType(m.type_()));
-        }
-        out.push(ViodevMsg::from_bytes(&m.data)?);
+        out.push(match m.type_() {
+            IMSG_DEVOP_MSG => Incoming::Msg(ViodevMsg::from_bytes(&m.data)?),
+            IMSG_DEVOP_PAUSE => Incoming::Pause(true),
+            IMSG_DEVOP_UNPAUSE => Incoming::Pause(false),
+            t => return Err(DevProcError::BadType(t)),
+        });
     }
     Ok(out)
 }

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::*;
@@ -48,6 +48,7 @@ pub struct Proxy {
     name: String,
     irq: u8,
     lines: Arc<dyn IrqLines>,
+    order: Arc<LineOrder>,
     sync: ImsgChannel,
     async_tx: ImsgChannel,
     on_death: OnDeath,
@@ -135,18 +136,28 @@ pub fn launch(l: Launch<'_>) -> Result<(Proxy, u32), DevProcError> {
         }
     };
     let done = Arc::new(AtomicBool::new(false));
+    let order = Arc::new(LineOrder::default());
     let async_rx = async_ours.try_clone().map_err(io("socket"))?;
     {
-        let (lines, irq, on_death, done, name) = (
+        let (lines, order, irq, on_death, done, name) = (
             l.lines.clone(),
+            order.clone(),
             l.setup.irq,
             l.on_death.clone(),
             done.clone(),
             name.clone(),
         );
+        let reader = AsyncReader {
+            lines,
+            order,
+            irq,
+            on_death,
+            done,
+            name,
+        };
         std::thread::Builder::new()
             .name(format!("{}-async", kind_name(l.setup.kind)))
-            .spawn(move || async_reader(async_rx, child, lines, irq, on_death, done, name))
+            .spawn(move || reader.run(async_rx, child))
             .map_err(io("thread"))?;
     }
     Ok((
@@ -154,6 +165,7 @@ pub fn launch(l: Launch<'_>) -> Result<(Proxy, u32), DevProcError> {
             name,
             irq: l.setup.irq,
             lines: l.lines,
+            order,
             sync,
             async_tx: ImsgChannel::new(async_ours),
             on_death: l.on_death,
@@ -177,45 +189,76 @@ pub fn kind_name(kind: char) -> &'static str {
     }
 }
 
-fn apply(lines: &dyn IrqLines, irq: u8, state: i8) {
-    match state {
-        INTR_STATE_ASSERT => lines.assert_irq(irq),
-        INTR_STATE_DEASSERT => lines.deassert_irq(irq),
-        _ => {}
+/// The last line change applied, by the device's sequence number (the
+/// `vcpu` byte of its messages): an ISR read's answer (sync channel) and
+/// an interrupt raised just before it (async channel) reach the VM on
+/// two threads, and the later change must win, or the line could stay up
+/// with the ISR read clear.
+#[derive(Default)]
+pub struct LineOrder(Mutex<u8>);
+
+impl LineOrder {
+    fn apply(&self, lines: &dyn IrqLines, irq: u8, m: &ViodevMsg) {
+        if m.state == INTR_STATE_NOOP {
+            return;
+        }
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Newer if ahead by less than half the sequence space: at most
+        // two changes are ever in flight.
+        if (m.vcpu.wrapping_sub(*last) as i8) <= 0 {
+            return;
+        }
+        *last = m.vcpu;
+        match m.state {
+            INTR_STATE_ASSERT => lines.assert_irq(irq),
+            INTR_STATE_DEASSERT => lines.deassert_irq(irq),
+            _ => {}
+        }
     }
 }
 
-/// The async channel, device → VM: interrupts, then the end.
-fn async_reader(
-    sock: UnixStream,
-    mut child: Child,
+/// The async channel's reader, device → VM: interrupts, then the end.
+struct AsyncReader {
     lines: Arc<dyn IrqLines>,
+    order: Arc<LineOrder>,
     irq: u8,
     on_death: OnDeath,
     done: Arc<AtomicBool>,
     name: String,
-) {
-    let mut chan = ImsgChannel::new(sock);
-    let why = loop {
-        match recv(&mut chan) {
-            Ok(m) if m.type_ == VIODEV_MSG_KICK || m.type_ == VIODEV_MSG_IO_WRITE => {
-                apply(&*lines, irq, m.state)
+}
+
+impl AsyncReader {
+    fn run(self, sock: UnixStream, mut child: Child) {
+        let AsyncReader {
+            lines,
+            order,
+            irq,
+            on_death,
+            done,
+            name,
+        } = self;
+        let mut chan = ImsgChannel::new(sock);
+        let why = loop {
+            match recv(&mut chan) {
+                Ok(m) if m.type_ == VIODEV_MSG_KICK || m.type_ == VIODEV_MSG_IO_WRITE => {
+                    order.apply(&*lines, irq, &m)
+                }
+                Ok(m) => log::debug!("{name}: unexpected message {} on async channel", m.type_),
+                Err(e) => break e,
             }
-            Ok(m) => log::debug!("{name}: unexpected message {} on async channel", m.type_),
-            Err(e) => break e,
-        }
-    };
-    let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-    if !done.swap(true, Ordering::SeqCst) {
-        let msg = match why {
-            DevProcError::Imsg(ImsgError::Closed) => {
-                format!("{name}: device process {} died ({status})", child.id())
-            }
-            e => format!("{name}: device process {}: {e} ({status})", child.id()),
         };
-        on_death(msg);
-    } else {
-        log::debug!("{name}: device process ended ({status})");
+        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        if !done.swap(true, Ordering::SeqCst) {
+            let msg = match why {
+                DevProcError::Imsg(ImsgError::Closed) => {
+                    format!("{name}: device process {} died ({status})", child.id())
+                }
+                e => format!("{name}: device process {}: {e} ({status})", child.id()),
+            };
+            on_death(msg);
+        } else {
+            log::debug!("{name}: device process ended ({status})");
+        }
     }
 }
 
@@ -232,6 +275,25 @@ impl Proxy {
     /// How many notify writes went one way as KICKs.
     pub fn kicks(&self) -> u64 {
         self.kicks
+    }
+
+    /// vmd's pause/unpause broadcast to the device process (one way).
+    pub fn set_paused(&mut self, paused: bool) {
+        if self.done.load(Ordering::SeqCst) {
+            return;
+        }
+        let t = if paused {
+            IMSG_DEVOP_PAUSE
+        } else {
+            IMSG_DEVOP_UNPAUSE
+        };
+        let sent = self
+            .async_tx
+            .compose(t, 0, 0, &[], Vec::new())
+            .and_then(|_| self.async_tx.flush());
+        if let Err(e) = sent {
+            self.failed(e.into());
+        }
     }
 
     fn failed(&mut self, e: DevProcError) {
@@ -258,7 +320,7 @@ impl Proxy {
         let r = send(&mut self.sync, &m).and_then(|_| recv(&mut self.sync));
         match r {
             Ok(a) => {
-                apply(&*self.lines, self.irq, a.state);
+                self.order.apply(&*self.lines, self.irq, &a);
                 Some(a.data)
             }
             Err(e) => {
@@ -311,5 +373,39 @@ impl Drop for Proxy {
         if !self.done.swap(true, Ordering::SeqCst) {
             let _ = send(&mut self.async_tx, &ViodevMsg::of_type(VIODEV_MSG_SHUTDOWN));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::irq::RecordingLines;
+
+    fn change(state: i8, seq: u8) -> ViodevMsg {
+        ViodevMsg {
+            type_: VIODEV_MSG_KICK,
+            state,
+            vcpu: seq,
+            ..Default::default()
+        }
+    }
+
+    /// The device raised the line (seq 1) and then lowered it on an ISR
+    /// read (seq 2); the VM reads the answer first: the late raise is
+    /// stale and must not leave the line up.  Sequence numbers wrap.
+    #[test]
+    fn a_stale_line_change_is_ignored() {
+        let lines = RecordingLines::default();
+        let order = LineOrder::default();
+        order.apply(&lines, 5, &change(INTR_STATE_DEASSERT, 2));
+        order.apply(&lines, 5, &change(INTR_STATE_ASSERT, 1));
+        order.apply(&lines, 5, &change(INTR_STATE_NOOP, 3));
+        order.apply(&lines, 5, &change(INTR_STATE_ASSERT, 3));
+        assert_eq!(*lines.events.lock().unwrap(), vec![(5, false), (5, true)]);
+        let order = LineOrder(Mutex::new(255));
+        order.apply(&lines, 5, &change(INTR_STATE_DEASSERT, 0));
+        order.apply(&lines, 5, &change(INTR_STATE_ASSERT, 254));
+        assert_eq!(lines.events.lock().unwrap().len(), 3);
+        assert_eq!(lines.events.lock().unwrap()[2], (5, false));
     }
 }

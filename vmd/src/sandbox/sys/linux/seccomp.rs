@@ -88,6 +88,10 @@ const SPAWN: &[Allow] = &[
     (Sysno::dup3, "the channel onto the child's stdin"),
     (Sysno::setpgid, "a VM process in a process group of its own"),
     (Sysno::setsid, "a session of its own"),
+    (
+        Sysno::getppid,
+        "a VM process checks its parent is still there after PR_SET_PDEATHSIG",
+    ),
     (Sysno::wait4, "reaping children"),
     (Sysno::waitid, "reaping children"),
     (Sysno::kill, "ending children"),
@@ -111,7 +115,7 @@ const SPAWN: &[Allow] = &[
     (Sysno::pread64, "the dynamic loader"),
     (
         Sysno::prctl,
-        "PR_SET_NAME (process title), PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP",
+        "PR_SET_NAME (process title), PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_SET_PDEATHSIG",
     ),
     (Sysno::seccomp, "the child installs its own filter"),
     (
@@ -197,6 +201,8 @@ const PARENT: &[Allow] = &[
     ),
     (Sysno::open, "as openat"),
     (Sysno::access, "file checks"),
+    (Sysno::faccessat, "file checks (glibc's access)"),
+    (Sysno::faccessat2, "file checks (glibc's access)"),
     (Sysno::readlink, "paths"),
     (Sysno::readlinkat, "paths"),
     (Sysno::pread64, "qcow2 headers of disks"),
@@ -241,6 +247,11 @@ pub(super) fn groups(kind: Kind) -> Vec<&'static [Allow]> {
         Kind::Priv => vec![RUNTIME, IPC, IOCTL],
         // Until its devices run; device processes run under it too.
         Kind::Vm => vec![RUNTIME, IPC, IOCTL, SPAWN, SHIM, DISK],
+        // With VMD_INPROCESS_DEVICES=1 (vmd.8) it serves its disks and
+        // NICs itself, so it also needs what a device process does.
+        Kind::VmRunning if in_process_devices() => {
+            vec![RUNTIME, IPC, IOCTL, SHIM, THREADS, DISK]
+        }
         Kind::VmRunning => vec![RUNTIME, IPC, IOCTL, SHIM, THREADS],
         Kind::Device(_) => vec![RUNTIME, IPC, IOCTL, DISK],
     }
@@ -250,6 +261,10 @@ pub(super) fn groups(kind: Kind) -> Vec<&'static [Allow]> {
 /// set_nonblocking), FIOCLEX and FIONCLEX, TCGETS (isatty).  Not the
 /// rest of type 'T' (TIOCSTI and the like).
 pub(super) const FD_IOCTLS: &[u64] = &[libc::FIONBIO, libc::FIOCLEX, libc::FIONCLEX, libc::TCGETS];
+
+fn in_process_devices() -> bool {
+    std::env::var(crate::daemon::ENV_INPROCESS_DEVICES).is_ok_and(|v| v == "1")
+}
 
 /// What ioctl requests a kind may make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
