@@ -232,6 +232,11 @@ const PARENT: &[Allow] = &[
     (Sysno::uname, "host name"),
     (Sysno::prctl, "process title"),
     (Sysno::dup, "descriptors sent to children"),
+    (
+        Sysno::socket,
+        "user and group lookups: glibc's NSS asks nscd or systemd-userdbd over a socket",
+    ),
+    (Sysno::connect, "user and group lookups (NSS)"),
     (Sysno::fsync, "images made for VMs"),
     (Sysno::fdatasync, "images made for VMs"),
 ];
