@@ -9,7 +9,7 @@
 //! | priv | nothing (root, chrooted), as vmd | seccomp; Landlock: no file system |
 //! | VM, until its devices run | unveil the vmd binary `x`; pledge `stdio vmm proc exec sendfd` | seccomp with fork/exec; Landlock as vmm; no capabilities |
 //! | VM, running | pledge `stdio vmm` | seccomp: vCPU threads, KVM ioctls, no fork or exec; Landlock: no file system |
-//! | device (vioblk, vioscsi) | pledge `stdio vmm proc recvfd` until set up, then `stdio vmm proc` | after set-up: seccomp of a disk server, no threads; Landlock: no file system; no capabilities |
+//! | device (vioblk, vioscsi, vionet) | pledge `stdio vmm proc` once set up (vmd's; its descriptors came as a message before) | once set up: seccomp of a device server (its image or tap descriptors, poll, socket messages; no open, socket, exec or threads); Landlock: no file system; no capabilities |
 //!
 //! Where OpenBSD's promises differ from vmd's it is for what this vmd
 //! does differently: descriptors travel as messages (`sendfd`/`recvfd`:
