@@ -9,17 +9,19 @@
 //! ```
 //!
 //! A frame from A reaches B only through both guests and the bridge, so
-//! `ping` between A and B shows the VMs reach each other on the switch.
+//! `ping` and a second of `iperf3` between A and B show the VMs reach
+//! each other on the switch.
 //! va's NIC 1 has `locked lladdr`; B's tap carries that NIC's MAC (the
 //! repeaters are transparent, so to A the locked NIC *is* B), and raw
 //! frames (AF_PACKET, from python3) with the right and with spoofed MACs
 //! check vionet's rule both ways: the guest receives only frames to its
 //! MAC, and sends only frames from it.  `vmctl status` lists both VMs,
 //! priv gave the taps vmd's descriptions and the switch its members, and
-//! `vmctl stop` removes the VMs' taps but leaves the switch.
+//! `vmctl stop` removes the VMs' taps (the switch loses its members) but
+//! leaves the switch.
 //!
 //! Needs root, /dev/kvm, SeaBIOS, the guest (`make testguest`), iproute2,
-//! iputils-ping and python3; reported as ignored with the reason otherwise.
+//! iputils-ping, iperf3 and python3; reported as ignored with the reason otherwise.
 #[path = "support/netns.rs"]
 mod netns;
 mod support;
@@ -147,6 +149,59 @@ fn frames_through(
     }
     sniff.wait().map_err(|e| e.to_string())?;
     Ok(seen)
+}
+
+/// iperf3 TCP from A to B for a second: the receiver's Mbit/s, which must
+/// be more than nothing.
+fn iperf3(a: &Netns, b: &Netns) -> Result<f64, String> {
+    let mut server = b
+        .command("iperf3")
+        .args(["-s", "-1", "-B", ADDR_B, "-p", "5202"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("iperf3 -s: {e}"))?;
+    // The server listens within a moment; the client retries until then.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let out = loop {
+        let out = a
+            .command("iperf3")
+            .args(["-c", ADDR_B, "-p", "5202", "-t", "1", "-f", "m"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("iperf3 -c: {e}"));
+        match out {
+            Ok(o)
+                if !o.status.success()
+                    && String::from_utf8_lossy(&o.stderr).contains("refused")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => break other,
+        }
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rate = text
+        .lines()
+        .find(|l| l.trim_end().ends_with("receiver"))
+        .and_then(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let at = w.iter().position(|x| *x == "Mbits/sec")?;
+            w.get(at.checked_sub(1)?)?.parse::<f64>().ok()
+        });
+    match rate {
+        Some(r) if r > 0.0 && out.status.success() => Ok(r),
+        _ => Err(format!(
+            "iperf3 A -> B moved nothing: {}\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
 }
 
 /// `vmctl args...` against the test's vmd: (exit status, stdout+stderr).
@@ -313,6 +368,9 @@ fn scenario(
     if !out.status.success() || !text.contains(" 0% packet loss") {
         return Err(format!("ping A -> B:\n{text}").into());
     }
+    // A little TCP: iperf3 for a second, A to B.
+    let mbits = iperf3(a, b)?;
+    eprintln!("switch: iperf3 A -> B through va, bridge0 and vb: {mbits:.1} Mbit/s");
     // locked lladdr, into va: A sends one frame to va's NIC 1 MAC and one
     // to another unicast MAC; only the first passes the lock (and reaches
     // B through the switch).  A broadcast passes too.
@@ -366,6 +424,10 @@ fn scenario(
     }
     if link(v, "bridge0").is_none() {
         return Err("bridge0 went with the VMs".into());
+    }
+    let members = v.ip(&["-o", "link", "show", "master", "bridge0"])?;
+    if !members.trim().is_empty() {
+        return Err(format!("bridge0 keeps members after the VMs stopped: {members}").into());
     }
     let (_, status) = vmctl(vmctl_bin, socket, &["status"])?;
     if status.lines().any(|l| l.contains("running")) {
