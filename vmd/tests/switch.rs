@@ -16,7 +16,9 @@
 //! frames (AF_PACKET, from python3) with the right and with spoofed MACs
 //! check vionet's rule both ways: the guest receives only frames to its
 //! MAC, and sends only frames from it.  `vmctl status` lists both VMs,
-//! priv gave the taps vmd's descriptions and the switch its members, and
+//! priv gave the taps vmd's descriptions, the NIC 0s their `group` (a
+//! group table for V alone, in /etc/netns/<V>/) and the switch its
+//! members, and
 //! `vmctl stop` removes the VMs' taps (the switch loses its members) but
 //! leaves the switch.
 //!
@@ -204,6 +206,37 @@ fn iperf3(a: &Netns, b: &Netns) -> Result<f64, String> {
     }
 }
 
+/// The group vm.conf puts the NIC 0s in, and its number in the table
+/// [`GroupTable`] gives vmd.
+const GROUP: &str = "vmsw";
+const GROUP_NUMBER: u32 = 42;
+
+/// `/etc/netns/<V>/iproute2/group`, naming [`GROUP`]: `ip netns exec`
+/// mounts it over `/etc/iproute2/group` for vmd in V alone (the host's
+/// table is left as it is).  Removed on drop.
+struct GroupTable(std::path::PathBuf);
+
+impl GroupTable {
+    fn new(ns: &Netns) -> Result<GroupTable, Failed> {
+        let dir = Path::new("/etc/netns").join(&ns.name);
+        let t = GroupTable(dir.clone());
+        std::fs::create_dir_all(dir.join("iproute2"))?;
+        std::fs::write(
+            dir.join("iproute2/group"),
+            format!("0\tdefault\n{GROUP_NUMBER}\t{GROUP}\n"),
+        )?;
+        Ok(t)
+    }
+}
+
+impl Drop for GroupTable {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        // /etc/netns itself, if we made it and nothing else is in it.
+        let _ = std::fs::remove_dir("/etc/netns");
+    }
+}
+
 /// `vmctl args...` against the test's vmd: (exit status, stdout+stderr).
 fn vmctl(vmctl: &Path, socket: &Path, args: &[&str]) -> Result<(bool, String), Failed> {
     let out = Command::new(vmctl)
@@ -260,6 +293,7 @@ fn two_vms_on_a_switch() -> Result<(), Failed> {
     let vmctl_bin = support::vmctl_binary()?;
     let dir = support::daemon::temp_dir("vmd-switch", "vms")?;
     let (v, a, b) = (Netns::new("swv")?, Netns::new("swa")?, Netns::new("swb")?);
+    let _groups = GroupTable::new(&v)?;
     let bios = support::bios_path();
     let mut vms = String::from("switch \"sw\" {\n\tinterface bridge0\n}\n");
     for (name, n, m0, m1, lock) in [("va", 1, VA0, VA1, "locked "), ("vb", 2, VB0, VB1, "")] {
@@ -267,7 +301,7 @@ fn two_vms_on_a_switch() -> Result<(), Failed> {
         testguest_support::write_boot_disk(&disk, SCRIPT, 4 << 20)?;
         vms += &format!(
             "vm \"{name}\" {{\n\tmemory 32M\n\tboot \"{}\"\n\tdisk \"{}\"\n\
-             \tinterface tap{n}0 {{ switch \"sw\" lladdr {m0} }}\n\
+             \tinterface tap{n}0 {{ switch \"sw\" lladdr {m0} group \"{GROUP}\" }}\n\
              \tinterface tap{n}1 {{ {lock}lladdr {m1} }}\n}}\n",
             bios.display(),
             disk.display()
@@ -322,6 +356,16 @@ fn scenario(
         let want = format!("alias vm{id}-if{idx}-{vm}");
         if !l.contains(&want) {
             return Err(format!("{t}: no {want:?} in {l}").into());
+        }
+        // NIC 0s are in group GROUP: vmd took its number from V's table,
+        // and `ip -n V` (which mounts that table too) names it back.
+        let group = format!(" group {GROUP} ");
+        if l.contains(&group) != (idx == 0) {
+            return Err(format!(
+                "{t}: group wrong (want{} {group:?}): {l}",
+                if idx == 0 { "" } else { " no" }
+            )
+            .into());
         }
         // NIC 0 on bridge0, NIC 1 on nothing.
         if l.contains("master bridge0") != (idx == 0) {
