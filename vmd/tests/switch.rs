@@ -10,20 +10,19 @@
 //!
 //! A frame from A reaches B only through both guests and the bridge, so
 //! `ping` and a second of `iperf3` between A and B show the VMs reach
-//! each other on the switch.
-//! va's NIC 1 has `locked lladdr`; B's tap carries that NIC's MAC (the
-//! repeaters are transparent, so to A the locked NIC *is* B), and raw
-//! frames (AF_PACKET, from python3) with the right and with spoofed MACs
-//! check vionet's rule both ways: the guest receives only frames to its
-//! MAC, and sends only frames from it.  `vmctl status` lists both VMs,
-//! priv gave the taps vmd's descriptions, the NIC 0s their `group` (a
-//! group table for V alone, in /etc/netns/<V>/) and the switch its
-//! members, and
-//! `vmctl stop` removes the VMs' taps (the switch loses its members) but
-//! leaves the switch.
+//! each other on the switch.  va's NIC 1 has `locked lladdr`; B's tap
+//! carries that NIC's MAC (the repeaters are transparent, so to A the
+//! locked NIC *is* B), and raw frames (AF_PACKET, from python3) with the
+//! right and with spoofed MACs check vionet's rule both ways: the guest
+//! receives only frames to its MAC, and sends only frames from it.
+//! `vmctl status` lists both VMs; priv gave the taps vmd's descriptions,
+//! the NIC 0s their `group` (from a group table for V alone, in
+//! /etc/netns/<V>/) and the switch its members; `vmctl stop` removes the
+//! VMs' taps (the switch loses its members) but leaves the switch.
 //!
 //! Needs root, /dev/kvm, SeaBIOS, the guest (`make testguest`), iproute2,
-//! iputils-ping, iperf3 and python3; reported as ignored with the reason otherwise.
+//! iputils-ping, iperf3 and python3; reported as ignored with the reason
+//! otherwise.
 #[path = "support/netns.rs"]
 mod netns;
 mod support;
