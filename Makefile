@@ -69,8 +69,10 @@ regress: deps
 	$(CARGO) test -p vmm-regress --test vmm -- --nocapture
 
 # The main job (scripts/demo.sh, as root): vmd -d in a temporary
-# directory with a vm.conf whose VM boots Debian's SeaBIOS, vmctl status,
-# the VM's console for 6 seconds, vmctl stop -f -w, vmd stopped.
+# directory (on Linux in a network namespace of its own) with a vm.conf
+# whose VM boots Debian's SeaBIOS, vmctl status, the VM's console for 6
+# seconds, a second VM with a local interface (vmctl start -L) and the
+# host side of its tap, vmctl stop -f -w, vmd stopped.
 demo: deps
 	CARGO="$(CARGO)" sh scripts/demo.sh
 
