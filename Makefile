@@ -3,7 +3,7 @@
 # machine: they install what they need first.
 
 CARGO ?= cargo
-DEBIAN_PACKAGES = libclang-dev qemu-system-x86 qemu-utils seabios mandoc jq xorriso busybox iproute2 iperf3 iputils-ping
+DEBIAN_PACKAGES = libclang-dev qemu-system-x86 qemu-utils seabios mandoc jq xorriso busybox iproute2 python3 iperf3 iputils-ping
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
 .PHONY: all deps assets testguest build test lint fmt-check unit regress demo bench-exits bench-boot bench-idle bench-io bench-net bindings check-openbsd clean test-faults

@@ -238,6 +238,51 @@ put("boot", "bzimage-initrd", b"\x06" + bzimage())
 put("boot", "bios", b"\x03" + b"\x90" * 48 + b"\xea\x5b\xe0\x00\xf0" + b"\x00" * 11)
 
 
+# --- dhcp: flags (bit 0 network boot, bit 1 tap MAC known), VM id,
+# interface index, then a frame from the guest (fe:e1:bb:d1:00:01), as
+# clients send them: DISCOVER, REQUEST, a REQUEST for another address, a
+# BOOTP request, one to the tap's MAC, and an IP header with options.
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while s > 0xFFFF:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def dhcp_frame(opts, dst_mac=b"\xff" * 6, ip_opts=b"", pad_to=300):
+    mac = bytes([0xFE, 0xE1, 0xBB, 0xD1, 0x00, 0x01])
+    bootp = struct.pack("!BBBBIHH4s4s4s4s16s64s128s", 1, 1, 6, 0, 0x1234ABCD, 0, 0x8000,
+                        b"", b"", b"", b"", mac, b"", b"")
+    if opts is not None:
+        bootp += bytes([99, 130, 83, 99]) + opts
+    bootp = bootp.ljust(pad_to, b"\0")
+    src, dst = bytes(4), b"\xff" * 4
+    udp = struct.pack("!HHHH", 68, 67, 8 + len(bootp), 0)
+    usum = csum(src + dst + struct.pack("!BBH", 0, 17, len(udp) + len(bootp)) + udp + bootp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", usum)
+    ihl = 5 + len(ip_opts) // 4
+    ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(udp) + len(bootp), 0, 0, 64, 17, 0, src, dst) + ip_opts
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    return dst_mac + mac + b"\x08\x00" + ip + udp + bootp
+
+
+def dhcp_seed(name, frame, flags=0, vmid=1, idx=0):
+    put("dhcp", name, bytes([flags, vmid, idx]) + frame)
+
+
+def dhcp_seeds():
+    dhcp_seed("discover", dhcp_frame(bytes([53, 1, 1, 55, 4, 1, 3, 6, 12, 255])))
+    dhcp_seed("request", dhcp_frame(bytes([53, 1, 3, 50, 4, 100, 64, 1, 3, 54, 4, 100, 64, 1, 2, 255])))
+    dhcp_seed("request-other-addr", dhcp_frame(bytes([53, 1, 3, 50, 4, 10, 0, 0, 9, 255])), vmid=3, idx=1)
+    dhcp_seed("bootp", dhcp_frame(None), flags=1)
+    dhcp_seed("to-tap-mac", dhcp_frame(bytes([53, 1, 1, 255]), dst_mac=bytes([0xFE, 0xE1, 0xBA, 0xD0, 0, 1])), flags=3)
+    dhcp_seed("ip-options", dhcp_frame(bytes([0, 0, 53, 1, 1, 255]), ip_opts=b"\x01\x01\x01\x00"), vmid=200, idx=3)
+
+
+dhcp_seeds()
+
 # --- scsi: its seeds are hand-made (fuzz/fuzz_targets/scsi.rs says the
 # layout); this script leaves corpus/scsi alone.
 

@@ -26,6 +26,7 @@ pub mod devices;
 pub mod event;
 pub mod net;
 pub mod proc;
+pub mod sandbox;
 pub mod sys;
 pub mod vm;
 pub mod x86;

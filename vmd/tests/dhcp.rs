@@ -4,8 +4,10 @@
 //! vionet device: it reads the client's frames from the tap's descriptor,
 //! hands each to `respond`, and writes the replies back.  udhcpc must end
 //! up with exactly the lease's address, netmask, router, DNS server,
-//! lease time and server identifier, and its script must have put the
-//! address and the default route on the interface.
+//! lease time and server identifier (and, on a network boot, the boot
+//! file and the VM's name as host name; otherwise neither), and its
+//! script must have put the address and the default route on the
+//! interface.
 //!
 //! Needs root, `ip` (iproute2), busybox with udhcpc and /dev/net/tun;
 //! reported as ignored, with the reason, where one is missing.  No
@@ -73,8 +75,8 @@ mod linux {
     struct TempDir(PathBuf);
 
     impl TempDir {
-        fn new() -> Result<Self, Failed> {
-            let d = std::env::temp_dir().join(format!("vmd-dhcp-test-{}", std::process::id()));
+        fn new(tag: &str) -> Result<Self, Failed> {
+            let d = std::env::temp_dir().join(format!("vmd-dhcp-{tag}-{}", std::process::id()));
             std::fs::create_dir_all(&d).map_err(|e| format!("{}: {e}", d.display()))?;
             Ok(TempDir(d))
         }
@@ -90,8 +92,8 @@ mod linux {
     struct Netns(String);
 
     impl Netns {
-        fn new() -> Result<Self, Failed> {
-            let name = format!("vmd-dhcp-{}", std::process::id());
+        fn new(tag: &str) -> Result<Self, Failed> {
+            let name = format!("vmd-dhcp-{tag}-{}", std::process::id());
             run(Command::new("ip").args(["netns", "add", &name]))?;
             Ok(Netns(name))
         }
@@ -178,14 +180,28 @@ mod linux {
     pub fn udhcpc_gets_the_lease() -> Result<(), Failed> {
         // VM 7's second local interface under the default prefix.
         let lease = LocalLease::new(&GlobalConfig::default(), 7, 1, GUEST_MAC, "dhcptest")?;
+        lease_through_udhcpc(lease, "plain")
+    }
+
+    pub fn udhcpc_gets_a_network_boot_lease() -> Result<(), Failed> {
+        // VM 12's first interface booting from the network: the boot file
+        // and the VM's name come too.
+        let lease = LocalLease::new(&GlobalConfig::default(), 12, 0, GUEST_MAC, "pxe-guest")?
+            .with_pxeboot(true);
+        lease_through_udhcpc(lease, "pxe")
+    }
+
+    /// udhcpc on a tap of namespace `vmd-dhcp-<tag>-<pid>` against a
+    /// server of `lease`.
+    fn lease_through_udhcpc(lease: LocalLease, tag: &str) -> Result<(), Failed> {
         let mut server = LocalServer::new(lease.clone());
 
-        let ns = Netns::new()?;
+        let ns = Netns::new(tag)?;
         let mut tap = open_tap(&ns, TAP)?;
         let mac = GUEST_MAC.map(|b| format!("{b:02x}")).join(":");
         run(&mut ns.cmd(&["ip", "link", "set", TAP, "address", &mac, "up"]))?;
 
-        let tmp = TempDir::new()?;
+        let tmp = TempDir::new(tag)?;
         let dir = tmp.0.clone();
         let script = dir.join("script");
         // udhcpc's event script: keep the lease variables of every event, and
@@ -279,10 +295,16 @@ mod linux {
                 return Err(format!("udhcpc's {k}: {got:?}, expected {v:?}\n{log}").into());
             }
         }
-        // No host name or boot file outside a network boot.
-        for k in ["hostname", "boot_file"] {
-            if let Some(v) = env.get(k) {
-                return Err(format!("udhcpc got {k}={v} without a network boot").into());
+        // Host name and boot file on a network boot only.
+        let pxe = [
+            ("hostname", lease.vm_name.clone()),
+            ("boot_file", vmd::net::dhcp::PXEBOOT_FILE.to_string()),
+        ];
+        for (k, v) in pxe {
+            let want = lease.pxeboot.then_some(v.as_str());
+            let got = env.get(k).map(String::as_str);
+            if got != want {
+                return Err(format!("udhcpc's {k}: {got:?}, expected {want:?}\n{log}").into());
             }
         }
 
@@ -306,19 +328,33 @@ type TestFn = fn() -> Result<(), Failed>;
 fn main() {
     let args = Arguments::from_args();
     #[cfg(target_os = "linux")]
-    let (why, test): (Option<String>, TestFn) = (
+    let (why, tests): (Option<String>, [(&str, TestFn); 2]) = (
         linux::missing_root().or_else(linux::missing_tools),
-        linux::udhcpc_gets_the_lease,
+        [
+            ("udhcpc_gets_the_lease", linux::udhcpc_gets_the_lease),
+            (
+                "udhcpc_gets_a_network_boot_lease",
+                linux::udhcpc_gets_a_network_boot_lease,
+            ),
+        ],
     );
     #[cfg(not(target_os = "linux"))]
-    let (why, test): (Option<String>, TestFn) = (
+    let (why, tests): (Option<String>, [(&str, TestFn); 2]) = (
         Some("needs Linux (taps through /dev/net/tun in a network namespace)".into()),
-        || Ok(()),
+        [
+            ("udhcpc_gets_the_lease", || Ok(())),
+            ("udhcpc_gets_a_network_boot_lease", || Ok(())),
+        ],
     );
-    let t = Trial::test("udhcpc_gets_the_lease", test);
-    let t = match why {
-        Some(why) => t.with_ignored_flag(true).with_kind(why),
-        None => t,
-    };
-    libtest_mimic::run(&args, vec![t]).exit();
+    let trials = tests
+        .into_iter()
+        .map(|(name, f)| {
+            let t = Trial::test(name, f);
+            match &why {
+                Some(why) => t.with_ignored_flag(true).with_kind(why.clone()),
+                None => t,
+            }
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit();
 }

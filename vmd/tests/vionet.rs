@@ -41,12 +41,27 @@ fn in_netns<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Failed> + Send + 'static,
 ) -> Result<T, Failed> {
     std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+        unshare_net()?;
         f()
     })
     .join()
     .map_err(|_| Failed::from("test thread panicked"))?
+}
+
+#[cfg(target_os = "linux")]
+fn unshare_net() -> Result<(), Failed> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("unshare(CLONE_NEWNET): {e}").into())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unshare_net() -> Result<(), Failed> {
+    Err("network namespaces are Linux's".into())
+}
+
+/// Why not, where there are no network namespaces to test in.
+fn missing_netns() -> Option<String> {
+    (!cfg!(target_os = "linux")).then(|| "needs Linux network namespaces".to_string())
 }
 
 fn ip(args: &str) -> Result<(), Failed> {
@@ -542,7 +557,9 @@ fn vmd_nics_from_vm_conf(in_process: bool) -> Result<(), Failed> {
 
 fn main() {
     let args = Arguments::from_args();
-    let root = support::missing_root().or_else(missing_ip);
+    let root = missing_netns()
+        .or_else(support::missing_root)
+        .or_else(missing_ip);
     let vm = root
         .clone()
         .or_else(support::missing_vmm)

@@ -190,6 +190,27 @@ pub fn unveil(path: Option<&std::path::Path>, permissions: Option<&str>) -> Resu
     sys::unveil(path, permissions)
 }
 
+/// pledge(2): from now on this process may make only the system calls of
+/// `promises` (vmd's process promises, e.g. `"stdio vmm"`); `None` keeps
+/// the current ones.  `execpromises` are those of a program it executes.
+/// OpenBSD only: elsewhere this does nothing and returns Ok (on Linux vmd
+/// confines its processes with seccomp and Landlock instead).
+pub fn pledge(promises: Option<&str>, execpromises: Option<&str>) -> Result<()> {
+    sys::pledge(promises, execpromises)
+}
+
+/// seccomp's `SECCOMP_RET_TRAP` reporter (Linux): a SIGSYS handler that
+/// writes `vmd: <tag>: forbidden system call <name> (<number>)` to
+/// standard error and, when `syslog` is a connected syslog socket, the
+/// same line as a syslog message (`LOG_DAEMON|LOG_CRIT`), then makes the
+/// process die of SIGSYS by making the forbidden call again (the kernel
+/// forces the default action while the handler runs).  Everything it does
+/// is async-signal-safe: no allocation, no lock.  `tag` is cut at 48 bytes.
+#[cfg(target_os = "linux")]
+pub fn install_sigsys_reporter(tag: &str, syslog: Option<std::os::fd::RawFd>) -> Result<()> {
+    sys::install_sigsys_reporter(tag, syslog)
+}
+
 /// The ioctl name of a request number, for messages.
 pub fn ioctl_name(req: u64) -> &'static str {
     match req {

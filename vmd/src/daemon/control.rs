@@ -98,6 +98,9 @@ pub fn main(_args: &Args, user: &User) -> i32 {
     if let Err(e) = events::post(&mut parent, &Message::Done, NO_PEER, Vec::new()) {
         logging::fatal("control: parent", e);
     }
+    // control.c: pledge "stdio unix recvfd sendfd".
+    crate::sandbox::confine_or_die(crate::sandbox::Kind::Control, &Default::default());
+    crate::sandbox::test_hook(crate::sandbox::Kind::Control);
     let mut ev = match EventLoop::with_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]) {
         Ok(s) => s,
         Err(e) => logging::fatal("signals", e),

@@ -8,8 +8,6 @@
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
-use nix::unistd::User;
-
 use super::args::Args;
 use super::{disks, logging, privsep};
 use crate::devices::virtio::blk::Vioblk;
@@ -23,12 +21,12 @@ use vmd_proto::msg::{DiskFd, VmDisk};
 use vmm_sys::abi::{vm_mem_range, vm_sharemem_params};
 
 /// The device process; the exit status.
-pub fn main(args: &Args, user: &User) -> i32 {
+pub fn main(args: &Args) -> i32 {
     let kind = args.dev_type.unwrap_or('?');
     let vm = args.name.clone().unwrap_or_default();
     privsep::set_title(&format!("{vm} {}", kind_name(kind)));
     logging::procinit(&format!("{}/{vm}", kind_name(kind)));
-    match run(kind, user) {
+    match run(kind) {
         Ok(()) => 0,
         Err(e) => {
             log::warn!("{} {vm}: {e}", kind_name(kind));
@@ -41,7 +39,7 @@ fn setup_err(s: impl Into<String>) -> DevProcError {
     DevProcError::Setup(s.into())
 }
 
-fn run(kind: char, user: &User) -> Result<(), DevProcError> {
+fn run(kind: char) -> Result<(), DevProcError> {
     let mut sync = privsep::parent_channel().map_err(|source| DevProcError::Io {
         what: "sync channel",
         source,
@@ -79,13 +77,21 @@ fn run(kind: char, user: &User) -> Result<(), DevProcError> {
         .collect::<Result<_, _>>()?;
     // vmd's device processes run as _vmd; this one inherits it from the
     // VM process, and must not stay root if started by root.
-    if nix::unistd::geteuid().is_root() {
-        privsep::drop_privileges(user, None).map_err(|source| DevProcError::Io {
-            what: "drop privileges",
-            source,
+    if nix::unistd::geteuid().is_root() && !super::no_privdrop() {
+        privsep::drop_privileges(&super::lookup_user(), None).map_err(|source| {
+            DevProcError::Io {
+                what: "drop privileges",
+                source,
+            }
         })?;
     }
     let mem = share_memory(&setup, vmm_fd, mem_fds)?;
+    // Set up: from here on it serves the guest's requests (vioblk.c's
+    // pledge "stdio vmm proc").
+    let confined = crate::sandbox::Kind::Device(kind);
+    crate::sandbox::confine(confined, &Default::default())
+        .map_err(|e| setup_err(format!("sandbox: {e}")))?;
+    crate::sandbox::test_hook(confined);
     match kind {
         'd' => {
             let disk: VmDisk = vmd_proto::codec::decode(&setup.payload)?;
@@ -201,16 +207,23 @@ pub fn vionet(nic: &NicSetup, tap: crate::sys::Tap) -> Vionet {
         },
         Box::new(tap),
     );
-    if let Some(l) = &nic.local {
-        // vmd's DHCP server answers on local interfaces; until it is
-        // built in, the guest's requests go to the tap like any frame.
-        log::debug!(
-            "vionet{}: local interface {}/{} for {}, without a dhcp server",
-            nic.index,
-            l.guest,
-            l.prefixlen,
-            l.vm_name
-        );
+    match nic.local.as_ref().map(|l| l.lease(nic.index, nic.mac)) {
+        // vmd's DHCP server answers the guest on a local interface.
+        Some(Ok(lease)) => {
+            log::debug!(
+                "vionet{}: local interface, guest {}/{} host {}",
+                nic.index,
+                lease.guest_addr,
+                lease.prefix_len,
+                lease.host_addr
+            );
+            dev.with_local(Box::new(crate::net::LocalServer::new(lease)))
+        }
+        // The VM process checked the addresses before starting us.
+        Some(Err(e)) => {
+            log::warn!("vionet{}: {e}", nic.index);
+            dev
+        }
+        None => dev,
     }
-    dev
 }

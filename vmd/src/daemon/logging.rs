@@ -108,3 +108,16 @@ pub fn fatalx(msg: &str) -> ! {
 pub fn fatal(msg: &str, err: impl std::fmt::Display) -> ! {
     fatalx(&format!("{msg}: {err}"))
 }
+
+/// The syslog datagram socket, for a message that must be written without
+/// the logger (the seccomp SIGSYS reporter); None when logging goes to
+/// stderr or over a stream.
+pub fn syslog_fd() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    let s = LOGGER.get()?.syslog.as_ref()?;
+    let g = s.lock().unwrap_or_else(|e| e.into_inner());
+    match &g.backend {
+        syslog::LoggerBackend::Unix(d) => Some(d.as_raw_fd()),
+        _ => None,
+    }
+}

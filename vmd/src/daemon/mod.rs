@@ -10,7 +10,7 @@
 //! | – | parent: configuration, VM registry, ptys, boot images | [`parent`] | root |
 //! | `-P control` | owns the control socket, checks peer credentials | [`control`] | `_vmd`, chroot `/var/empty` when it exists |
 //! | `-P vmm` | starts one VM process per guest, reaps them | [`vmm`] | `_vmd`, chroot `/` (unveil: only vmd's binary, on OpenBSD) |
-//! | `-P priv` | network configuration (taps, bridges): a stub until the network issue | [`privproc`] | root, chroot to `_vmd`'s home when it exists |
+//! | `-P priv` | network configuration: taps, switches, local addresses ([`netcfg`] is the parent's side) | [`privproc`] | root, chroot to `_vmd`'s home when it exists |
 //! | `-V 0` | one VM process per guest, exec'd by vmm | [`vmproc`] | `_vmd` (inherited from vmm) |
 //! | `-X 0 -t d -p vm` | one per vioblk device, exec'd by its VM process | [`devproc`] | `_vmd` (inherited from the VM) |
 //!
@@ -42,6 +42,7 @@
 //! | `VMD_USER` | the unprivileged user instead of `_vmd` (e.g. `nobody`) |
 //! | `VMD_NO_PRIVDROP=1` | test mode: no chroot, setuid or setgid in any process |
 //! | `VMD_INPROCESS_DEVICES=1` | vioblk inside the VM process, not in a device process (for comparisons) |
+//! | `VMD_SANDBOX=off\|log\|strict` | confinement off, logging only, or refusing to start without full Landlock ([`crate::sandbox`]) |
 //!
 //! Logging goes through the `log` facade: to syslog (daemon facility)
 //! unless `-d` or `-n`, then to stderr ([`logging`]).
@@ -51,6 +52,7 @@ pub mod devproc;
 pub mod disks;
 pub mod events;
 pub mod logging;
+pub mod netcfg;
 pub mod parent;
 pub mod privproc;
 pub mod privsep;
@@ -102,6 +104,14 @@ pub fn user_name() -> String {
         .unwrap_or_else(|| VMD_USER.to_string())
 }
 
+/// The unprivileged user, or vmd's fatal message.
+pub fn lookup_user() -> nix::unistd::User {
+    match nix::unistd::User::from_name(&user_name()) {
+        Ok(Some(u)) => u,
+        _ => logging::fatalx(&format!("unknown user {}", user_name())),
+    }
+}
+
 /// Whether privilege drops are skipped (test mode).
 pub fn no_privdrop() -> bool {
     std::env::var(ENV_NO_PRIVDROP).is_ok_and(|v| !v.is_empty() && v != "0")
@@ -139,16 +149,16 @@ pub fn main() -> i32 {
     if !args.noaction && !launch_vm && !device && !nix::unistd::geteuid().is_root() {
         logging::fatalx("need root privileges");
     }
-    let user = match nix::unistd::User::from_name(&user_name()) {
-        Ok(Some(u)) => u,
-        _ => logging::fatalx(&format!("unknown user {}", user_name())),
-    };
+    // VM and device processes start as _vmd (from the vmm process) and
+    // look the user up only if started as root: under the vmm process's
+    // Landlock rules /etc/passwd is out of their reach.
     if launch_vm {
-        return vmproc::main(&args, &user);
+        return vmproc::main(&args);
     }
     if args.dev_fd.is_some() {
-        return devproc::main(&args, &user);
+        return devproc::main(&args);
     }
+    let user = lookup_user();
     match args.title.as_deref() {
         None => parent::main(args, user),
         Some("control") => control::main(&args, &user),

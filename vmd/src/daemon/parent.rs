@@ -3,6 +3,7 @@
 //! through the vmm process, answers the clients the control process
 //! relays, restarts VMs that reset themselves, and reloads or shuts down
 //! on SIGHUP and SIGTERM.
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,10 @@ struct Parent {
     control: ImsgChannel,
     vmm: ImsgChannel,
     privc: ImsgChannel,
+    /// vm.conf's switches, and the interfaces of those priv has set up
+    /// (`sw_running`).
+    switches: Vec<config::Switch>,
+    switches_running: HashSet<String>,
     children: Vec<(&'static str, Child)>,
     /// vmm(4), opened as root for the vmm process (`env->vmd_fd`).
     vmm_fd: OwnedFd,
@@ -143,6 +148,8 @@ pub fn main(args: Args, _user: User) -> i32 {
         control,
         vmm,
         privc,
+        switches: Vec::new(),
+        switches_running: HashSet::new(),
         children,
         vmm_fd,
         stagger: Stagger::new(None, 1),
@@ -153,6 +160,10 @@ pub fn main(args: Args, _user: User) -> i32 {
         p.kill_children();
         return 1;
     }
+    // vmd.c, once its children run: pledge "stdio rpath wpath proc tty
+    // recvfd sendfd getpw chown fattr flock".
+    crate::sandbox::confine_or_die(crate::sandbox::Kind::Parent, &Default::default());
+    crate::sandbox::test_hook(crate::sandbox::Kind::Parent);
     loop {
         let ready = {
             let fds = [
@@ -193,7 +204,7 @@ pub fn main(args: Args, _user: User) -> i32 {
                         match k {
                             0 => p.dispatch_control(m),
                             1 => p.dispatch_vmm(m),
-                            _ => log::debug!("parent: {} from priv", m.msg.imsg_type().name()),
+                            _ => p.dispatch_priv(m),
                         }
                     }
                 }
@@ -381,6 +392,7 @@ impl Parent {
             NO_PEER,
             Vec::new(),
         );
+        self.configure_switches();
         log::debug!("vmd_configure: starting vms in staggered fashion");
         self.start_vm_batch();
         true
@@ -422,6 +434,7 @@ impl Parent {
         }
         if outcome.ok {
             self.global = outcome.config.global;
+            self.switches = outcome.config.switches;
             self.control_reset();
         }
         outcome.ok
@@ -461,6 +474,10 @@ impl Parent {
                 NO_PEER,
                 Vec::new(),
             );
+            if reset & CONFIG_SWITCHES != 0 {
+                self.switches.clear();
+                self.switches_running.clear();
+            }
             return true;
         }
         if full {
@@ -489,9 +506,36 @@ impl Parent {
                 Vec::new(),
             );
         }
+        self.configure_switches();
         log::debug!("vmd_reload: starting vms in staggered fashion");
         self.start_vm_batch();
         true
+    }
+
+    /// vm_priv_brconfig for each switch not set up yet.
+    fn configure_switches(&mut self) {
+        if let Err(e) = super::netcfg::configure_switches(
+            &mut self.privc,
+            &self.switches,
+            &mut self.switches_running,
+        ) {
+            log::warn!("vmd_configure: failed to create switches: {e}");
+        }
+    }
+
+    /// vm_priv_ifconfig once VM `i` runs: its taps get their description,
+    /// switch, rdomain, groups, state and local addresses.
+    fn configure_vm_interfaces(&mut self, i: usize) -> Result<(), super::netcfg::NetcfgError> {
+        let vm = &self.reg.vms[i];
+        super::netcfg::configure_vm_interfaces(
+            &mut self.privc,
+            &self.global,
+            &self.switches,
+            vm.id,
+            &vm.params.name,
+            &vm.params.interfaces,
+            &vm.ifnames,
+        )
     }
 
     /// `start_vm_batch`: the next VMs vm.conf enables (see [`Stagger`]).
@@ -683,6 +727,8 @@ impl Parent {
             .map_err(|e| errno_of(&e))?;
         let mut params = vm.params.clone();
         params.id = vm.id;
+        // vm_register: NICs on a switch take its `locked lladdr`.
+        super::netcfg::inherit_switch_flags(&mut params.interfaces, &self.switches);
         for (d, n) in params.disks.iter_mut().zip(bases) {
             d.bases = n;
         }
@@ -704,6 +750,21 @@ impl Parent {
         // The parent keeps no tap open: each lives as long as the VM's
         // processes hold it.
         for (index, t) in taps.into_iter().enumerate() {
+            // priv reads the tap's MAC through a duplicate, for vionet's
+            // DHCP server (config_setvm's IMSG_VMDOP_PRIV_GET_ADDR).
+            match t.file.try_clone() {
+                Ok(dup) => {
+                    if let Err(e) = super::netcfg::request_tap_lladdr(
+                        &mut self.privc,
+                        vm.id,
+                        index as u32,
+                        OwnedFd::from(dup),
+                    ) {
+                        log::warn!("config_setvm: {e}");
+                    }
+                }
+                Err(e) => log::warn!("config_setvm: tap {}: {e}", t.name),
+            }
             send(
                 &mut self.vmm,
                 Message::StartVmIf(index as u32),
@@ -927,6 +988,14 @@ impl Parent {
                     self.reg.terminate(i);
                     return;
                 }
+                // "Now configure all the interfaces".
+                if let Err(e) = self.configure_vm_interfaces(i) {
+                    let vm = &self.reg.vms[i];
+                    log::warn!("{}: failed to configure vm: {e}", vm.params.name);
+                    self.reg.terminate(i);
+                    return;
+                }
+                let vm = &self.reg.vms[i];
                 log::info!(
                     "started {} (vm {}) successfully, tty {}",
                     vm.params.name,
@@ -972,6 +1041,15 @@ impl Parent {
                 self.answer(Message::TerminateVmEvent(vmr), peer);
             }
             other => log::debug!("parent: unexpected {} from vmm", other.imsg_type().name()),
+        }
+    }
+
+    /// `vmd_dispatch_priv`: a tap's MAC goes on to the vmm process (and
+    /// from there to the VM's vionet).
+    fn dispatch_priv(&mut self, r: Received) {
+        match r.msg {
+            m @ Message::PrivGetAddrResponse(_) => send(&mut self.vmm, m, r.peerid, Vec::new()),
+            other => log::debug!("parent: unexpected {} from priv", other.imsg_type().name()),
         }
     }
 

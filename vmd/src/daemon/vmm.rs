@@ -94,13 +94,12 @@ pub fn main(args: &Args, user: &User) -> i32 {
         logging::fatal("vmm: cannot drop privileges", e);
     }
     // vmm_run: "We aren't root, so we can't chroot(2). Use unveil(2)
-    // instead."  (Nothing happens outside OpenBSD.)
-    if let Err(e) = vmm_sys::unveil(Some(&exe), Some("x")) {
-        logging::fatal(&format!("unveil {}", exe.display()), e);
-    }
-    if let Err(e) = vmm_sys::unveil(None, None) {
-        logging::fatal("unveil lock", e);
-    }
+    // instead.", then pledge "stdio vmm sendfd recvfd proc exec ps".
+    let ctx = crate::sandbox::Context {
+        exe: Some(exe.clone()),
+    };
+    crate::sandbox::confine_or_die(crate::sandbox::Kind::Vmm, &ctx);
+    crate::sandbox::test_hook(crate::sandbox::Kind::Vmm);
     let mut ev = match EventLoop::with_signals(&[
         libc::SIGCHLD,
         libc::SIGTERM,
@@ -319,9 +318,35 @@ impl Vmm {
                     }
                 }
             }
+            // priv's answer for a VM's tap: to that VM (vmm.c).
+            Message::PrivGetAddrResponse(r) => match self.find(r.vmid) {
+                Some(i) => {
+                    if let Some(c) = self.vms[i].chan.as_mut() {
+                        let m = Message::PrivGetAddrResponse(r);
+                        let _ = events::post(c, &m, NO_PEER, Vec::new());
+                    }
+                }
+                None => log::debug!("vmm: tap address for vm {}, which is not running", r.vmid),
+            },
             // Passed on to each VM started from now on (its local
             // interfaces' addresses).
             Message::Config(g) => self.global = g,
+            // A tap's MAC from priv, for the VM's vionet (vmm.c forwards
+            // it to the VM process).
+            m @ Message::PrivGetAddrResponse(_) => {
+                let Message::PrivGetAddrResponse(var) = &m else {
+                    return;
+                };
+                let vmid = var.vmid;
+                match self.vms.iter_mut().find(|v| v.id == vmid) {
+                    Some(vm) => {
+                        if let Some(c) = vm.chan.as_mut() {
+                            let _ = events::post(c, &m, peerid, Vec::new());
+                        }
+                    }
+                    None => log::debug!("vmm: tap address for vm {vmid}, which is gone"),
+                }
+            }
             other => log::debug!("vmm: unexpected {} from parent", other.imsg_type().name()),
         }
     }

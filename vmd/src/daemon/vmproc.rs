@@ -29,8 +29,6 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use nix::unistd::User;
-
 use super::args::{child_flags, Args};
 use super::{logging, privsep, vmfiles};
 use crate::devices::virtio::blk::DiskImage;
@@ -51,7 +49,7 @@ fn fail(chan: &mut ImsgChannel, id: u32, errno: i32, msg: &str) -> i32 {
 }
 
 /// The VM process; the exit status.
-pub fn main(args: &Args, user: &User) -> i32 {
+pub fn main(args: &Args) -> i32 {
     let mut chan = match privsep::parent_channel() {
         Ok(c) => c,
         Err(e) => logging::fatal("invalid vm fd", e),
@@ -108,11 +106,26 @@ pub fn main(args: &Args, user: &User) -> i32 {
     logging::procinit(&format!("vm/{name}"));
     // The vmm process is _vmd already, and so is this process; should it
     // be started by root some day, it must not stay root.
-    if nix::unistd::geteuid().is_root() {
-        if let Err(e) = privsep::drop_privileges(user, None) {
+    if nix::unistd::geteuid().is_root() && !super::no_privdrop() {
+        if let Err(e) = privsep::drop_privileges(&super::lookup_user(), None) {
             return fail(&mut chan, params.id, libc::EPERM, &format!("{name}: {e}"));
         }
     }
+
+    // vm.c: unveil vmd's binary, pledge "stdio vmm proc exec" (and
+    // sendfd here: the device processes get their descriptors as
+    // messages).
+    let exe = std::env::current_exe().ok();
+    let sandbox_ctx = crate::sandbox::Context { exe: exe.clone() };
+    if let Err(e) = crate::sandbox::confine(crate::sandbox::Kind::Vm, &sandbox_ctx) {
+        return fail(
+            &mut chan,
+            params.id,
+            libc::EPERM,
+            &format!("{name}: sandbox: {e}"),
+        );
+    }
+    crate::sandbox::test_hook(crate::sandbox::Kind::Vm);
 
     // vioblk runs in a device process per disk (era B), unless
     // VMD_INPROCESS_DEVICES asks for this process (for comparisons).
@@ -163,22 +176,38 @@ pub fn main(args: &Args, user: &User) -> i32 {
             );
         };
         let (_, tap) = taps.swap_remove(pos);
+        // A local interface whose addresses leave the local prefix fails
+        // the start, as priv fails it in vmd.
+        if nic.local() {
+            let l = NicLocal {
+                vm_id: params.id,
+                vm_name: name.clone(),
+                global: global.clone(),
+                pxeboot: false,
+            };
+            if let Err(e) = l.lease(index as u32, nic.lladdr) {
+                return fail(&mut chan, params.id, libc::EINVAL, &format!("{name}: {e}"));
+            }
+        }
         nics.push(NicFiles {
             nic: NicSetup {
                 index: index as u32,
                 ifname: nic.name.clone().unwrap_or_else(|| "tap".into()),
                 mac: nic.lladdr,
                 locked: nic.locked(),
-                local: nic
-                    .local()
-                    .then(|| NicLocal::new(&global, params.id, index as u32, &name))
-                    .flatten(),
+                local: nic.local().then(|| NicLocal {
+                    vm_id: params.id,
+                    vm_name: name.clone(),
+                    global: global.clone(),
+                    pxeboot: crate::net::local::pxeboot(params.boot_device, index),
+                }),
             },
             tap,
             in_process,
         });
     }
-    let devices = match (std::env::current_exe(), vmm_fd.try_clone()) {
+    let exe = exe.ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOENT));
+    let devices = match (exe, vmm_fd.try_clone()) {
         (Ok(exe), Ok(vmm_fd)) => Some(DeviceProcesses {
             exe,
             vmm_fd,
@@ -285,6 +314,10 @@ pub fn main(args: &Args, user: &User) -> i32 {
     })) {
         logging::fatal("failed to report vm start", e);
     }
+    // vm.c: "Drop privileges further before starting the vcpu run
+    // loop(s)", pledge "stdio vmm".
+    crate::sandbox::confine_or_die(crate::sandbox::Kind::VmRunning, &sandbox_ctx);
+    crate::sandbox::test_hook(crate::sandbox::Kind::VmRunning);
     let control = machine.control();
     let shutdown = Arc::new(AtomicBool::new(false));
     {
@@ -375,6 +408,12 @@ fn dispatch_vmm(mut chan: ImsgChannel, control: Arc<Control>, shutdown: Arc<Atom
             }
             Message::CtlVerbose(v) => {
                 logging::set_verbose(v);
+                None
+            }
+            // The tap's MAC priv read (vm.c's IMSG_VMDOP_PRIV_GET_ADDR_RESPONSE),
+            // for the NIC's DHCP server.
+            Message::PrivGetAddrResponse(r) => {
+                control.set_host_mac(r.nic_idx, r.addr);
                 None
             }
             other => {

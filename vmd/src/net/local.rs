@@ -15,6 +15,7 @@
 //! on the host).
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use serde::{Deserialize, Serialize};
 use vmd_proto::config::{BootDevice, GlobalConfig, Ipv4Prefix, Ipv6Prefix};
 
 /// The tap's IPv4 netmask on a local interface: a /31.
@@ -123,8 +124,9 @@ pub fn pxeboot(boot: BootDevice, idx: usize) -> bool {
 }
 
 /// What vmd's DHCP server hands one local interface of a VM, and what
-/// priv puts on its tap.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// priv puts on its tap.  It can travel to a device process in an imsg
+/// (serde).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalLease {
     /// The guest's MAC (the NIC's lladdr): requests must come from it.
     pub guest_mac: [u8; 6],
@@ -335,6 +337,20 @@ mod tests {
 
         let e = LocalLease::new(&cfg, 256, 0, mac, "x").unwrap_err();
         assert_eq!(e, LocalAddrError::RangeExceeded { vm_id: 256, idx: 0 });
+    }
+
+    #[test]
+    fn lease_travels_in_an_imsg_payload() {
+        let mut cfg = GlobalConfig {
+            inet6: true,
+            ..GlobalConfig::default()
+        };
+        resolve_auto_prefix6(&mut cfg, [1, 2, 3, 4, 5, 6, 7]);
+        let l = LocalLease::new(&cfg, 4, 2, [2, 3, 4, 5, 6, 7], "vm4")
+            .unwrap()
+            .with_pxeboot(true);
+        let bytes = vmd_proto::codec::encode(&l).unwrap();
+        assert_eq!(vmd_proto::codec::decode::<LocalLease>(&bytes).unwrap(), l);
     }
 
     #[test]

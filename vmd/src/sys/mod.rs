@@ -4,10 +4,19 @@
 //! - `tap`: opening a VM's tap as the parent does (`/dev/tapN` on
 //!   OpenBSD, `/dev/net/tun` with IFF_TAP|IFF_NO_PI on Linux), by name
 //!   or the first free one.
+//! - [`netif`]: what the priv process does to network interfaces
+//!   (descriptions, groups, rdomains, up/down, bridges, addresses, a
+//!   tap's MAC): ioctls on OpenBSD, rtnetlink on Linux.
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "openbsd")]
 mod openbsd;
+#[cfg(target_os = "linux")]
+use linux as os;
+#[cfg(target_os = "openbsd")]
+use openbsd as os;
+
+pub mod netif;
 
 #[cfg(target_os = "linux")]
 pub use linux::tap::open_tap;

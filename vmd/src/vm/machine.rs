@@ -125,7 +125,11 @@ pub struct Control {
     vmmci: Arc<Mutex<Vmmci>>,
     /// Devices told of pause and unpause (vmd's broadcast): the NICs.
     pause_hooks: Vec<PauseHook>,
+    /// Each NIC (by index) told its tap's MAC.
+    host_mac_hooks: Vec<(u32, HostMacHook)>,
 }
+
+type HostMacHook = Box<dyn Fn([u8; 6]) + Send + Sync>;
 
 /// Pauses (true) or unpauses a device.
 type PauseHook = Box<dyn Fn(bool) + Send + Sync>;
@@ -171,6 +175,16 @@ impl Control {
         }
         self.events.wake();
         resumed
+    }
+
+    /// The MAC of NIC `index`'s tap, as priv read it (vmd's
+    /// IMSG_DEVOP_HOSTMAC to vionet): its DHCP server answers requests
+    /// sent to it.
+    pub fn set_host_mac(&self, index: u32, mac: [u8; 6]) {
+        match self.host_mac_hooks.iter().find(|(i, _)| *i == index) {
+            Some((_, h)) => h(mac),
+            None => log::debug!("host mac for interface {index}, which the vm does not have"),
+        }
     }
 
     pub fn is_paused(&self) -> bool {
@@ -292,6 +306,7 @@ impl Machine {
         };
         let (disk_files, devices, cdrom_file) = (cfg.disk_files, cfg.devices, cfg.cdrom_file);
         let mut pause_hooks: Vec<PauseHook> = Vec::new();
+        let mut host_mac_hooks: Vec<(u32, HostMacHook)> = Vec::new();
         let mut nic_threads = Vec::new();
         let platform = Platform::build(platform_cfg, |slots| {
             // vmd's order (reference §4.3): NICs, disks, then the cdrom.
@@ -309,6 +324,14 @@ impl Machine {
                     let a = slots.attach_virtio(VirtioPciIds::NET, dev)?;
                     let hook = a.dev.clone();
                     pause_hooks.push(Box::new(move |p| hook.lock().unwrap().set_paused(p)));
+                    let hook = a.dev.clone();
+                    host_mac_hooks.push((
+                        i,
+                        Box::new(move |m| {
+                            use crate::devices::virtio::transport::VirtioDevice;
+                            hook.lock().unwrap().device_mut().set_host_mac(m)
+                        }),
+                    ));
                     nic_threads.push(t.start(a.dev, wake_fd).map_err(|e| err(e.to_string()))?);
                     continue;
                 }
@@ -333,7 +356,9 @@ impl Machine {
                     PlatformError::Device(m) => err(format!("{} ({}): {m}", n.nic.ifname, i)),
                     e => e,
                 })?;
-                pause_hooks.push(Box::new(move |p| proxy.lock().unwrap().set_paused(p)));
+                let hook = proxy.clone();
+                pause_hooks.push(Box::new(move |p| hook.lock().unwrap().set_paused(p)));
+                host_mac_hooks.push((i, Box::new(move |m| proxy.lock().unwrap().set_host_mac(m))));
                 log::debug!("vionet {i} on {}: device process {pid}", n.nic.ifname);
             }
             for image in cfg.disks {
@@ -438,6 +463,7 @@ impl Machine {
             event_wakeups: events.wakeup_counter(),
             vmmci: platform.vmmci.clone(),
             pause_hooks,
+            host_mac_hooks,
         });
         Ok(Machine {
             vmm,

@@ -80,11 +80,6 @@ pub fn run<T>(
     }
 }
 
-/// Why our VM cannot be the DHCP server on NIC 0, if it cannot.
-pub fn missing_local() -> Option<String> {
-    Some("no local interface DHCP in vionet yet".into())
-}
-
 fn run_qemu<T>(
     disk: &TempFile,
     nic0: Nic0,
@@ -157,25 +152,19 @@ pub const OURS_VM_NAME: &str = "net";
 /// NIC 0 as a `local interface` of VM [`OURS_VM_ID`] under the default
 /// `local prefix`.
 fn local_nic0() -> NicLocal {
-    NicLocal::new(
-        &vmd_proto::config::GlobalConfig::default(),
-        OURS_VM_ID,
-        0,
-        OURS_VM_NAME,
-    )
-    .expect("the default local prefix has room for VM 1's first NIC")
+    NicLocal {
+        vm_id: OURS_VM_ID,
+        vm_name: OURS_VM_NAME.into(),
+        global: vmd_proto::config::GlobalConfig::default(),
+        pxeboot: false,
+    }
 }
 
 /// What vmd's DHCP server leases to NIC 0 as a local interface.
 pub fn ours_local_lease() -> Result<vmd::net::LocalLease, String> {
-    vmd::net::LocalLease::new(
-        &vmd_proto::config::GlobalConfig::default(),
-        OURS_VM_ID,
-        0,
-        mac(MACS[0]),
-        OURS_VM_NAME,
-    )
-    .map_err(|e| e.to_string())
+    local_nic0()
+        .lease(0, mac(MACS[0]))
+        .map_err(|e| e.to_string())
 }
 
 pub fn mac(text: &str) -> [u8; 6] {

@@ -41,6 +41,29 @@ pub(crate) fn unveil(path: Option<&std::path::Path>, permissions: Option<&str>) 
     }
 }
 
+/// pledge(2).
+pub(crate) fn pledge(promises: Option<&str>, execpromises: Option<&str>) -> Result<()> {
+    use std::ffi::CString;
+    let einval = |_| VmmError::new("pledge", libc::EINVAL);
+    let promises = promises.map(CString::new).transpose().map_err(einval)?;
+    let execpromises = execpromises.map(CString::new).transpose().map_err(einval)?;
+    // SAFETY: each argument is NULL or a NUL-terminated string that lives
+    // until after the call, as pledge(2) takes them.
+    let r = unsafe {
+        libc::pledge(
+            promises.as_ref().map_or(std::ptr::null(), |p| p.as_ptr()),
+            execpromises
+                .as_ref()
+                .map_or(std::ptr::null(), |p| p.as_ptr()),
+        )
+    };
+    if r == -1 {
+        Err(VmmError::last_os_error("pledge"))
+    } else {
+        Ok(())
+    }
+}
+
 /// The device node.
 pub(crate) const DEVICE_PATH: &str = "/dev/vmm";
 

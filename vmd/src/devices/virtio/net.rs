@@ -84,6 +84,18 @@ pub trait NetPort: Send {
 /// the frame it answered does not go to the tap.
 pub trait LocalResponder: Send {
     fn respond(&mut self, frame_from_guest: &[u8]) -> Option<Vec<u8>>;
+    /// The tap's MAC, once the parent learnt it (IMSG_DEVOP_HOSTMAC).
+    fn set_host_mac(&mut self, _mac: [u8; 6]) {}
+}
+
+/// vmd's DHCP server is the responder of local interfaces.
+impl LocalResponder for crate::net::LocalServer {
+    fn respond(&mut self, frame_from_guest: &[u8]) -> Option<Vec<u8>> {
+        crate::net::LocalServer::respond(self, frame_from_guest)
+    }
+    fn set_host_mac(&mut self, mac: [u8; 6]) {
+        crate::net::LocalServer::set_host_mac(self, mac)
+    }
 }
 
 /// Counters, for the log and the tests.
@@ -154,7 +166,7 @@ impl Vionet {
             paused: false,
             tx_deferred: false,
             stats: NetStats::default(),
-            buf: vec![0u8; PORT_BUF],
+            buf: vec![0u8; VIRTIO_NET_HDR_LEN + PORT_BUF],
             warned: false,
             rx_notify: None,
         }
@@ -229,17 +241,21 @@ impl Vionet {
             log::debug!("vionet: invalid packet size {len}");
             return Ok(None);
         }
-        // Header and frame may be split anywhere across the buffers.
-        let mut all = vec![0u8; total as usize];
-        let mut at = 0usize;
+        // Header and frame may be split anywhere across the buffers: the
+        // header's bytes are skipped, wherever they are.
+        let mut frame = vec![0u8; len];
+        let (mut skip, mut at) = (VIRTIO_NET_HDR_LEN, 0usize);
         for d in &chain.descs {
-            let n = d.len as usize;
-            mem.read_slice(&mut all[at..at + n], GuestAddress(d.addr))
-                .map_err(|e| QueueError::Memory(e.to_string()))?;
-            at += n;
+            let k = skip.min(d.len as usize);
+            skip -= k;
+            let n = d.len as usize - k;
+            if n > 0 {
+                mem.read_slice(&mut frame[at..at + n], GuestAddress(d.addr + k as u64))
+                    .map_err(|e| QueueError::Memory(e.to_string()))?;
+                at += n;
+            }
         }
-        all.drain(..VIRTIO_NET_HDR_LEN);
-        Ok(Some(all))
+        Ok(Some(frame))
     }
 
     /// Sends what the guest made available on the transmit queue.
@@ -286,43 +302,36 @@ impl Vionet {
         }
     }
 
-    /// Puts one frame in the next receive chain; false if the chain
-    /// could not take it (the chain goes back empty either way).
+    /// Puts one frame, `bytes` being its virtio-net header and the frame,
+    /// in the receive chain (a chain that cannot take it goes back
+    /// empty).
     fn put_rx(
         &mut self,
         queue: &mut VirtQueue,
         mem: &GuestMemoryMmap,
         chain: DescChain,
-        frame: &[u8],
+        bytes: &[u8],
     ) -> Result<(), QueueError> {
-        let room = chain.writable_len();
         if chain.descs.iter().any(|d| !d.writable) {
             self.malformed(chain.head, "device-readable buffer in a receive chain");
             return queue.add_used(mem, chain.head, 0);
         }
-        if room < (VIRTIO_NET_HDR_LEN + frame.len()) as u64 {
+        if chain.writable_len() < bytes.len() as u64 {
             self.malformed(chain.head, "receive buffers too small for the frame");
             return queue.add_used(mem, chain.head, 0);
         }
-        let mut hdr = [0u8; VIRTIO_NET_HDR_LEN];
-        // num_buffers: one chain per frame without MRG_RXBUF.
-        hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
-        let mut src = hdr.iter().chain(frame.iter()).copied();
-        let mut left = VIRTIO_NET_HDR_LEN + frame.len();
-        let mut tmp = Vec::new();
+        let mut at = 0usize;
         for d in &chain.descs {
-            if left == 0 {
+            if at == bytes.len() {
                 break;
             }
-            let n = (d.len as usize).min(left);
-            tmp.clear();
-            tmp.extend(src.by_ref().take(n));
-            mem.write_slice(&tmp, GuestAddress(d.addr))
+            let n = (d.len as usize).min(bytes.len() - at);
+            mem.write_slice(&bytes[at..at + n], GuestAddress(d.addr))
                 .map_err(|e| QueueError::Memory(e.to_string()))?;
-            left -= n;
+            at += n;
         }
         self.stats.rx_frames += 1;
-        queue.add_used(mem, chain.head, (VIRTIO_NET_HDR_LEN + frame.len()) as u32)
+        queue.add_used(mem, chain.head, bytes.len() as u32)
     }
 
     /// Moves waiting frames (the responder's, then the port's) into
@@ -335,43 +344,60 @@ impl Vionet {
         if self.paused {
             return Ok(false);
         }
+        // The frame is read after room for its header, so that header
+        // and frame go to the guest from one buffer.
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = self.receive_into(&mut buf, queue, mem);
+        self.buf = buf;
+        r
+    }
+
+    fn receive_into(
+        &mut self,
+        buf: &mut [u8],
+        queue: &mut VirtQueue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<bool, QueueError> {
         let mut used = false;
         let mut budget = RX_BUDGET;
         while budget > 0 && queue.has_available(mem) {
             budget -= 1;
-            let frame = if let Some(f) = self.pending.pop_front() {
-                f
+            let room = buf.len() - VIRTIO_NET_HDR_LEN;
+            let len = if let Some(f) = self.pending.pop_front() {
+                let n = f.len().min(room);
+                buf[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + n].copy_from_slice(&f[..n]);
+                n
             } else {
-                let mut buf = std::mem::take(&mut self.buf);
-                let got = self.port.recv(&mut buf);
-                let frame = match got {
-                    Ok(Some(n)) => Some(buf[..n.min(buf.len())].to_vec()),
-                    Ok(None) => None,
+                match self.port.recv(&mut buf[VIRTIO_NET_HDR_LEN..]) {
+                    Ok(Some(n)) => n.min(room),
+                    Ok(None) => break,
                     Err(e) => {
                         self.stats.port_errors += 1;
                         log::debug!("vionet: read error: {e}");
-                        None
+                        break;
                     }
-                };
-                self.buf = buf;
-                let Some(frame) = frame else { break };
-                if !(VIONET_MIN_TXLEN..=VIONET_MAX_TXLEN).contains(&frame.len()) {
-                    self.stats.bad_size += 1;
-                    log::debug!("vionet: invalid packet size {}", frame.len());
-                    continue;
                 }
-                if !self.rx_allowed(&frame) {
-                    self.stats.locked += 1;
-                    continue;
-                }
-                frame
             };
+            let frame = &buf[VIRTIO_NET_HDR_LEN..VIRTIO_NET_HDR_LEN + len];
+            if !(VIONET_MIN_TXLEN..=VIONET_MAX_TXLEN).contains(&len) {
+                self.stats.bad_size += 1;
+                log::debug!("vionet: invalid packet size {len}");
+                continue;
+            }
+            if !self.rx_allowed(frame) {
+                self.stats.locked += 1;
+                continue;
+            }
             let Some(chain) = queue.pop(mem, VIONET_MAX_CHAIN)? else {
                 // has_available said otherwise: keep the frame.
-                self.pending.push_front(frame);
+                self.pending.push_front(frame.to_vec());
                 break;
             };
-            self.put_rx(queue, mem, chain, &frame)?;
+            // No offloads: all zero but num_buffers, 1 (one chain per
+            // frame without MRG_RXBUF).
+            buf[..VIRTIO_NET_HDR_LEN].fill(0);
+            buf[10..12].copy_from_slice(&1u16.to_le_bytes());
+            self.put_rx(queue, mem, chain, &buf[..VIRTIO_NET_HDR_LEN + len])?;
             used = true;
         }
         Ok(used)
@@ -453,6 +479,12 @@ impl VirtioDevice for Vionet {
             return None;
         }
         self.port.fd()
+    }
+
+    fn set_host_mac(&mut self, mac: [u8; 6]) {
+        if let Some(l) = self.local.as_mut() {
+            l.set_host_mac(mac);
+        }
     }
 
     fn set_paused(&mut self, paused: bool) {
@@ -693,8 +725,24 @@ mod tests {
         assert_eq!(r.tx.take_used(&r.m), vec![(0, 0)]);
         assert_eq!(r.v.isr(&r.m), VIRTIO_CONFIG_ISR_QUEUE);
         r.send(&b, 1);
-        assert_eq!(r.sent(), vec![a, b]);
-        assert_eq!(r.stats().tx_frames, 2);
+        // The header cut in two, the frame in three pieces.
+        let c = frame(PEER, MAC, 200, 3);
+        let mut all = vec![0u8; VIRTIO_NET_HDR_LEN];
+        all.extend_from_slice(&c);
+        r.m.mem.write(TX_BUFS + 0x10000, &all).unwrap();
+        let at = |o: u64| TX_BUFS + 0x10000 + o;
+        r.tx.add(
+            &r.m,
+            &[
+                (at(0), 5, false),
+                (at(5), 10, false),
+                (at(15), 0, false),
+                (at(15), all.len() as u32 - 15, false),
+            ],
+        );
+        r.v.kick(&r.m, 1);
+        assert_eq!(r.sent(), vec![a, b, c]);
+        assert_eq!(r.stats().tx_frames, 3);
     }
 
     #[test]
@@ -903,6 +951,126 @@ mod tests {
         r.send(&ask, 1);
         assert_eq!(r.received().len(), 1);
         assert_eq!(r.stats().local_answers, 2);
+    }
+
+    /// A DHCPDISCOVER from the guest as a client sends it.
+    fn discover(mac: [u8; 6]) -> Vec<u8> {
+        discover_to([0xff; 6], mac)
+    }
+
+    fn discover_to(dst: [u8; 6], mac: [u8; 6]) -> Vec<u8> {
+        use crate::net::dhcp::*;
+        use crate::net::packet;
+        let mut b = vec![0u8; OPTIONS_OFFSET];
+        b[0] = BOOTREQUEST;
+        b[1] = HTYPE_ETHER;
+        b[2] = 6;
+        b[4..8].copy_from_slice(&[1, 2, 3, 4]);
+        b[28..34].copy_from_slice(&mac);
+        b.extend_from_slice(&DHCP_OPTIONS_COOKIE);
+        b.extend_from_slice(&[DHO_DHCP_MESSAGE_TYPE, 1, DHCPDISCOVER, DHO_END]);
+        b.resize(BOOTP_MIN_LEN, 0);
+        let mut f = Vec::new();
+        packet::assemble_ether(&mut f, dst, mac);
+        let any = std::net::Ipv4Addr::UNSPECIFIED;
+        packet::assemble_udp_ip(
+            &mut f,
+            any,
+            std::net::Ipv4Addr::BROADCAST,
+            CLIENT_PORT,
+            SERVER_PORT,
+            &b,
+        )
+        .unwrap();
+        f
+    }
+
+    /// vmd's own DHCP server on a local interface: the guest's DISCOVER
+    /// gets an OFFER of the interface's guest address (the tap's MAC,
+    /// once known, reaches the server); nothing reaches the tap but what
+    /// it does not answer.
+    #[test]
+    fn local_interface_with_vmds_dhcp_server() {
+        use crate::net::dhcp::*;
+        let g = vmd_proto::config::GlobalConfig::default();
+        let lease = crate::net::LocalLease::new(&g, 3, 0, MAC, "web").unwrap();
+        let m = TestMachine::new();
+        let dev = Vionet::new(
+            VionetConfig {
+                mac: MAC,
+                locked: true,
+            },
+            Box::new(MemPort::default()),
+        )
+        .with_local(Box::new(crate::net::LocalServer::new(lease)));
+        let port = MemPort::default();
+        let dev = Vionet {
+            port: Box::new(port.clone()),
+            ..dev
+        };
+        let a = attach(
+            &mut m.pci.lock().unwrap(),
+            VirtioPciIds::NET,
+            dev,
+            m.vm_memory(),
+            m.lines(),
+        )
+        .unwrap();
+        let v = Virtio1::probe(&m, a.slot);
+        v.negotiate(&m, VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC);
+        let (rx, tx) = (Ring::new(256, 0x1000), Ring::new(256, 0x8000));
+        v.setup_queue(&m, 0, &rx);
+        v.setup_queue(&m, 1, &tx);
+        v.set_status(&m, 15);
+        let mut r = Rig {
+            m,
+            a,
+            v,
+            rx,
+            tx,
+            port,
+        };
+        let host_mac = [0xfe, 0xe1, 0xba, 0xd0, 0, 9];
+        // Sent to the tap's MAC before the server knows it: not answered.
+        let unicast = discover_to(host_mac, MAC);
+        r.send(&unicast, 1);
+        assert_eq!(r.sent(), vec![unicast.clone()]);
+        VirtioDevice::set_host_mac(r.a.dev.lock().unwrap().device_mut(), host_mac);
+        r.post_rx(3, 2048);
+        r.send(&unicast, 1);
+        assert!(r.sent().is_empty());
+        assert_eq!(
+            r.received().len(),
+            1,
+            "answered once the tap's MAC is known"
+        );
+        r.send(&discover(MAC), 2);
+        // From a spoofed MAC (locked): dropped before the server sees it.
+        r.send(&discover([2, 0, 0, 0, 0, 7]), 2);
+        assert!(r.sent().is_empty(), "the request is consumed");
+        let got = r.received();
+        assert_eq!(got.len(), 1, "one offer");
+        let f = &got[0];
+        assert_eq!(&f[..6], &MAC);
+        assert_ne!(&f[6..12], &MAC, "from the host side");
+        let (_, off) = crate::net::packet::decode_ether(f).unwrap();
+        let udp = crate::net::packet::decode_udp_ip(f, off).expect("checksums");
+        let bootp = &f[udp.data_offset..];
+        assert_eq!(bootp[0], BOOTREPLY);
+        assert_eq!(
+            &bootp[16..20],
+            &[100, 64, 3, 3],
+            "yiaddr: the guest's /31 half"
+        );
+        let opts = option_list(&bootp[240..]);
+        assert!(opts.contains(&(DHO_DHCP_MESSAGE_TYPE, vec![DHCPOFFER])));
+        assert!(opts.contains(&(DHO_ROUTERS, vec![100, 64, 3, 2])));
+        let s = r.stats();
+        assert_eq!((s.local_answers, s.locked, s.tx_frames), (2, 1, 1));
+        // Anything else goes to the tap.
+        let other = frame(PEER, MAC, 64, 1);
+        r.send(&other, 1);
+        assert_eq!(r.sent(), vec![other]);
     }
 
     /// Random chains, frames, kicks, pauses and resets: vionet never

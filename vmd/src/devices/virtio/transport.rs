@@ -88,6 +88,8 @@ pub trait VirtioDevice: Send {
     /// vmd's pause/unpause broadcast to devices: a paused device moves no
     /// data, and keeps what it holds for the unpause.
     fn set_paused(&mut self, _paused: bool) {}
+    /// vionet: the MAC of the host side of its tap (IMSG_DEVOP_HOSTMAC).
+    fn set_host_mac(&mut self, _mac: [u8; 6]) {}
     /// Whether a device process may, after a kick, keep looking at the
     /// kicked queue for a short while with the driver's notifications
     /// suppressed (VIRTQ_USED_F_NO_NOTIFY) instead of waiting for the

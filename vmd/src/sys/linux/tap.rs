@@ -54,6 +54,34 @@ fn tunsetiff(f: &File, name: &str, exclusive: bool) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&req.name[..end]).into_owned())
 }
 
+/// TUNGETIFF: the name of the tap a `/dev/net/tun` descriptor is
+/// attached to (priv's `PRIV_GET_ADDR`, where OpenBSD asks the tap's
+/// descriptor for its address).  An error for any other descriptor.
+pub fn tap_name(fd: std::os::fd::BorrowedFd) -> std::io::Result<String> {
+    let mut req = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF writes one `struct ifreq` (name and flags); `req`
+    // is a live, properly sized and aligned ifreq for the whole call, and
+    // `fd` is open for its duration (a descriptor of another kind makes
+    // the ioctl fail without touching `req`).
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNGETIFF as _, &mut req) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if req.flags & libc::IFF_TAP as libc::c_short == 0 {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let end = req
+        .name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(req.name.len());
+    Ok(String::from_utf8_lossy(&req.name[..end]).into_owned())
+}
+
 fn open_tun() -> std::io::Result<File> {
     OpenOptions::new()
         .read(true)

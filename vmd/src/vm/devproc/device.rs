@@ -138,6 +138,7 @@ pub fn serve<D: VirtioDevice>(
                     for m in msgs {
                         match m {
                             Incoming::Pause(p) => pci.set_paused(p),
+                            Incoming::HostMac(mac) => pci.device_mut().set_host_mac(mac),
                             Incoming::Msg(m) => match m.type_ {
                                 VIODEV_MSG_KICK => {
                                     pci.notify(m.data as u16);
@@ -160,7 +161,7 @@ pub fn serve<D: VirtioDevice>(
                 Ok(msgs) => {
                     for m in msgs {
                         let Incoming::Msg(m) = m else {
-                            log::debug!("device: pause on the sync channel");
+                            log::debug!("device: control message on the sync channel");
                             continue;
                         };
                         let answer = match m.type_ {
@@ -213,6 +214,8 @@ enum Incoming {
     Msg(ViodevMsg),
     /// IMSG_DEVOP_PAUSE (true) / UNPAUSE (false).
     Pause(bool),
+    /// IMSG_DEVOP_HOSTMAC.
+    HostMac([u8; 6]),
 }
 
 /// One read, then every complete message.
@@ -224,6 +227,13 @@ fn drain(chan: &mut ImsgChannel) -> Result<Vec<Incoming>, DevProcError> {
             IMSG_DEVOP_MSG => Incoming::Msg(ViodevMsg::from_bytes(&m.data)?),
             IMSG_DEVOP_PAUSE => Incoming::Pause(true),
             IMSG_DEVOP_UNPAUSE => Incoming::Pause(false),
+            IMSG_DEVOP_HOSTMAC => match <[u8; 6]>::try_from(&m.data[..]) {
+                Ok(mac) => Incoming::HostMac(mac),
+                Err(_) => {
+                    log::debug!("device: host mac of {} bytes ignored", m.data.len());
+                    continue;
+                }
+            },
             t => return Err(DevProcError::BadType(t)),
         });
     }

@@ -92,59 +92,27 @@ pub struct NicSetup {
     pub local: Option<NicLocal>,
 }
 
-/// The two ends of a local interface's /31 (and, with `local inet6`,
-/// their IPv6 addresses), as vmd's DHCP server hands them out.
+/// What a `local interface`'s DHCP server needs to make its lease
+/// ([`crate::net::LocalLease`]): the VM, the global configuration's local
+/// prefixes, and whether to answer as to a network boot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NicLocal {
+    pub vm_id: u32,
     pub vm_name: String,
-    pub host: std::net::Ipv4Addr,
-    pub guest: std::net::Ipv4Addr,
-    /// 31: one subnet of two addresses per interface.
-    pub prefixlen: u8,
+    pub global: vmd_proto::config::GlobalConfig,
+    pub pxeboot: bool,
 }
 
 impl NicLocal {
-    /// The addresses of NIC `idx` of VM `vmid`; None (logged) when they
-    /// do not fit in the local prefix.
-    pub fn new(
-        g: &vmd_proto::config::GlobalConfig,
-        vmid: u32,
+    /// The lease of NIC `idx` with MAC `mac`, by vmd's address rule.
+    pub fn lease(
+        &self,
         idx: u32,
-        vm_name: &str,
-    ) -> Option<NicLocal> {
-        Some(NicLocal {
-            vm_name: vm_name.to_string(),
-            host: vm_priv_addr(&g.local_prefix, vmid, idx, false)?,
-            guest: vm_priv_addr(&g.local_prefix, vmid, idx, true)?,
-            prefixlen: 31,
-        })
+        mac: [u8; 6],
+    ) -> Result<crate::net::LocalLease, crate::net::LocalAddrError> {
+        crate::net::LocalLease::new(&self.global, self.vm_id, idx as usize, mac, &self.vm_name)
+            .map(|l| l.with_pxeboot(self.pxeboot))
     }
-}
-
-/// priv.c's `vm_priv_addr`: VM `vmid`'s subnet is prefix + N.0/24 (N the
-/// id), its NIC `idx` gets the /31 at (idx + 1) * 2, the host the first
-/// address, the VM the second.  None when that leaves the prefix or the
-/// index is past 126.
-pub fn vm_priv_addr(
-    p: &vmd_proto::config::Ipv4Prefix,
-    vmid: u32,
-    idx: u32,
-    isvm: bool,
-) -> Option<std::net::Ipv4Addr> {
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(p.len.min(32)))
-        .unwrap_or(0);
-    let prefix = u32::from(p.addr) & mask;
-    let mut a = vmid.wrapping_shl(8) | (idx + 1).wrapping_mul(2);
-    if isvm {
-        a = a.wrapping_add(1);
-    }
-    let addr = a | prefix;
-    if addr & mask != prefix || idx >= 0x7f || vmid > u32::MAX >> 8 {
-        log::warn!("vm_priv_addr: dhcp address range exceeded, vm id {vmid} interface {idx}");
-        return None;
-    }
-    Some(addr.into())
 }
 
 /// imsg types on the device sockets.
@@ -155,6 +123,9 @@ pub const IMSG_DEVOP_SETUP: u32 = 2;
 /// UNPAUSE_VM broadcast (a NIC stops and restarts its traffic).
 pub const IMSG_DEVOP_PAUSE: u32 = 3;
 pub const IMSG_DEVOP_UNPAUSE: u32 = 4;
+/// VM → vionet on the async channel: the tap's MAC, 6 bytes (vmd's
+/// IMSG_DEVOP_HOSTMAC), for the DHCP server of a local interface.
+pub const IMSG_DEVOP_HOSTMAC: u32 = 5;
 
 // `enum viodev_msg_type`.
 pub const VIODEV_MSG_INVALID: u8 = 0;
@@ -278,57 +249,6 @@ pub struct DevSetup {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn local_interface_addresses_as_vmd_gives_them() {
-        use std::net::Ipv4Addr;
-        let g = vmd_proto::config::GlobalConfig::default();
-        let p = &g.local_prefix;
-        // vmctl.8: VM n, first local NIC: 100.64.n.2 host, .3 guest.
-        assert_eq!(
-            vm_priv_addr(p, 1, 0, false),
-            Some(Ipv4Addr::new(100, 64, 1, 2))
-        );
-        assert_eq!(
-            vm_priv_addr(p, 1, 0, true),
-            Some(Ipv4Addr::new(100, 64, 1, 3))
-        );
-        assert_eq!(
-            vm_priv_addr(p, 7, 1, true),
-            Some(Ipv4Addr::new(100, 64, 7, 5))
-        );
-        assert_eq!(
-            vm_priv_addr(p, 300, 3, false),
-            Some(Ipv4Addr::new(100, 65, 44, 8))
-        );
-        // Past a /10 and past 126 interfaces: none.  (The id is OR'd
-        // into the prefix, as vmd does: id 1 << 14 falls on the prefix's
-        // own bit 22 and passes there too.)
-        assert_eq!(vm_priv_addr(p, 1 << 15, 0, false), None);
-        assert_eq!(
-            vm_priv_addr(p, 1 << 14, 0, false),
-            Some(Ipv4Addr::new(100, 64, 0, 2))
-        );
-        assert_eq!(vm_priv_addr(p, 1, 127, false), None);
-        let l = NicLocal::new(&g, 2, 0, "web").unwrap();
-        assert_eq!(
-            (l.host, l.guest, l.prefixlen),
-            (
-                Ipv4Addr::new(100, 64, 2, 2),
-                Ipv4Addr::new(100, 64, 2, 3),
-                31
-            )
-        );
-        let p16 = vmd_proto::config::Ipv4Prefix {
-            addr: Ipv4Addr::new(10, 20, 0, 0),
-            len: 16,
-        };
-        assert_eq!(
-            vm_priv_addr(&p16, 255, 0, true),
-            Some(Ipv4Addr::new(10, 20, 255, 3))
-        );
-        assert_eq!(vm_priv_addr(&p16, 256, 0, true), None);
-    }
 
     #[test]
     fn viodev_msg_round_trips_and_refuses_other_lengths() {

@@ -279,17 +279,26 @@ impl Proxy {
 
     /// vmd's pause/unpause broadcast to the device process (one way).
     pub fn set_paused(&mut self, paused: bool) {
-        if self.done.load(Ordering::SeqCst) {
-            return;
-        }
         let t = if paused {
             IMSG_DEVOP_PAUSE
         } else {
             IMSG_DEVOP_UNPAUSE
         };
+        self.control(t, &[]);
+    }
+
+    /// vionet: the tap's MAC (IMSG_DEVOP_HOSTMAC, one way).
+    pub fn set_host_mac(&mut self, mac: [u8; 6]) {
+        self.control(IMSG_DEVOP_HOSTMAC, &mac);
+    }
+
+    fn control(&mut self, type_: u32, data: &[u8]) {
+        if self.done.load(Ordering::SeqCst) {
+            return;
+        }
         let sent = self
             .async_tx
-            .compose(t, 0, 0, &[], Vec::new())
+            .compose(type_, 0, 0, data, Vec::new())
             .and_then(|_| self.async_tx.flush());
         if let Err(e) = sent {
             self.failed(e.into());

@@ -11,6 +11,7 @@ mod kick;
 mod memory;
 mod mmu;
 mod regs;
+mod sigsys;
 mod vcpu;
 
 use crate::abi::*;
@@ -90,6 +91,13 @@ fn flavour_code(f: ExitFlavour) -> u8 {
 pub(crate) fn unveil(_path: Option<&std::path::Path>, _permissions: Option<&str>) -> Result<()> {
     Ok(())
 }
+
+/// pledge(2) has no Linux counterpart here: nothing to do.
+pub(crate) fn pledge(_promises: Option<&str>, _execpromises: Option<&str>) -> Result<()> {
+    Ok(())
+}
+
+pub(crate) use sigsys::install_sigsys_reporter;
 
 /// The device node the shim stands on.
 pub(crate) const DEVICE_PATH: &str = "/dev/kvm";
