@@ -331,22 +331,6 @@ impl Vmm {
             // Passed on to each VM started from now on (its local
             // interfaces' addresses).
             Message::Config(g) => self.global = g,
-            // A tap's MAC from priv, for the VM's vionet (vmm.c forwards
-            // it to the VM process).
-            m @ Message::PrivGetAddrResponse(_) => {
-                let Message::PrivGetAddrResponse(var) = &m else {
-                    return;
-                };
-                let vmid = var.vmid;
-                match self.vms.iter_mut().find(|v| v.id == vmid) {
-                    Some(vm) => {
-                        if let Some(c) = vm.chan.as_mut() {
-                            let _ = events::post(c, &m, peerid, Vec::new());
-                        }
-                    }
-                    None => log::debug!("vmm: tap address for vm {vmid}, which is gone"),
-                }
-            }
             other => log::debug!("vmm: unexpected {} from parent", other.imsg_type().name()),
         }
     }
