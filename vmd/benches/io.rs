@@ -2,12 +2,13 @@
 //! and writes at queue depth 8, sequential 1 MiB reads at depth 4) under
 //! our VM and, with the same boot disk and guest, under QEMU (`-enable-kvm`,
 //! modern virtio-blk-pci), on a raw and on a qcow2 image.  Ours is vioblk
-//! in its own device process, as the daemon runs it (`_ours`), and inside
+//! in its own device process, as the daemon runs it (`_ours`), the same
+//! spinning 50 us on an empty queue (`_ours_spin`, `VMD_POLL_US=50`), and inside
 //! the VM process (`_ours_inprocess`, `VMD_INPROCESS_DEVICES`).  Prints,
 //! for each format, one `key=value` per line: the median over
 //! `BENCH_ROUNDS` rounds (default 5) of each figure and the ratio
 //! ours/QEMU.  `BENCH_FORMATS` (raw,qcow2) and `BENCH_WHO`
-//! (ours,inprocess,qemu) narrow a run down, e.g. to profile one case.
+//! (ours,spin,inprocess,qemu) narrow a run down, e.g. to profile one case.
 //!
 //! Needs /dev/kvm, Debian's seabios, qemu-system-x86 and qemu-utils, and
 //! the test guest (`make testguest`); it says which is missing and exits 1.
@@ -178,7 +179,7 @@ fn bench() -> Result<(), String> {
             .map(|v| v.split(',').any(|w| w == what))
             .unwrap_or(true)
     };
-    let who_names = ["ours", "inprocess", "qemu"];
+    let who_names = ["ours", "spin", "inprocess", "qemu"];
     for (name, base, format) in [
         ("raw", &raw, vmd_disk::Format::Raw),
         ("qcow2", &qcow2, vmd_disk::Format::Qcow2),
@@ -186,19 +187,25 @@ fn bench() -> Result<(), String> {
         if !wanted("BENCH_FORMATS", name) {
             continue;
         }
-        // [device process, in-process, QEMU] × figure.
-        let mut got: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); FIGURES.len()]; 3];
+        // [device process, the same spinning on an empty queue, in-process, QEMU]
+        // × figure.
+        let mut got: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); FIGURES.len()]; 4];
         for round in 0..rounds {
             // Rotate who goes first so drift on a shared host is split.
-            for i in 0..3 {
-                let who = (round + i) % 3;
+            for i in 0..4 {
+                let who = (round + i) % 4;
                 if !wanted("BENCH_WHO", who_names[who]) {
                     continue;
                 }
                 let img = fresh(&base.0, &format!("bench-io-run-{name}"))?;
+                // The device process reads VMD_POLL_US.
+                match who {
+                    1 => std::env::set_var("VMD_POLL_US", "50"),
+                    _ => std::env::remove_var("VMD_POLL_US"),
+                }
                 let text = match who {
-                    0 => run_ours(&img.0, format, true)?,
-                    1 => run_ours(&img.0, format, false)?,
+                    0 | 1 => run_ours(&img.0, format, true)?,
+                    2 => run_ours(&img.0, format, false)?,
                     _ => run_qemu(&img.0, name)?,
                 };
                 for (k, (_, bench, unit)) in FIGURES.iter().enumerate() {
@@ -209,11 +216,14 @@ fn bench() -> Result<(), String> {
         println!("# {name} image, {rounds} rounds, medians");
         for (k, (key, _, unit)) in FIGURES.iter().enumerate() {
             let ours = median(got[0][k].clone());
-            let inproc = median(got[1][k].clone());
-            let qemu = median(got[2][k].clone());
+            let spin = median(got[1][k].clone());
+            let inproc = median(got[2][k].clone());
+            let qemu = median(got[3][k].clone());
             println!("{key}_{unit}_ours={ours:.0}");
             println!("{key}_{unit}_qemu={qemu:.0}");
             println!("{key}_ratio={:.3}", ours / qemu.max(1.0));
+            println!("{key}_{unit}_ours_spin={spin:.0}");
+            println!("{key}_ratio_spin={:.3}", spin / qemu.max(1.0));
             println!("{key}_{unit}_ours_inprocess={inproc:.0}");
             println!("{key}_ratio_inprocess={:.3}", inproc / qemu.max(1.0));
         }

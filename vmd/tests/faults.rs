@@ -493,6 +493,97 @@ fn vmd_sigkill() -> Result<(), Failed> {
     d.stop()
 }
 
+/// Links of the calling thread's network namespace whose name starts
+/// with `prefix` (`ip -o link`).
+fn links(prefix: &str) -> Result<Vec<String>, Failed> {
+    let out = Command::new("ip").args(["-o", "link", "show"]).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect())
+}
+
+/// Why the tap test cannot run here, if it cannot.
+fn missing_netns() -> Option<String> {
+    if !cfg!(target_os = "linux") {
+        return Some("Linux only (a network namespace of its own)".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("needs ip (iproute2)".into());
+    }
+    std::thread::spawn(unshare_net)
+        .join()
+        .unwrap_or(Err(nix::errno::Errno::EIO))
+        .err()
+        .map(|e| format!("needs network namespaces (unshare: {e})"))
+}
+
+/// A network namespace of its own for the calling thread.
+fn unshare_net() -> nix::Result<()> {
+    #[cfg(target_os = "linux")]
+    return nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET);
+    #[cfg(not(target_os = "linux"))]
+    Err(nix::errno::Errno::ENOSYS)
+}
+
+/// SIGKILL of vmd while a VM with two interfaces (a local one and one
+/// on no switch) runs, in a network namespace of the test's own: the
+/// VM's taps go with its processes, and a new vmd makes them again.
+fn vmd_sigkill_releases_taps() -> Result<(), Failed> {
+    std::thread::spawn(|| -> Result<(), Failed> {
+        unshare_net()?;
+        let dir = Vmd::dir("sigkill-taps", 1)?;
+        let _cleanup = TempDir(dir.clone());
+        let conf = vm_block("n", &dir, Some(0), "2M")
+            .replace("}\n", "\tlocal interface\n\tinterface\n}\n");
+        let wait_taps = |d: &Vmd| -> Result<Vec<String>, Failed> {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let t = links("tap")?;
+                if t.len() == 2 {
+                    return Ok(t);
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("taps {t:?}; log:\n{}", d.log_text()).into());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        let mut d = Vmd::start(&dir, &conf)?;
+        d.wait_info("n running", 30, |i| find(i, "n").is_some_and(running))?;
+        let taps = wait_taps(&d)?;
+        let tree = Procs::scan().tree(d.pid());
+        let t = Instant::now();
+        kill(Pid::from_raw(d.pid()), Signal::SIGKILL)?;
+        let _ = d.child.wait();
+        if let Err(left) = wait_gone(&tree, 20) {
+            reap_left(&tree);
+            return Err(format!("{left:?} of {tree:?} left after SIGKILL").into());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !links("tap")?.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = links("tap")?;
+        if !left.is_empty() {
+            return Err(format!("taps {left:?} outlived vmd").into());
+        }
+        figure(format!(
+            "SIGKILL of vmd with a VM on taps {taps:?}: processes and taps gone in {:?}",
+            t.elapsed()
+        ));
+        drop(d);
+        let mut d = Vmd::start(&dir, &conf)?;
+        d.wait_info("n running again", 30, |i| find(i, "n").is_some_and(running))?;
+        wait_taps(&d)?;
+        d.stop()
+    })
+    .join()
+    .map_err(|_| Failed::from("test thread panicked"))?
+}
+
 /// The vmm process killed with SIGKILL while one of its VM processes is
 /// stopped (SIGSTOP): a stopped process reads no end of file, yet it must
 /// not stay behind as an orphan holding the guest's memory and pty.  The
@@ -559,6 +650,12 @@ fn status_rows(text: &str) -> BTreeMap<String, (String, String)> {
 /// memory they held after the first one, and no pty or memfd is left.
 fn fault_cycles() -> Result<(), Failed> {
     let (cycles, stop_secs) = if full() { (100, 60) } else { (12, 1) };
+    // As a supervisor that reaps orphans (systemd --user, a container's
+    // init): processes that lose their parent come here, in this session,
+    // so a stopped orphan gets no SIGHUP from the kernel (an orphaned
+    // process group's) and only vmd can end it.
+    #[cfg(target_os = "linux")]
+    nix::sys::prctl::set_child_subreaper(true)?;
     let dir = Vmd::dir("cycles", 2)?;
     let _cleanup = TempDir(dir.clone());
     let conf = vm_block("steady", &dir, Some(1), "2M");
@@ -633,6 +730,10 @@ fn fault_cycles() -> Result<(), Failed> {
             // not stay behind.
             3 => {
                 kill(Pid::from_raw(devs[0]), Signal::SIGSTOP)?;
+                let until = Instant::now() + Duration::from_secs(5);
+                while Procs::scan().state.get(&devs[0]) != Some(&'T') && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 let (code, out) = d.vmctl(&["stop", "-w", "cyc"])?;
                 if code != Some(0) {
                     let _ = kill(Pid::from_raw(devs[0]), Signal::SIGCONT);
@@ -690,7 +791,11 @@ fn fault_cycles() -> Result<(), Failed> {
         return Err(format!("below vmm: {below:?}, want vmm, steady, its device").into());
     }
     let text = d.log_text();
-    for want in ["killed by SIGKILL", "exited"] {
+    for want in [
+        "killed by SIGKILL",
+        "exited",
+        "did not exit within 2 s of shutdown, killing it",
+    ] {
         if !text.contains(want) {
             return Err(format!("nothing about {want:?} in the log:\n{text}").into());
         }
@@ -1065,9 +1170,20 @@ fn many_vms() -> Result<(), Failed> {
     if infos.iter().any(running) {
         return Err(format!("still running after stop -a -w: {infos:?}").into());
     }
-    // vm.conf's VMs keep their ptys while stopped (vmd's way): none is
-    // held by anyone but the parent.
-    let after = daemon_usage(&d)?;
+    // Each VM held one descriptor in vmm (its channel) and, in the
+    // parent, its pty's two ends and its disk: all of them are let go
+    // (vmm reaps the last ones a moment after vmctl has its answers).
+    let want_vmm = peak["vmm"].0.fds - n;
+    let want_parent = peak["parent"].0.fds - peak["parent"].0.ptys - n;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let a = daemon_usage(&d)?;
+        let settled = a["vmm"].0.fds == want_vmm && a["parent"].0.fds == want_parent;
+        if settled || Instant::now() > deadline {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     if after["vmm"].0.memfds + after["parent"].0.memfds + after["control"].0.memfds != 0 {
         return Err(format!("memfds in the daemon: {after:?}").into());
     }
@@ -1078,17 +1194,36 @@ fn many_vms() -> Result<(), Failed> {
         after["vmm"].0.fds,
         ttys.len()
     ));
-    if after["vmm"].0.fds >= peak["vmm"].0.fds && n > 0 {
-        return Err("the vmm process holds as many descriptors as with the VMs".into());
+    if after["vmm"].0.fds != want_vmm
+        || after["parent"].0
+            != (Held {
+                fds: want_parent,
+                memfds: 0,
+                ptys: 0,
+            })
+    {
+        return Err(format!(
+            "after stop -a -w: vmm holds {} descriptors (want {want_vmm}), the parent {:?} (want {want_parent}, no pty)",
+            after["vmm"].0.fds, after["parent"].0
+        )
+        .into());
     }
     d.stop()
 }
 
 fn main() {
     let args = Arguments::from_args();
-    let skip = support::missing_root().or_else(support::missing_vmm);
+    // Processes, descriptors and memory are counted through /proc.
+    let skip = (!cfg!(target_os = "linux"))
+        .then(|| "Linux only (counts through /proc)".to_string())
+        .or_else(support::missing_root)
+        .or_else(support::missing_vmm);
     let tests = vec![
         Trial::test("faults_vmd_sigkill_ends_its_vms_and_restarts", vmd_sigkill),
+        Trial::test(
+            "faults_vmd_sigkill_releases_taps",
+            vmd_sigkill_releases_taps,
+        ),
         Trial::test(
             "faults_vmm_killed_while_a_vm_is_stopped",
             vmm_killed_while_a_vm_is_stopped,
@@ -1112,6 +1247,8 @@ fn main() {
                 skip.clone()
                     .or_else(testguest_support::missing_guest)
                     .or_else(testguest_support::missing_qemu)
+            } else if t.name() == "faults_vmd_sigkill_releases_taps" {
+                skip.clone().or_else(missing_netns)
             } else {
                 skip.clone()
             };

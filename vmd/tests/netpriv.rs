@@ -200,11 +200,13 @@ mod on_linux {
     fn foreign_interfaces_refused() -> Result<(), Failed> {
         in_netns(|| {
             ip("tuntap add dev tap0 mode tap")?;
-            // Named like a tap, but a bridge; and a bridge vm.conf never named.
+            // Named like a tap, but a bridge, or a tun (layer 3) device; and
+            // a bridge vm.conf never named.
             ip("link add tap5 type bridge")?;
+            ip("tuntap add dev tap8 mode tun")?;
             ip("link add bridge7 type bridge")?;
             let mut p = Priv::new(NetIf::with_groups(groups())?);
-            let before: Vec<Link> = ["lo", "tap0", "tap5", "bridge7"]
+            let before: Vec<Link> = ["lo", "tap0", "tap5", "tap8", "bridge7"]
                 .iter()
                 .map(|n| link(&mut p.netif, n))
                 .collect::<Result<_, _>>()?;
@@ -222,6 +224,7 @@ mod on_linux {
                 Message::PrivIfexists(vfr("eth0", "")),
                 Message::PrivIfexists(vfr("tap0", "")),
                 Message::PrivIfdescr(vfr("tap5", "not a tap")),
+                Message::PrivIfup(vfr("tap8", "")),
                 Message::PrivIfaddr(addr),
                 Message::PrivIfaddr6(bad_family),
                 Message::PrivIfup(vfr("bridge7", "")),
@@ -243,7 +246,7 @@ mod on_linux {
             assert!(matches!(o[0].1, Outcome::Refused(_)), "{o:?}");
             let o = run(&mut p, &[Message::PrivIfadd(vfr("bridge7", "tap5"))]);
             assert!(matches!(o[0].1, Outcome::Refused(_)), "{o:?}");
-            let after: Vec<Link> = ["lo", "tap0", "tap5", "bridge7"]
+            let after: Vec<Link> = ["lo", "tap0", "tap5", "tap8", "bridge7"]
                 .iter()
                 .map(|n| link(&mut p.netif, n))
                 .collect::<Result<_, _>>()?;
@@ -416,9 +419,32 @@ mod on_linux {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             };
+            // A switch added to the file is set up at the reload (SIGHUP).
+            let mut late = None;
+            if r.is_ok() {
+                std::fs::write(
+                    &cfg,
+                    "switch \"uplink\" {\n\tinterface bridge0\n}\nswitch \"dark\" {\n\tinterface veb3\n\tdown\n}\nswitch \"late\" {\n\tinterface bridge5\n}\n",
+                )?;
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(vmd.id() as i32),
+                    nix::sys::signal::Signal::SIGHUP,
+                )?;
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while Instant::now() < deadline {
+                    late = n.link("bridge5")?.filter(|l| l.alias.is_some());
+                    if late.is_some() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
             support::daemon::stop(&mut vmd)?;
             let log = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
             let (a, b) = r.map_err(|e| format!("{e}\n{log}"))?;
+            let late = late.ok_or_else(|| format!("bridge5 not set up at reload\n{log}"))?;
+            assert_eq!(late.alias.as_deref(), Some("switch3-late"));
+            assert!(late.up);
             assert_eq!(a.alias.as_deref(), Some("switch1-uplink"));
             assert_eq!(a.kind.as_deref(), Some("bridge"));
             assert_eq!(b.alias.as_deref(), Some("switch2-dark"));
@@ -591,7 +617,13 @@ socket.send_fds(socket.socket(fileno=0), [struct.pack("<IHHII", 0, 16, 0x0101, 0
             assert_eq!(link(&mut p.netif, "tap6")?.master, Some(br.index));
             // The VM stops: its descriptors close, and its tap is gone.
             drop(tap);
-            assert_eq!(p.netif.link("tap6")?, None);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while p.netif.link("tap6")?.is_some() {
+                if Instant::now() > deadline {
+                    return Err("tap6 outlived its descriptor".into());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             assert!(p.netif.link("bridge2")?.is_some(), "the switch stays");
             // Requests for the vanished tap fail cleanly.
             let o = p.handle(&Message::PrivIfup(vfr("tap6", "")), Vec::new());

@@ -1,8 +1,8 @@
 //! Confinement, seen from outside: vmd (as root, privileges really
 //! dropped) runs a VM with a vioblk disk and a vioscsi CD-ROM; each of its
 //! processes (parent, control, vmm, priv, the VM, both device processes)
-//! must be in seccomp filter mode with no_new_privs, and the VM and device
-//! processes without capabilities.  Then the hidden hook
+//! must be in seccomp filter mode with no_new_privs, and control, vmm, the
+//! VM and the device processes without capabilities.  Then the hidden hook
 //! `VMD_SANDBOX_TEST` makes a confined process do what it may not: a
 //! forbidden system call must kill it with a log line naming the call,
 //! and a path outside its Landlock rules must be refused (where the
@@ -140,11 +140,32 @@ fn tree(root: i32) -> Vec<Proc> {
 }
 
 fn every_process_confined() -> Result<(), Failed> {
-    let vmd = Vmd::start("every", &[])?;
+    all_confined("every", &[])
+}
+
+/// VMD_SANDBOX=strict: the same, where this kernel enforces Landlock in
+/// full (a kernel that does not must make vmd refuse, which is checked
+/// instead).
+fn strict_confines_the_same() -> Result<(), Failed> {
+    let r = all_confined("strict", &[("VMD_SANDBOX", "strict")]);
+    if let Err(e) = &r {
+        if e.message()
+            .is_some_and(|m| m.contains("landlock not fully enforced"))
+        {
+            eprintln!("this kernel does not enforce Landlock in full: vmd refused, as asked");
+            return Ok(());
+        }
+    }
+    r
+}
+
+fn all_confined(name: &str, env: &[(&str, &str)]) -> Result<(), Failed> {
+    let vmd = Vmd::start(name, env)?;
     // All seven, the device processes last to appear.
     let kinds: [(&str, &[&str], bool); 7] = [
-        ("control", &["-P", "control"], false),
-        ("vmm", &["-P", "vmm"], false),
+        // Both run as the unprivileged user: no capabilities either.
+        ("control", &["-P", "control"], true),
+        ("vmm", &["-P", "vmm"], true),
         ("priv", &["-P", "priv"], false),
         ("vm", &["-V", "0"], true),
         ("vioblk", &["-t", "d"], true),
@@ -168,7 +189,7 @@ fn every_process_confined() -> Result<(), Failed> {
         std::thread::sleep(Duration::from_millis(100));
     };
     let mut problems = Vec::new();
-    for (name, args, guest_facing) in kinds {
+    for (name, args, no_caps) in kinds {
         let p = if args.is_empty() {
             procs.iter().find(|p| p.pid == vmd.child.id() as i32)
         } else {
@@ -179,7 +200,7 @@ fn every_process_confined() -> Result<(), Failed> {
             continue;
         };
         let mut want = vec![("Seccomp", "2"), ("NoNewPrivs", "1")];
-        if guest_facing {
+        if no_caps {
             want.push(("CapEff", "0000000000000000"));
             want.push(("CapPrm", "0000000000000000"));
         }
@@ -263,6 +284,23 @@ fn path_outside_landlock_refused() -> Result<(), Failed> {
     Ok(())
 }
 
+/// VMD_SANDBOX=log: a forbidden call goes through (the kernel logs it),
+/// for finding what a list lacks.
+fn log_mode_lets_calls_through() -> Result<(), Failed> {
+    let vmd = Vmd::start(
+        "log",
+        &[
+            ("VMD_SANDBOX", "log"),
+            ("VMD_SANDBOX_TEST", "device vioblk:call"),
+        ],
+    )?;
+    let text = vmd.wait_log("device vioblk: sandbox test: personality(2) allowed")?;
+    if text.contains("forbidden system call") {
+        return Err(format!("killed in log mode:\n{text}").into());
+    }
+    Ok(())
+}
+
 /// VMD_SANDBOX=off: nothing confined (the debugging switch works).
 fn off_confines_nothing() -> Result<(), Failed> {
     let vmd = Vmd::start("off", &[("VMD_SANDBOX", "off")])?;
@@ -309,6 +347,11 @@ fn main() {
             path_outside_landlock_refused,
         ),
         Trial::test("sandbox_off_confines_nothing", off_confines_nothing),
+        Trial::test(
+            "sandbox_log_mode_lets_calls_through",
+            log_mode_lets_calls_through,
+        ),
+        Trial::test("sandbox_strict_confines_the_same", strict_confines_the_same),
     ]
     .into_iter()
     .map(|t| match &skip {

@@ -42,24 +42,10 @@ pub enum NetcfgError {
 /// `vm_priv_addr` (priv.c): the host side (`is_vm` false) or the guest
 /// side of VM `vmid`'s interface `idx` in the local prefix: 100.64.N.M/31
 /// with N the VM id and M = (idx + 1) * 2 (+1 for the guest).  `None`
-/// when it leaves the prefix or idx ≥ 127.  net/local.rs (the DHCP side)
-/// has the same rule; this copy is meant to give way to it.
+/// when it leaves the prefix or idx ≥ 127.  The rule is
+/// [`crate::net::local`]'s, which vionet's DHCP server uses too.
 pub fn vm_priv_addr(prefix: &Ipv4Prefix, vmid: u32, idx: usize, is_vm: bool) -> Option<Ipv4Addr> {
-    if idx >= 0x7f {
-        return None;
-    }
-    let mut addr = vmid.wrapping_shl(8) | ((idx as u32 + 1) * 2);
-    if is_vm {
-        addr += 1;
-    }
-    let net = u32::from(prefix.addr);
-    let mask = match prefix.len {
-        0 => 0,
-        l if l >= 32 => u32::MAX,
-        l => u32::MAX << (32 - u32::from(l)),
-    };
-    let addr = addr | net;
-    (addr & mask == net).then_some(Ipv4Addr::from(addr))
+    crate::net::local::vm_priv_addr(prefix, vmid, idx, is_vm).ok()
 }
 
 /// `vm_priv_addr6`: the IPv6 prefix with the guest's IPv4 address in
@@ -71,11 +57,7 @@ pub fn vm_priv_addr6(
     idx: usize,
     is_vm: bool,
 ) -> Option<Ipv6Addr> {
-    let guest4 = vm_priv_addr(prefix4, vmid, idx, true)?;
-    let mut a = prefix6.addr.octets();
-    a[8..12].copy_from_slice(&guest4.octets());
-    a[15] = if is_vm { 2 } else { 1 };
-    Some(Ipv6Addr::from(a))
+    crate::net::local::vm_priv_addr6(prefix4, prefix6, vmid, idx, is_vm).ok()
 }
 
 /// vmd's description buffer (`vfr_value`, VM_NAME_MAX bytes with the NUL):

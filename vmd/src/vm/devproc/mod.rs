@@ -23,11 +23,11 @@
 //! a line that is already up only once.
 //!
 //! A device that polls (vioblk: its driver makes the next request
-//! available as soon as one completes) keeps looking at a queue for
-//! [`device::POLL_WINDOW`] after each kick and each chain it finds there,
-//! with VIRTQ_USED_F_NO_NOTIFY in the used ring so that the driver does
-//! not kick meanwhile: a busy queue costs neither a VM exit nor a message
-//! per request, and the device process does not sleep between requests.
+//! available as soon as one completes) keeps serving a kicked queue for
+//! as long as it finds chains there ([`device::POLL_WINDOW`] more, if
+//! set), with VIRTQ_USED_F_NO_NOTIFY in the used ring so that the driver
+//! does not kick meanwhile: a busy queue costs neither a VM exit nor a
+//! message per request.
 //!
 //! The child gets, with its setup message, vmm(4)'s descriptor, the
 //! async socket, the guest memory's descriptors (mapped there with

@@ -24,6 +24,33 @@ pub type OnDeath = Arc<dyn Fn(String) + Send + Sync>;
 /// How long a device process may take to map memory and open its files.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a device process may take to go after SHUTDOWN before the
+/// VM process kills it: one that is stopped (SIGSTOP) or stuck must not
+/// outlive its VM, holding the guest's memory and its disk.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Set by the async channel's thread once it has reaped the device
+/// process (until then its pid cannot name another process).
+#[derive(Default)]
+struct Exited {
+    reaped: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Exited {
+    fn set(&self) {
+        *self.reaped.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+
+    /// Whether the process was reaped within `d`.
+    fn wait(&self, d: Duration) -> bool {
+        let g = self.reaped.lock().unwrap();
+        let (g, _) = self.cv.wait_timeout_while(g, d, |r| !*r).unwrap();
+        *g
+    }
+}
+
 /// What [`launch`] needs.
 pub struct Launch<'a> {
     /// vmd's binary (the VM process's own).
@@ -56,6 +83,7 @@ pub struct Proxy {
     /// shuts it down.
     done: Arc<AtomicBool>,
     pid: u32,
+    exited: Arc<Exited>,
     /// Register accesses forwarded as round trips, and notify writes
     /// sent one way.
     rpcs: u64,
@@ -136,6 +164,7 @@ pub fn launch(l: Launch<'_>) -> Result<(Proxy, u32), DevProcError> {
         }
     };
     let done = Arc::new(AtomicBool::new(false));
+    let exited = Arc::new(Exited::default());
     let order = Arc::new(LineOrder::default());
     let async_rx = async_ours.try_clone().map_err(io("socket"))?;
     {
@@ -154,6 +183,7 @@ pub fn launch(l: Launch<'_>) -> Result<(Proxy, u32), DevProcError> {
             on_death,
             done,
             name,
+            exited: exited.clone(),
         };
         std::thread::Builder::new()
             .name(format!("{}-async", kind_name(l.setup.kind)))
@@ -171,6 +201,7 @@ pub fn launch(l: Launch<'_>) -> Result<(Proxy, u32), DevProcError> {
             on_death: l.on_death,
             done,
             pid,
+            exited,
             rpcs: 0,
             kicks: 0,
             one_way_kicks: l.one_way_kicks,
@@ -225,6 +256,7 @@ struct AsyncReader {
     on_death: OnDeath,
     done: Arc<AtomicBool>,
     name: String,
+    exited: Arc<Exited>,
 }
 
 impl AsyncReader {
@@ -236,6 +268,7 @@ impl AsyncReader {
             on_death,
             done,
             name,
+            exited,
         } = self;
         let mut chan = ImsgChannel::new(sock);
         let why = loop {
@@ -248,6 +281,7 @@ impl AsyncReader {
             }
         };
         let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        exited.set();
         if !done.swap(true, Ordering::SeqCst) {
             let msg = match why {
                 DevProcError::Imsg(ImsgError::Closed) => {
@@ -381,6 +415,20 @@ impl Drop for Proxy {
         );
         if !self.done.swap(true, Ordering::SeqCst) {
             let _ = send(&mut self.async_tx, &ViodevMsg::of_type(VIODEV_MSG_SHUTDOWN));
+        }
+        // Not reaped yet, so the pid is still that device process's.
+        if !self.exited.wait(SHUTDOWN_GRACE) {
+            log::warn!(
+                "{}: device process {} did not exit within {} s of shutdown, killing it",
+                self.name,
+                self.pid,
+                SHUTDOWN_GRACE.as_secs()
+            );
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            self.exited.wait(SHUTDOWN_GRACE);
         }
     }
 }

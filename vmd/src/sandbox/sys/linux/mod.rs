@@ -6,7 +6,7 @@ mod seccomp;
 use super::super::{Context, Kind, Mode, SandboxError};
 use landlock::{
     Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
-    ABI,
+    Scope, ABI,
 };
 use seccomp::IoctlRule;
 use seccompiler::{
@@ -111,12 +111,22 @@ fn landlock(kind: Kind, ctx: &Context, mode: Mode) -> Result<String, SandboxErro
         kind: kind.name(),
         msg: e.to_string(),
     };
-    let abi = ABI::V5;
+    let abi = ABI::V6;
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))
-        .map_err(|e| ll(&e))?
-        .create()
         .map_err(|e| ll(&e))?;
+    // Signals only to processes of this domain and those nested in it
+    // (its children): a VM process cannot signal another VM's processes,
+    // which run as the same user.  Not for the running VM: its device
+    // processes, which it must be able to end, were started in the
+    // domain before.  Abstract sockets likewise.
+    let scoped = kind != Kind::VmRunning;
+    if scoped {
+        ruleset = ruleset
+            .scope(Scope::AbstractUnixSocket | Scope::Signal)
+            .map_err(|e| ll(&e))?;
+    }
+    let mut ruleset = ruleset.create().map_err(|e| ll(&e))?;
     let mut allowed = Vec::new();
     for (p, exec) in &paths {
         let fd = match PathFd::new(p) {
@@ -143,11 +153,14 @@ fn landlock(kind: Kind, ctx: &Context, mode: Mode) -> Result<String, SandboxErro
         ));
     }
     let status = ruleset.restrict_self().map_err(|e| ll(&e))?;
-    let what = if allowed.is_empty() {
+    let mut what = if allowed.is_empty() {
         "no file system".to_string()
     } else {
         format!("read {}", allowed.join(" "))
     };
+    if scoped {
+        what.push_str("; signals and abstract sockets within its domain");
+    }
     match status.ruleset {
         RulesetStatus::FullyEnforced => Ok(format!("landlock: {what}")),
         s => {
@@ -190,13 +203,19 @@ fn filter(kind: Kind, mode: Mode) -> Result<Vec<BpfProgram>, SandboxError> {
     }
     use SeccompCmpArgLen::Dword;
     use SeccompCmpOp::{Eq, MaskedEq};
+    let fd_ioctls = || {
+        seccomp::FD_IOCTLS
+            .iter()
+            .map(|r| rule(vec![cond(1, Dword, Eq, *r)]))
+    };
     let ioctl = match seccomp::ioctl_rule(kind) {
         IoctlRule::Any => Vec::new(),
-        IoctlRule::KvmAndTerminal => vec![
-            rule(vec![cond(1, Dword, MaskedEq(0xff00), 0xae00)]),
-            rule(vec![cond(1, Dword, MaskedEq(0xff00), 0x5400)]),
-        ],
-        IoctlRule::Terminal => vec![rule(vec![cond(1, Dword, MaskedEq(0xff00), 0x5400)])],
+        IoctlRule::KvmAndFd => {
+            std::iter::once(rule(vec![cond(1, Dword, MaskedEq(0xff00), 0xae00)]))
+                .chain(fd_ioctls())
+                .collect()
+        }
+        IoctlRule::Fd => fd_ioctls().collect(),
     };
     rules.insert(syscalls::Sysno::ioctl.id() as i64, ioctl);
     let threads_only = seccomp::threads_only(kind);
@@ -211,7 +230,6 @@ fn filter(kind: Kind, mode: Mode) -> Result<Vec<BpfProgram>, SandboxError> {
             )])],
         );
     }
-    let _ = Eq;
     let deny = match mode {
         Mode::Log => SeccompAction::Log,
         _ => SeccompAction::Trap,
@@ -256,7 +274,11 @@ fn seccomp(kind: Kind, mode: Mode) -> Result<String, SandboxError> {
             msg: e.to_string(),
         })?;
     }
-    let n: usize = seccomp::groups(kind).iter().map(|g| g.len()).sum();
+    let n = seccomp::groups(kind)
+        .iter()
+        .flat_map(|g| g.iter().map(|(c, _)| *c))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     Ok(format!(
         "seccomp: {n} calls allowed{}",
         if mode == Mode::Log {
@@ -310,6 +332,8 @@ mod tests {
                 syscalls::Sysno::ptrace,
                 syscalls::Sysno::setresuid,
                 syscalls::Sysno::personality,
+                syscalls::Sysno::socket,
+                syscalls::Sysno::connect,
             ] {
                 assert!(!c.contains(&bad), "{k:?} allows {bad}");
             }

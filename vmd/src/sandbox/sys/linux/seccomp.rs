@@ -68,8 +68,6 @@ const IPC: &[Allow] = &[
     (Sysno::getsockopt, "SO_PEERCRED, SO_ERROR"),
     (Sysno::setsockopt, "socket buffer sizes"),
     (Sysno::socketpair, "channels to children, the self-pipe"),
-    (Sysno::socket, "syslog's socket, reopened after an error"),
-    (Sysno::connect, "syslog's socket, reopened after an error"),
 ];
 
 /// Starting a child (std's Command: glibc's posix_spawn), and what the
@@ -120,6 +118,11 @@ const SPAWN: &[Allow] = &[
         "PR_SET_NAME (process title), PR_SET_NO_NEW_PRIVS, PR_CAPBSET_DROP, PR_SET_PDEATHSIG",
     ),
     (Sysno::seccomp, "the child installs its own filter"),
+    (
+        Sysno::socket,
+        "the child's syslog socket (logging starts before it confines itself)",
+    ),
+    (Sysno::connect, "the child's syslog socket"),
     (Sysno::landlock_create_ruleset, "the child's Landlock rules"),
     (Sysno::landlock_add_rule, "the child's Landlock rules"),
     (Sysno::landlock_restrict_self, "the child's Landlock rules"),
@@ -168,7 +171,6 @@ const THREADS: &[Allow] = &[
     (Sysno::prctl, "thread names"),
     (Sysno::wait4, "reaping a device process that died"),
     (Sysno::kill, "ending a device process"),
-    (Sysno::socketpair, "channels"),
 ];
 
 /// A device process serving its disk or CD-ROM.
@@ -230,6 +232,11 @@ const PARENT: &[Allow] = &[
     (Sysno::uname, "host name"),
     (Sysno::prctl, "process title"),
     (Sysno::dup, "descriptors sent to children"),
+    (
+        Sysno::socket,
+        "user and group lookups: glibc's NSS asks nscd or systemd-userdbd over a socket",
+    ),
+    (Sysno::connect, "user and group lookups (NSS)"),
     (Sysno::fsync, "images made for VMs"),
     (Sysno::fdatasync, "images made for VMs"),
 ];
@@ -241,7 +248,8 @@ pub(super) fn groups(kind: Kind) -> Vec<&'static [Allow]> {
         Kind::Control => vec![RUNTIME, IPC, IOCTL, CONTROL],
         // Its children (VM and device processes) run under this filter too.
         Kind::Vmm => vec![RUNTIME, IPC, IOCTL, SPAWN, SHIM, DISK],
-        // Not yet built: chrooted root, answers nothing.
+        // Chrooted root: rtnetlink on the socket it opened before (sendto,
+        // recvfrom), TUNGETIFF on a tap's descriptor (a 'T' ioctl).
         Kind::Priv => vec![RUNTIME, IPC, IOCTL],
         // Until its devices run; device processes run under it too.
         Kind::Vm => vec![RUNTIME, IPC, IOCTL, SPAWN, SHIM, DISK],
@@ -255,6 +263,11 @@ pub(super) fn groups(kind: Kind) -> Vec<&'static [Allow]> {
     }
 }
 
+/// The descriptor ioctls any kind may make: FIONBIO (std's
+/// set_nonblocking), FIOCLEX and FIONCLEX, TCGETS (isatty).  Not the
+/// rest of type 'T' (TIOCSTI and the like).
+pub(super) const FD_IOCTLS: &[u64] = &[libc::FIONBIO, libc::FIOCLEX, libc::FIONCLEX, libc::TCGETS];
+
 fn in_process_devices() -> bool {
     std::env::var(crate::daemon::ENV_INPROCESS_DEVICES).is_ok_and(|v| v == "1")
 }
@@ -263,21 +276,20 @@ fn in_process_devices() -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum IoctlRule {
     Any,
-    /// KVM's (`_IOC_TYPE` 0xAE: the shim), and FIONBIO/FIOCLEX/TCGETS-like
-    /// terminal and descriptor ones (`'T'`, 0x54).
-    KvmAndTerminal,
-    /// FIONBIO and its kin only (`'T'`).
-    Terminal,
+    /// KVM's (`_IOC_TYPE` 0xAE: the shim) and [`FD_IOCTLS`].
+    KvmAndFd,
+    /// [`FD_IOCTLS`] only.
+    Fd,
 }
 
 pub(super) fn ioctl_rule(kind: Kind) -> IoctlRule {
     match kind {
         // ptys (TIOCGPTN, TIOCSPTLCK, TCSETS), vmm(4) checks.
         Kind::Parent => IoctlRule::Any,
-        Kind::Control | Kind::Priv => IoctlRule::Terminal,
-        Kind::Vmm | Kind::Vm | Kind::VmRunning => IoctlRule::KvmAndTerminal,
+        Kind::Control | Kind::Priv => IoctlRule::Fd,
+        Kind::Vmm | Kind::Vm | Kind::VmRunning => IoctlRule::KvmAndFd,
         // vmm(4) handles are built (KVM_CHECK_EXTENSION) before set-up ends.
-        Kind::Device(_) => IoctlRule::KvmAndTerminal,
+        Kind::Device(_) => IoctlRule::KvmAndFd,
     }
 }
 
