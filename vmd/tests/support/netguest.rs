@@ -6,7 +6,7 @@
 //! `support/netns.rs` as `netns` and `support/testguest.rs` as
 //! `testguest_support`.
 #![allow(dead_code)]
-use crate::netns::{self, NetPair, MACS, TAPS};
+use crate::netns::{self, NetPair, MACS};
 use crate::support::{self, Console};
 use crate::testguest_support::{write_boot_disk, Qemu, TempFile};
 use std::sync::Arc;
@@ -80,11 +80,6 @@ pub fn run<T>(
     }
 }
 
-/// Why our VM cannot be the DHCP server on NIC 0, if it cannot.
-pub fn missing_local() -> Option<String> {
-    Some("no local interface DHCP in vionet yet".into())
-}
-
 fn run_qemu<T>(
     disk: &TempFile,
     nic0: Nic0,
@@ -127,7 +122,7 @@ pub fn counters(text: &str, from: u32) -> Result<(u64, u64), String> {
     Ok((field("frames")?, field("bad")?))
 }
 
-/// The taps [`TAPS`], opened by vmd's own code inside namespace V (on a
+/// The taps [`netns::TAPS`], opened by vmd's own code inside namespace V (on a
 /// thread of their own, which alone enters it).
 #[cfg(target_os = "linux")]
 fn open_taps(pair: &NetPair) -> Result<Vec<vmd::sys::Tap>, String> {
@@ -136,7 +131,8 @@ fn open_taps(pair: &NetPair) -> Result<Vec<vmd::sys::Tap>, String> {
         let ns = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("setns {}: {e}", path.display()))?;
-        TAPS.iter()
+        netns::TAPS
+            .iter()
             .map(|t| vmd::sys::open_tap(t).map_err(|e| e.to_string()))
             .collect()
     })
@@ -167,14 +163,9 @@ fn local_nic0() -> NicLocal {
 
 /// What vmd's DHCP server leases to NIC 0 as a local interface.
 pub fn ours_local_lease() -> Result<vmd::net::LocalLease, String> {
-    vmd::net::LocalLease::new(
-        &vmd_proto::config::GlobalConfig::default(),
-        OURS_VM_ID,
-        0,
-        mac(MACS[0]),
-        OURS_VM_NAME,
-    )
-    .map_err(|e| e.to_string())
+    local_nic0()
+        .lease(0, mac(MACS[0]))
+        .map_err(|e| e.to_string())
 }
 
 pub fn mac(text: &str) -> [u8; 6] {
