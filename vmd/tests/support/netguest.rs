@@ -6,7 +6,7 @@
 //! `support/netns.rs` as `netns` and `support/testguest.rs` as
 //! `testguest_support`.
 #![allow(dead_code)]
-use crate::netns::{self, NetPair, MACS, TAPS};
+use crate::netns::{self, NetPair, MACS};
 use crate::support::{self, Console};
 use crate::testguest_support::{write_boot_disk, Qemu, TempFile};
 use std::sync::Arc;
@@ -127,7 +127,7 @@ pub fn counters(text: &str, from: u32) -> Result<(u64, u64), String> {
     Ok((field("frames")?, field("bad")?))
 }
 
-/// The taps [`TAPS`], opened by vmd's own code inside namespace V (on a
+/// The taps [`netns::TAPS`], opened by vmd's own code inside namespace V (on a
 /// thread of their own, which alone enters it).
 #[cfg(target_os = "linux")]
 fn open_taps(pair: &NetPair) -> Result<Vec<vmd::sys::Tap>, String> {
@@ -136,7 +136,8 @@ fn open_taps(pair: &NetPair) -> Result<Vec<vmd::sys::Tap>, String> {
         let ns = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("setns {}: {e}", path.display()))?;
-        TAPS.iter()
+        netns::TAPS
+            .iter()
             .map(|t| vmd::sys::open_tap(t).map_err(|e| e.to_string()))
             .collect()
     })
