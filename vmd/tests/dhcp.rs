@@ -128,12 +128,6 @@ mod linux {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    nix::ioctl_write_ptr_bad!(
-        tunsetiff,
-        nix::request_code_write!(b'T', 202, std::mem::size_of::<libc::c_int>()),
-        libc::ifreq
-    );
-
     /// Opens tap `name` inside namespace `ns`: a thread of its own enters the
     /// namespace, so that the tap is created there, and the descriptor it
     /// opens stays usable from any thread.
@@ -149,17 +143,9 @@ mod linux {
                 .write(true)
                 .open("/dev/net/tun")
                 .map_err(|e| format!("/dev/net/tun: {e}"))?;
-            // SAFETY: ifreq is plain old data (names, integers, a union of
-            // them); all zero is a valid value.
-            let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-            for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
-                *d = s as libc::c_char;
-            }
-            ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
-            use std::os::fd::AsRawFd;
-            // SAFETY: TUNSETIFF reads one struct ifreq, which lives on this
-            // stack for the whole call; the descriptor is open.
-            unsafe { tunsetiff(tun.as_raw_fd(), &ifr) }.map_err(|e| format!("TUNSETIFF: {e}"))?;
+            let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+            vmm_sys::hostif::tun_set_iff(tun.as_fd(), &name, flags)
+                .map_err(|e| format!("TUNSETIFF {name}: {e}"))?;
             Ok(tun)
         })
         .join()

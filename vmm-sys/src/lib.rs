@@ -12,6 +12,12 @@ mod error;
 mod memory;
 mod sys;
 
+/// Host network-interface ioctls that no crate wraps safely, one safe
+/// function per operation vmd needs: on Linux TUNSETIFF/TUNGETIFF of
+/// `/dev/net/tun`, on OpenBSD the `SIOC*` requests of priv.c.  They live
+/// here so that vmd itself needs `unsafe` only for guest memory.
+pub use sys::hostif;
+
 pub use error::{Result, VmmError};
 pub use memory::{GuestMemory, HostMapping};
 

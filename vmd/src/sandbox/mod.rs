@@ -142,12 +142,12 @@ pub fn confine_or_die(kind: Kind, ctx: &Context) {
 /// The hidden test hook `VMD_SANDBOX_TEST=<process>:<what>` (`<process>`
 /// as [`Kind::name`] says it, e.g. `device vioblk`): once confined, that
 /// process makes a call its confinement forbids, so that a test sees the
-/// confinement work.  `call` makes personality(2) in its query form
-/// (chdir(2) on OpenBSD), which no list allows (harmless if it were
-/// allowed); `path` opens `/etc/passwd` for reading, which Landlock
-/// refuses to vmm and to the VM process until it runs its guest (the
-/// running VM and the device processes may not even call open), and
-/// logs the result.  Nothing an
+/// confinement work.  `call` makes a system call the OS's confinement
+/// never allows and that is harmless if it were (personality(2) in its
+/// query form on Linux, chroot(2) to `/` on OpenBSD); `path` opens
+/// `/etc/passwd` for reading, which Landlock refuses to vmm and to the VM
+/// process until it runs its guest (the running VM and the device
+/// processes may not even call open), and logs the result.  Nothing an
 /// administrator could not do anyway: the hook only hurts the process
 /// that runs it.
 pub fn test_hook(kind: Kind) {
@@ -162,18 +162,11 @@ pub fn test_hook(kind: Kind) {
     }
     match what {
         "call" => {
-            log::info!("{}: sandbox test: calling personality(2)", kind.name());
-            // Linux: in no seccomp list.  Elsewhere chdir(2), which needs
-            // the rpath promise that no pledged process here has, except
-            // the parent.
-            #[cfg(any(target_os = "linux", target_os = "android"))]
-            let r = nix::sys::personality::get().map(|_| ());
-            #[cfg(not(any(target_os = "linux", target_os = "android")))]
-            let r = nix::unistd::chdir("/");
-            log::warn!(
-                "{}: sandbox test: personality(2) allowed: {r:?}",
-                kind.name()
-            );
+            let name = kind.name();
+            let call = sys::FORBIDDEN_CALL;
+            log::info!("{name}: sandbox test: calling {call}");
+            let r = sys::forbidden_call();
+            log::warn!("{name}: sandbox test: {call} allowed: {r}");
         }
         "path" => match std::fs::File::open("/etc/passwd") {
             Ok(_) => log::warn!("{}: sandbox test: /etc/passwd opened", kind.name()),

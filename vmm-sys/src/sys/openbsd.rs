@@ -1,4 +1,6 @@
 //! Backend for OpenBSD: the real ioctls on `/dev/vmm`.
+pub mod hostif;
+
 use crate::abi::*;
 use crate::{ExitFlavour, GuestMemory, Result, VmmError};
 use std::collections::HashMap;

@@ -22,6 +22,15 @@ pub(crate) fn promises(kind: Kind) -> Option<&'static str> {
     }
 }
 
+/// The sandbox test hook's forbidden call: chroot(2) to `/`, which no
+/// pledge promise allows (harmless if it were allowed: the root stays
+/// where it is).
+pub(in crate::sandbox) const FORBIDDEN_CALL: &str = "chroot(2)";
+
+pub(in crate::sandbox) fn forbidden_call() -> String {
+    format!("{:?}", nix::unistd::chroot("/"))
+}
+
 pub(in crate::sandbox) fn confine(
     kind: Kind,
     ctx: &Context,

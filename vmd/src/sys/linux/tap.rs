@@ -7,79 +7,36 @@
 //! one, as OpenBSD's opens an existing `tapN`.  The tap lives as long as
 //! its descriptor; nothing here configures it (priv's job).
 //!
-//! The TUNSETIFF ioctl has no safe wrapper in nix or rustix: this is the
-//! one file of vmd outside guest memory that needs `unsafe`.
-#![allow(unsafe_code)]
+//! TUNSETIFF and TUNGETIFF have no safe wrapper in nix or rustix: they
+//! are vmm-sys's (`vmm_sys::hostif`), so that this file needs no `unsafe`.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
+
+use vmm_sys::hostif;
 
 use super::super::{tap_unit, Tap, TapError, MAX_TAP};
 
 const TUN_PATH: &str = "/dev/net/tun";
 
-/// `struct ifreq` as TUNSETIFF reads and fills it: the name, the flags
-/// (the union's first member), padding to the union's 24 bytes.
-#[repr(C)]
-struct IfReqFlags {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _pad: [u8; 22],
-}
-
 fn tunsetiff(f: &File, name: &str, exclusive: bool) -> std::io::Result<String> {
-    let mut req = IfReqFlags {
-        name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
-        _pad: [0; 22],
-    };
+    let mut flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
     if exclusive {
-        req.flags |= libc::IFF_TUN_EXCL as libc::c_short;
+        flags |= libc::IFF_TUN_EXCL as libc::c_short;
     }
-    let n = name.len().min(libc::IFNAMSIZ - 1);
-    req.name[..n].copy_from_slice(&name.as_bytes()[..n]);
-    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; `req` is a
-    // live, properly sized and aligned ifreq (name, flags, padding to 40
-    // bytes) for the whole call, and `f` is an open /dev/net/tun.
-    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF as _, &mut req) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let end = req
-        .name
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(req.name.len());
-    Ok(String::from_utf8_lossy(&req.name[..end]).into_owned())
+    hostif::tun_set_iff(f.as_fd(), name, flags)
 }
 
 /// TUNGETIFF: the name of the tap a `/dev/net/tun` descriptor is
 /// attached to (priv's `PRIV_GET_ADDR`, where OpenBSD asks the tap's
 /// descriptor for its address).  An error for any other descriptor.
 pub fn tap_name(fd: std::os::fd::BorrowedFd) -> std::io::Result<String> {
-    let mut req = IfReqFlags {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
-    };
-    // SAFETY: TUNGETIFF writes one `struct ifreq` (name and flags); `req`
-    // is a live, properly sized and aligned ifreq for the whole call, and
-    // `fd` is open for its duration (a descriptor of another kind makes
-    // the ioctl fail without touching `req`).
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNGETIFF as _, &mut req) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if req.flags & libc::IFF_TAP as libc::c_short == 0 {
+    let (name, flags) = hostif::tun_get_iff(fd)?;
+    if flags & libc::IFF_TAP as libc::c_short == 0 {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }
-    let end = req
-        .name
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(req.name.len());
-    Ok(String::from_utf8_lossy(&req.name[..end]).into_owned())
+    Ok(name)
 }
 
 fn open_tun() -> std::io::Result<File> {

@@ -6,6 +6,7 @@
 //! injects through `vrp_inject`), guest memory in memfds, and vCPU exits
 //! translated into vmm(4) exit records in the host's (or the chosen) flavour.
 mod cpuid;
+pub mod hostif;
 mod insn;
 mod kick;
 mod memory;

@@ -16,6 +16,14 @@ use seccompiler::{
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The sandbox test hook's forbidden call: personality(2) in its query
+/// form, which no seccomp list allows (harmless if it were allowed).
+pub(in crate::sandbox) const FORBIDDEN_CALL: &str = "personality(2)";
+
+pub(in crate::sandbox) fn forbidden_call() -> String {
+    format!("{:?}", nix::sys::personality::get())
+}
+
 pub(in crate::sandbox) fn confine(
     kind: Kind,
     ctx: &Context,
