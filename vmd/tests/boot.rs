@@ -102,19 +102,9 @@ fn run_vm(
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
-        name: "boot-test".into(),
-        memory: MEMORY,
-        boot,
-        console_out: Box::new(console.clone()),
-        console_in: None,
         flavour,
         boot_device: Default::default(),
-        disks: Vec::new(),
-        disk_files: Vec::new(),
-        devices: None,
-        cdrom: None,
-        cdrom_file: None,
-        nics: Vec::new(),
+        ..VmConfig::new("boot-test", MEMORY, boot, Box::new(console.clone()))
     };
     let mut machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     if let Some((base, len, dev)) = dev {

@@ -31,19 +31,14 @@ fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
-        name: "seabios".into(),
-        memory: 64 << 20,
-        boot: BootImage::Bios(image),
-        console_out: Box::new(console.clone()),
-        console_in: None,
         flavour,
         boot_device: Default::default(),
-        disks: Vec::new(),
-        disk_files: Vec::new(),
-        devices: None,
-        cdrom: None,
-        cdrom_file: None,
-        nics: Vec::new(),
+        ..VmConfig::new(
+            "seabios",
+            64 << 20,
+            BootImage::Bios(image),
+            Box::new(console.clone()),
+        )
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -83,19 +78,13 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
-        name: "paused".into(),
-        memory: 64 << 20,
-        boot: BootImage::Bios(image),
-        console_out: Box::new(console.clone()),
-        console_in: None,
-        flavour: None,
         boot_device: Default::default(),
-        disks: Vec::new(),
-        disk_files: Vec::new(),
-        devices: None,
-        cdrom: None,
-        cdrom_file: None,
-        nics: Vec::new(),
+        ..VmConfig::new(
+            "paused",
+            64 << 20,
+            BootImage::Bios(image),
+            Box::new(console.clone()),
+        )
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -148,19 +137,13 @@ fn graceful_stop_without_vmmci() -> Result<(), Failed> {
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
-        name: "stopped".into(),
-        memory: 64 << 20,
-        boot: BootImage::Bios(image),
-        console_out: Box::new(console.clone()),
-        console_in: None,
-        flavour: None,
         boot_device: Default::default(),
-        disks: Vec::new(),
-        disk_files: Vec::new(),
-        devices: None,
-        cdrom: None,
-        cdrom_file: None,
-        nics: Vec::new(),
+        ..VmConfig::new(
+            "stopped",
+            64 << 20,
+            BootImage::Bios(image),
+            Box::new(console.clone()),
+        )
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -329,19 +312,14 @@ fn graceful_stop_with_vmmci(answer: bool) -> Result<(), Failed> {
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
-        name: "vmmci".into(),
-        memory: 64 << 20,
-        boot: BootImage::Bios(image),
-        console_out: Box::new(console.clone()),
-        console_in: None,
-        flavour: None,
         disks: vec![Box::new(MemImage(vmmci_guest(answer)?))],
-        disk_files: Vec::new(),
-        devices: None,
-        cdrom: None,
-        cdrom_file: None,
-        nics: Vec::new(),
         boot_device: Default::default(),
+        ..VmConfig::new(
+            "vmmci",
+            64 << 20,
+            BootImage::Bios(image),
+            Box::new(console.clone()),
+        )
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -432,19 +410,14 @@ fn boot_from_vioblk(boot_device: BootDevice) -> Result<String, Failed> {
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
-        name: "vioblk".into(),
-        memory: 64 << 20,
-        boot: BootImage::Bios(image),
-        console_out: Box::new(console.clone()),
-        console_in: None,
-        flavour: None,
         boot_device,
         disks: vec![Box::new(MemImage(boot_disk()?))],
-        disk_files: Vec::new(),
-        devices: None,
-        cdrom: None,
-        cdrom_file: None,
-        nics: Vec::new(),
+        ..VmConfig::new(
+            "vioblk",
+            64 << 20,
+            BootImage::Bios(image),
+            Box::new(console.clone()),
+        )
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();
@@ -546,19 +519,14 @@ fn ours_from(disk: &std::path::Path) -> Result<String, Failed> {
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
-        name: "int13".into(),
-        memory: 64 << 20,
-        boot: BootImage::Bios(bios),
-        console_out: Box::new(console.clone()),
-        console_in: None,
-        flavour: None,
         boot_device: BootDevice::Disk,
         disks: vec![image],
-        disk_files: Vec::new(),
-        devices: None,
-        cdrom: None,
-        cdrom_file: None,
-        nics: Vec::new(),
+        ..VmConfig::new(
+            "int13",
+            64 << 20,
+            BootImage::Bios(bios),
+            Box::new(console.clone()),
+        )
     };
     let machine = Machine::new(vmm, cfg)?;
     let control = machine.control();

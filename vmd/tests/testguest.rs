@@ -32,19 +32,13 @@ fn boot_elf_in_vmd() -> Result<String, Failed> {
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
-        name: "testguest".into(),
-        memory: 64 * MB,
-        boot: BootImage::Kernel(elf),
-        console_out: Box::new(console.clone()),
-        console_in: None,
-        flavour: None,
         boot_device: Default::default(),
-        disks: Vec::new(),
-        disk_files: Vec::new(),
-        devices: None,
-        cdrom: None,
-        cdrom_file: None,
-        nics: Vec::new(),
+        ..VmConfig::new(
+            "testguest",
+            64 * MB,
+            BootImage::Kernel(elf),
+            Box::new(console.clone()),
+        )
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();
@@ -546,14 +540,7 @@ fn vmd_kill_device_process_mid_write_stream() -> Result<(), Failed> {
         let console = Console::default();
         let vmm = Arc::new(vmm_sys::Vmm::open()?);
         let cfg = VmConfig {
-            name: "devkill".into(),
-            memory: 64 * MB,
-            boot: BootImage::Bios(bios.clone()),
-            console_out: Box::new(console.clone()),
-            console_in: None,
-            flavour: None,
             boot_device: Default::default(),
-            disks: Vec::new(),
             disk_files: vec![DiskFiles {
                 disk: VmDisk {
                     path: p(&img),
@@ -572,9 +559,12 @@ fn vmd_kill_device_process_mid_write_stream() -> Result<(), Failed> {
                 flags: Vec::new(),
                 one_way_kicks: true,
             }),
-            cdrom: None,
-            cdrom_file: None,
-            nics: Vec::new(),
+            ..VmConfig::new(
+                "devkill",
+                64 * MB,
+                BootImage::Bios(bios.clone()),
+                Box::new(console.clone()),
+            )
         };
         let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
         let control = machine.control();
@@ -679,19 +669,14 @@ fn vmd_rng_blk_hostile() -> Result<(), Failed> {
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
-        name: "testguest-vmd".into(),
-        memory: 64 * MB,
-        boot: BootImage::Bios(bios),
-        console_out: Box::new(console.clone()),
-        console_in: None,
-        flavour: None,
         disks: vec![Box::new(image.clone())],
-        disk_files: Vec::new(),
-        devices: None,
-        cdrom: None,
-        cdrom_file: None,
-        nics: Vec::new(),
         boot_device: Default::default(),
+        ..VmConfig::new(
+            "testguest-vmd",
+            64 * MB,
+            BootImage::Bios(bios),
+            Box::new(console.clone()),
+        )
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();
@@ -777,19 +762,14 @@ fn vmd_vmmci_stop(answer: bool) -> Result<(), Failed> {
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
-        name: "testguest-vmmci".into(),
-        memory: 64 * MB,
-        boot: BootImage::Bios(bios),
-        console_out: Box::new(console.clone()),
-        console_in: None,
-        flavour: None,
         disks: vec![Box::new(image)],
-        disk_files: Vec::new(),
-        devices: None,
-        cdrom: None,
-        cdrom_file: None,
-        nics: Vec::new(),
         boot_device: Default::default(),
+        ..VmConfig::new(
+            "testguest-vmmci",
+            64 * MB,
+            BootImage::Bios(bios),
+            Box::new(console.clone()),
+        )
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();
@@ -870,19 +850,13 @@ fn bench_run(elf: &[u8], script: &str, devproc: Option<bool>) -> Result<String, 
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let mut cfg = VmConfig {
-        name: "bench".into(),
-        memory: 64 * MB,
-        boot: BootImage::Bios(bios),
-        console_out: Box::new(console.clone()),
-        console_in: None,
-        flavour: None,
         boot_device: Default::default(),
-        disks: Vec::new(),
-        disk_files: Vec::new(),
-        devices: None,
-        cdrom: None,
-        cdrom_file: None,
-        nics: Vec::new(),
+        ..VmConfig::new(
+            "bench",
+            64 * MB,
+            BootImage::Bios(bios),
+            Box::new(console.clone()),
+        )
     };
     let path = disk.0.display().to_string();
     if let Some(one_way_kicks) = devproc {

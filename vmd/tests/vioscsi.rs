@@ -118,19 +118,14 @@ fn seabios_boots_eltorito_iso() -> Result<(), Failed> {
             std::fs::read(bios_path()).map_err(|e| format!("{}: {e}", bios_path().display()))?;
         let ours = run_vmd(
             VmConfig {
-                name: "eltorito".into(),
-                memory: 64 * MB,
-                boot: BootImage::Bios(bios),
-                console_out: Box::new(std::io::sink()),
-                console_in: None,
-                flavour: None,
-                disks: Vec::new(),
-                disk_files: Vec::new(),
-                devices: None,
                 cdrom: Some(Box::new(MemImage(iso.clone()))),
-                cdrom_file: None,
-                nics: Vec::new(),
                 boot_device: BootDevice::Cdrom,
+                ..VmConfig::new(
+                    "eltorito",
+                    64 * MB,
+                    BootImage::Bios(bios),
+                    Box::new(std::io::sink()),
+                )
             },
             "eltorito: done",
             Duration::from_secs(120),
@@ -280,19 +275,15 @@ fn testguest_scsi_same_as_qemu() -> Result<(), Failed> {
     let bios = std::fs::read(bios_path()).map_err(|e| format!("{}: {e}", bios_path().display()))?;
     let ours = run_vmd(
         VmConfig {
-            name: "testguest".into(),
-            memory: 64 * MB,
-            boot: BootImage::Bios(bios),
-            console_out: Box::new(std::io::sink()),
-            console_in: None,
-            flavour: None,
             disks: vec![Box::new(MemImage(boot_disk(&elf, script, 32 * MB)?))],
-            disk_files: Vec::new(),
-            devices: None,
             cdrom: Some(Box::new(MemImage(data.clone()))),
-            cdrom_file: None,
-            nics: Vec::new(),
             boot_device: BootDevice::Disk,
+            ..VmConfig::new(
+                "testguest",
+                64 * MB,
+                BootImage::Bios(bios),
+                Box::new(std::io::sink()),
+            )
         },
         "done",
         Duration::from_secs(120),

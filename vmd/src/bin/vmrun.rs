@@ -94,19 +94,10 @@ fn main() {
         }
     };
     let cfg = VmConfig {
-        name,
-        memory,
-        boot,
-        console_out: Box::new(stdout),
         console_in: stdin,
-        flavour: None,
         boot_device: Default::default(),
         disks,
-        disk_files: Vec::new(),
-        devices: None,
-        cdrom: None,
-        cdrom_file: None,
-        nics: Vec::new(),
+        ..VmConfig::new(name, memory, boot, Box::new(stdout))
     };
     let vmm = match vmm_sys::Vmm::open() {
         Ok(v) => Arc::new(v),

@@ -281,12 +281,7 @@ pub fn main(args: &Args) -> i32 {
     let machine = match Machine::new(
         vmm,
         VmConfig {
-            name: name.clone(),
-            memory: params.memory,
-            boot: BootImage::Kernel(image),
-            console_out,
             console_in,
-            flavour: None,
             boot_device: params.boot_device,
             disks,
             disk_files,
@@ -294,6 +289,12 @@ pub fn main(args: &Args) -> i32 {
             cdrom,
             cdrom_file,
             nics,
+            ..VmConfig::new(
+                name.clone(),
+                params.memory,
+                BootImage::Kernel(image),
+                console_out,
+            )
         },
     ) {
         Ok(m) => m,

@@ -75,6 +75,35 @@ pub struct VmConfig {
     pub nics: Vec<NicFiles>,
 }
 
+impl VmConfig {
+    /// A VM with memory, a boot image and a console, and nothing else: no
+    /// console input, the host's exit flavour, SeaBIOS's own boot order,
+    /// no disks, CD-ROM, NICs or device processes.  Callers add what they
+    /// need with struct update syntax.
+    pub fn new(
+        name: impl Into<String>,
+        memory: u64,
+        boot: BootImage,
+        console_out: Box<dyn Write + Send>,
+    ) -> VmConfig {
+        VmConfig {
+            name: name.into(),
+            memory,
+            boot,
+            console_out,
+            console_in: None,
+            flavour: None,
+            boot_device: BootDevice::Auto,
+            disks: Vec::new(),
+            disk_files: Vec::new(),
+            devices: None,
+            cdrom: None,
+            cdrom_file: None,
+            nics: Vec::new(),
+        }
+    }
+}
+
 /// How a VM ended without error.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {

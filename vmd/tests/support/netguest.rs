@@ -197,14 +197,8 @@ fn run_ours<T>(
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open().map_err(|e| e.to_string())?);
     let cfg = VmConfig {
-        name: OURS_VM_NAME.into(),
-        memory: 128 << 20,
-        boot: BootImage::Bios(bios),
-        console_out: Box::new(console.clone()),
         console_in: Some(com_in),
-        flavour: None,
         boot_device: Default::default(),
-        disks: Vec::new(),
         disk_files: vec![DiskFiles {
             disk: VmDisk {
                 path: path.into(),
@@ -219,8 +213,6 @@ fn run_ours<T>(
             flags: Vec::new(),
             one_way_kicks: true,
         }),
-        cdrom: None,
-        cdrom_file: None,
         nics: taps
             .into_iter()
             .enumerate()
@@ -236,6 +228,12 @@ fn run_ours<T>(
                 in_process: false,
             })
             .collect(),
+        ..VmConfig::new(
+            OURS_VM_NAME,
+            128 << 20,
+            BootImage::Bios(bios),
+            Box::new(console.clone()),
+        )
     };
     let machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;
     let control = machine.control();
