@@ -224,6 +224,14 @@ fn filter(kind: Kind, mode: Mode) -> Result<Vec<BpfProgram>, SandboxError> {
                 .collect()
         }
         IoctlRule::Fd => fd_ioctls().collect(),
+        IoctlRule::FdAndTunName => fd_ioctls()
+            .chain(std::iter::once(rule(vec![cond(
+                1,
+                Dword,
+                Eq,
+                libc::TUNGETIFF as u64,
+            )])))
+            .collect(),
     };
     rules.insert(syscalls::Sysno::ioctl.id() as i64, ioctl);
     let threads_only = seccomp::threads_only(kind);

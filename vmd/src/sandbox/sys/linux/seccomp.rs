@@ -280,13 +280,17 @@ pub(super) enum IoctlRule {
     KvmAndFd,
     /// [`FD_IOCTLS`] only.
     Fd,
+    /// [`FD_IOCTLS`] and TUNGETIFF: priv asks a tap's descriptor for its
+    /// name (PRIV_GET_ADDR, the tap's MAC).
+    FdAndTunName,
 }
 
 pub(super) fn ioctl_rule(kind: Kind) -> IoctlRule {
     match kind {
         // ptys (TIOCGPTN, TIOCSPTLCK, TCSETS), vmm(4) checks.
         Kind::Parent => IoctlRule::Any,
-        Kind::Control | Kind::Priv => IoctlRule::Fd,
+        Kind::Control => IoctlRule::Fd,
+        Kind::Priv => IoctlRule::FdAndTunName,
         Kind::Vmm | Kind::Vm | Kind::VmRunning => IoctlRule::KvmAndFd,
         // vmm(4) handles are built (KVM_CHECK_EXTENSION) before set-up ends.
         Kind::Device(_) => IoctlRule::KvmAndFd,
