@@ -229,7 +229,7 @@ fn filter(kind: Kind, mode: Mode) -> Result<Vec<BpfProgram>, SandboxError> {
                 1,
                 Dword,
                 Eq,
-                libc::TUNGETIFF as u64,
+                libc::TUNGETIFF,
             )])))
             .collect(),
     };
