@@ -152,8 +152,14 @@ pub fn serve<D: VirtioDevice>(
                             Incoming::HostMac(mac) => pci.device_mut().set_host_mac(mac),
                             Incoming::Msg(m) => match m.type_ {
                                 VIODEV_MSG_KICK => {
+                                    // Notifications off before serving:
+                                    // what the driver makes available
+                                    // while this serves the queue is
+                                    // found here without a kick (each a
+                                    // VM exit and a message).
+                                    let polled = pci.poll_start(m.data as u16);
                                     pci.notify(m.data as u16);
-                                    if pci.poll_start(m.data as u16) {
+                                    if polled {
                                         last_work = Some(Instant::now());
                                     }
                                 }
