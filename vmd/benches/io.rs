@@ -62,21 +62,12 @@ fn run_ours(image: &Path, format: vmd_disk::Format, devproc: bool) -> Result<Str
     let path = image.to_str().ok_or("image path not UTF-8")?;
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open().map_err(|e| e.to_string())?);
-    let mut cfg = VmConfig {
-        name: "bench-io".into(),
-        memory: 128 * MB,
-        boot: BootImage::Bios(bios),
-        console_out: Box::new(console.clone()),
-        console_in: None,
-        flavour: None,
-        boot_device: Default::default(),
-        disks: Vec::new(),
-        disk_files: Vec::new(),
-        devices: None,
-        cdrom: None,
-        cdrom_file: None,
-        nics: Vec::new(),
-    };
+    let mut cfg = VmConfig::new(
+        "bench-io",
+        128 * MB,
+        BootImage::Bios(bios),
+        Box::new(console.clone()),
+    );
     if devproc {
         let file = std::fs::File::options()
             .read(true)

@@ -103,7 +103,6 @@ fn run_vm(
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
         flavour,
-        boot_device: Default::default(),
         ..VmConfig::new("boot-test", MEMORY, boot, Box::new(console.clone()))
     };
     let mut machine = Machine::new(vmm, cfg).map_err(|e| format!("Machine::new: {e}"))?;

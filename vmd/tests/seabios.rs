@@ -32,7 +32,6 @@ fn boot_seabios(flavour: Option<ExitFlavour>) -> Result<String, Failed> {
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
         flavour,
-        boot_device: Default::default(),
         ..VmConfig::new(
             "seabios",
             64 << 20,
@@ -78,7 +77,6 @@ fn pause_unpause_seabios() -> Result<(), Failed> {
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
-        boot_device: Default::default(),
         ..VmConfig::new(
             "paused",
             64 << 20,
@@ -137,7 +135,6 @@ fn graceful_stop_without_vmmci() -> Result<(), Failed> {
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
-        boot_device: Default::default(),
         ..VmConfig::new(
             "stopped",
             64 << 20,
@@ -313,7 +310,6 @@ fn graceful_stop_with_vmmci(answer: bool) -> Result<(), Failed> {
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
         disks: vec![Box::new(MemImage(vmmci_guest(answer)?))],
-        boot_device: Default::default(),
         ..VmConfig::new(
             "vmmci",
             64 << 20,

@@ -32,7 +32,6 @@ fn boot_elf_in_vmd() -> Result<String, Failed> {
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
-        boot_device: Default::default(),
         ..VmConfig::new(
             "testguest",
             64 * MB,
@@ -540,7 +539,6 @@ fn vmd_kill_device_process_mid_write_stream() -> Result<(), Failed> {
         let console = Console::default();
         let vmm = Arc::new(vmm_sys::Vmm::open()?);
         let cfg = VmConfig {
-            boot_device: Default::default(),
             disk_files: vec![DiskFiles {
                 disk: VmDisk {
                     path: p(&img),
@@ -670,7 +668,6 @@ fn vmd_rng_blk_hostile() -> Result<(), Failed> {
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
         disks: vec![Box::new(image.clone())],
-        boot_device: Default::default(),
         ..VmConfig::new(
             "testguest-vmd",
             64 * MB,
@@ -763,7 +760,6 @@ fn vmd_vmmci_stop(answer: bool) -> Result<(), Failed> {
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let cfg = VmConfig {
         disks: vec![Box::new(image)],
-        boot_device: Default::default(),
         ..VmConfig::new(
             "testguest-vmmci",
             64 * MB,
@@ -850,7 +846,6 @@ fn bench_run(elf: &[u8], script: &str, devproc: Option<bool>) -> Result<String, 
     let console = Console::default();
     let vmm = Arc::new(vmm_sys::Vmm::open()?);
     let mut cfg = VmConfig {
-        boot_device: Default::default(),
         ..VmConfig::new(
             "bench",
             64 * MB,

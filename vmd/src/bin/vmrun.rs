@@ -95,7 +95,6 @@ fn main() {
     };
     let cfg = VmConfig {
         console_in: stdin,
-        boot_device: Default::default(),
         disks,
         ..VmConfig::new(name, memory, boot, Box::new(stdout))
     };

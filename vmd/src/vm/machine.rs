@@ -338,11 +338,20 @@ impl Machine {
         let mut host_mac_hooks: Vec<(u32, HostMacHook)> = Vec::new();
         let mut nic_threads = Vec::new();
         let platform = Platform::build(platform_cfg, |slots| {
+            // What every device process of this VM is started with.
+            let spec = devices.as_ref().map(|dev| DeviceSpec {
+                vmm: &vmm,
+                vm_id: id,
+                vm_name: &cfg.name,
+                ranges,
+                dev,
+                on_death: &on_death,
+            });
             // vmd's order (reference §4.3): NICs, disks, then the cdrom.
             for n in cfg.nics {
                 let i = n.nic.index;
                 let err = |m: String| PlatformError::Device(format!("vionet {i}: {m}"));
-                if n.in_process || devices.is_none() {
+                if n.in_process || spec.is_none() {
                     let tap = crate::sys::Tap::from_fd(n.tap, n.nic.ifname.clone())
                         .map_err(|e| err(e.to_string()))?;
                     let wake_fd = tap.file.try_clone().map_err(|e| err(e.to_string()))?;
@@ -364,18 +373,11 @@ impl Machine {
                     nic_threads.push(t.start(a.dev, wake_fd).map_err(|e| err(e.to_string()))?);
                     continue;
                 }
-                let dev = devices.as_ref().expect("checked above");
+                let spec = spec.as_ref().expect("checked above");
                 let payload = vmd_proto::codec::encode(&n.nic).map_err(|e| err(e.to_string()))?;
                 let (pid, proxy) = attach_device_process(
                     slots,
-                    &DeviceSpec {
-                        vmm: &vmm,
-                        vm_id: id,
-                        vm_name: &cfg.name,
-                        ranges,
-                        dev,
-                        on_death: &on_death,
-                    },
+                    spec,
                     VirtioPciIds::NET,
                     'n',
                     payload,
@@ -394,51 +396,31 @@ impl Machine {
                 slots.attach_virtio(VirtioPciIds::BLOCK, Vioblk::new(image, ""))?;
             }
             for (i, d) in disk_files.into_iter().enumerate() {
-                let dev = devices.as_ref().ok_or_else(|| {
+                let spec = spec.as_ref().ok_or_else(|| {
                     PlatformError::Device("disk files without device processes".into())
                 })?;
                 let payload = vmd_proto::codec::encode(&d.disk).map_err(|e| {
                     PlatformError::Device(format!("vioblk {i} ({}): {e}", d.disk.path))
                 })?;
-                let (pid, _) = attach_device_process(
-                    slots,
-                    &DeviceSpec {
-                        vmm: &vmm,
-                        vm_id: id,
-                        vm_name: &cfg.name,
-                        ranges,
-                        dev,
-                        on_death: &on_death,
-                    },
-                    VirtioPciIds::BLOCK,
-                    'd',
-                    payload,
-                    d.files,
-                )
-                .map_err(|e| match e {
-                    PlatformError::Device(m) => {
-                        PlatformError::Device(format!("vioblk {i} ({}): {m}", d.disk.path))
-                    }
-                    e => e,
-                })?;
+                let (pid, _) =
+                    attach_device_process(slots, spec, VirtioPciIds::BLOCK, 'd', payload, d.files)
+                        .map_err(|e| match e {
+                            PlatformError::Device(m) => {
+                                PlatformError::Device(format!("vioblk {i} ({}): {m}", d.disk.path))
+                            }
+                            e => e,
+                        })?;
                 log::debug!("vioblk {i}: device process {pid}");
             }
             if let Some(iso) = cfg.cdrom {
                 slots.attach_virtio(VirtioPciIds::SCSI, Vioscsi::new(iso, "cd0"))?;
             } else if let Some(fd) = cdrom_file {
-                let dev = devices.as_ref().ok_or_else(|| {
+                let spec = spec.as_ref().ok_or_else(|| {
                     PlatformError::Device("a cdrom file without device processes".into())
                 })?;
                 let (pid, _) = attach_device_process(
                     slots,
-                    &DeviceSpec {
-                        vmm: &vmm,
-                        vm_id: id,
-                        vm_name: &cfg.name,
-                        ranges,
-                        dev,
-                        on_death: &on_death,
-                    },
+                    spec,
                     VirtioPciIds::SCSI,
                     's',
                     Vec::new(),

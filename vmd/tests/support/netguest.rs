@@ -198,7 +198,6 @@ fn run_ours<T>(
     let vmm = Arc::new(vmm_sys::Vmm::open().map_err(|e| e.to_string())?);
     let cfg = VmConfig {
         console_in: Some(com_in),
-        boot_device: Default::default(),
         disk_files: vec![DiskFiles {
             disk: VmDisk {
                 path: path.into(),
