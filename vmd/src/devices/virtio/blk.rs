@@ -263,7 +263,7 @@ impl VirtioDevice for Vioblk {
         self.config().get(offset as usize).copied().unwrap_or(0xff)
     }
 
-    fn polls(&self) -> bool {
+    fn polls(&self, _index: usize) -> bool {
         true
     }
 

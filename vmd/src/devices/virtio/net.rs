@@ -403,6 +403,19 @@ impl Vionet {
         Ok(used)
     }
 
+    /// Receive kicks only when they mean something: while the receive
+    /// ring has buffers the device waits on its port, and a kick for
+    /// more buffers would only cost the driver an exit (and a message
+    /// to a device process), so the driver is told not to send one
+    /// (VIRTQ_USED_F_NO_NOTIFY, as QEMU's virtio-net does).  Once the
+    /// ring is empty, kicks are asked for again, and the ring looked at
+    /// once more for buffers the driver added before it could see that.
+    fn rx_kicks(queue: &mut VirtQueue, mem: &GuestMemoryMmap) {
+        if queue.has_available(mem) || queue.resume_notifications(mem) {
+            queue.suppress_notifications(mem);
+        }
+    }
+
     fn interrupt(queue: &mut VirtQueue, mem: &GuestMemoryMmap, used: bool) -> bool {
         used && queue.needs_notification(mem)
     }
@@ -433,6 +446,12 @@ impl VirtioDevice for Vionet {
         self.config().get(offset as usize).copied().unwrap_or(0xff)
     }
 
+    /// The transmit queue: a driver that sends a burst makes frames
+    /// available while the device sends the first ones.
+    fn polls(&self, index: usize) -> bool {
+        index == TXQ
+    }
+
     fn process_queue(
         &mut self,
         index: usize,
@@ -445,7 +464,9 @@ impl VirtioDevice for Vionet {
                 if let Some(f) = &self.rx_notify {
                     f();
                 }
-                self.receive(queue, mem)
+                let used = self.receive(queue, mem)?;
+                Self::rx_kicks(queue, mem);
+                Ok(used)
             }
             TXQ if self.paused => {
                 self.tx_deferred = true;
@@ -471,6 +492,7 @@ impl VirtioDevice for Vionet {
         }
         let used = self.receive(&mut queues[RXQ], mem)?;
         irq |= Self::interrupt(&mut queues[RXQ], mem, used);
+        Self::rx_kicks(&mut queues[RXQ], mem);
         Ok(irq)
     }
 

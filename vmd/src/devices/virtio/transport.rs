@@ -90,14 +90,15 @@ pub trait VirtioDevice: Send {
     fn set_paused(&mut self, _paused: bool) {}
     /// vionet: the MAC of the host side of its tap (IMSG_DEVOP_HOSTMAC).
     fn set_host_mac(&mut self, _mac: [u8; 6]) {}
-    /// Whether a device process may, after a kick, keep looking at the
-    /// kicked queue for a short while with the driver's notifications
-    /// suppressed (VIRTQ_USED_F_NO_NOTIFY) instead of waiting for the
-    /// next kick: worth it where the driver makes the next request
-    /// available as soon as one completes (vioblk), not where a queue
-    /// holds buffers that wait for host events (receive or event
-    /// queues), which would keep it polling.
-    fn polls(&self) -> bool {
+    /// Whether a device process may, after a kick of queue `index`, keep
+    /// looking at that queue for a short while with the driver's
+    /// notifications suppressed (VIRTQ_USED_F_NO_NOTIFY) instead of
+    /// waiting for the next kick: worth it where the driver makes the
+    /// next request available as soon as one completes (vioblk's queue,
+    /// vionet's transmit queue), not where a queue holds buffers that
+    /// wait for host events (receive or event queues), which would keep
+    /// it polling.
+    fn polls(&self, _index: usize) -> bool {
         false
     }
 }
@@ -593,7 +594,7 @@ impl<D: VirtioDevice> VirtioPci<D> {
     /// [polls](VirtioDevice::polls) and the queue is live.  Whether it
     /// is polled now.
     pub fn poll_start(&mut self, index: u16) -> bool {
-        if !self.dev.polls()
+        if !self.dev.polls(index as usize)
             || self.status & VIRTIO_CONFIG_DEVICE_STATUS_DRIVER_OK == 0
             || self.needs_reset()
             || index >= 64

@@ -103,12 +103,31 @@ fn send(chan: &mut ImsgChannel, m: &ViodevMsg) -> Result<(), DevProcError> {
 
 /// The next viodev message on a blocking channel.
 pub fn recv(chan: &mut ImsgChannel) -> Result<ViodevMsg, DevProcError> {
+    recv_with(chan, false)
+}
+
+/// [`recv`] for a thread that does nothing but wait on `chan`: it waits
+/// in poll(2) for input, not in read(2).  A reader blocked in read on a
+/// socket is woken whenever the peer consumes what this socket sent (the
+/// kernel announces the freed send space on the same wait queue), and the
+/// async channel carries every kick the other way: each kick would cost
+/// a context switch on the device's CPU just before it serves the queue.
+/// poll(2) waits for POLLIN only.
+fn recv_waiting(chan: &mut ImsgChannel) -> Result<ViodevMsg, DevProcError> {
+    recv_with(chan, true)
+}
+
+fn recv_with(chan: &mut ImsgChannel, wait_in_poll: bool) -> Result<ViodevMsg, DevProcError> {
     loop {
         if let Some(m) = chan.get()? {
             if m.type_() != IMSG_DEVOP_MSG {
                 return Err(DevProcError::BadType(m.type_()));
             }
             return ViodevMsg::from_bytes(&m.data);
+        }
+        if wait_in_poll {
+            use std::os::fd::AsFd;
+            crate::event::poll(&[(chan.socket().as_fd(), false)], None);
         }
         if chan.fill()? == 0 {
             return Err(DevProcError::Imsg(ImsgError::Io(
@@ -272,7 +291,7 @@ impl AsyncReader {
         } = self;
         let mut chan = ImsgChannel::new(sock);
         let why = loop {
-            match recv(&mut chan) {
+            match recv_waiting(&mut chan) {
                 Ok(m) if m.type_ == VIODEV_MSG_KICK || m.type_ == VIODEV_MSG_IO_WRITE => {
                     order.apply(&*lines, irq, &m)
                 }
