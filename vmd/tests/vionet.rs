@@ -396,6 +396,21 @@ fn taps_held(pid: i32) -> Vec<String> {
     out
 }
 
+/// How many eventfds a process holds (`eventfd-count:` in fdinfo).
+fn eventfds_held(pid: i32) -> usize {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    dir.flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("eventfd-count:"))
+        })
+        .count()
+}
+
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Result<(), Failed> {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
@@ -475,6 +490,11 @@ fn vmd_nics_from_vm_conf(in_process: bool) -> Result<(), Failed> {
                 let t = taps_held(*p);
                 if t.len() != 1 {
                     return Err(format!("device process {p} holds taps {t:?}").into());
+                }
+                // Its doorbells: one per queue (receive, transmit).
+                let bells = eventfds_held(*p);
+                if bells != 2 {
+                    return Err(format!("device process {p} holds {bells} eventfds, not 2").into());
                 }
                 h.extend(t);
             }

@@ -176,6 +176,43 @@ impl Vmm {
         self.dev.adopt_memory(vm_id, ranges, fds)
     }
 
+    /// A queue-notify descriptor (a doorbell): readable once the guest has
+    /// written to a port it is [attached](Self::attach_queue_notify) to.
+    /// Not part of vmm(4): on Linux, where the shim can let KVM take a
+    /// virtio notify write without an exit to the VM process (an
+    /// eventfd, `KVM_IOEVENTFD`), vmd hands it to the device process that
+    /// serves the queue, which then waits on it instead of on a message
+    /// the VM process would send at the exit.  `/dev/vmm` has nothing of
+    /// the kind: EOPNOTSUPP, and vmd keeps using exits, as on OpenBSD.
+    pub fn queue_notify_fd(&self) -> Result<std::os::fd::OwnedFd> {
+        self.dev.queue_notify_fd()
+    }
+
+    /// Makes a 2-byte write of `queue` to I/O port `port` of VM `vm_id`
+    /// signal `fd` (from [`Self::queue_notify_fd`]) instead of exiting;
+    /// other writes to the port still exit.  EEXIST if the port and
+    /// value are taken.  EOPNOTSUPP on `/dev/vmm`.
+    pub fn attach_queue_notify(
+        &self,
+        vm_id: u32,
+        port: u16,
+        queue: u16,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<()> {
+        self.dev.queue_notify(vm_id, port, queue, fd, true)
+    }
+
+    /// Undoes [`Self::attach_queue_notify`] (the guest moved the port).
+    pub fn detach_queue_notify(
+        &self,
+        vm_id: u32,
+        port: u16,
+        queue: u16,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<()> {
+        self.dev.queue_notify(vm_id, port, queue, fd, false)
+    }
+
     /// Chooses the exit flavour of one VM.  The shim can produce either, so
     /// that both code paths of vmd run on any host; `/dev/vmm` only accepts
     /// the host's own (EOPNOTSUPP otherwise).

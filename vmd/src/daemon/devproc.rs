@@ -75,6 +75,9 @@ fn run(kind: char) -> Result<(), DevProcError> {
     let files: Vec<OwnedFd> = (0..setup.files)
         .map(|_| next("device file"))
         .collect::<Result<_, _>>()?;
+    let doorbells: Vec<OwnedFd> = (0..setup.doorbells)
+        .map(|_| next("doorbell"))
+        .collect::<Result<_, _>>()?;
     // vmd's device processes run as _vmd; this one inherits it from the
     // VM process, and must not stay root if started by root.
     if nix::unistd::geteuid().is_root() && !super::no_privdrop() {
@@ -86,6 +89,11 @@ fn run(kind: char) -> Result<(), DevProcError> {
         })?;
     }
     let mem = share_memory(&setup, vmm_fd, mem_fds)?;
+    let links = device::Links {
+        sync,
+        async_sock,
+        doorbells,
+    };
     // Set up: from here on it serves the guest's requests (vioblk.c's
     // pledge "stdio vmm proc").
     let confined = crate::sandbox::Kind::Device(kind);
@@ -110,7 +118,7 @@ fn run(kind: char) -> Result<(), DevProcError> {
                 .map_err(|e| setup_err(e.to_string()))?
                 .pop()
                 .ok_or_else(|| setup_err("no disk"))?;
-            device::serve(Vioblk::new(image, ""), setup.irq, mem, sync, async_sock)
+            device::serve(Vioblk::new(image, ""), setup.irq, mem, links)
         }
         's' => {
             // The ISO, opened read-only by the parent.
@@ -120,13 +128,7 @@ fn run(kind: char) -> Result<(), DevProcError> {
                 .ok_or_else(|| setup_err("no cdrom"))?;
             let iso = vmd_disk::Raw::open(std::fs::File::from(fd), "cdrom", false)
                 .map_err(|e| setup_err(e.to_string()))?;
-            device::serve(
-                Vioscsi::new(Box::new(iso), "cd0"),
-                setup.irq,
-                mem,
-                sync,
-                async_sock,
-            )
+            device::serve(Vioscsi::new(Box::new(iso), "cd0"), setup.irq, mem, links)
         }
         'n' => {
             let nic: NicSetup = vmd_proto::codec::decode(&setup.payload)?;
@@ -140,7 +142,7 @@ fn run(kind: char) -> Result<(), DevProcError> {
                     source,
                 }
             })?;
-            device::serve(vionet(&nic, tap), setup.irq, mem, sync, async_sock)
+            device::serve(vionet(&nic, tap), setup.irq, mem, links)
         }
         other => Err(setup_err(format!(
             "device type {other} has no device process"

@@ -59,6 +59,12 @@ fn check_range(
 pub trait PioDevice: Send {
     fn pio_read(&mut self, offset: u16, size: u8) -> u32;
     fn pio_write(&mut self, offset: u16, size: u8, value: u32);
+    /// For a PCI I/O BAR's handler: the BAR now starts at port `base`
+    /// (told at creation and whenever the guest moves it), or no longer
+    /// decodes in the I/O window (None: while it is sized, or moved out
+    /// of reach).  A device served in another process uses it to let
+    /// its notify writes bypass the VM process.
+    fn io_bar_moved(&mut self, _base: Option<u16>) {}
 }
 
 /// A device reached through MMIO.  `size` is 1, 2, 4 or 8.

@@ -148,6 +148,28 @@ pub struct PciBar {
 }
 
 #[derive(Clone)]
+/// An I/O BAR the guest moved: its handler and its new base
+/// ([`PciBus::config_write`]).
+pub struct IoBarMove {
+    handler: SharedPio,
+    base: Option<u16>,
+}
+
+impl IoBarMove {
+    /// Tells the handler (call without the bus locked).
+    pub fn tell(self) {
+        self.handler.lock().unwrap().io_bar_moved(self.base);
+    }
+}
+
+/// Where an I/O BAR at `address` starts, if all of it decodes through
+/// [`PciIoBars`].
+fn io_window_port(address: u64) -> Option<u16> {
+    let end = address.checked_add(u64::from(VM_PCI_IO_BAR_SIZE))?;
+    (address >= u64::from(VM_PCI_IO_BAR_BASE) && end <= u64::from(VM_PCI_IO_BAR_END) + 1)
+        .then_some(address as u16)
+}
+
 enum BarHandler {
     Io(SharedPio),
     Mmio(SharedMmio),
@@ -324,6 +346,9 @@ impl PciBus {
                 }
             }
         };
+        if let BarHandler::Io(h) = &handler {
+            h.lock().unwrap().io_bar_moved(io_window_port(bar.address));
+        }
         d.bars.push(Bar {
             kind: bar.kind,
             size: bar.size,
@@ -424,18 +449,27 @@ impl PciBus {
     }
 
     /// A configuration write, as through the data port.
-    pub fn config_write(&mut self, slot: u8, offset: u8, size: u8, value: u32) {
+    /// A write to configuration space.  When it moves an I/O BAR, the
+    /// BAR's handler and where it is now, for the caller to tell it
+    /// ([`PioDevice::io_bar_moved`]) once it has let go of the bus: a
+    /// device may call back into the bus.
+    #[must_use = "an I/O BAR's handler must hear that its BAR moved"]
+    pub fn config_write(
+        &mut self,
+        slot: u8,
+        offset: u8,
+        size: u8,
+        value: u32,
+    ) -> Option<IoBarMove> {
         let ofs = offset & 3;
         if !matches!(size, 1 | 2 | 4) || ofs + size > 4 {
-            return;
+            return None;
         }
         let reg = offset / 4;
         if reg * 4 == PCI_EXROMADDR {
-            return;
+            return None;
         }
-        let Some(d) = self.devices.get_mut(slot as usize) else {
-            return;
-        };
+        let d = self.devices.get_mut(slot as usize)?;
         let old = d.dword(reg as usize);
         let mask = if size == 4 {
             u32::MAX
@@ -472,6 +506,17 @@ impl PciBus {
             };
         }
         d.set_dword(reg as usize, val);
+        let idx = (reg as usize).checked_sub(PCI_MAPREG_START as usize / 4)?;
+        match d.bars.get(idx) {
+            Some(Bar {
+                handler: BarHandler::Io(h),
+                ..
+            }) if val != old => Some(IoBarMove {
+                handler: h.clone(),
+                base: io_window_port(u64::from(val & PCI_MAPREG_IO_ADDR_MASK)),
+            }),
+            _ => None,
+        }
     }
 
     /// The address register's target, if the data port may use it:
@@ -591,9 +636,15 @@ impl PioDevice for PciConfigData {
     }
 
     fn pio_write(&mut self, offset: u16, size: u8, value: u32) {
-        let mut bus = self.0.lock().unwrap();
-        if let Some((dev, reg)) = bus.target() {
-            bus.config_write(dev, reg + (offset & 3) as u8, size, value);
+        let moved = {
+            let mut bus = self.0.lock().unwrap();
+            let Some((dev, reg)) = bus.target() else {
+                return;
+            };
+            bus.config_write(dev, reg + (offset & 3) as u8, size, value)
+        };
+        if let Some(m) = moved {
+            m.tell();
         }
     }
 }
@@ -717,6 +768,8 @@ mod tests {
     #[derive(Default)]
     struct Probe {
         last: Option<(u64, u8, u64)>,
+        /// What io_bar_moved said, in order.
+        moves: Vec<Option<u16>>,
     }
     impl PioDevice for Probe {
         fn pio_read(&mut self, offset: u16, _size: u8) -> u32 {
@@ -724,6 +777,9 @@ mod tests {
         }
         fn pio_write(&mut self, offset: u16, size: u8, value: u32) {
             self.last = Some((u64::from(offset), size, u64::from(value)));
+        }
+        fn io_bar_moved(&mut self, base: Option<u16>) {
+            self.moves.push(base);
         }
     }
     impl MmioDevice for Probe {
@@ -849,9 +905,15 @@ mod tests {
         let mut bus = PciBus::new(WINDOW);
         let d = bus.add_device(&virtio_blk()).unwrap();
         // What SeaBIOS writes for a host bridge it has no routing for.
-        bus.config_write(d.slot, PCI_INTERRUPT_REG, 1, 0xff);
-        bus.config_write(d.slot, PCI_INTERRUPT_REG + 1, 1, 0);
-        bus.config_write(d.slot, PCI_INTERRUPT_REG, 4, 0x1234_020b);
+        assert!(bus
+            .config_write(d.slot, PCI_INTERRUPT_REG, 1, 0xff)
+            .is_none());
+        assert!(bus
+            .config_write(d.slot, PCI_INTERRUPT_REG + 1, 1, 0)
+            .is_none());
+        assert!(bus
+            .config_write(d.slot, PCI_INTERRUPT_REG, 4, 0x1234_020b)
+            .is_none());
         assert_eq!(bus.device_irq(d.slot), Some(3));
         assert_eq!(bus.config_read(d.slot, PCI_INTERRUPT_REG, 4), 0x1234_0103);
     }
@@ -897,6 +959,24 @@ mod tests {
         assert_eq!(cfg_read(&pio, 1, 0x14), 0xF012_0000);
         let bar = pci.lock().unwrap().bar(1, 0).unwrap();
         assert_eq!((bar.kind, bar.address), (PciBarType::Io, 0x3000));
+
+        // The I/O BAR's handler heard each move: placed at 0x1000 and
+        // 0x2000, out of the window while sized, then at 0x3000.  Moving
+        // the memory BAR told it nothing.
+        assert_eq!(
+            probe.lock().unwrap().moves,
+            [Some(0x1000), Some(0x2000), None, Some(0x3000)]
+        );
+        // Rewriting the same base is no move; the window's last page
+        // decodes, a page below the window does not.
+        cfg_write(&pio, 1, 0x10, 0x3001);
+        cfg_write(&pio, 1, 0x10, 0xf001);
+        cfg_write(&pio, 1, 0x10, 0x0801);
+        cfg_write(&pio, 1, 0x10, 0x3001);
+        assert_eq!(
+            probe.lock().unwrap().moves[4..],
+            [Some(0xf000), None, Some(0x3000)]
+        );
 
         // Accesses follow the BARs.
         assert_eq!(pio.read(0x3004, 2), 0xab04);
@@ -979,12 +1059,14 @@ mod tests {
         assert_eq!(bus.config_read(slot, PCI_CAPLISTPTR_REG, 1), 0x40);
         // Enabling the device with a dword write that has status 0 (as a
         // driver does to leave RW1C bits alone) keeps the list.
-        bus.config_write(slot, PCI_COMMAND_STATUS_REG, 4, 0x0000_0007);
+        assert!(bus
+            .config_write(slot, PCI_COMMAND_STATUS_REG, 4, 0x0000_0007)
+            .is_none());
         assert_eq!(
             bus.config_read(slot, PCI_COMMAND_STATUS_REG, 4),
             0x0010_0007
         );
-        bus.config_write(slot, 0x06, 2, 0);
+        assert!(bus.config_write(slot, 0x06, 2, 0).is_none());
         assert_eq!(bus.config_read(slot, 0x06, 2), 0x0010);
         // Walk the list as a guest does.
         let mut ptr = bus.config_read(slot, PCI_CAPLISTPTR_REG, 1) as u8;

@@ -17,7 +17,7 @@ use crate::devices::virtio::scsi::Vioscsi;
 use crate::devices::virtio::transport::{add_virtio_bar, VirtioPciIds};
 use crate::devices::virtio::vmmci::{Vmmci, VmmciCmd};
 use crate::event::{EventLoop, Waker};
-use crate::vm::devproc::{proxy, DevSetup, DeviceProcesses, DiskFiles, MemRange, NicFiles};
+use crate::vm::devproc::{self, proxy, DevSetup, DeviceProcesses, DiskFiles, MemRange, NicFiles};
 use crate::x86::MmioError;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -592,7 +592,7 @@ impl Drop for Machine {
 
 /// What every device process of a VM shares.
 struct DeviceSpec<'a> {
-    vmm: &'a Vmm,
+    vmm: &'a Arc<Vmm>,
     vm_id: u32,
     vm_name: &'a str,
     ranges: &'a [vm_mem_range],
@@ -628,6 +628,21 @@ fn attach_device_process(
             has_fd: fds.get(i).is_some_and(Option::is_some),
         })
         .collect();
+    // Doorbells only where kicks go one way: a round-trip kick waits for
+    // the device's answer, which a doorbell does not give.
+    let doorbells = spec
+        .dev
+        .one_way_kicks
+        .then(|| {
+            let name = format!("{} {}", proxy::kind_name(kind), info.slot);
+            devproc::doorbell::Doorbells::new(
+                spec.vmm,
+                spec.vm_id,
+                devproc::queue_count(kind),
+                &name,
+            )
+        })
+        .flatten();
     let (proxy, config_len) = proxy::launch(proxy::Launch {
         exe: &spec.dev.exe,
         flags: &spec.dev.flags,
@@ -639,6 +654,7 @@ fn attach_device_process(
             irq,
             ranges,
             files: files.len() as u32,
+            doorbells: doorbells.as_ref().map_or(0, |(_, fds)| fds.len() as u32),
             payload,
         },
         mem_fds: fds.into_iter().flatten().collect(),
@@ -646,6 +662,7 @@ fn attach_device_process(
         lines: slots.lines.clone(),
         on_death: spec.on_death.clone(),
         one_way_kicks: spec.dev.one_way_kicks,
+        doorbells,
     })
     .map_err(|e| bad(&e))?;
     let pid = proxy.pid();

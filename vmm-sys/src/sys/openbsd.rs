@@ -218,6 +218,26 @@ impl Device {
         Ok(())
     }
 
+    /// vmm(4) has no doorbells: every notify write exits.
+    pub fn queue_notify_fd(&self) -> Result<OwnedFd> {
+        Err(VmmError::with_detail(
+            "queue notify",
+            libc::EOPNOTSUPP,
+            "vmm(4) reports every port write as an exit",
+        ))
+    }
+
+    pub fn queue_notify(
+        &self,
+        _vm_id: u32,
+        _port: u16,
+        _queue: u16,
+        _fd: std::os::fd::BorrowedFd<'_>,
+        _attach: bool,
+    ) -> Result<()> {
+        self.queue_notify_fd().map(drop)
+    }
+
     pub fn set_exit_flavour(&self, _vm_id: u32, flavour: ExitFlavour) -> Result<()> {
         if flavour == self.flavour {
             Ok(())

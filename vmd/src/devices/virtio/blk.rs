@@ -34,6 +34,8 @@ pub const VIRTIO_BLK_S_IOERR: u8 = 1;
 pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
 pub const VIOBLK_QUEUE_SIZE: u16 = 128;
+/// vioblk has one request queue.
+pub const VIOBLK_QUEUES: usize = 1;
 /// Segments per request: the queue less the header and status.
 pub const VIOBLK_SEG_MAX: u32 = VIOBLK_QUEUE_SIZE as u32 - 2;
 pub const VIRTIO_BLK_SECTOR_SIZE: u64 = 512;
@@ -248,7 +250,7 @@ impl VirtioDevice for Vioblk {
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![VIOBLK_QUEUE_SIZE]
+        vec![VIOBLK_QUEUE_SIZE; VIOBLK_QUEUES]
     }
 
     fn max_chain_bytes(&self) -> u64 {

@@ -42,6 +42,8 @@ pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
 pub const VIONET_QUEUE_SIZE: u16 = 256;
 pub const RXQ: usize = 0;
 pub const TXQ: usize = 1;
+/// Queues of a vionet: receive and transmit.
+pub const VIONET_QUEUES: usize = 2;
 /// `struct virtio_net_hdr` with num_buffers, as virtio 1.x has it.
 pub const VIRTIO_NET_HDR_LEN: usize = 12;
 pub const ETHER_HDR_LEN: usize = 14;
@@ -431,7 +433,7 @@ impl VirtioDevice for Vionet {
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![VIONET_QUEUE_SIZE, VIONET_QUEUE_SIZE]
+        vec![VIONET_QUEUE_SIZE; VIONET_QUEUES]
     }
 
     fn max_chain_bytes(&self) -> u64 {

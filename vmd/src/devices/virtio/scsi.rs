@@ -32,6 +32,8 @@ use crate::devices::virtio::blk::DiskImage;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub const VIOSCSI_QUEUE_SIZE: u16 = 128;
+/// Queues of a vioscsi: control, event and one request queue.
+pub const VIOSCSI_QUEUES: usize = 3;
 pub const VIOSCSI_CONTROL_QUEUE: usize = 0;
 pub const VIOSCSI_EVENT_QUEUE: usize = 1;
 pub const VIOSCSI_REQUEST_QUEUE: usize = 2;
@@ -322,7 +324,7 @@ impl VirtioDevice for Vioscsi {
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![VIOSCSI_QUEUE_SIZE; 3]
+        vec![VIOSCSI_QUEUE_SIZE; VIOSCSI_QUEUES]
     }
 
     fn max_chain_bytes(&self) -> u64 {

@@ -2,7 +2,8 @@
 //! async channels until the VM process says SHUTDOWN or goes away.
 //! Generic over the device: whatever [`VirtioDevice`] the process built
 //! from its setup (vioblk from a disk chain, vioscsi from an ISO).
-use std::os::fd::AsFd;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -80,17 +81,33 @@ impl IrqLines for Lines {
     }
 }
 
+/// What connects a device process to its VM process.
+pub struct Links {
+    /// Register accesses (the process's standard input).
+    pub sync: ImsgChannel,
+    /// Kicks, pause, shutdown in; interrupts out.
+    pub async_sock: UnixStream,
+    /// Queue `i`'s doorbell at `i`; may be empty (see
+    /// [`super::doorbell`]).
+    pub doorbells: Vec<OwnedFd>,
+}
+
 /// Serves `dev` on line `irq` over guest memory `mem`: answers READY
 /// (with the device configuration's length), then register accesses on
-/// `sync` and kicks on `async_sock`.  Returns when the VM process shuts
-/// the device down or closes a socket.
+/// the sync channel, kicks on the async channel and its doorbells.
+/// Returns when the VM process shuts the device down or closes a socket.
 pub fn serve<D: VirtioDevice>(
     dev: D,
     irq: u8,
     mem: VmMemory,
-    mut sync: ImsgChannel,
-    async_sock: UnixStream,
+    links: Links,
 ) -> Result<(), DevProcError> {
+    let Links {
+        mut sync,
+        async_sock,
+        doorbells,
+    } = links;
+    let mut doorbells: Vec<std::fs::File> = doorbells.into_iter().map(Into::into).collect();
     let async_rx_sock = async_sock.try_clone().map_err(|source| DevProcError::Io {
         what: "socket",
         source,
@@ -125,24 +142,46 @@ pub fn serve<D: VirtioDevice>(
         .ok()
         .and_then(|v| v.parse().ok())
         .map_or(POLL_WINDOW, Duration::from_micros);
+    // A kick: notifications off before serving, so that what the
+    // driver makes available while this serves the queue is found here
+    // without another kick (each a VM exit, and a message or a doorbell).
+    let kick = |pci: &mut VirtioPci<D>, last_work: &mut Option<Instant>, queue: u16| {
+        let polled = pci.poll_start(queue);
+        pci.notify(queue);
+        if polled {
+            *last_work = Some(Instant::now());
+        }
+    };
     loop {
-        let ready = {
+        let (ready, has_input, bells) = {
             let mut fds = vec![
                 (sync.socket().as_fd(), false),
                 (async_rx.socket().as_fd(), false),
             ];
             // A NIC's tap, while the guest has buffers for what it reads.
-            if let Some(fd) = pci.input_fd() {
-                fds.push((fd, false));
-            }
-            crate::event::poll(&fds, last_work.map(|_| Instant::now()))
+            let input = pci.input_fd();
+            let has_input = input.is_some();
+            fds.extend(input.map(|fd| (fd, false)));
+            let bells = fds.len();
+            fds.extend(doorbells.iter().map(|f| (f.as_fd(), false)));
+            let ready = crate::event::poll(&fds, last_work.map(|_| Instant::now()));
+            (ready, has_input, bells)
         };
-        if ready.get(2).is_some_and(|r| r.read) {
+        if has_input && ready[2].read {
             pci.input();
         }
         // Kicks first: a kick the VM sent before a register access
-        // is in its socket by the time the access is, and is served
-        // before it, as it would be in one process.
+        // is in its socket by the time the access is (a doorbell is rung
+        // before the vCPU goes on), and is served before it, as it would
+        // be in one process.
+        for (q, bell) in doorbells.iter_mut().enumerate() {
+            if ready[bells + q].read {
+                // The count is only a wake-up: reset it (non-blocking; a
+                // spurious wake-up reads nothing).
+                let _ = bell.read(&mut [0u8; 8]);
+                kick(&mut pci, &mut last_work, q as u16);
+            }
+        }
         if ready[1].read {
             match drain(&mut async_rx) {
                 Ok(msgs) => {
@@ -151,18 +190,7 @@ pub fn serve<D: VirtioDevice>(
                             Incoming::Pause(p) => pci.set_paused(p),
                             Incoming::HostMac(mac) => pci.device_mut().set_host_mac(mac),
                             Incoming::Msg(m) => match m.type_ {
-                                VIODEV_MSG_KICK => {
-                                    // Notifications off before serving:
-                                    // what the driver makes available
-                                    // while this serves the queue is
-                                    // found here without a kick (each a
-                                    // VM exit and a message).
-                                    let polled = pci.poll_start(m.data as u16);
-                                    pci.notify(m.data as u16);
-                                    if polled {
-                                        last_work = Some(Instant::now());
-                                    }
-                                }
+                                VIODEV_MSG_KICK => kick(&mut pci, &mut last_work, m.data as u16),
                                 VIODEV_MSG_SHUTDOWN => return Ok(()),
                                 t => log::debug!("device: unexpected message {t} on async channel"),
                             },

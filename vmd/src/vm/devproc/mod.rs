@@ -39,9 +39,16 @@
 //! Nothing here is vioblk's: a device kind is a letter (`d` vioblk, `s`
 //! vioscsi, `n` vionet), a setup payload and the files it needs.
 //!
+//! Where the backend can (the Linux shim), a notify write does not even
+//! reach the VM process: the kernel rings the queue's [`doorbell`] (an
+//! eventfd the device process waits on), and the KICK message is left for
+//! the writes it does not take.  A doorbell is rung before the vCPU goes
+//! on, so it too is served before any later register access.
+//!
 //! If a device process dies, its sockets close: the VM process notices
 //! and ends the VM with an error naming the device, as vmd does.
 pub mod device;
+pub mod doorbell;
 #[cfg(test)]
 mod proto_tests;
 pub mod proxy;
@@ -112,6 +119,18 @@ impl NicLocal {
     ) -> Result<crate::net::LocalLease, crate::net::LocalAddrError> {
         crate::net::LocalLease::new(&self.global, self.vm_id, idx as usize, mac, &self.vm_name)
             .map(|l| l.with_pxeboot(self.pxeboot))
+    }
+}
+
+/// How many queues a device process of `kind` serves (one doorbell
+/// each).
+pub fn queue_count(kind: char) -> usize {
+    use crate::devices::virtio::{blk, net, scsi};
+    match kind {
+        'd' => blk::VIOBLK_QUEUES,
+        'n' => net::VIONET_QUEUES,
+        's' => scsi::VIOSCSI_QUEUES,
+        _ => 0,
     }
 }
 
@@ -241,6 +260,9 @@ pub struct DevSetup {
     pub ranges: Vec<MemRange>,
     /// Descriptors of the device's own files that follow the memory's.
     pub files: u32,
+    /// Doorbells that follow the files, queue 0's first (none under
+    /// vmm(4); see [`doorbell`]).
+    pub doorbells: u32,
     /// What the device kind needs to know about them (for vioblk: the
     /// disk's path and format, encoded `VmDisk`).
     pub payload: Vec<u8>,
@@ -280,6 +302,7 @@ mod tests {
                 has_fd: true,
             }],
             files: 2,
+            doorbells: 1,
             payload: vec![1, 2, 3],
         };
         let enc = vmd_proto::codec::encode(&s).unwrap();

@@ -68,6 +68,9 @@ pub struct Launch<'a> {
     pub on_death: OnDeath,
     /// Notify writes as one-way KICKs (false: round trips, as vmd).
     pub one_way_kicks: bool,
+    /// The device's doorbells and the descriptors for the device process
+    /// (`setup.doorbells` of them), where the backend has them.
+    pub doorbells: Option<(super::doorbell::Doorbells, Vec<OwnedFd>)>,
 }
 
 /// The device's I/O BAR in the VM process.
@@ -89,6 +92,7 @@ pub struct Proxy {
     rpcs: u64,
     kicks: u64,
     one_way_kicks: bool,
+    doorbells: Option<super::doorbell::Doorbells>,
 }
 
 fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> DevProcError {
@@ -154,6 +158,10 @@ pub fn launch(l: Launch<'_>) -> Result<(Proxy, u32), DevProcError> {
     let mut fds = vec![l.vmm_fd, OwnedFd::from(async_theirs)];
     fds.extend(l.mem_fds);
     fds.extend(l.files);
+    let doorbells = l.doorbells.map(|(bells, theirs)| {
+        fds.extend(theirs);
+        bells
+    });
     let payload = vmd_proto::codec::encode(&l.setup)?;
     let ready = (|| {
         sync.compose(IMSG_DEVOP_SETUP, 0, 0, &payload, fds)?;
@@ -224,6 +232,7 @@ pub fn launch(l: Launch<'_>) -> Result<(Proxy, u32), DevProcError> {
             rpcs: 0,
             kicks: 0,
             one_way_kicks: l.one_way_kicks,
+            doorbells,
         },
         config_len,
     ))
@@ -421,6 +430,12 @@ impl PioDevice for Proxy {
             return;
         }
         self.rpc(VIODEV_MSG_IO_WRITE, offset, size, value);
+    }
+
+    fn io_bar_moved(&mut self, base: Option<u16>) {
+        if let Some(d) = self.doorbells.as_mut() {
+            d.move_to(base);
+        }
     }
 }
 

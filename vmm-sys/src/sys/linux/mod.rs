@@ -18,13 +18,14 @@ mod vcpu;
 use crate::abi::*;
 use crate::{ExitFlavour, GuestMemory, HostMapping, Result, VmmError};
 use kvm_bindings::{kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use memory::{Mapping, MemFd};
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use vcpu::Vcpu;
+use vmm_sys_util::eventfd::EventFd;
 
 const PAGE_MASK: u64 = 0xfff;
 /// Four pages for KVM's real-mode TSS and identity-map page.
@@ -52,7 +53,7 @@ pub(crate) struct Vm {
     name: String,
     creator_pid: i32,
     /// The KVM VM; its memory slots point into `mappings`.
-    _fd: VmFd,
+    fd: VmFd,
     ranges: Vec<vm_mem_range>,
     memfds: Vec<Option<Arc<MemFd>>>,
     /// The mappings made by VMM_IOC_CREATE (index = range).
@@ -79,6 +80,11 @@ impl Vm {
             VmmError::with_detail(op, libc::ENOENT, format!("vcpu {id} of vm {}", self.id))
         })
     }
+}
+
+/// An I/O error as vmm(4) reports errors: its errno.
+fn io_error(op: &'static str, e: &std::io::Error) -> VmmError {
+    VmmError::with_detail(op, e.raw_os_error().unwrap_or(libc::EIO), e.to_string())
 }
 
 fn flavour_code(f: ExitFlavour) -> u8 {
@@ -299,7 +305,7 @@ impl Device {
             id,
             name,
             creator_pid: std::process::id() as i32,
-            _fd: fd,
+            fd,
             ranges: ranges.clone(),
             memfds,
             mappings,
@@ -536,6 +542,49 @@ impl Device {
 
     pub fn guest_memory(&self, vm_id: u32) -> Result<GuestMemory> {
         Ok(self.find("guest memory", vm_id)?.memory.clone())
+    }
+
+    /// An eventfd, non-blocking: KVM_IOEVENTFD signals it.
+    pub fn queue_notify_fd(&self) -> Result<OwnedFd> {
+        let ev = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(|e| io_error("eventfd", &e))?;
+        // SAFETY: into_raw_fd gives up the EventFd's descriptor, which
+        // nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(ev.into_raw_fd()) })
+    }
+
+    /// KVM_IOEVENTFD for a 2-byte PIO write of `queue` to `port`
+    /// (`attach`), or its removal.
+    pub fn queue_notify(
+        &self,
+        vm_id: u32,
+        port: u16,
+        queue: u16,
+        fd: std::os::fd::BorrowedFd<'_>,
+        attach: bool,
+    ) -> Result<()> {
+        const OP: &str = "KVM_IOEVENTFD";
+        let vm = self.find(OP, vm_id)?;
+        // kvm-ioctls takes an EventFd: one over a duplicate, so that the
+        // caller's descriptor stays the caller's (KVM holds the eventfd
+        // itself, not a descriptor, from the ioctl on).
+        let dup = fd.try_clone_to_owned().map_err(|e| io_error(OP, &e))?;
+        // SAFETY: `dup` is a descriptor we own; the EventFd takes it over
+        // and closes it when dropped.
+        let ev = unsafe { EventFd::from_raw_fd(dup.into_raw_fd()) };
+        let addr = IoEventAddress::Pio(u64::from(port));
+        let r = if attach {
+            vm.fd.register_ioevent(&ev, &addr, queue)
+        } else {
+            vm.fd.unregister_ioevent(&ev, &addr, queue)
+        };
+        r.map_err(|e| {
+            VmmError::with_detail(
+                OP,
+                e.errno(),
+                format!("vm {vm_id} port 0x{port:x} queue {queue}"),
+            )
+        })
     }
 
     pub fn set_exit_flavour(&self, vm_id: u32, flavour: ExitFlavour) -> Result<()> {
