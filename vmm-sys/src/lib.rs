@@ -177,7 +177,7 @@ impl Vmm {
     }
 
     /// A queue-notify descriptor (a doorbell): readable once the guest has
-    /// written to a port it is [attached](Self::attach_queue_notify) to.
+    /// written to a port it is [attached](Self::set_queue_notify) to.
     /// Not part of vmm(4): on Linux, where the shim can let KVM take a
     /// virtio notify write without an exit to the VM process (an
     /// eventfd, `KVM_IOEVENTFD`), vmd hands it to the device process that
@@ -188,29 +188,20 @@ impl Vmm {
         self.dev.queue_notify_fd()
     }
 
-    /// Makes a 2-byte write of `queue` to I/O port `port` of VM `vm_id`
-    /// signal `fd` (from [`Self::queue_notify_fd`]) instead of exiting;
-    /// other writes to the port still exit.  EEXIST if the port and
-    /// value are taken.  EOPNOTSUPP on `/dev/vmm`.
-    pub fn attach_queue_notify(
+    /// With `attach`, makes a 2-byte write of `queue` to I/O port `port`
+    /// of VM `vm_id` signal `fd` (from [`Self::queue_notify_fd`]) instead
+    /// of exiting; other writes to the port still exit.  EEXIST if the
+    /// port and value are taken.  Without, undoes that (the guest moved
+    /// the port).  EOPNOTSUPP on `/dev/vmm`.
+    pub fn set_queue_notify(
         &self,
         vm_id: u32,
         port: u16,
         queue: u16,
         fd: std::os::fd::BorrowedFd<'_>,
+        attach: bool,
     ) -> Result<()> {
-        self.dev.queue_notify(vm_id, port, queue, fd, true)
-    }
-
-    /// Undoes [`Self::attach_queue_notify`] (the guest moved the port).
-    pub fn detach_queue_notify(
-        &self,
-        vm_id: u32,
-        port: u16,
-        queue: u16,
-        fd: std::os::fd::BorrowedFd<'_>,
-    ) -> Result<()> {
-        self.dev.queue_notify(vm_id, port, queue, fd, false)
+        self.dev.queue_notify(vm_id, port, queue, fd, attach)
     }
 
     /// Chooses the exit flavour of one VM.  The shim can produce either, so

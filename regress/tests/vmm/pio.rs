@@ -436,11 +436,13 @@ fn queue_notify() -> Result<crate::Outcome> {
     };
     for (q, b) in bells.iter().enumerate() {
         g.vmm
-            .attach_queue_notify(g.id, BELL, q as u16, b.as_fd())
+            .set_queue_notify(g.id, BELL, q as u16, b.as_fd(), true)
             .map_err(|e| e.to_string())?;
     }
     // The same port and queue twice: EEXIST.
-    let again = g.vmm.attach_queue_notify(g.id, BELL, 1, bells[1].as_fd());
+    let again = g
+        .vmm
+        .set_queue_notify(g.id, BELL, 1, bells[1].as_fd(), true);
     check(
         again.as_ref().is_err_and(|e| e.errno() == libc::EEXIST),
         || format!("attaching queue 1 twice: {again:?}, want EEXIST"),
@@ -488,7 +490,7 @@ fn queue_notify() -> Result<crate::Outcome> {
     g.expect_out(r, BELL, 1, 1, p.at("byte"))?;
     g.skip_io();
     g.vmm
-        .detach_queue_notify(g.id, BELL, 1, bells[1].as_fd())
+        .set_queue_notify(g.id, BELL, 1, bells[1].as_fd(), false)
         .map_err(|e| e.to_string())?;
     let r = g.run()?;
     g.expect_out(r, BELL, 2, 1, p.at("detached"))?;

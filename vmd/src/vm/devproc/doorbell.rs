@@ -35,30 +35,23 @@ impl Doorbells {
         queues: usize,
         name: &str,
     ) -> Option<(Doorbells, Vec<OwnedFd>)> {
+        let without = |e: &dyn std::fmt::Display| {
+            log::warn!("{name}: no doorbells, kicks go through the VM process: {e}");
+            None
+        };
         let mut fds = Vec::with_capacity(queues);
         let mut theirs = Vec::with_capacity(queues);
         for _ in 0..queues {
-            let made = vmm.queue_notify_fd().and_then(|fd| {
-                let dup = fd.try_clone().map_err(|e| {
-                    vmm_sys::VmmError::with_detail(
-                        "queue notify",
-                        e.raw_os_error().unwrap_or(libc::EIO),
-                        e.to_string(),
-                    )
-                })?;
-                Ok((fd, dup))
-            });
-            match made {
-                Ok((fd, dup)) => {
-                    fds.push(fd);
-                    theirs.push(dup);
-                }
+            let fd = match vmm.queue_notify_fd() {
+                Ok(fd) => fd,
                 Err(e) if e.errno() == libc::EOPNOTSUPP => return None,
-                Err(e) => {
-                    log::warn!("{name}: no doorbells, kicks go through the VM process: {e}");
-                    return None;
-                }
+                Err(e) => return without(&e),
+            };
+            match fd.try_clone() {
+                Ok(dup) => theirs.push(dup),
+                Err(e) => return without(&e),
             }
+            fds.push(fd);
         }
         let bells = Doorbells {
             vmm: vmm.clone(),
@@ -93,7 +86,7 @@ impl Doorbells {
         for (q, fd) in self.fds.iter().enumerate() {
             if let Err(e) = self
                 .vmm
-                .attach_queue_notify(self.vm_id, port, q as u16, fd.as_fd())
+                .set_queue_notify(self.vm_id, port, q as u16, fd.as_fd(), true)
             {
                 log::debug!(
                     "{}: doorbells not at port 0x{port:x}, kicks exit: {e}",
@@ -112,7 +105,7 @@ impl Doorbells {
         for (q, fd) in self.fds.iter().take(n).enumerate() {
             if let Err(e) = self
                 .vmm
-                .detach_queue_notify(self.vm_id, port, q as u16, fd.as_fd())
+                .set_queue_notify(self.vm_id, port, q as u16, fd.as_fd(), false)
             {
                 log::debug!("{}: doorbell {q} at port 0x{port:x}: {e}", self.name);
             }
