@@ -798,6 +798,59 @@ const BENCH_SCRIPT: &str =
     "blk-bench read4k 3000 1\nblk-bench read4k 3000 8\nblk-bench write4k 2000 8\n";
 
 /// Boots SeaBIOS with the guest's boot disk (raw, `script` at LBA 1),
+/// A device process that fails its setup (a disk said to be qcow2 that
+/// is not: the device process finds out opening it) fails the VM at once
+/// with an error naming the disk and the process's exit, not after the
+/// 30 s a device process may take to get ready.
+fn vmd_device_process_setup_failure() -> Result<(), Failed> {
+    let disk = TempFile::new("not-qcow2");
+    std::fs::write(&disk.0, vec![0u8; 1 << 20])?;
+    let f = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&disk.0)?;
+    let elf = std::fs::read(elf_path()).map_err(|e| format!("{}: {e}", elf_path().display()))?;
+    let vmm = Arc::new(vmm_sys::Vmm::open()?);
+    let path = disk.0.display().to_string();
+    let cfg = VmConfig {
+        devices: Some(DeviceProcesses {
+            exe: env!("CARGO_BIN_EXE_vmd").into(),
+            vmm_fd: vmm_sys::Vmm::open_device()?,
+            flags: Vec::new(),
+            one_way_kicks: true,
+        }),
+        disk_files: vec![DiskFiles {
+            disk: VmDisk {
+                path: path.clone(),
+                format: DiskFormat::Qcow2,
+                bases: 0,
+            },
+            files: vec![f.into()],
+        }],
+        ..VmConfig::new(
+            "setup-failure",
+            32 * MB,
+            BootImage::Kernel(elf),
+            Box::new(Console::default()),
+        )
+    };
+    let t = Instant::now();
+    let e = match Machine::new(vmm, cfg) {
+        Ok(_) => return Err("a VM with a disk that is not qcow2 was made".into()),
+        Err(e) => e.to_string(),
+    };
+    let took = t.elapsed();
+    for want in [format!("vioblk 0 ({path})"), "exit status: 1".to_string()] {
+        if !e.contains(&want) {
+            return Err(format!("error {e:?} does not name {want:?}").into());
+        }
+    }
+    if took > Duration::from_secs(10) {
+        return Err(format!("reported after {took:?}: {e}").into());
+    }
+    Ok(())
+}
+
 /// vioblk in the VM process (`devproc` None) or in a device process
 /// `vmd -X` (Some(whether notify writes go one way)); the console once
 /// the guest prints `done`.
@@ -921,7 +974,7 @@ fn main() {
     let tests = vec![
         (
             Trial::test("elf_boots_to_cpl3_in_vmd", elf_boots_to_cpl3),
-            need_vmd,
+            need_vmd.clone(),
         ),
         (
             Trial::test(
@@ -933,6 +986,13 @@ fn main() {
         (
             Trial::test("vmd_disk_boot_rng_blk_hostile_chains", vmd_rng_blk_hostile),
             need_vmd_bios.clone(),
+        ),
+        (
+            Trial::test(
+                "vmd_device_process_setup_failure_reported_at_once",
+                vmd_device_process_setup_failure,
+            ),
+            need_vmd.clone(),
         ),
         (
             Trial::test("vmd_vmmci_stop_of_an_acking_guest", || vmd_vmmci_stop(true)),

@@ -153,6 +153,10 @@ pub fn launch(l: Launch<'_>) -> Result<(Proxy, u32), DevProcError> {
         .args(l.flags)
         .stdin(Stdio::from(OwnedFd::from(theirs)));
     let mut child = cmd.spawn().map_err(io("exec device process"))?;
+    // The command holds our copy of the child's end of the sync socket:
+    // let go of it, so that a child that dies during its setup closes
+    // the socket and is reported at once, not at SETUP_TIMEOUT.
+    drop(cmd);
     let pid = child.id();
     let mut sync = ImsgChannel::new(ours);
     let mut fds = vec![l.vmm_fd, OwnedFd::from(async_theirs)];
@@ -169,7 +173,17 @@ pub fn launch(l: Launch<'_>) -> Result<(Proxy, u32), DevProcError> {
         sync.socket()
             .set_read_timeout(Some(SETUP_TIMEOUT))
             .map_err(io("socket timeout"))?;
-        let m = recv(&mut sync)?;
+        let m = match recv(&mut sync) {
+            Err(DevProcError::Imsg(ImsgError::Io(e)))
+                if e.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                return Err(DevProcError::Setup(format!(
+                    "no answer within {} s",
+                    SETUP_TIMEOUT.as_secs()
+                )))
+            }
+            r => r?,
+        };
         sync.socket()
             .set_read_timeout(None)
             .map_err(io("socket timeout"))?;
