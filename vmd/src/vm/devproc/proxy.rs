@@ -110,13 +110,14 @@ pub fn recv(chan: &mut ImsgChannel) -> Result<ViodevMsg, DevProcError> {
     recv_with(chan, false)
 }
 
-/// [`recv`] for a thread that does nothing but wait on `chan`: it waits
+/// [`recv`] for a thread that waits on `chan` with no deadline: it waits
 /// in poll(2) for input, not in read(2).  A reader blocked in read on a
 /// socket is woken whenever the peer consumes what this socket sent (the
-/// kernel announces the freed send space on the same wait queue), and the
-/// async channel carries every kick the other way: each kick would cost
-/// a context switch on the device's CPU just before it serves the queue.
-/// poll(2) waits for POLLIN only.
+/// kernel announces the freed send space on the same wait queue): the
+/// async reader at every kick the device reads (a context switch on the
+/// device's CPU just before it serves the queue), a vCPU waiting for a
+/// register access's answer when the device reads the request.  poll(2)
+/// waits for POLLIN only.
 fn recv_waiting(chan: &mut ImsgChannel) -> Result<ViodevMsg, DevProcError> {
     recv_with(chan, true)
 }
@@ -402,7 +403,7 @@ impl Proxy {
             data_valid: type_ == VIODEV_MSG_IO_WRITE,
             ..Default::default()
         };
-        let r = send(&mut self.sync, &m).and_then(|_| recv(&mut self.sync));
+        let r = send(&mut self.sync, &m).and_then(|_| recv_waiting(&mut self.sync));
         match r {
             Ok(a) => {
                 self.order.apply(&*self.lines, self.irq, &a);
