@@ -796,6 +796,39 @@ mod tests {
         assert_eq!(r.stats().rx_frames, 6);
     }
 
+    /// The driver is asked not to kick for receive buffers while the ring
+    /// has some (VIRTQ_USED_F_NO_NOTIFY in the receive used ring), and to
+    /// kick again once the device has used them all; the transmit ring
+    /// keeps asking for kicks between them.
+    #[test]
+    fn receive_kicks_only_when_the_ring_ran_dry() {
+        let mut r = rig(false);
+        let no_notify = |r: &Rig, ring: &Ring| r.m.read_u16(ring.used) & 1 == 1;
+        assert!(!no_notify(&r, &r.rx), "an empty ring asks for a kick");
+        r.post_rx(2, 2048);
+        assert!(no_notify(&r, &r.rx), "buffers posted: no kicks wanted");
+        r.inject(frame(MAC, PEER, 60, 1));
+        r.input();
+        assert_eq!(r.received().len(), 1);
+        assert!(no_notify(&r, &r.rx), "one buffer left");
+        r.inject(frame(MAC, PEER, 60, 2));
+        r.input();
+        assert_eq!(r.received().len(), 1);
+        assert!(!no_notify(&r, &r.rx), "ran dry: kicks wanted again");
+        // A buffer the driver posts without looking (no kick) is found
+        // at the next input all the same.
+        let addr = RX_BUFS + 0x800 * 5;
+        r.rx.add(&r.m, &[(addr, 2048, true)]);
+        r.inject(frame(MAC, PEER, 60, 3));
+        r.input();
+        assert_eq!(r.received().len(), 1);
+        r.send(&frame(PEER, MAC, 60, 4), 1);
+        assert!(
+            !no_notify(&r, &r.tx),
+            "transmit kicks are not suppressed here"
+        );
+    }
+
     #[test]
     fn receive_across_several_buffers() {
         let mut r = rig(false);
