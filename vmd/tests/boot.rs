@@ -1308,10 +1308,7 @@ fn main() {
     }
     let tests = tests
         .into_iter()
-        .map(|(t, host)| match skip.clone().or(host) {
-            Some(why) => t.with_ignored_flag(true).with_kind(why),
-            None => t,
-        })
+        .map(|(t, host)| support::skip_if(t, skip.clone().or(host)))
         .collect();
     libtest_mimic::run(&args, tests).exit();
 }

@@ -98,9 +98,9 @@ fn main() {
             .err()
             .map(|e| format!("the backend has no doorbells: {e}"))
     });
-    let mut t = Trial::test("doorbells_follow_the_bar", follow_the_bar);
-    if let Some(why) = skip {
-        t = t.with_ignored_flag(true).with_kind(why);
-    }
+    let t = support::skip_if(
+        Trial::test("doorbells_follow_the_bar", follow_the_bar),
+        skip,
+    );
     libtest_mimic::run(&args, vec![t]).exit();
 }

@@ -910,21 +910,18 @@ fn main() {
     let skip = support::missing_root()
         .or_else(support::missing_vmm)
         .or_else(support::missing_bios);
-    let mut e2e = Trial::test("vmctl_drives_vmd", vmd_and_vmctl);
-    if let Some(why) = &skip {
-        e2e = e2e.with_ignored_flag(true).with_kind(why.clone());
-    }
-    let mut disk = Trial::test(
-        "vmd_boots_qcow2_chain_through_vioblk",
-        vmd_boots_qcow2_chain,
+    let e2e = support::skip_if(Trial::test("vmctl_drives_vmd", vmd_and_vmctl), skip.clone());
+    let disk = support::skip_if(
+        Trial::test(
+            "vmd_boots_qcow2_chain_through_vioblk",
+            vmd_boots_qcow2_chain,
+        ),
+        skip.clone(),
     );
-    if let Some(why) = &skip {
-        disk = disk.with_ignored_flag(true).with_kind(why.clone());
-    }
-    let mut cdrom = Trial::test("vmctl_start_disk_and_cdrom", vmctl_start_disk_and_cdrom);
-    if let Some(why) = skip.clone().or_else(eltorito::missing_xorriso) {
-        cdrom = cdrom.with_ignored_flag(true).with_kind(why);
-    }
+    let cdrom = support::skip_if(
+        Trial::test("vmctl_start_disk_and_cdrom", vmctl_start_disk_and_cdrom),
+        skip.clone().or_else(eltorito::missing_xorriso),
+    );
     let tests = vec![
         e2e,
         disk,

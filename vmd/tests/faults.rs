@@ -1252,10 +1252,7 @@ fn main() {
             } else {
                 skip.clone()
             };
-            match why {
-                Some(why) => t.with_ignored_flag(true).with_kind(why),
-                None => t,
-            }
+            support::skip_if(t, why)
         })
         .collect();
     libtest_mimic::run(&args, tests).exit();

@@ -650,11 +650,9 @@ socket.send_fds(socket.socket(fileno=0), [struct.pack("<IHHII", 0, 16, 0x0101, 0
         ];
         // The daemon's tests need vmm(4) (vmd opens it first), the VM's
         // the test guest too.
-        let trial =
-            |name: &'static str, f: fn() -> Result<(), Failed>, why: Option<String>| match why {
-                Some(why) => Trial::test(name, f).with_ignored_flag(true).with_kind(why),
-                None => Trial::test(name, f),
-            };
+        let trial = |name: &'static str, f: fn() -> Result<(), Failed>, why: Option<String>| {
+            support::skip_if(Trial::test(name, f), why)
+        };
         let no_vmm = skip.clone().or_else(support::missing_vmm);
         let no_guest = no_vmm.clone().or_else(testguest_support::missing_guest);
         let tests: Vec<Trial> = tests
@@ -670,10 +668,7 @@ socket.send_fds(socket.socket(fileno=0), [struct.pack("<IHHII", 0, 16, 0x0101, 0
             .collect();
         let tests = tests
             .into_iter()
-            .map(|t| match &skip {
-                Some(why) => t.with_ignored_flag(true).with_kind(why.clone()),
-                None => t,
-            })
+            .map(|t| support::skip_if(t, skip.clone()))
             .collect();
         libtest_mimic::run(&args, tests).exit();
     }

@@ -354,10 +354,7 @@ fn main() {
         Trial::test("sandbox_strict_confines_the_same", strict_confines_the_same),
     ]
     .into_iter()
-    .map(|t| match &skip {
-        Some(why) => t.with_ignored_flag(true).with_kind(why.clone()),
-        None => t,
-    })
+    .map(|t| support::skip_if(t, skip.clone()))
     .collect();
     libtest_mimic::run(&args, tests).exit();
 }

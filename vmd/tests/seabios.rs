@@ -650,15 +650,11 @@ fn main() {
     ];
     let mut tests: Vec<Trial> = tests
         .into_iter()
-        .map(|t| match &skip {
-            Some(why) => t.with_ignored_flag(true).with_kind(why.clone()),
-            None => t,
-        })
+        .map(|t| support::skip_if(t, skip.clone()))
         .collect();
-    let mut sums = Trial::test("seabios_int13_sums_like_qemu", seabios_int13_sums_like_qemu);
-    if let Some(why) = skip.clone().or_else(testguest_support::missing_qemu) {
-        sums = sums.with_ignored_flag(true).with_kind(why);
-    }
-    tests.push(sums);
+    tests.push(support::skip_if(
+        Trial::test("seabios_int13_sums_like_qemu", seabios_int13_sums_like_qemu),
+        skip.clone().or_else(testguest_support::missing_qemu),
+    ));
     libtest_mimic::run(&args, tests).exit();
 }

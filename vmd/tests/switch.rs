@@ -155,53 +155,11 @@ fn frames_through(
 /// iperf3 TCP from A to B for a second: the receiver's Mbit/s, which must
 /// be more than nothing.
 fn iperf3(a: &Netns, b: &Netns) -> Result<f64, String> {
-    let mut server = b
-        .command("iperf3")
-        .args(["-s", "-1", "-B", ADDR_B, "-p", "5202"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("iperf3 -s: {e}"))?;
-    // The server listens within a moment; the client retries until then.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let out = loop {
-        let out = a
-            .command("iperf3")
-            .args(["-c", ADDR_B, "-p", "5202", "-t", "1", "-f", "m"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("iperf3 -c: {e}"));
-        match out {
-            Ok(o)
-                if !o.status.success()
-                    && String::from_utf8_lossy(&o.stderr).contains("refused")
-                    && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            other => break other,
-        }
-    };
-    let _ = server.kill();
-    let _ = server.wait();
-    let out = out?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let rate = text
-        .lines()
-        .find(|l| l.trim_end().ends_with("receiver"))
-        .and_then(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            let at = w.iter().position(|x| *x == "Mbits/sec")?;
-            w.get(at.checked_sub(1)?)?.parse::<f64>().ok()
-        });
-    match rate {
-        Some(r) if r > 0.0 && out.status.success() => Ok(r),
-        _ => Err(format!(
-            "iperf3 A -> B moved nothing: {}\n{text}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )),
+    let mbits = netns::iperf3(a, b, ADDR_B, 5202, 1)? * 1000.0;
+    if mbits > 0.0 {
+        Ok(mbits)
+    } else {
+        Err(format!("iperf3 A -> B moved nothing ({mbits} Mbit/s)"))
     }
 }
 
@@ -498,9 +456,6 @@ fn scenario(
 fn main() {
     let args = Arguments::from_args();
     let t = Trial::test("switch_two_vms_locked_lladdr", two_vms_on_a_switch);
-    let t = match missing() {
-        Some(why) => t.with_ignored_flag(true).with_kind(why),
-        None => t,
-    };
+    let t = support::skip_if(t, missing());
     libtest_mimic::run(&args, vec![t]).exit();
 }

@@ -1042,10 +1042,7 @@ fn main() {
     ];
     let tests = tests
         .into_iter()
-        .map(|(t, why)| match why {
-            Some(why) => t.with_ignored_flag(true).with_kind(why),
-            None => t,
-        })
+        .map(|(t, why)| support::skip_if(t, why))
         .collect();
     libtest_mimic::run(&args, tests).exit();
 }

@@ -34,6 +34,15 @@ pub fn missing_root() -> Option<String> {
 }
 
 /// Why not, if vmm(4)'s device does not open for reading and writing.
+/// `t`, or `t` reported as ignored with the reason `why` when something
+/// it needs is missing.
+pub fn skip_if(t: libtest_mimic::Trial, why: Option<String>) -> libtest_mimic::Trial {
+    match why {
+        Some(why) => t.with_ignored_flag(true).with_kind(why),
+        None => t,
+    }
+}
+
 pub fn missing_vmm() -> Option<String> {
     std::fs::OpenOptions::new()
         .read(true)

@@ -348,53 +348,59 @@ impl NetPair {
 
     /// iperf3 TCP from A to B for `seconds`: the receiver's Gbit/s.
     pub fn iperf3(&self, seconds: u32) -> Result<f64, String> {
-        let mut server = self
-            .b
-            .command("iperf3")
-            .args(["-s", "-1", "-B", ADDR_B, "-p", "5201"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("iperf3 -s: {e}"))?;
-        // The server listens within a moment; the client retries until then.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let result = loop {
-            let r = run(self.a.command("iperf3").args([
-                "-c",
-                ADDR_B,
-                "-p",
-                "5201",
-                "-t",
-                &seconds.to_string(),
-                "-f",
-                "m",
-            ]));
-            match r {
-                Ok(o) => break Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
-                Err(e) if e.contains("Connection refused") && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        let _ = server.kill();
-        let _ = server.wait();
-        let text = result?;
-        let line = text
-            .lines()
-            .find(|l| l.trim_end().ends_with("receiver"))
-            .ok_or_else(|| format!("no receiver line from iperf3:\n{text}"))?;
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let at = words
-            .iter()
-            .position(|w| *w == "Mbits/sec")
-            .ok_or_else(|| format!("no Mbits/sec in {line:?}"))?;
-        let mbits: f64 = words[at - 1]
-            .parse()
-            .map_err(|_| format!("bad rate in {line:?}"))?;
-        Ok(mbits / 1000.0)
+        iperf3(&self.a, &self.b, ADDR_B, 5201, seconds)
     }
+}
+
+/// iperf3 TCP from `a` to `addr_b` in `b` on `port` for `seconds`: the
+/// receiver's Gbit/s.
+pub fn iperf3(a: &Netns, b: &Netns, addr_b: &str, port: u16, seconds: u32) -> Result<f64, String> {
+    let port = port.to_string();
+    let mut server = b
+        .command("iperf3")
+        .args(["-s", "-1", "-B", addr_b, "-p", &port])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("iperf3 -s: {e}"))?;
+    // The server listens within a moment; the client retries until then.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let result = loop {
+        let r = run(a.command("iperf3").args([
+            "-c",
+            addr_b,
+            "-p",
+            &port,
+            "-t",
+            &seconds.to_string(),
+            "-f",
+            "m",
+        ]));
+        match r {
+            Ok(o) => break Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+            Err(e) if e.contains("Connection refused") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = result?;
+    let line = text
+        .lines()
+        .find(|l| l.trim_end().ends_with("receiver"))
+        .ok_or_else(|| format!("no receiver line from iperf3:\n{text}"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == "Mbits/sec")
+        .ok_or_else(|| format!("no Mbits/sec in {line:?}"))?;
+    let mbits: f64 = words[at - 1]
+        .parse()
+        .map_err(|_| format!("bad rate in {line:?}"))?;
+    Ok(mbits / 1000.0)
 }
 
 /// The QEMU arguments for the guest's two NICs: taps [`TAPS`] (created by

@@ -600,11 +600,11 @@ mod tests {
         port: MemPort,
     }
 
-    fn rig_with(cfg: VionetConfig, port: MemPort, local: bool) -> Rig {
+    fn rig_with(cfg: VionetConfig, port: MemPort, local: Option<Box<dyn LocalResponder>>) -> Rig {
         let m = TestMachine::new();
         let mut dev = Vionet::new(cfg, Box::new(port.clone()));
-        if local {
-            dev = dev.with_local(Box::new(Echo));
+        if let Some(local) = local {
+            dev = dev.with_local(local);
         }
         let a = attach(
             &mut m.pci.lock().unwrap(),
@@ -635,7 +635,7 @@ mod tests {
     }
 
     fn rig(locked: bool) -> Rig {
-        rig_with(VionetConfig { mac: MAC, locked }, MemPort::default(), false)
+        rig_with(VionetConfig { mac: MAC, locked }, MemPort::default(), None)
     }
 
     impl Rig {
@@ -922,7 +922,7 @@ mod tests {
                 fail_send: true,
                 ..Default::default()
             },
-            false,
+            None,
         );
         r2.send(&frame(PEER, MAC, 64, 0), 1);
         assert_eq!(r2.stats().port_errors, 1);
@@ -987,7 +987,7 @@ mod tests {
                 locked: false,
             },
             MemPort::default(),
-            true,
+            Some(Box::new(Echo)),
         );
         let mut ask = frame([0xff; 6], MAC, 64, 1);
         ask[12..14].copy_from_slice(&[0x08, 0x00]);
@@ -1051,42 +1051,14 @@ mod tests {
         use crate::net::dhcp::*;
         let g = vmd_proto::config::GlobalConfig::default();
         let lease = crate::net::LocalLease::new(&g, 3, 0, MAC, "web").unwrap();
-        let m = TestMachine::new();
-        let dev = Vionet::new(
+        let mut r = rig_with(
             VionetConfig {
                 mac: MAC,
                 locked: true,
             },
-            Box::new(MemPort::default()),
-        )
-        .with_local(Box::new(crate::net::LocalServer::new(lease)));
-        let port = MemPort::default();
-        let dev = Vionet {
-            port: Box::new(port.clone()),
-            ..dev
-        };
-        let a = attach(
-            &mut m.pci.lock().unwrap(),
-            VirtioPciIds::NET,
-            dev,
-            m.vm_memory(),
-            m.lines(),
-        )
-        .unwrap();
-        let v = Virtio1::probe(&m, a.slot);
-        v.negotiate(&m, VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC);
-        let (rx, tx) = (Ring::new(256, 0x1000), Ring::new(256, 0x8000));
-        v.setup_queue(&m, 0, &rx);
-        v.setup_queue(&m, 1, &tx);
-        v.set_status(&m, 15);
-        let mut r = Rig {
-            m,
-            a,
-            v,
-            rx,
-            tx,
-            port,
-        };
+            MemPort::default(),
+            Some(Box::new(crate::net::LocalServer::new(lease))),
+        );
         let host_mac = [0xfe, 0xe1, 0xba, 0xd0, 0, 9];
         // Sent to the tap's MAC before the server knows it: not answered.
         let unicast = discover_to(host_mac, MAC);
